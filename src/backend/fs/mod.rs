@@ -1,0 +1,531 @@
+//! The local file-system blob store: one file per blob under a root
+//! directory. See `README.md` beside this file for the life of an event
+//! through it and what a crash at each step leaves behind.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::{
+    validate_name, BlobInfo, BlobStore, StoreError, WriterLock, AZURE_MAX_BLOCKS, DEFAULT_MAX_BLOCK,
+};
+
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Blocks per blob, as Azure limits them, so that rollover is exercised
+    /// locally exactly as in production.
+    pub max_blocks: u64,
+    pub max_block_size: usize,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            max_blocks: AZURE_MAX_BLOCKS,
+            max_block_size: DEFAULT_MAX_BLOCK,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct FsStore {
+    root: PathBuf,
+    opts: FsOptions,
+    open: Mutex<HashMap<String, Arc<Mutex<OpenBlob>>>>,
+}
+
+/// An appendable blob kept open between appends, so the hot path is one
+/// `pwrite` and one `fdatasync`.
+#[derive(Debug)]
+struct OpenBlob {
+    file: File,
+    blocks: File,
+    block_count: u64,
+}
+
+impl FsStore {
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::with_options(root, FsOptions::default())
+    }
+
+    pub fn with_options(root: impl Into<PathBuf>, opts: FsOptions) -> Result<Self, StoreError> {
+        let root = root.into();
+        fs::create_dir_all(&root)
+            .map_err(|e| io("create directory", &root.display().to_string(), e))?;
+        Ok(FsStore {
+            root,
+            opts,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf, StoreError> {
+        validate_name(name)?;
+        Ok(self.root.join(name))
+    }
+
+    /// Hidden companion files (block ends, temp files, locks) start with '.',
+    /// which no blob name may, so they never collide with blobs.
+    fn side_path(&self, name: &str, suffix: &str) -> Result<PathBuf, StoreError> {
+        let p = self.path(name)?;
+        let file = p.file_name().unwrap().to_string_lossy().into_owned();
+        Ok(p.with_file_name(format!(".{file}.{suffix}")))
+    }
+
+    fn open_blob(&self, name: &str) -> Result<Arc<Mutex<OpenBlob>>, StoreError> {
+        let mut map = self.open.lock().unwrap();
+        if let Some(b) = map.get(name) {
+            return Ok(b.clone());
+        }
+        let path = self.path(name)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                ErrorKind::NotFound => StoreError::NotFound {
+                    name: name.to_owned(),
+                },
+                ErrorKind::PermissionDenied => StoreError::Sealed {
+                    name: name.to_owned(),
+                },
+                _ => io("open", name, e),
+            })?;
+        if file
+            .metadata()
+            .map_err(|e| io("stat", name, e))?
+            .permissions()
+            .readonly()
+        {
+            return Err(StoreError::Sealed {
+                name: name.to_owned(),
+            });
+        }
+        let side = self.side_path(name, "blocks")?;
+        let blocks = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&side)
+            .map_err(|e| io("open block index of", name, e))?;
+        let size = file.metadata().map_err(|e| io("stat", name, e))?.len();
+        let block_count =
+            count_blocks(&blocks, size).map_err(|e| io("read block index of", name, e))?;
+        let b = Arc::new(Mutex::new(OpenBlob {
+            file,
+            blocks,
+            block_count,
+        }));
+        map.insert(name.to_owned(), b.clone());
+        Ok(b)
+    }
+
+    fn forget(&self, name: &str) {
+        self.open.lock().unwrap().remove(name);
+    }
+
+    fn info_sync(&self, name: &str) -> Result<BlobInfo, StoreError> {
+        let path = self.path(name)?;
+        let meta = fs::metadata(&path).map_err(|e| not_found_or(e, "stat", name))?;
+        let block_count = match self.open.lock().unwrap().get(name) {
+            Some(b) => b.lock().unwrap().block_count,
+            None => match File::open(self.side_path(name, "blocks")?) {
+                Ok(f) => {
+                    count_blocks(&f, meta.len()).map_err(|e| io("read block index of", name, e))?
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => u64::from(meta.len() > 0),
+                Err(e) => return Err(io("open block index of", name, e)),
+            },
+        };
+        Ok(BlobInfo {
+            name: name.to_owned(),
+            size: meta.len(),
+            block_count,
+            sealed: meta.permissions().readonly(),
+        })
+    }
+}
+
+/// Counts the block ends recorded in a side file, up to the blob's size.
+/// The side file is written after each durable append but not itself
+/// fsynced (that would double the cost of every append), so after a crash
+/// it may miss the last few ends; any bytes past the last recorded end
+/// count as one block.
+fn count_blocks(side: &File, size: u64) -> std::io::Result<u64> {
+    let len = side.metadata()?.len();
+    let mut buf = vec![0u8; (len - len % 8) as usize];
+    side.read_exact_at(&mut buf, 0)?;
+    let mut count = 0;
+    let mut last_end = 0;
+    for chunk in buf.chunks_exact(8) {
+        let end = u64::from_le_bytes(chunk.try_into().unwrap());
+        if end > size || end <= last_end {
+            break;
+        }
+        count += 1;
+        last_end = end;
+    }
+    Ok(count + u64::from(size > last_end))
+}
+
+fn io(op: &'static str, name: &str, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        op,
+        name: name.to_owned(),
+        source,
+    }
+}
+
+fn not_found_or(e: std::io::Error, op: &'static str, name: &str) -> StoreError {
+    if e.kind() == ErrorKind::NotFound {
+        StoreError::NotFound {
+            name: name.to_owned(),
+        }
+    } else {
+        io(op, name, e)
+    }
+}
+
+/// Makes a directory entry (create, rename, link) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and its missing parents, syncing each parent so that the
+/// new entries survive a crash.
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io {
+            op: "run blocking I/O",
+            name: String::new(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
+/// Shares the store with blocking tasks without cloning its state.
+#[derive(Clone, Debug)]
+pub struct SharedFs(Arc<FsStore>);
+
+impl FsStore {
+    pub fn shared(self) -> SharedFs {
+        SharedFs(Arc::new(self))
+    }
+}
+
+impl std::ops::Deref for SharedFs {
+    type Target = FsStore;
+    fn deref(&self) -> &FsStore {
+        &self.0
+    }
+}
+
+#[async_trait]
+impl BlobStore for SharedFs {
+    fn location(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn max_block_size(&self) -> usize {
+        self.opts.max_block_size
+    }
+
+    fn max_blocks(&self) -> u64 {
+        self.opts.max_blocks
+    }
+
+    async fn create(&self, name: &str) -> Result<(), StoreError> {
+        let (me, name) = (self.clone(), name.to_owned());
+        blocking(move || {
+            let path = me.path(&name)?;
+            let dir = path.parent().unwrap().to_owned();
+            create_dirs(&dir).map_err(|e| io("create directory for", &name, e))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::AlreadyExists => StoreError::AlreadyExists { name: name.clone() },
+                    _ => io("create", &name, e),
+                })?;
+            f.sync_all().map_err(|e| io("fsync", &name, e))?;
+            // A stale side file from an earlier blob of this name must not
+            // lend its block ends to the new one.
+            let side = me.side_path(&name, "blocks")?;
+            File::create(&side).map_err(|e| io("create block index of", &name, e))?;
+            sync_dir(&dir).map_err(|e| io("fsync directory of", &name, e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        name: &str,
+        expected_offset: u64,
+        block: &[u8],
+    ) -> Result<u64, StoreError> {
+        if block.len() > self.opts.max_block_size {
+            return Err(StoreError::BlockTooLarge {
+                size: block.len(),
+                limit: self.opts.max_block_size,
+            });
+        }
+        if block.is_empty() {
+            return Err(StoreError::Unsupported(
+                "an empty block cannot be appended".into(),
+            ));
+        }
+        let (me, name, block) = (self.clone(), name.to_owned(), block.to_vec());
+        blocking(move || {
+            let blob = me.open_blob(&name)?;
+            let mut b = blob.lock().unwrap();
+            let meta = b.file.metadata().map_err(|e| io("stat", &name, e))?;
+            if meta.permissions().readonly() {
+                return Err(StoreError::Sealed { name });
+            }
+            // The file's own length, not a cached one: another store
+            // instance (or process) that appended must make this fail.
+            let actual = meta.len();
+            if actual != expected_offset {
+                return Err(StoreError::OffsetMismatch {
+                    name,
+                    expected: expected_offset,
+                    actual,
+                });
+            }
+            if b.block_count >= me.opts.max_blocks {
+                return Err(StoreError::BlockLimit {
+                    name,
+                    limit: me.opts.max_blocks,
+                });
+            }
+            let end = expected_offset + block.len() as u64;
+            let written = b
+                .file
+                .write_all_at(&block, expected_offset)
+                .and_then(|()| b.file.sync_data());
+            if let Err(e) = written {
+                // Whatever reached the file is past the length the ledger
+                // knows; put the length back so a retry starts clean.
+                let _ = b.file.set_len(expected_offset);
+                return Err(io("append to", &name, e));
+            }
+            b.block_count += 1;
+            let _ = b.blocks.write_all(&end.to_le_bytes());
+            Ok(end)
+        })
+        .await
+    }
+
+    async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let (me, name) = (self.clone(), name.to_owned());
+        blocking(move || {
+            let path = me.path(&name)?;
+            let f = File::open(&path).map_err(|e| not_found_or(e, "open", &name))?;
+            let size = f.metadata().map_err(|e| io("stat", &name, e))?.len();
+            let end = offset.saturating_add(len);
+            if end > size {
+                return Err(StoreError::OutOfRange {
+                    name,
+                    offset,
+                    end,
+                    size,
+                });
+            }
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact_at(&mut buf, offset)
+                .map_err(|e| io("read", &name, e))?;
+            Ok(buf)
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
+        let (me, prefix) = (self.clone(), prefix.to_owned());
+        blocking(move || {
+            let (dir_part, file_prefix) = match prefix.rfind('/') {
+                Some(i) => (&prefix[..i], &prefix[i + 1..]),
+                None => ("", prefix.as_str()),
+            };
+            let dir = if dir_part.is_empty() {
+                me.root.clone()
+            } else {
+                me.path(dir_part)?
+            };
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io("list", &prefix, e)),
+            };
+            let mut out = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| io("list", &prefix, e))?;
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if file.starts_with('.') || !file.starts_with(file_prefix) {
+                    continue;
+                }
+                if !entry
+                    .file_type()
+                    .map_err(|e| io("list", &prefix, e))?
+                    .is_file()
+                {
+                    continue;
+                }
+                let name = if dir_part.is_empty() {
+                    file
+                } else {
+                    format!("{dir_part}/{file}")
+                };
+                out.push(me.info_sync(&name)?);
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn info(&self, name: &str) -> Result<BlobInfo, StoreError> {
+        let (me, name) = (self.clone(), name.to_owned());
+        blocking(move || me.info_sync(&name)).await
+    }
+
+    async fn seal(&self, name: &str) -> Result<(), StoreError> {
+        let (me, name) = (self.clone(), name.to_owned());
+        blocking(move || {
+            let path = me.path(&name)?;
+            let f = File::open(&path).map_err(|e| not_found_or(e, "open", &name))?;
+            let mut perms = f
+                .metadata()
+                .map_err(|e| io("stat", &name, e))?
+                .permissions();
+            perms.set_readonly(true);
+            fs::set_permissions(&path, perms).map_err(|e| io("seal", &name, e))?;
+            f.sync_all().map_err(|e| io("fsync", &name, e))?;
+            me.forget(&name);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        let (me, name, data) = (self.clone(), name.to_owned(), data.to_vec());
+        blocking(move || {
+            let path = me.path(&name)?;
+            let dir = path.parent().unwrap().to_owned();
+            create_dirs(&dir).map_err(|e| io("create directory for", &name, e))?;
+            let tmp = me.side_path(&name, &format!("tmp-{}", uuid::Uuid::new_v4().simple()))?;
+            let result = (|| {
+                let mut f = File::create(&tmp)?;
+                f.write_all(&data)?;
+                f.sync_all()?;
+                let mut perms = f.metadata()?.permissions();
+                perms.set_readonly(true);
+                fs::set_permissions(&tmp, perms)?;
+                // link() fails if the name exists, where rename() would
+                // silently replace an immutable blob.
+                fs::hard_link(&tmp, &path)
+            })();
+            let _ = fs::remove_file(&tmp);
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    return Err(StoreError::AlreadyExists { name })
+                }
+                Err(e) => return Err(io("write", &name, e)),
+            }
+            sync_dir(&dir).map_err(|e| io("fsync directory of", &name, e))
+        })
+        .await
+    }
+
+    async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
+        let (me, name) = (self.clone(), name.to_owned());
+        blocking(move || {
+            me.forget(&name);
+            let path = me.path(&name)?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| not_found_or(e, "open", &name))?;
+            f.set_len(len).map_err(|e| io("truncate", &name, e))?;
+            f.sync_all().map_err(|e| io("fsync", &name, e))?;
+            // Drop recorded block ends past the cut.
+            let side = me.side_path(&name, "blocks")?;
+            let ends = fs::read(&side).unwrap_or_default();
+            let kept: Vec<u8> = ends
+                .chunks_exact(8)
+                .take_while(|c| u64::from_le_bytes((*c).try_into().unwrap()) <= len)
+                .flatten()
+                .copied()
+                .collect();
+            fs::write(&side, kept).map_err(|e| io("rewrite block index of", &name, e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
+        let (me, name) = (self.clone(), name.to_owned());
+        blocking(move || {
+            let path = me.side_path(&name, "lock")?;
+            create_dirs(path.parent().unwrap())
+                .map_err(|e| io("create directory for", &name, e))?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| io("open lock file of", &name, e))?;
+            match f.try_lock() {
+                Ok(()) => Ok(Box::new(FsLock { _file: f }) as Box<dyn WriterLock>),
+                Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { what: name }),
+                Err(std::fs::TryLockError::Error(e)) => Err(io("lock", &name, e)),
+            }
+        })
+        .await
+    }
+}
+
+/// An exclusive `flock` on a hidden lock file; the OS releases it when the
+/// file is closed, including when the process dies.
+#[derive(Debug)]
+struct FsLock {
+    _file: File,
+}
+
+impl WriterLock for FsLock {
+    fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

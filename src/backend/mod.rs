@@ -1,0 +1,150 @@
+//! The storage seam: an append-only blob store shaped like Azure append
+//! blobs. The ledger above it never learns which implementation it has.
+//!
+//! Contract (checked by `tests/conformance_blob.rs` against every
+//! implementation):
+//! - `append` is conditional on the blob's current length and atomic: on
+//!   success the whole block is durable; on any error nothing of it is
+//!   visible to a later `read` (the fs store may leave bytes past the
+//!   length it reports only after a crash, which the ledger recovers).
+//! - `put` creates a small immutable blob atomically, or fails if it exists.
+//! - `lock` makes the caller the only writer of a ledger until the guard is
+//!   dropped; a second `lock` fails with [`StoreError::Locked`].
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+pub mod fs;
+
+/// Azure's limit on blocks in one append blob.
+pub const AZURE_MAX_BLOCKS: u64 = 50_000;
+/// Our default block cap (Azure documents 4 MiB for some API versions).
+pub const DEFAULT_MAX_BLOCK: usize = 4 * 1024 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub name: String,
+    pub size: u64,
+    /// Committed appends (blocks). Azure reports it exactly; the fs store
+    /// keeps it in a side file that may undercount after a crash.
+    pub block_count: u64,
+    pub sealed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("blob {name} not found")]
+    NotFound { name: String },
+    #[error("blob {name} already exists")]
+    AlreadyExists { name: String },
+    #[error("append to {name} expected it to hold {expected} bytes, but it holds {actual}: another writer appended")]
+    OffsetMismatch {
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("blob {name} is sealed (read-only)")]
+    Sealed { name: String },
+    #[error("blob {name} already holds {limit} blocks, the most one blob may")]
+    BlockLimit { name: String, limit: u64 },
+    #[error("block of {size} bytes exceeds the {limit}-byte block limit")]
+    BlockTooLarge { size: usize, limit: usize },
+    #[error("read of {name} bytes {offset}..{end} is beyond its end at {size}")]
+    OutOfRange {
+        name: String,
+        offset: u64,
+        end: u64,
+        size: u64,
+    },
+    #[error("ledger {what} is locked by another writer")]
+    Locked { what: String },
+    #[error("invalid blob name {name:?}: {why}")]
+    InvalidName { name: String, why: &'static str },
+    #[error("{op} {name}: {source}")]
+    Io {
+        op: &'static str,
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+#[async_trait]
+pub trait BlobStore: Send + Sync + fmt::Debug {
+    /// Human-readable location, for logs and errors (never secrets).
+    fn location(&self) -> String;
+    /// Largest block `append` accepts.
+    fn max_block_size(&self) -> usize;
+    /// Most blocks one blob may hold.
+    fn max_blocks(&self) -> u64;
+
+    /// Creates an empty appendable blob; fails if it exists.
+    async fn create(&self, name: &str) -> Result<(), StoreError>;
+    /// Appends `block` if the blob holds exactly `expected_offset` bytes.
+    /// Returns the new length once the block is durable.
+    async fn append(
+        &self,
+        name: &str,
+        expected_offset: u64,
+        block: &[u8],
+    ) -> Result<u64, StoreError>;
+    /// Reads exactly `len` bytes at `offset`.
+    async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError>;
+    /// Blobs whose names start with `prefix`, sorted by name.
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError>;
+    async fn info(&self, name: &str) -> Result<BlobInfo, StoreError>;
+    /// Makes the blob read-only for good.
+    async fn seal(&self, name: &str) -> Result<(), StoreError>;
+    /// Creates a whole immutable blob atomically; fails if it exists.
+    async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError>;
+    /// Cuts a blob back to `len` bytes. Only crash recovery calls this, for a
+    /// torn tail; stores whose appends cannot tear may refuse.
+    async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError>;
+    /// Takes the single-writer lock named `name`.
+    async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError>;
+
+    /// Reads a whole blob.
+    async fn read_all(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let info = self.info(name).await?;
+        self.read(name, 0, info.size).await
+    }
+}
+
+/// Held for as long as the writer may write; dropping it releases the lock.
+pub trait WriterLock: Send + Sync + fmt::Debug {
+    /// Fails if the lock has been lost (a lease that could not be renewed).
+    fn check(&self) -> Result<(), StoreError>;
+}
+
+/// Names are `/`-separated paths of `[A-Za-z0-9._-]` components, none of
+/// them `.` or `..` or starting with `.`, so they map to file paths and to
+/// Azure blob names alike.
+pub fn validate_name(name: &str) -> Result<(), StoreError> {
+    let bad = |why| {
+        Err(StoreError::InvalidName {
+            name: name.to_owned(),
+            why,
+        })
+    };
+    if name.is_empty() || name.len() > 512 {
+        return bad("must be 1 to 512 bytes");
+    }
+    for part in name.split('/') {
+        if part.is_empty() {
+            return bad("empty path component");
+        }
+        if part.starts_with('.') {
+            return bad("a path component starts with '.'");
+        }
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        {
+            return bad("only A-Z a-z 0-9 . _ - and / are allowed");
+        }
+    }
+    Ok(())
+}

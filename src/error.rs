@@ -1,0 +1,84 @@
+//! Library errors. Integrity errors say where: segment, byte offset and
+//! sequence number, so an operator can look at the bytes.
+
+use crate::backend::StoreError;
+use crate::model::ExpectedVersion;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("integrity error in {blob} at byte {offset}{}: {what}", .seq.map(|s| format!(" (sequence number {s})")).unwrap_or_default())]
+pub struct IntegrityError {
+    /// The segment or checkpoint blob.
+    pub blob: String,
+    pub offset: u64,
+    pub seq: Option<u64>,
+    pub what: String,
+}
+
+impl IntegrityError {
+    pub fn new(
+        blob: impl Into<String>,
+        offset: u64,
+        seq: Option<u64>,
+        what: impl Into<String>,
+    ) -> Self {
+        IntegrityError {
+            blob: blob.into(),
+            offset,
+            seq,
+            what: what.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("event {index}: field `{field}` {reason}")]
+    InvalidEvent {
+        index: usize,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("event {index}: stream {stream:?} expected {expected} but its current version is {}", match .current { Some(v) => v.to_string(), None => "none (no stream)".into() })]
+    VersionConflict {
+        index: usize,
+        stream: String,
+        expected: ExpectedVersion,
+        current: Option<u64>,
+    },
+    #[error(transparent)]
+    Integrity(#[from] IntegrityError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("ledger {0:?} does not exist")]
+    NotFound(String),
+    #[error("ledger {0:?} already exists")]
+    AlreadyExists(String),
+    #[error(
+        "invalid ledger name {0:?}: use 1-64 of a-z 0-9 and '-', starting with a letter or digit"
+    )]
+    InvalidName(String),
+    #[error("the signing key does not match ledger {ledger:?}'s public key {expected}")]
+    KeyMismatch { ledger: String, expected: String },
+    #[error("the writer stopped after a failed write ({0}); nothing after it was acknowledged. Reopen the ledger")]
+    Poisoned(String),
+    #[error("the ledger writer is closed")]
+    Closed,
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("checkpoint {blob}: {source}")]
+    Checkpoint {
+        blob: String,
+        #[source]
+        source: crate::format::checkpoint::CheckpointError,
+    },
+    #[error("proof: {0}")]
+    Proof(#[from] crate::format::merkle::MerkleError),
+}
+
+impl LedgerError {
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, LedgerError::Integrity(_))
+    }
+}
+
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;

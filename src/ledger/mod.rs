@@ -1,0 +1,284 @@
+//! The ledger: `Ledger` is the single writer, `LedgerReader` reads, verifies
+//! and proves. The append path is `Ledger::append` → `writer::Writer::commit`
+//! → `BlobStore::append`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::BlobStore;
+use crate::error::{LedgerError, Result};
+use crate::format::batch::{BODY_HEADER_LEN, FRAME_HEADER_LEN};
+use crate::format::checkpoint::{Checkpoint, Verifier};
+use crate::format::record;
+use crate::format::segment::SegmentHeader;
+use crate::model::{NewEvent, Receipt};
+
+pub mod layout;
+pub mod proof;
+pub mod reader;
+pub mod recover;
+pub mod scan;
+pub mod tip;
+pub mod verify;
+mod writer;
+
+pub use reader::LedgerReader;
+
+#[derive(Clone, Debug)]
+pub struct LedgerOptions {
+    pub signing_key: SigningKey,
+    /// Largest batch (= block) the writer builds. One `append` call must fit
+    /// in one batch, so that it is all-or-nothing even across a crash.
+    pub max_batch_bytes: usize,
+    /// Segment rollover: whichever comes first.
+    pub segment_max_bytes: u64,
+    pub segment_max_blocks: u64,
+    /// Checkpoint after this many new records...
+    pub checkpoint_every_events: Option<u64>,
+    /// ...or this long after the last checkpoint, whichever comes first.
+    pub checkpoint_interval: Option<Duration>,
+}
+
+impl LedgerOptions {
+    pub fn new(signing_key: SigningKey) -> Self {
+        LedgerOptions {
+            signing_key,
+            max_batch_bytes: crate::backend::DEFAULT_MAX_BLOCK,
+            segment_max_bytes: 1 << 30,
+            segment_max_blocks: crate::backend::AZURE_MAX_BLOCKS,
+            checkpoint_every_events: Some(1_000_000),
+            checkpoint_interval: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A signed checkpoint as stored.
+#[derive(Clone, Debug)]
+pub struct CheckpointInfo {
+    pub blob: String,
+    pub checkpoint: Checkpoint,
+    /// The signed note text.
+    pub note: String,
+}
+
+/// The writer handle. Cheap to clone; all clones feed one writer task.
+/// Call [`Ledger::close`] to write the final checkpoint; dropping every
+/// handle stops the writer like a crash would (all acknowledged events are
+/// durable, the next open reads the tail after the last checkpoint).
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<writer::Command>,
+    store: Arc<dyn BlobStore>,
+    meta: layout::Meta,
+    max_batch: usize,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("name", &self.meta.name)
+            .finish()
+    }
+}
+
+impl Ledger {
+    /// Creates a new, empty ledger and opens it for writing.
+    pub async fn create(
+        store: Arc<dyn BlobStore>,
+        name: &str,
+        opts: LedgerOptions,
+    ) -> Result<Ledger> {
+        layout::validate_ledger_name(name)?;
+        let lock = store.lock(&layout::lock(name)).await?;
+        match store.info(&layout::meta(name)).await {
+            Ok(_) => return Err(LedgerError::AlreadyExists(name.to_owned())),
+            Err(crate::backend::StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !recover::list_segments(store.as_ref(), name)
+            .await?
+            .is_empty()
+        {
+            return Err(LedgerError::AlreadyExists(name.to_owned()));
+        }
+        let mut id = [0u8; 16];
+        getrandom::getrandom(&mut id).map_err(|e| {
+            LedgerError::InvalidArgument(format!("no randomness for a ledger id: {e}"))
+        })?;
+        let meta = layout::Meta {
+            name: name.to_owned(),
+            id,
+            verifier: Verifier {
+                name: layout::Meta::key_name(name),
+                key: opts.signing_key.verifying_key(),
+            },
+        };
+        store
+            .put(&layout::meta(name), meta.encode().as_bytes())
+            .await?;
+        let seg = layout::segment(name, 0);
+        let mut tip = tip::Tip::genesis(id);
+        store.create(&seg).await?;
+        let header = SegmentHeader {
+            ledger_id: id,
+            index: 0,
+            first_seq: 0,
+            prev_chain: tip.chain_head,
+        };
+        tip.segment_len = store.append(&seg, 0, &header.encode()).await?;
+        tip.segment_blocks = 1;
+        let ledger = Self::start(store, meta, opts, tip, None, lock);
+        // Checkpoint 0 commits to the empty ledger, so even its first tail
+        // is covered by the rule "what a checkpoint covers must be there".
+        ledger.checkpoint().await?;
+        Ok(ledger)
+    }
+
+    /// Opens an existing ledger for writing, recovering from a crash if the
+    /// last writer did not close.
+    pub async fn open(
+        store: Arc<dyn BlobStore>,
+        name: &str,
+        opts: LedgerOptions,
+    ) -> Result<Ledger> {
+        layout::validate_ledger_name(name)?;
+        let lock = store.lock(&layout::lock(name)).await?;
+        let meta = recover::read_meta(store.as_ref(), name).await?;
+        if meta.verifier.key != opts.signing_key.verifying_key() {
+            return Err(LedgerError::KeyMismatch {
+                ledger: name.to_owned(),
+                expected: meta.verifier.to_vkey(),
+            });
+        }
+        let max_body = opts.max_batch_bytes.max(store.max_block_size());
+        let (tip, cp) = recover::recover(store.as_ref(), &meta, max_body).await?;
+        let last = cp.map(|checkpoint| CheckpointInfo {
+            blob: layout::checkpoint(name, checkpoint.size),
+            note: String::new(),
+            checkpoint,
+        });
+        Ok(Self::start(store, meta, opts, tip, last, lock))
+    }
+
+    fn start(
+        store: Arc<dyn BlobStore>,
+        meta: layout::Meta,
+        mut opts: LedgerOptions,
+        tip: tip::Tip,
+        last_checkpoint: Option<CheckpointInfo>,
+        lock: Box<dyn crate::backend::WriterLock>,
+    ) -> Ledger {
+        opts.max_batch_bytes = opts.max_batch_bytes.min(store.max_block_size());
+        let max_batch = opts.max_batch_bytes;
+        let (tx, rx) = mpsc::channel(4096);
+        let w = writer::Writer {
+            store: store.clone(),
+            meta: meta.clone(),
+            key: opts.signing_key.clone(),
+            opts,
+            tip,
+            lock,
+            poisoned: None,
+            last_checkpoint,
+            last_checkpoint_at: Instant::now(),
+        };
+        tokio::spawn(w.run(rx));
+        Ledger {
+            tx,
+            store,
+            meta,
+            max_batch,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    pub fn id(&self) -> [u8; 16] {
+        self.meta.id
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.meta.verifier
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.store
+    }
+
+    /// Appends `events` atomically: all are durable when this returns `Ok`,
+    /// and none are written if any is invalid or any expected version does
+    /// not hold. Concurrent calls share block writes (group commit).
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Receipt>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut bytes = FRAME_HEADER_LEN + BODY_HEADER_LEN;
+        for (index, e) in events.iter().enumerate() {
+            e.validate()
+                .map_err(|(field, reason)| LedgerError::InvalidEvent {
+                    index,
+                    field,
+                    reason,
+                })?;
+            bytes += record::stored_len_bound_parts(
+                e.stream.len(),
+                e.event_type.len(),
+                e.content_type.len(),
+                e.metadata.iter().map(|(k, v)| (k.len(), v.len())),
+                e.payload.len(),
+            );
+        }
+        if bytes > self.max_batch {
+            return Err(LedgerError::InvalidArgument(format!(
+                "{} events encode to about {bytes} bytes, over the {}-byte batch limit: one append must fit in one batch; split it",
+                events.len(),
+                self.max_batch
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Command::Append {
+                events,
+                bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        rx.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    pub async fn append_one(&self, event: NewEvent) -> Result<Receipt> {
+        Ok(self.append(vec![event]).await?.remove(0))
+    }
+
+    /// Writes a signed checkpoint of everything acknowledged so far.
+    pub async fn checkpoint(&self) -> Result<CheckpointInfo> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Command::Checkpoint { reply })
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        rx.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Writes the final checkpoint and stops the writer. Other clones of
+    /// this handle get [`LedgerError::Closed`] afterwards.
+    pub async fn close(self) -> Result<CheckpointInfo> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Command::Close { reply })
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        rx.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// A reader over the same store.
+    pub async fn reader(&self) -> Result<LedgerReader> {
+        LedgerReader::open(self.store.clone(), &self.meta.name).await
+    }
+}

@@ -1,0 +1,371 @@
+//! Opening a ledger for writing: find the newest checkpoint, restore the
+//! writer state from its snapshot, then read only the log tail after it.
+//! A torn last batch is cut off (and logged); anything else that is wrong is
+//! an integrity error and the ledger stays closed for writing.
+
+use rayon::prelude::*;
+use tracing::{info, warn};
+
+use super::layout::{self, Meta};
+use super::scan::Scanner;
+use super::tip::Tip;
+use crate::backend::{BlobInfo, BlobStore};
+use crate::error::{IntegrityError, LedgerError, Result};
+use crate::format::checkpoint::Checkpoint;
+use crate::format::merkle::Frontier;
+use crate::format::record::RecordRef;
+use crate::format::segment::{SegmentHeader, HEADER_LEN};
+use crate::format::snapshot::Snapshot;
+use crate::format::{chain, hex, Hash};
+
+/// Leaf hashes and chain midstates of a batch's records, in parallel when
+/// the batch is large enough to pay for it.
+pub fn hash_records(records: &[RecordRef<'_>]) -> Vec<(Hash, chain::Midstate)> {
+    let one = |r: &RecordRef<'_>| {
+        let leaf = r.leaf_hash();
+        (leaf, chain::midstate(&leaf))
+    };
+    if records.len() >= 256 {
+        records.par_iter().map(one).collect()
+    } else {
+        records.iter().map(one).collect()
+    }
+}
+
+pub async fn read_meta(store: &dyn BlobStore, ledger: &str) -> Result<Meta> {
+    let blob = layout::meta(ledger);
+    let bytes = match store.read_all(&blob).await {
+        Ok(b) => b,
+        Err(crate::backend::StoreError::NotFound { .. }) => {
+            return Err(LedgerError::NotFound(ledger.to_owned()))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| IntegrityError::new(&blob, 0, None, "ledger file is not UTF-8"))?;
+    let meta = Meta::decode(&blob, &text)?;
+    if meta.name != ledger {
+        return Err(IntegrityError::new(
+            &blob,
+            0,
+            None,
+            format!("names ledger {:?}, expected {ledger:?}", meta.name),
+        )
+        .into());
+    }
+    Ok(meta)
+}
+
+/// The newest checkpoint, its signature checked, and the sizes of all.
+pub async fn latest_checkpoint(
+    store: &dyn BlobStore,
+    meta: &Meta,
+) -> Result<Option<(String, Checkpoint)>> {
+    let mut sizes: Vec<(u64, String)> = store
+        .list(&layout::checkpoint_prefix(&meta.name))
+        .await?
+        .into_iter()
+        .filter_map(|b| layout::checkpoint_size(&meta.name, &b.name).map(|s| (s, b.name)))
+        .collect();
+    sizes.sort();
+    let Some((size, blob)) = sizes.pop() else {
+        return Ok(None);
+    };
+    let cp = read_checkpoint(store, meta, &blob).await?;
+    if cp.size != size {
+        return Err(IntegrityError::new(
+            &blob,
+            0,
+            None,
+            format!("checkpoint says size {} but is named for {size}", cp.size),
+        )
+        .into());
+    }
+    Ok(Some((blob, cp)))
+}
+
+pub async fn read_checkpoint(store: &dyn BlobStore, meta: &Meta, blob: &str) -> Result<Checkpoint> {
+    let bytes = store.read_all(blob).await?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        IntegrityError::new(
+            blob,
+            e.utf8_error().valid_up_to() as u64,
+            None,
+            "checkpoint is not UTF-8",
+        )
+    })?;
+    let cp = Checkpoint::open(&text, &meta.verifier)
+        .map_err(|e| IntegrityError::new(blob, 0, None, format!("checkpoint rejected: {e}")))?;
+    if cp.origin != meta.origin() {
+        return Err(IntegrityError::new(
+            blob,
+            0,
+            None,
+            format!("origin {:?}, expected {:?}", cp.origin, meta.origin()),
+        )
+        .into());
+    }
+    Ok(cp)
+}
+
+pub async fn list_segments(store: &dyn BlobStore, ledger: &str) -> Result<Vec<(u64, BlobInfo)>> {
+    let mut segs: Vec<(u64, BlobInfo)> = store
+        .list(&layout::segment_prefix(ledger))
+        .await?
+        .into_iter()
+        .filter_map(|b| layout::segment_index(ledger, &b.name).map(|i| (i, b)))
+        .collect();
+    segs.sort_by_key(|(i, _)| *i);
+    for (want, (i, b)) in segs.iter().enumerate() {
+        if *i != want as u64 {
+            return Err(IntegrityError::new(
+                &b.name,
+                0,
+                None,
+                format!("segment {want} is missing before segment {i}"),
+            )
+            .into());
+        }
+    }
+    Ok(segs)
+}
+
+/// Restores the tip, repairing only what a crash can leave behind.
+pub async fn recover(
+    store: &dyn BlobStore,
+    meta: &Meta,
+    max_body: usize,
+) -> Result<(Tip, Option<Checkpoint>)> {
+    let ledger = &meta.name;
+    let checkpoint = latest_checkpoint(store, meta).await?;
+    let mut tip = match &checkpoint {
+        Some((cp_blob, cp)) => load_snapshot(store, meta, cp_blob, cp).await?,
+        None => Tip::genesis(meta.id),
+    };
+    let cp_size = tip.size;
+    let mut segments = list_segments(store, ledger).await?;
+    if segments.is_empty() {
+        if tip.size > 0 {
+            return Err(IntegrityError::new(
+                layout::segment(ledger, 0),
+                0,
+                None,
+                format!("no segments, but a checkpoint covers {} records", tip.size),
+            )
+            .into());
+        }
+        let name = layout::segment(ledger, 0);
+        store.create(&name).await?;
+        segments.push((0, store.info(&name).await?));
+        info!(segment = %name, "created missing first segment (crash during creation)");
+    }
+    if (tip.segment_index as usize) >= segments.len() {
+        let name = layout::segment(ledger, tip.segment_index);
+        return Err(IntegrityError::new(
+            name,
+            0,
+            Some(tip.size),
+            "segment named by the newest checkpoint is missing",
+        )
+        .into());
+    }
+    let last = segments.len() - 1;
+    for (index, info) in segments.iter().skip(tip.segment_index as usize) {
+        let is_last = *index as usize == last;
+        let name = &info.name;
+        if *index > tip.segment_index || tip.segment_len == 0 {
+            if info.size < HEADER_LEN as u64 {
+                if !is_last {
+                    return Err(IntegrityError::new(
+                        name,
+                        0,
+                        Some(tip.size),
+                        "segment header is missing",
+                    )
+                    .into());
+                }
+                // Rollover or creation crashed before the header was durable.
+                if info.size > 0 {
+                    store.truncate(name, 0).await?;
+                }
+                let header = SegmentHeader {
+                    ledger_id: meta.id,
+                    index: *index,
+                    first_seq: tip.size,
+                    prev_chain: tip.chain_head,
+                };
+                store.append(name, 0, &header.encode()).await?;
+                warn!(segment = %name, cut = info.size, "completed a segment header left unwritten by a crash");
+            } else {
+                let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
+                let h = SegmentHeader::decode(&bytes)
+                    .map_err(|e| IntegrityError::new(name, e.offset as u64, None, e.what))?;
+                check_header(name, &h, meta, *index, &tip)?;
+            }
+            tip.segment_index = *index;
+            tip.segment_len = HEADER_LEN as u64;
+            tip.segment_blocks = 1;
+        }
+        let size = store.info(name).await?.size;
+        if size < tip.segment_len {
+            return Err(IntegrityError::new(
+                name,
+                size,
+                Some(tip.size),
+                format!(
+                    "segment holds {size} bytes but the newest checkpoint covers {} of it",
+                    tip.segment_len
+                ),
+            )
+            .into());
+        }
+        let mut scan = Scanner::new(store, name, tip.segment_len, size, max_body);
+        while let Some(chunk) = scan.next_chunk().await? {
+            for (i, range) in chunk.frames.iter().enumerate() {
+                let offset = chunk.base + range.start as u64;
+                apply_batch(&mut tip, chunk.frame(i), name, offset)?;
+                tip.segment_len = offset + range.len() as u64;
+                tip.segment_blocks += 1;
+            }
+        }
+        if let Some(bad) = scan.bad {
+            if !(is_last && bad.reaches_end) {
+                return Err(
+                    IntegrityError::new(name, bad.offset, Some(tip.size), bad.error.what).into(),
+                );
+            }
+            let cut = size - bad.offset;
+            store.truncate(name, bad.offset).await?;
+            warn!(
+                segment = %name,
+                offset = bad.offset,
+                bytes_cut = cut,
+                first_lost_seq = tip.size,
+                reason = %bad.error.what,
+                "truncated a torn last batch left by a crash; it was never acknowledged"
+            );
+        }
+    }
+    debug_assert!(tip.size >= cp_size);
+    for (index, info) in &segments[..last] {
+        if !info.sealed && *index < tip.segment_index {
+            store.seal(&info.name).await?;
+            info!(segment = %info.name, "sealed a segment whose rollover a crash interrupted");
+        }
+    }
+    Ok((tip, checkpoint.map(|(_, cp)| cp)))
+}
+
+pub fn check_header(
+    name: &str,
+    h: &SegmentHeader,
+    meta: &Meta,
+    index: u64,
+    tip: &Tip,
+) -> Result<()> {
+    let bad = |offset: u64, what: String| -> Result<()> {
+        Err(IntegrityError::new(name, offset, Some(tip.size), what).into())
+    };
+    if h.ledger_id != meta.id {
+        return bad(
+            16,
+            format!(
+                "segment belongs to ledger {}, not {}",
+                hex(&h.ledger_id),
+                hex(&meta.id)
+            ),
+        );
+    }
+    if h.index != index {
+        return bad(
+            32,
+            format!("header says segment {}, file is segment {index}", h.index),
+        );
+    }
+    if h.first_seq != tip.size {
+        return bad(
+            40,
+            format!(
+                "segment starts at sequence number {}, previous segment ended at {}",
+                h.first_seq, tip.size
+            ),
+        );
+    }
+    if h.prev_chain != tip.chain_head {
+        return bad(
+            48,
+            format!(
+                "previous-hash {} does not match the chain head {}",
+                hex(&h.prev_chain),
+                hex(&tip.chain_head)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Decodes, checks and applies one batch to the tip.
+pub fn apply_batch(
+    tip: &mut Tip,
+    body: crate::format::batch::BatchBody<'_>,
+    blob: &str,
+    offset: u64,
+) -> Result<()> {
+    if body.first_seq != tip.size {
+        return Err(IntegrityError::new(
+            blob,
+            offset + 8,
+            Some(body.first_seq),
+            format!(
+                "batch starts at sequence number {} where {} was due",
+                body.first_seq, tip.size
+            ),
+        )
+        .into());
+    }
+    let records = body
+        .decode_all()
+        .map_err(|e| IntegrityError::new(blob, offset + e.offset as u64, Some(tip.size), e.what))?;
+    for (r, (leaf, mid)) in records.iter().zip(hash_records(&records)) {
+        tip.apply(r, mid, leaf)
+            .map_err(|what| IntegrityError::new(blob, offset, Some(r.seq), what))?;
+    }
+    Ok(())
+}
+
+async fn load_snapshot(
+    store: &dyn BlobStore,
+    meta: &Meta,
+    cp_blob: &str,
+    cp: &Checkpoint,
+) -> Result<Tip> {
+    let blob = layout::snapshot(&meta.name, cp.size);
+    let bytes = store.read_all(&blob).await.map_err(|e| match e {
+        crate::backend::StoreError::NotFound { .. } => LedgerError::Integrity(IntegrityError::new(
+            &blob,
+            0,
+            Some(cp.size),
+            format!("snapshot for checkpoint {cp_blob} is missing"),
+        )),
+        e => e.into(),
+    })?;
+    let snap = Snapshot::decode(&bytes)
+        .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
+    let root = Frontier::from_parts(snap.size, snap.frontier.clone())
+        .map_err(|e| IntegrityError::new(&blob, 0, Some(cp.size), e.to_string()))?
+        .root();
+    if snap.ledger_id != meta.id
+        || snap.size != cp.size
+        || snap.chain_head != cp.chain_head
+        || root != cp.root
+    {
+        return Err(IntegrityError::new(
+            &blob,
+            0,
+            Some(cp.size),
+            format!("snapshot does not match checkpoint {cp_blob}"),
+        )
+        .into());
+    }
+    Tip::from_snapshot(snap).map_err(|e| IntegrityError::new(&blob, 0, Some(cp.size), e).into())
+}

@@ -1,0 +1,151 @@
+//! Reads a segment's batch frames in large sequential chunks. Shared by
+//! recovery, readers and verification so all three agree on what a
+//! complete frame, a torn tail and a damaged frame are.
+
+use std::ops::Range;
+
+use crate::backend::{BlobStore, StoreError};
+use crate::format::batch::{self, Frame};
+use crate::format::DecodeError;
+
+/// Bytes read per store call: large enough that per-call latency (Azure
+/// round trips) is amortised, small enough to bound memory.
+pub const CHUNK: u64 = 8 * 1024 * 1024;
+
+/// A run of complete, CRC-checked frames read in one call.
+pub struct Chunk {
+    /// Offset in the blob of `data[0]`.
+    pub base: u64,
+    pub data: Vec<u8>,
+    /// Byte ranges of whole frames within `data`.
+    pub frames: Vec<Range<usize>>,
+}
+
+impl Chunk {
+    pub fn frame(&self, i: usize) -> batch::BatchBody<'_> {
+        match batch::parse_frame(&self.data[self.frames[i].clone()], usize::MAX) {
+            Frame::Complete { body, .. } => body,
+            _ => unreachable!("frames were checked when the chunk was read"),
+        }
+    }
+}
+
+/// Why scanning stopped before the end of the blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadFrame {
+    /// Offset of the frame in the blob.
+    pub offset: u64,
+    /// The frame's bytes run to the end of the blob (or its length field is
+    /// unreadable), so it may be a write torn by a crash.
+    pub reaches_end: bool,
+    pub error: DecodeError,
+}
+
+pub struct Scanner<'s> {
+    store: &'s dyn BlobStore,
+    blob: String,
+    size: u64,
+    pos: u64,
+    max_body: usize,
+    pub bad: Option<BadFrame>,
+}
+
+impl<'s> Scanner<'s> {
+    /// Scans `blob` from `start` up to `size` (the length the caller saw).
+    pub fn new(
+        store: &'s dyn BlobStore,
+        blob: &str,
+        start: u64,
+        size: u64,
+        max_body: usize,
+    ) -> Self {
+        Scanner {
+            store,
+            blob: blob.to_owned(),
+            size,
+            pos: start,
+            max_body,
+            bad: None,
+        }
+    }
+
+    /// Offset of the first byte not yet consumed: after the last good frame.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Next chunk of good frames, or `None` at the end or at a bad frame
+    /// (then `self.bad` says which).
+    pub async fn next_chunk(&mut self) -> Result<Option<Chunk>, StoreError> {
+        if self.bad.is_some() || self.pos >= self.size {
+            return Ok(None);
+        }
+        let mut want = CHUNK.min(self.size - self.pos);
+        loop {
+            let data = self.store.read(&self.blob, self.pos, want).await?;
+            let mut frames = Vec::new();
+            let mut at = 0usize;
+            let mut need_more = None;
+            while at < data.len() {
+                match batch::parse_frame(&data[at..], self.max_body) {
+                    Frame::Complete { len, .. } => {
+                        frames.push(at..at + len);
+                        at += len;
+                    }
+                    Frame::Incomplete { needed } => {
+                        let start = self.pos + at as u64;
+                        let end = start + needed.unwrap_or(batch::FRAME_HEADER_LEN) as u64;
+                        if end <= self.size {
+                            need_more = Some(end);
+                        } else {
+                            self.bad = Some(BadFrame {
+                                offset: start,
+                                reaches_end: true,
+                                error: DecodeError::new(
+                                    0,
+                                    format!(
+                                        "incomplete batch: {} bytes present{}",
+                                        self.size - start,
+                                        needed.map(|n| format!(" of {n}")).unwrap_or_default()
+                                    ),
+                                ),
+                            });
+                        }
+                        break;
+                    }
+                    Frame::Corrupt(error) => {
+                        let declared = if data.len() - at >= 4 {
+                            u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as u64
+                        } else {
+                            u64::MAX
+                        };
+                        let length_unreadable = declared > self.max_body as u64;
+                        let reaches_end = length_unreadable
+                            || self.pos + at as u64 + batch::FRAME_HEADER_LEN as u64 + declared
+                                >= self.size;
+                        self.bad = Some(BadFrame {
+                            offset: self.pos + at as u64,
+                            reaches_end,
+                            error,
+                        });
+                        break;
+                    }
+                }
+            }
+            if frames.is_empty() {
+                if let Some(end) = need_more {
+                    // One frame larger than the chunk: read it whole.
+                    want = end - self.pos;
+                    continue;
+                }
+                return Ok(None);
+            }
+            let base = self.pos;
+            self.pos += at as u64;
+            // Stop at a bad frame only after handing out the good ones.
+            let mut data = data;
+            data.truncate(at);
+            return Ok(Some(Chunk { base, data, frames }));
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The state at the head of the log: everything a writer needs to append
+//! the next record, and what a snapshot persists.
+
+use std::collections::HashMap;
+
+use crate::format::merkle::Frontier;
+use crate::format::record::RecordRef;
+use crate::format::snapshot::Snapshot;
+use crate::format::{chain, Hash};
+
+#[derive(Clone, Debug)]
+pub struct Tip {
+    pub ledger_id: [u8; 16],
+    /// Records in the log; also the next sequence number.
+    pub size: u64,
+    pub chain_head: Hash,
+    pub last_ts: i64,
+    pub frontier: Frontier,
+    /// Stream id to its last version.
+    pub streams: HashMap<String, u64>,
+    pub segment_index: u64,
+    /// Bytes of the current segment that hold whole batches. 0 means the
+    /// header has not been read or written yet.
+    pub segment_len: u64,
+    pub segment_blocks: u64,
+}
+
+impl Tip {
+    pub fn genesis(ledger_id: [u8; 16]) -> Tip {
+        Tip {
+            ledger_id,
+            size: 0,
+            chain_head: chain::genesis(&ledger_id),
+            last_ts: i64::MIN,
+            frontier: Frontier::new(),
+            streams: HashMap::new(),
+            segment_index: 0,
+            segment_len: 0,
+            segment_blocks: 0,
+        }
+    }
+
+    /// The version a stream's next event gets.
+    pub fn next_version(&self, stream: &str) -> u64 {
+        self.streams.get(stream).map_or(0, |v| v + 1)
+    }
+
+    /// Checks that `r` may follow the current head and advances over it.
+    /// `leaf` is the record's leaf hash, computed by the caller (often in
+    /// parallel).
+    pub fn apply(
+        &mut self,
+        r: &RecordRef<'_>,
+        link: chain::Midstate,
+        leaf: Hash,
+    ) -> Result<Hash, String> {
+        if r.seq != self.size {
+            return Err(format!(
+                "sequence number {} where {} was due",
+                r.seq, self.size
+            ));
+        }
+        if r.timestamp_us < self.last_ts {
+            return Err(format!(
+                "timestamp {} is before the previous record's {}",
+                crate::time::format_us(r.timestamp_us),
+                crate::time::format_us(self.last_ts)
+            ));
+        }
+        match self.streams.get_mut(r.stream) {
+            Some(v) if r.stream_version == *v + 1 => *v = r.stream_version,
+            None if r.stream_version == 0 => {
+                self.streams.insert(r.stream.to_owned(), 0);
+            }
+            current => {
+                let due = current.map_or(0, |v| *v + 1);
+                return Err(format!(
+                    "stream {:?} version {} where {due} was due",
+                    r.stream, r.stream_version
+                ));
+            }
+        }
+        self.chain_head = link.link(&self.chain_head);
+        self.frontier.push(leaf);
+        self.last_ts = r.timestamp_us;
+        self.size += 1;
+        Ok(self.chain_head)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut streams: Vec<(String, u64)> =
+            self.streams.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        streams.sort_unstable();
+        Snapshot {
+            ledger_id: self.ledger_id,
+            size: self.size,
+            chain_head: self.chain_head,
+            last_timestamp_us: self.last_ts,
+            segment_index: self.segment_index,
+            segment_len: self.segment_len,
+            segment_blocks: self.segment_blocks,
+            frontier: self.frontier.nodes().to_vec(),
+            streams,
+        }
+    }
+
+    pub fn from_snapshot(s: Snapshot) -> Result<Tip, String> {
+        let frontier = Frontier::from_parts(s.size, s.frontier).map_err(|e| e.to_string())?;
+        Ok(Tip {
+            ledger_id: s.ledger_id,
+            size: s.size,
+            chain_head: s.chain_head,
+            last_ts: s.last_timestamp_us,
+            frontier,
+            streams: s.streams.into_iter().collect(),
+            segment_index: s.segment_index,
+            segment_len: s.segment_len,
+            segment_blocks: s.segment_blocks,
+        })
+    }
+}

@@ -1,0 +1,269 @@
+//! Full verification: every CRC, record, chain link, segment header,
+//! checkpoint signature, Merkle root and snapshot, from the first byte.
+//!
+//! Per chunk of batches, decoding and leaf hashing run in parallel (rayon);
+//! the chain walk, which is serial by construction, then costs one SHA-256
+//! compression per record (see `format::chain`).
+
+use rayon::prelude::*;
+
+use super::reader::LedgerReader;
+use super::recover;
+use super::scan::Scanner;
+use super::tip::Tip;
+use crate::error::{IntegrityError, LedgerError, Result};
+use crate::format::checkpoint::{Checkpoint, Verifier};
+use crate::format::segment::{SegmentHeader, HEADER_LEN};
+use crate::format::snapshot::Snapshot;
+use crate::format::{hex, Hash};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub segments: u64,
+    pub bytes: u64,
+    pub checkpoints: u64,
+    pub chain_head: Hash,
+    pub root: Hash,
+    /// Records after the newest checkpoint: intact, but not yet signed.
+    pub unsigned_tail: u64,
+}
+
+impl LedgerReader {
+    /// Verifies the whole ledger against `verifier`. `progress` is called
+    /// with (bytes done, bytes in all) as segments are read.
+    pub async fn verify(
+        &self,
+        verifier: &Verifier,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<VerifyReport> {
+        if verifier.key != self.recorded_verifier().key {
+            tracing::warn!("the public key given differs from the one recorded in the ledger");
+        }
+        let checkpoints = self.checkpoints(verifier).await?;
+        let meta = self.meta().clone();
+        let store = self.store().clone();
+        let segments = recover::list_segments(store.as_ref(), &meta.name).await?;
+        let total: u64 = segments.iter().map(|(_, s)| s.size).sum();
+        let mut done_before = 0u64;
+        let mut tip = Tip::genesis(meta.id);
+        let mut next_cp = checkpoints.iter().peekable();
+        let last = segments.len().saturating_sub(1);
+        for (index, info) in &segments {
+            let name = &info.name;
+            if info.size < HEADER_LEN as u64 {
+                if *index as usize == last && info.size == 0 {
+                    continue; // a rollover that a crash interrupted
+                }
+                return Err(IntegrityError::new(
+                    name,
+                    info.size,
+                    Some(tip.size),
+                    "segment header is incomplete",
+                )
+                .into());
+            }
+            let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
+            let h = SegmentHeader::decode(&bytes)
+                .map_err(|e| IntegrityError::new(name, e.offset as u64, Some(tip.size), e.what))?;
+            recover::check_header(name, &h, &meta, *index, &tip)?;
+            tip.segment_index = *index;
+            tip.segment_len = HEADER_LEN as u64;
+            tip.segment_blocks = 1;
+            if *index == 0 {
+                // Checkpoint 0 signs the empty ledger.
+                check_checkpoints(self, &mut next_cp, &tip).await?;
+            }
+            let mut scan = Scanner::new(
+                store.as_ref(),
+                name,
+                HEADER_LEN as u64,
+                info.size,
+                self.max_body(),
+            );
+            while let Some(chunk) = scan.next_chunk().await? {
+                // Parallel part: decode and hash every batch of the chunk.
+                let decoded: Vec<_> = chunk
+                    .frames
+                    .par_iter()
+                    .enumerate()
+                    .map(|(i, range)| {
+                        let offset = chunk.base + range.start as u64;
+                        let body = chunk.frame(i);
+                        let records = body.decode_all().map_err(|e| {
+                            IntegrityError::new(
+                                name,
+                                offset + e.offset as u64,
+                                Some(body.first_seq),
+                                e.what,
+                            )
+                        })?;
+                        let hashes = records
+                            .iter()
+                            .map(|r| {
+                                let leaf = r.leaf_hash();
+                                (leaf, crate::format::chain::midstate(&leaf))
+                            })
+                            .collect::<Vec<_>>();
+                        Ok::<_, IntegrityError>((
+                            offset,
+                            range.len() as u64,
+                            body.first_seq,
+                            records,
+                            hashes,
+                        ))
+                    })
+                    .collect();
+                // Serial part: walk the chain in order.
+                for d in decoded {
+                    let (offset, len, first_seq, records, hashes) = d?;
+                    if first_seq != tip.size {
+                        return Err(IntegrityError::new(
+                            name,
+                            offset + 8,
+                            Some(first_seq),
+                            format!(
+                                "batch starts at sequence number {first_seq} where {} was due",
+                                tip.size
+                            ),
+                        )
+                        .into());
+                    }
+                    for (r, (leaf, mid)) in records.iter().zip(hashes) {
+                        tip.apply(r, mid, leaf)
+                            .map_err(|what| IntegrityError::new(name, offset, Some(r.seq), what))?;
+                    }
+                    tip.segment_len = offset + len;
+                    tip.segment_blocks += 1;
+                    check_checkpoints(self, &mut next_cp, &tip).await?;
+                }
+                progress(done_before + chunk.base + chunk.data.len() as u64, total);
+            }
+            if let Some(bad) = scan.bad {
+                let what = if *index as usize == last && bad.reaches_end {
+                    format!("{} (a torn last batch, as a crash leaves; opening the ledger for writing truncates it)", bad.error.what)
+                } else {
+                    bad.error.what
+                };
+                return Err(IntegrityError::new(name, bad.offset, Some(tip.size), what).into());
+            }
+            done_before += info.size;
+            progress(done_before, total);
+        }
+        if let Some((blob, cp)) = next_cp.next() {
+            return Err(IntegrityError::new(
+                blob,
+                0,
+                Some(tip.size),
+                format!(
+                    "checkpoint covers {} records but the log holds only {}",
+                    cp.size, tip.size
+                ),
+            )
+            .into());
+        }
+        let signed = checkpoints.last().map_or(0, |(_, c)| c.size);
+        Ok(VerifyReport {
+            records: tip.size,
+            segments: segments.len() as u64,
+            bytes: total,
+            checkpoints: checkpoints.len() as u64,
+            chain_head: tip.chain_head,
+            root: tip.frontier.root(),
+            unsigned_tail: tip.size - signed,
+        })
+    }
+}
+
+/// Checks every checkpoint whose size the walk has just reached.
+async fn check_checkpoints<'a, I>(
+    reader: &LedgerReader,
+    next: &mut std::iter::Peekable<I>,
+    tip: &Tip,
+) -> Result<()>
+where
+    I: Iterator<Item = &'a (String, Checkpoint)>,
+{
+    while let Some((blob, cp)) = next.peek() {
+        if cp.size > tip.size {
+            break;
+        }
+        if cp.size < tip.size {
+            return Err(IntegrityError::new(
+                blob,
+                0,
+                Some(cp.size),
+                "checkpoint size falls inside a batch; the writer never signs such a checkpoint",
+            )
+            .into());
+        }
+        let root = tip.frontier.root();
+        if cp.root != root {
+            return Err(IntegrityError::new(
+                blob,
+                0,
+                Some(cp.size),
+                format!(
+                    "Merkle root {} does not match the log's {}",
+                    hex(&cp.root),
+                    hex(&root)
+                ),
+            )
+            .into());
+        }
+        if cp.chain_head != tip.chain_head {
+            return Err(IntegrityError::new(
+                blob,
+                0,
+                Some(cp.size),
+                format!(
+                    "chain head {} does not match the log's {}",
+                    hex(&cp.chain_head),
+                    hex(&tip.chain_head)
+                ),
+            )
+            .into());
+        }
+        check_snapshot(reader, cp, tip).await?;
+        next.next();
+    }
+    Ok(())
+}
+
+/// A snapshot must be exactly the state the log implies at its checkpoint.
+async fn check_snapshot(reader: &LedgerReader, cp: &Checkpoint, tip: &Tip) -> Result<()> {
+    let blob = super::layout::snapshot(reader.name(), cp.size);
+    let bytes = match reader.store().read_all(&blob).await {
+        Ok(b) => b,
+        Err(crate::backend::StoreError::NotFound { .. }) => {
+            return Err(IntegrityError::new(
+                &blob,
+                0,
+                Some(cp.size),
+                "snapshot for this checkpoint is missing",
+            )
+            .into())
+        }
+        Err(e) => return Err(LedgerError::Store(e)),
+    };
+    let snap = Snapshot::decode(&bytes)
+        .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
+    let want = tip.snapshot();
+    if snap != want {
+        let what = if snap.streams != want.streams {
+            "stream versions differ from the log".to_owned()
+        } else {
+            format!(
+                "position differs from the log (segment {} byte {} blocks {}, log has {} {} {})",
+                snap.segment_index,
+                snap.segment_len,
+                snap.segment_blocks,
+                want.segment_index,
+                want.segment_len,
+                want.segment_blocks
+            )
+        };
+        return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
+    }
+    Ok(())
+}

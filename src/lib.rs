@@ -1,0 +1,18 @@
+//! bi-ledger: an event-sourced, append-only, hash-chained ledger store.
+//!
+//! Start at [`Ledger::append`]: it hands events to the writer task
+//! (`ledger/writer.rs`), which encodes them as one batch (`format`), appends
+//! it as one block to a [`backend::BlobStore`] and acknowledges once durable.
+//! [`LedgerReader`] reads, verifies and proves.
+
+pub mod backend;
+pub mod error;
+pub mod format;
+pub mod keys;
+pub mod ledger;
+pub mod model;
+pub mod time;
+
+pub use error::{IntegrityError, LedgerError, Result};
+pub use ledger::{CheckpointInfo, Ledger, LedgerOptions, LedgerReader};
+pub use model::{ExpectedVersion, NewEvent, Receipt};

@@ -1,0 +1,236 @@
+//! What callers hand the ledger and what it hands back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::{hex, Hash};
+
+pub use crate::format::record::Record;
+
+/// The stream version a caller expects before its event is appended.
+/// Versions count from 0: a stream's first event has version 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedVersion {
+    /// No check.
+    #[default]
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have exactly this version.
+    Exact(u64),
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+impl ExpectedVersion {
+    /// Whether a stream whose last version is `current` satisfies this.
+    pub fn admits(self, current: Option<u64>) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::Exact(v) => current == Some(v),
+        }
+    }
+}
+
+/// One event to append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The entity this event belongs to, e.g. `decision-7f3a…`.
+    pub stream: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub content_type: String,
+    pub metadata: BTreeMap<String, String>,
+    pub payload: Vec<u8>,
+    pub expected_version: ExpectedVersion,
+}
+
+impl NewEvent {
+    /// An event whose payload is `value` as canonical JSON: object keys
+    /// sorted, no insignificant white space.
+    pub fn json(
+        stream: impl Into<String>,
+        event_type: impl Into<String>,
+        value: &serde_json::Value,
+    ) -> Self {
+        NewEvent {
+            stream: stream.into(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            content_type: "application/json".into(),
+            metadata: BTreeMap::new(),
+            payload: canonical_json(value),
+            expected_version: ExpectedVersion::Any,
+        }
+    }
+
+    /// An event with an opaque binary payload.
+    pub fn bytes(
+        stream: impl Into<String>,
+        event_type: impl Into<String>,
+        payload: Vec<u8>,
+    ) -> Self {
+        NewEvent {
+            stream: stream.into(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            content_type: "application/octet-stream".into(),
+            metadata: BTreeMap::new(),
+            payload,
+            expected_version: ExpectedVersion::Any,
+        }
+    }
+
+    pub fn expect(mut self, v: ExpectedVersion) -> Self {
+        self.expected_version = v;
+        self
+    }
+
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn with_schema_version(mut self, v: u32) -> Self {
+        self.schema_version = v;
+        self
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        text_field("stream", &self.stream, MAX_STREAM)?;
+        text_field("type", &self.event_type, MAX_NAME)?;
+        text_field("content_type", &self.content_type, MAX_NAME)?;
+        if self.metadata.len() > MAX_METADATA_ENTRIES {
+            return Err((
+                "metadata",
+                format!(
+                    "{} entries, at most {MAX_METADATA_ENTRIES} allowed",
+                    self.metadata.len()
+                ),
+            ));
+        }
+        for (k, v) in &self.metadata {
+            text_field("metadata key", k, MAX_NAME)?;
+            if v.len() > MAX_METADATA_VALUE {
+                return Err((
+                    "metadata",
+                    format!(
+                        "value of {k:?} is {} bytes, at most {MAX_METADATA_VALUE}",
+                        v.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub const MAX_STREAM: usize = 1024;
+pub const MAX_NAME: usize = 256;
+pub const MAX_METADATA_ENTRIES: usize = 256;
+pub const MAX_METADATA_VALUE: usize = 64 * 1024;
+
+fn text_field(field: &'static str, s: &str, max: usize) -> Result<(), (&'static str, String)> {
+    if s.is_empty() {
+        return Err((field, "must not be empty".into()));
+    }
+    if s.len() > max {
+        return Err((
+            field,
+            format!("is {} bytes, at most {max} allowed", s.len()),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err((field, "must not contain control characters".into()));
+    }
+    Ok(())
+}
+
+/// Canonical JSON bytes: serde_json's map is ordered by key (the
+/// `preserve_order` feature is off), so equal values serialize equally.
+pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a JSON value always serializes")
+}
+
+/// Proof that an event is durable: where it is and what it hashes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub seq: u64,
+    /// The record's chain hash.
+    pub hash: Hash,
+    pub stream: String,
+    pub version: u64,
+    pub timestamp_us: i64,
+    /// Segment index and byte offset of the batch holding the record.
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl Receipt {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seq": self.seq,
+            "hash": hex(&self.hash),
+            "stream": self.stream,
+            "version": self.version,
+            "timestamp": crate::time::format_us(self.timestamp_us),
+            "segment": self.segment,
+            "offset": self.offset,
+        })
+    }
+}
+
+/// A stored event as readers return it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub record: Record,
+    /// Chain hash, where the reader computed it.
+    pub hash: Option<Hash>,
+}
+
+/// JSON form of a record for `read` output: JSON payloads inline, others
+/// as base64.
+pub fn record_json(r: &crate::format::record::RecordRef<'_>) -> serde_json::Value {
+    use base64::Engine;
+    let mut o = serde_json::Map::new();
+    o.insert("seq".into(), r.seq.into());
+    o.insert(
+        "timestamp".into(),
+        crate::time::format_us(r.timestamp_us).into(),
+    );
+    o.insert("stream".into(), r.stream.into());
+    o.insert("version".into(), r.stream_version.into());
+    o.insert("type".into(), r.event_type.into());
+    o.insert("schema_version".into(), r.schema_version.into());
+    o.insert("content_type".into(), r.content_type.into());
+    let meta: serde_json::Map<String, serde_json::Value> = r
+        .metadata()
+        .map(|(k, v)| (k.to_owned(), v.into()))
+        .collect();
+    o.insert("metadata".into(), meta.into());
+    let json_payload = (r.content_type == "application/json")
+        .then(|| serde_json::from_slice::<serde_json::Value>(r.payload).ok())
+        .flatten();
+    match json_payload {
+        Some(v) => o.insert("payload".into(), v),
+        None => o.insert(
+            "payload_base64".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(r.payload)
+                .into(),
+        ),
+    };
+    o.into()
+}
