@@ -15,6 +15,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+pub mod azure;
 pub mod fs;
 
 /// Azure's limit on blocks in one append blob.
