@@ -13,6 +13,7 @@ use super::scan::Scanner;
 use super::tip::Tip;
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
+use crate::format::merkle;
 use crate::format::segment::{SegmentHeader, HEADER_LEN};
 use crate::format::snapshot::Snapshot;
 use crate::format::{hex, Hash};
@@ -98,25 +99,29 @@ impl LedgerReader {
                                 e.what,
                             )
                         })?;
-                        let hashes = records
+                        let mut leaves = Vec::with_capacity(records.len());
+                        let mids: Vec<_> = records
                             .iter()
                             .map(|r| {
                                 let leaf = r.leaf_hash();
-                                (leaf, crate::format::chain::midstate(&leaf))
+                                leaves.push(leaf);
+                                crate::format::chain::midstate(&leaf)
                             })
-                            .collect::<Vec<_>>();
+                            .collect();
+                        let subtrees = merkle::range_subtrees(body.first_seq, &leaves);
                         Ok::<_, IntegrityError>((
                             offset,
                             range.len() as u64,
                             body.first_seq,
                             records,
-                            hashes,
+                            mids,
+                            subtrees,
                         ))
                     })
                     .collect();
                 // Serial part: walk the chain in order.
                 for d in decoded {
-                    let (offset, len, first_seq, records, hashes) = d?;
+                    let (offset, len, first_seq, records, mids, subtrees) = d?;
                     if first_seq != tip.size {
                         return Err(IntegrityError::new(
                             name,
@@ -129,9 +134,14 @@ impl LedgerReader {
                         )
                         .into());
                     }
-                    for (r, (leaf, mid)) in records.iter().zip(hashes) {
-                        tip.apply(r, mid, leaf)
+                    for (r, mid) in records.iter().zip(mids) {
+                        tip.link(r, mid)
                             .map_err(|what| IntegrityError::new(name, offset, Some(r.seq), what))?;
+                    }
+                    for (height, hash) in subtrees {
+                        tip.frontier.append_subtree(height, hash).map_err(|e| {
+                            IntegrityError::new(name, offset, Some(first_seq), e.to_string())
+                        })?;
                     }
                     tip.segment_len = offset + len;
                     tip.segment_blocks += 1;
