@@ -50,7 +50,7 @@ impl LedgerOptions {
             segment_max_bytes: 1 << 30,
             segment_max_blocks: crate::backend::AZURE_MAX_BLOCKS,
             checkpoint_every_events: Some(1_000_000),
-            checkpoint_interval: Some(Duration::from_secs(60)),
+            checkpoint_interval: Some(Duration::from_secs(300)),
         }
     }
 }

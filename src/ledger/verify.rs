@@ -192,7 +192,7 @@ async fn check_checkpoints<'a, I>(
     tip: &Tip,
 ) -> Result<()>
 where
-    I: Iterator<Item = &'a (String, Checkpoint)>,
+    I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
 {
     while let Some((blob, cp)) = next.peek() {
         if cp.size > tip.size {
@@ -234,17 +234,25 @@ where
             )
             .into());
         }
-        check_snapshot(reader, cp, tip).await?;
+        check_snapshot(reader, cp, tip, next.len() == 1).await?;
         next.next();
     }
     Ok(())
 }
 
 /// A snapshot must be exactly the state the log implies at its checkpoint.
-async fn check_snapshot(reader: &LedgerReader, cp: &Checkpoint, tip: &Tip) -> Result<()> {
+/// Only the newest checkpoint's snapshot must exist: the writer prunes older
+/// ones (they are a cache, not evidence).
+async fn check_snapshot(
+    reader: &LedgerReader,
+    cp: &Checkpoint,
+    tip: &Tip,
+    required: bool,
+) -> Result<()> {
     let blob = super::layout::snapshot(reader.name(), cp.size);
     let bytes = match reader.store().read_all(&blob).await {
         Ok(b) => b,
+        Err(crate::backend::StoreError::NotFound { .. }) if !required => return Ok(()),
         Err(crate::backend::StoreError::NotFound { .. }) => {
             return Err(IntegrityError::new(
                 &blob,

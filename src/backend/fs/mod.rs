@@ -494,6 +494,18 @@ impl BlobStore for SharedFs {
         .await
     }
 
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let (me, name) = (self.clone(), name.to_owned());
+        blocking(move || {
+            me.forget(&name);
+            let path = me.path(&name)?;
+            fs::remove_file(&path).map_err(|e| not_found_or(e, "delete", &name))?;
+            let _ = fs::remove_file(me.side_path(&name, "blocks")?);
+            sync_dir(path.parent().unwrap()).map_err(|e| io("fsync directory of", &name, e))
+        })
+        .await
+    }
+
     async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
         let (me, name) = (self.clone(), name.to_owned());
         blocking(move || {
