@@ -1434,3 +1434,57 @@ async fn torn_tail_and_damage() {
     .unwrap_err()
     .is_integrity());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_a_cache() {
+    if print_mode() {
+        return;
+    }
+    let doc = doc_vectors();
+    let verifier = Verifier::from_vkey(&doc_str(&doc, "verifier-key")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_ledger(dir.path(), &doc);
+    let snapshot = |size| dir.path().join(layout::snapshot(LEDGER_NAME, size));
+
+    // Older snapshots may be pruned...
+    std::fs::remove_file(snapshot(0)).unwrap();
+    std::fs::remove_file(snapshot(2)).unwrap();
+    let reader = LedgerReader::open(store(dir.path()), LEDGER_NAME)
+        .await
+        .unwrap();
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!((report.records, report.checkpoints), (4, 3));
+
+    // ...but one that exists must match the log,
+    let mut wrong = doc["snapshot-2"].clone();
+    wrong.truncate(wrong.len() - 32);
+    wrong[92] = 3; // segment blocks
+    let digest = sha256(&[&wrong]);
+    wrong.extend_from_slice(&digest);
+    std::fs::write(snapshot(2), &wrong).unwrap();
+    let e = reader
+        .verify(&verifier, &|_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("snapshot-00000000000000000002"), "{e}");
+    assert!(e.contains("position differs from the log"), "{e}");
+    std::fs::remove_file(snapshot(2)).unwrap();
+
+    // ...and the newest checkpoint's must exist.
+    std::fs::remove_file(snapshot(4)).unwrap();
+    let e = reader
+        .verify(&verifier, &|_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("snapshot for this checkpoint is missing"), "{e}");
+    let e = Ledger::open(
+        store(dir.path()),
+        LEDGER_NAME,
+        LedgerOptions::new(signing_key()),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.is_integrity(), "{e}");
+}
