@@ -16,3 +16,8 @@ pub mod time;
 pub use error::{IntegrityError, LedgerError, Result};
 pub use ledger::{CheckpointInfo, Ledger, LedgerOptions, LedgerReader};
 pub use model::{ExpectedVersion, NewEvent, Receipt};
+
+/// The README's library example is compiled and run as a doc-test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -82,6 +82,20 @@ async fn append_read_reopen_verify() {
     assert_eq!(report.unsigned_tail, 0);
 
     let cps = reader.checkpoints(&verifier).await.unwrap();
+    assert_eq!(
+        cps.iter().map(|(_, c)| c.size).collect::<Vec<_>>(),
+        vec![0, 2, 3]
+    );
+    // Snapshots are a cache: only the newest two are kept.
+    let snaps: Vec<String> = s
+        .list("main/snapshot-")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    assert!(snaps[1].ends_with("00003"));
     let newest = &cps.last().unwrap().1;
     for seq in 0..3 {
         let p = reader.inclusion_proof(seq, newest.size).await.unwrap();

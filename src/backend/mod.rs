@@ -106,6 +106,9 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError>;
     /// Takes the single-writer lock named `name`.
     async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError>;
+    /// Removes a blob that is not evidence (an old writer-state snapshot).
+    /// The ledger never deletes segments or checkpoints.
+    async fn delete(&self, name: &str) -> Result<(), StoreError>;
 
     /// Reads a whole blob.
     async fn read_all(&self, name: &str) -> Result<Vec<u8>, StoreError> {

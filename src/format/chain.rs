@@ -65,6 +65,50 @@ mod tests {
         assert_ne!(link(&leaf, &prev), direct);
     }
 
+    use proptest::prelude::*;
+
+    fn head(id: &[u8; 16], entries: &[Vec<u8>]) -> Hash {
+        entries.iter().fold(genesis(id), |prev, e| {
+            link(&prev, &crate::format::merkle::leaf_hash(e))
+        })
+    }
+
+    proptest! {
+        /// The head commits to every entry, their order and the ledger: any
+        /// change, swap, removal or insertion gives another head.
+        #[test]
+        fn head_commits_to_content_and_order(
+            entries in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 2..12),
+            pick in any::<proptest::sample::Index>(),
+            byte in any::<proptest::sample::Index>(),
+        ) {
+            let id = [1u8; 16];
+            let h = head(&id, &entries);
+            let i = pick.index(entries.len());
+            let mut changed = entries.clone();
+            if changed[i].is_empty() {
+                changed[i].push(0);
+            } else {
+                let b = byte.index(changed[i].len());
+                changed[i][b] ^= 0x01;
+            }
+            prop_assert_ne!(head(&id, &changed), h);
+            let mut removed = entries.clone();
+            removed.remove(i);
+            prop_assert_ne!(head(&id, &removed), h);
+            let mut inserted = entries.clone();
+            inserted.insert(i, b"extra".to_vec());
+            prop_assert_ne!(head(&id, &inserted), h);
+            let j = (i + 1) % entries.len();
+            if entries[i] != entries[j] {
+                let mut swapped = entries.clone();
+                swapped.swap(i, j);
+                prop_assert_ne!(head(&id, &swapped), h);
+            }
+            prop_assert_ne!(head(&[2u8; 16], &entries), h);
+        }
+    }
+
     #[test]
     fn genesis_depends_on_ledger() {
         assert_ne!(genesis(&[0; 16]), genesis(&[1; 16]));

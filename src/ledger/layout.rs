@@ -57,6 +57,10 @@ pub fn snapshot(ledger: &str, size: u64) -> String {
     format!("{ledger}/snapshot-{size:020}")
 }
 
+pub fn snapshot_prefix(ledger: &str) -> String {
+    format!("{ledger}/snapshot-")
+}
+
 pub fn lock(ledger: &str) -> String {
     format!("{ledger}/writer")
 }

@@ -54,6 +54,15 @@ impl Tip {
         link: chain::Midstate,
         leaf: Hash,
     ) -> Result<Hash, String> {
+        let h = self.link(r, link)?;
+        self.frontier.push(leaf);
+        Ok(h)
+    }
+
+    /// `apply` without the Merkle frontier, for callers that merge whole
+    /// subtrees computed in parallel (`verify`); they append the subtrees
+    /// before anything reads the frontier.
+    pub fn link(&mut self, r: &RecordRef<'_>, link: chain::Midstate) -> Result<Hash, String> {
         if r.seq != self.size {
             return Err(format!(
                 "sequence number {} where {} was due",
@@ -81,7 +90,6 @@ impl Tip {
             }
         }
         self.chain_head = link.link(&self.chain_head);
-        self.frontier.push(leaf);
         self.last_ts = r.timestamp_us;
         self.size += 1;
         Ok(self.chain_head)

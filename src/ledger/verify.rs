@@ -13,6 +13,7 @@ use super::scan::Scanner;
 use super::tip::Tip;
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
+use crate::format::merkle;
 use crate::format::segment::{SegmentHeader, HEADER_LEN};
 use crate::format::snapshot::Snapshot;
 use crate::format::{hex, Hash};
@@ -98,25 +99,29 @@ impl LedgerReader {
                                 e.what,
                             )
                         })?;
-                        let hashes = records
+                        let mut leaves = Vec::with_capacity(records.len());
+                        let mids: Vec<_> = records
                             .iter()
                             .map(|r| {
                                 let leaf = r.leaf_hash();
-                                (leaf, crate::format::chain::midstate(&leaf))
+                                leaves.push(leaf);
+                                crate::format::chain::midstate(&leaf)
                             })
-                            .collect::<Vec<_>>();
+                            .collect();
+                        let subtrees = merkle::range_subtrees(body.first_seq, &leaves);
                         Ok::<_, IntegrityError>((
                             offset,
                             range.len() as u64,
                             body.first_seq,
                             records,
-                            hashes,
+                            mids,
+                            subtrees,
                         ))
                     })
                     .collect();
                 // Serial part: walk the chain in order.
                 for d in decoded {
-                    let (offset, len, first_seq, records, hashes) = d?;
+                    let (offset, len, first_seq, records, mids, subtrees) = d?;
                     if first_seq != tip.size {
                         return Err(IntegrityError::new(
                             name,
@@ -129,9 +134,14 @@ impl LedgerReader {
                         )
                         .into());
                     }
-                    for (r, (leaf, mid)) in records.iter().zip(hashes) {
-                        tip.apply(r, mid, leaf)
+                    for (r, mid) in records.iter().zip(mids) {
+                        tip.link(r, mid)
                             .map_err(|what| IntegrityError::new(name, offset, Some(r.seq), what))?;
+                    }
+                    for (height, hash) in subtrees {
+                        tip.frontier.append_subtree(height, hash).map_err(|e| {
+                            IntegrityError::new(name, offset, Some(first_seq), e.to_string())
+                        })?;
                     }
                     tip.segment_len = offset + len;
                     tip.segment_blocks += 1;
@@ -182,7 +192,7 @@ async fn check_checkpoints<'a, I>(
     tip: &Tip,
 ) -> Result<()>
 where
-    I: Iterator<Item = &'a (String, Checkpoint)>,
+    I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
 {
     while let Some((blob, cp)) = next.peek() {
         if cp.size > tip.size {
@@ -224,17 +234,25 @@ where
             )
             .into());
         }
-        check_snapshot(reader, cp, tip).await?;
+        check_snapshot(reader, cp, tip, next.len() == 1).await?;
         next.next();
     }
     Ok(())
 }
 
 /// A snapshot must be exactly the state the log implies at its checkpoint.
-async fn check_snapshot(reader: &LedgerReader, cp: &Checkpoint, tip: &Tip) -> Result<()> {
+/// Only the newest checkpoint's snapshot must exist: the writer prunes older
+/// ones (they are a cache, not evidence).
+async fn check_snapshot(
+    reader: &LedgerReader,
+    cp: &Checkpoint,
+    tip: &Tip,
+    required: bool,
+) -> Result<()> {
     let blob = super::layout::snapshot(reader.name(), cp.size);
     let bytes = match reader.store().read_all(&blob).await {
         Ok(b) => b,
+        Err(crate::backend::StoreError::NotFound { .. }) if !required => return Ok(()),
         Err(crate::backend::StoreError::NotFound { .. }) => {
             return Err(IntegrityError::new(
                 &blob,

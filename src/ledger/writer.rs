@@ -347,6 +347,7 @@ impl Writer {
         let blob = layout::checkpoint(&self.meta.name, cp.size);
         self.store.put(&blob, note.as_bytes()).await?;
         info!(size = cp.size, checkpoint = %blob, "wrote checkpoint");
+        self.prune_snapshots(cp.size).await;
         let info = CheckpointInfo {
             blob,
             checkpoint: cp,
@@ -355,6 +356,39 @@ impl Writer {
         self.last_checkpoint = Some(info.clone());
         self.last_checkpoint_at = Instant::now();
         Ok(info)
+    }
+}
+
+impl Writer {
+    /// Snapshots are a cache, not evidence: keep the newest two (the newest
+    /// for `open`, the one before in case the newest checkpoint is being
+    /// read by someone) and drop the rest, or a ledger checkpointed every few
+    /// minutes for ten years would hoard copies of its stream index.
+    async fn prune_snapshots(&self, newest: u64) {
+        let prefix = layout::snapshot_prefix(&self.meta.name);
+        let mut sizes: Vec<(u64, String)> = match self.store.list(&prefix).await {
+            Ok(blobs) => blobs
+                .into_iter()
+                .filter_map(|b| {
+                    b.name[prefix.len()..]
+                        .parse()
+                        .ok()
+                        .map(|s: u64| (s, b.name))
+                })
+                .filter(|(s, _)| *s <= newest)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list snapshots to prune");
+                return;
+            }
+        };
+        sizes.sort();
+        let keep = sizes.len().saturating_sub(2);
+        for (_, name) in sizes.into_iter().take(keep) {
+            if let Err(e) = self.store.delete(&name).await {
+                tracing::warn!(error = %e, snapshot = %name, "could not delete an old snapshot");
+            }
+        }
     }
 }
 
