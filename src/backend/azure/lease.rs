@@ -135,9 +135,8 @@ impl Drop for Lease {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Ok(gate) = release_gate(&self.key).try_lock_owned() else {
-            return;
-        };
+        let releases = releases_of(&self.key);
+        releases.send_modify(|n| *n += 1);
         let (client, id, name) = (
             self.client.clone(),
             self.lease_id.clone(),
@@ -148,29 +147,27 @@ impl Drop for Lease {
                 Ok(_) => debug!(lock = %name, "released writer lease"),
                 Err(e) => debug!(lock = %name, error = %describe(&e), "could not release writer lease; it will expire"),
             }
-            drop(gate);
+            releases.send_modify(|n| *n -= 1);
         });
     }
 }
 
-type Gate = Arc<tokio::sync::Mutex<()>>;
-
-/// One gate per lock blob in this process, held while a release is in
-/// flight.
-fn release_gate(key: &str) -> Gate {
-    static GATES: OnceLock<Mutex<HashMap<String, Gate>>> = OnceLock::new();
-    GATES
+/// Per lock blob in this process: how many releases are in flight.
+fn releases_of(key: &str) -> tokio::sync::watch::Sender<usize> {
+    static RELEASES: OnceLock<Mutex<HashMap<String, tokio::sync::watch::Sender<usize>>>> =
+        OnceLock::new();
+    RELEASES
         .get_or_init(Default::default)
         .lock()
         .unwrap()
         .entry(key.to_owned())
-        .or_default()
+        .or_insert_with(|| tokio::sync::watch::Sender::new(0))
         .clone()
 }
 
-/// Waits until a release of this lock by this process has landed (bounded,
-/// in case the release hangs: the lease then expires on its own).
+/// Waits until releases of this lock by this process have landed (bounded,
+/// in case a release hangs: the lease then expires on its own).
 pub(super) async fn wait_for_release(key: &str, limit: Duration) {
-    let gate = release_gate(key);
-    let _ = tokio::time::timeout(limit, gate.lock()).await;
+    let mut rx = releases_of(key).subscribe();
+    let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
 }

@@ -31,7 +31,7 @@ use azure_core::http::{
 use azure_storage_blob::models::{
     AppendBlobClientAppendBlockOptions, AppendBlobClientAppendBlockResultHeaders,
     AppendBlobClientCreateOptions, BlobClientAcquireLeaseOptions,
-    BlobClientAcquireLeaseResultHeaders, BlobClientDownloadOptions,
+    BlobClientAcquireLeaseResultHeaders, BlobClientBreakLeaseOptions, BlobClientDownloadOptions,
     BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions, BlobType,
     BlockBlobClientUploadOptions,
 };
@@ -203,21 +203,31 @@ impl AzureBlobStore {
         container: &str,
         opts: AzureOptions,
     ) -> Result<Self, StoreError> {
+        let store = Self::new(info, container, opts)?;
+        store.create_container_if_missing().await?;
+        Ok(store)
+    }
+
+    /// A store on `container` without any I/O: the container must exist
+    /// (see [`AzureBlobStore::create_container_if_missing`]).
+    pub fn new(
+        info: ConnectionInfo,
+        container: &str,
+        opts: AzureOptions,
+    ) -> Result<Self, StoreError> {
         let redactor = Redactor::new(info.secrets());
         let policy: Arc<dyn Policy> = match info.credential {
             Credential::SharedKey { account, key } => Arc::new(SharedKeyPolicy::new(account, key)),
             Credential::Sas(token) => Arc::new(SasPolicy::new(token)),
         };
-        let store = Self::build(
+        Self::build(
             info.blob_endpoint,
             container,
             Some(policy),
             None,
             redactor,
             opts,
-        )?;
-        store.ensure_container().await?;
-        Ok(store)
+        )
     }
 
     /// Opens `container` (creating it if missing) with an Entra ID
@@ -237,7 +247,7 @@ impl AzureBlobStore {
             Redactor::default(),
             opts,
         )?;
-        store.ensure_container().await?;
+        store.create_container_if_missing().await?;
         Ok(store)
     }
 
@@ -283,15 +293,8 @@ impl AzureBlobStore {
             u.set_query(None);
             u.to_string()
         };
-        // One HTTP client (connection pool) for both pipelines. HTTP/1.1,
-        // no automatic decompression (blob bytes are returned as stored),
-        // no redirects (the storage REST API does not use them).
-        let http = reqwest::Client::builder()
-            .connect_timeout(opts.connect_timeout)
-            .read_timeout(opts.read_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| config_err("HTTP client", redactor.redact(&error_chain(&e))))?;
+        let http =
+            http_client(&opts).map_err(|e| config_err("HTTP client", redactor.redact(&e)))?;
         let transport = Transport::new(Arc::new(http));
         let per_try: Vec<Arc<dyn Policy>> = policy.into_iter().collect();
         let r = &opts.retry;
@@ -336,7 +339,7 @@ impl AzureBlobStore {
         &self.inner.opts
     }
 
-    async fn ensure_container(&self) -> Result<(), StoreError> {
+    pub async fn create_container_if_missing(&self) -> Result<(), StoreError> {
         match self.inner.retrying.create(None).await {
             Ok(_) => {
                 debug!(container = %self.inner.container, "created container");
@@ -354,6 +357,33 @@ impl AzureBlobStore {
             Ok(_) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
             Err(e) => Err(self.err("delete container", &self.inner.container, &e)),
+        }
+    }
+
+    /// Breaks the writer lease on lock `name` at once, whoever holds it.
+    /// For operators (a writer host died and its lease must not be waited
+    /// out) and tests. The old holder's `check()` fails at its next
+    /// renewal, and its appends meet the append-position condition.
+    pub async fn break_lock(&self, name: &str) -> Result<(), StoreError> {
+        validate_name(name)?;
+        let blob = format!("{LOCK_PREFIX}{name}");
+        match self
+            .inner
+            .retrying
+            .blob_client(&blob)
+            .break_lease(Some(BlobClientBreakLeaseOptions {
+                break_period: Some(0),
+                ..Default::default()
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Err(StoreError::NotFound {
+                name: name.to_owned(),
+            }),
+            // No lease to break: nobody holds the lock.
+            Err(e) if code_of(&e) == Some("LeaseNotPresentWithLeaseOperation") => Ok(()),
+            Err(e) => Err(self.err("break writer lease on", name, &e)),
         }
     }
 
@@ -501,6 +531,29 @@ impl AzureBlobStore {
     fn hidden(name: &str) -> bool {
         name.split('/').any(|c| c.starts_with('.'))
     }
+}
+
+/// An HTTP client (connection pool) for one store: HTTP/1.1, TLS on the
+/// system's OpenSSL, no automatic decompression (blob bytes are returned as
+/// stored), no redirects (the storage REST API does not use them).
+///
+/// The TLS connector is built once per process and shared: building it
+/// loads the system's root certificates, which takes tens of milliseconds.
+/// The client itself is per store, so its pooled connections belong to the
+/// runtime that uses the store.
+fn http_client(opts: &AzureOptions) -> Result<reqwest::Client, String> {
+    static TLS: std::sync::OnceLock<Result<native_tls::TlsConnector, String>> =
+        std::sync::OnceLock::new();
+    let tls = TLS
+        .get_or_init(|| native_tls::TlsConnector::new().map_err(|e| error_chain(&e)))
+        .clone()?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(opts.connect_timeout)
+        .read_timeout(opts.read_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| error_chain(&e))
 }
 
 struct Attempted<T> {
@@ -808,14 +861,20 @@ impl BlobStore for AzureBlobStore {
                     tokio::time::sleep(backoff(r, retry)).await;
                     retry += 1;
                 }
-                Err(e) => {
-                    return Err(match status_of(&e) {
-                        Some(404) => StoreError::NotFound {
-                            name: name.to_owned(),
-                        },
-                        Some(416) => out_of_range(self.info(name).await?.size),
-                        _ => self.err("read", name, &e),
+                Err(e) if status_of(&e) == Some(404) => {
+                    return Err(StoreError::NotFound {
+                        name: name.to_owned(),
                     })
+                }
+                Err(e) => {
+                    // 416, or the SDK's own trouble with a range past the
+                    // end (an empty blob answers with no range at all):
+                    // the size says whether the read was out of range.
+                    let size = self.info(name).await?.size;
+                    if end > size {
+                        return Err(out_of_range(size));
+                    }
+                    return Err(self.err("read", name, &e));
                 }
             }
         };
@@ -954,9 +1013,28 @@ impl BlobStore for AzureBlobStore {
     }
 
     async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
+        validate_name(name)?;
+        // The same answer as the fs store for a blob that is not there.
+        self.info(name).await?;
         Err(StoreError::Unsupported(format!(
             "cannot cut {name} back to {len} bytes: Azure append blobs cannot be truncated, and need not be, since an Append Block is atomic and cannot leave a torn tail; a damaged tail there is not a crash artefact"
         )))
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        validate_name(name)?;
+        let client = self.inner.once.blob_client(name);
+        let a = self.attempt("delete", name, || client.delete(None)).await;
+        self.inner.blocks.lock().unwrap().remove(name);
+        match a.result {
+            Ok(_) => Ok(()),
+            // After an attempt that may have landed, "not found" is ours.
+            Err(e) if status_of(&e) == Some(404) && a.uncertain => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Err(StoreError::NotFound {
+                name: name.to_owned(),
+            }),
+            Err(e) => Err(self.err("delete", name, &e)),
+        }
     }
 
     async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
