@@ -131,11 +131,17 @@ pub fn parse_frame(buf: &[u8], max_body: usize) -> Frame<'_> {
             format!("batch CRC32C mismatch: stored {stored:08x}, computed {actual:08x}"),
         ));
     }
+    let count = u32::from_le_bytes(body[8..12].try_into().unwrap());
+    if count == 0 {
+        // Writers never write an empty batch; accepting one would give the
+        // same log two byte forms.
+        return Frame::Corrupt(DecodeError::new(16, "batch holds no records"));
+    }
     Frame::Complete {
         len: total,
         body: BatchBody {
             first_seq: u64::from_le_bytes(body[0..8].try_into().unwrap()),
-            count: u32::from_le_bytes(body[8..12].try_into().unwrap()),
+            count,
             base_ts: i64::from_le_bytes(body[12..20].try_into().unwrap()),
             records: &body[BODY_HEADER_LEN..],
         },
@@ -321,7 +327,7 @@ mod tests {
             vec(text(), 1..4),
             prop_oneof![Just(0u64), 0..u64::MAX / 2],
             -(1i64 << 61)..(1i64 << 61),
-            vec(draft(), 0..12),
+            vec(draft(), 1..12),
         )
             .prop_map(|(streams, types, first_seq, base_ts, drafts)| {
                 let mut ts = base_ts;
@@ -550,8 +556,10 @@ mod tests {
         assert_eq!(longer.len(), frame.len() + 1 + "décision-9".len());
     }
 
+    /// Writers never write an empty batch, so a reader refuses one rather
+    /// than admit a second byte form of the same log.
     #[test]
-    fn empty_batch_round_trips() {
+    fn empty_batch_is_corrupt() {
         let b = Batch {
             first_seq: 7,
             base_ts: -5,
@@ -559,7 +567,9 @@ mod tests {
         };
         let frame = encode(&b);
         assert_eq!(frame.len(), FRAME_HEADER_LEN + BODY_HEADER_LEN);
-        check_round_trip(&b, &frame, frame.len(), MAX_BODY);
+        assert!(
+            matches!(parse_frame(&frame, MAX_BODY), Frame::Corrupt(e) if e.what.contains("no records"))
+        );
     }
 
     /// A body shorter than its own header is out of range, not a panic.

@@ -114,15 +114,18 @@ impl<'s> Scanner<'s> {
                         break;
                     }
                     Frame::Corrupt(error) => {
-                        let declared = if data.len() - at >= 4 {
-                            u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as u64
-                        } else {
-                            u64::MAX
-                        };
-                        let length_unreadable = declared > self.max_body as u64;
-                        let reaches_end = length_unreadable
-                            || self.pos + at as u64 + batch::FRAME_HEADER_LEN as u64 + declared
-                                >= self.size;
+                        // Only the last append can tear, and it is one frame
+                        // at most. Sector writes are atomic, so a torn frame's
+                        // length is either as written (the frame then runs to
+                        // the end of the blob) or still zero. Anything else is
+                        // damage, and must not be cut off as if it were torn.
+                        let start = self.pos + at as u64;
+                        let declared =
+                            u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as u64;
+                        let header = batch::FRAME_HEADER_LEN as u64;
+                        let one_frame = self.size - start <= header + self.max_body as u64;
+                        let reaches_end =
+                            one_frame && (declared == 0 || start + header + declared >= self.size);
                         self.bad = Some(BadFrame {
                             offset: self.pos + at as u64,
                             reaches_end,

@@ -150,7 +150,8 @@ impl LedgerReader {
                 progress(done_before + chunk.base + chunk.data.len() as u64, total);
             }
             if let Some(bad) = scan.bad {
-                let what = if *index as usize == last && bad.reaches_end {
+                let signed = checkpoints.last().map_or(0, |(_, c)| c.size);
+                let what = if *index as usize == last && bad.reaches_end && tip.size >= signed {
                     format!("{} (a torn last batch, as a crash leaves; opening the ledger for writing truncates it)", bad.error.what)
                 } else {
                     bad.error.what

@@ -370,10 +370,7 @@ impl Writer {
             Ok(blobs) => blobs
                 .into_iter()
                 .filter_map(|b| {
-                    b.name[prefix.len()..]
-                        .parse()
-                        .ok()
-                        .map(|s: u64| (s, b.name))
+                    layout::snapshot_size(&self.meta.name, &b.name).map(|s| (s, b.name))
                 })
                 .filter(|(s, _)| *s <= newest)
                 .collect(),
