@@ -437,7 +437,6 @@ async fn unsealed_older_segments_are_sealed() {
 /// checkpoint's snapshot with its own position at the end of the previous
 /// segment, and reports "position differs from the log".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: checkpoint right after a recovered rollover fails verify (snapshot position)"]
 async fn rollover_interrupted_then_closed_without_appending() {
     let c = build(3, &[1, 1, 1, 1, 1], None).await;
     let dir = c.copy();
@@ -540,7 +539,6 @@ async fn snapshot_without_its_checkpoint() {
 /// `checkpoint()` finds a snapshot with other bytes and fails with
 /// `AlreadyExists`, and keeps failing until the next append.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: orphan snapshot + recovered rollover makes checkpoint()/close() fail"]
 async fn orphan_snapshot_then_interrupted_rollover_then_close() {
     // Segment 1 is full after 4 batches; checkpoint at that size.
     let c = build(3, &[1, 2, 1, 1], Some(4)).await;
@@ -605,7 +603,6 @@ async fn flipped_byte_in_a_non_last_batch() {
 /// the batch appear to run past the end of the segment, like a torn write,
 /// and recovery truncates it with every acknowledged batch after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: recovery mistakes a damaged length in a non-last batch for a torn tail and truncates acknowledged batches"]
 async fn flipped_length_in_a_non_last_batch() {
     let c = build(100, &[2, 1, 1, 1], None).await;
     let (start, _) = c.range(2);

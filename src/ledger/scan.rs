@@ -115,17 +115,25 @@ impl<'s> Scanner<'s> {
                     }
                     Frame::Corrupt(error) => {
                         // Only the last append can tear, and it is one frame
-                        // at most. Sector writes are atomic, so a torn frame's
-                        // length is either as written (the frame then runs to
-                        // the end of the blob) or still zero. Anything else is
-                        // damage, and must not be cut off as if it were torn.
+                        // at most. Its length field is either as written
+                        // (self-checked, see `batch`) or still zero; a
+                        // written frame that runs to the end of the blob with
+                        // a bad CRC had its body torn. Anything else is
+                        // damage, and must never be cut off as if torn.
                         let start = self.pos + at as u64;
-                        let declared =
-                            u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as u64;
                         let header = batch::FRAME_HEADER_LEN as u64;
                         let one_frame = self.size - start <= header + self.max_body as u64;
-                        let reaches_end =
-                            one_frame && (declared == 0 || start + header + declared >= self.size);
+                        let reaches_end = one_frame
+                            && match batch::frame_length(&data[at..]) {
+                                batch::Length::Unwritten => true,
+                                batch::Length::Damaged => false,
+                                batch::Length::Valid(n) => {
+                                    let end = at + batch::FRAME_HEADER_LEN + n;
+                                    start + header + n as u64 >= self.size
+                                        && !(end <= data.len()
+                                            && batch::frame_crc_ok(&data[at..end]))
+                                }
+                            };
                         self.bad = Some(BadFrame {
                             offset: self.pos + at as u64,
                             reaches_end,

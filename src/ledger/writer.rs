@@ -338,10 +338,16 @@ impl Writer {
         let snap = self.tip.snapshot().encode();
         match self.store.put(&snap_blob, &snap).await {
             Ok(()) => {}
-            // A crash between snapshot and checkpoint leaves the snapshot;
-            // it is the same state, so its bytes are the same.
-            Err(StoreError::AlreadyExists { .. })
-                if self.store.read_all(&snap_blob).await? == snap => {}
+            // A crash between snapshot and checkpoint leaves an orphan
+            // snapshot of this size. No checkpoint refers to it (or this one
+            // would not be written), so it is replaced; usually its bytes are
+            // the same, but a recovered rollover since moves the position.
+            Err(StoreError::AlreadyExists { .. }) => {
+                if self.store.read_all(&snap_blob).await? != snap {
+                    self.store.delete(&snap_blob).await?;
+                    self.store.put(&snap_blob, &snap).await?;
+                }
+            }
             Err(e) => return Err(e.into()),
         }
         let blob = layout::checkpoint(&self.meta.name, cp.size);
