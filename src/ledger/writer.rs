@@ -108,7 +108,11 @@ impl Writer {
                     let _ = reply.send(self.checkpoint().await);
                 }
                 Command::Close { reply } => {
-                    let _ = reply.send(self.checkpoint().await);
+                    let result = self.checkpoint().await;
+                    // Release the writer lock before answering, so that a
+                    // caller may reopen as soon as close() returns.
+                    drop(self);
+                    let _ = reply.send(result);
                     return;
                 }
             }
