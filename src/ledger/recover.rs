@@ -199,7 +199,7 @@ pub async fn recover(
             } else {
                 let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
                 let h = SegmentHeader::decode(&bytes)
-                    .map_err(|e| IntegrityError::new(name, e.offset as u64, None, e.what))?;
+                    .map_err(|e| IntegrityError::new(name, e.offset as u64, Some(tip.size), e.what))?;
                 check_header(name, &h, meta, *index, &tip)?;
             }
             tip.segment_index = *index;
