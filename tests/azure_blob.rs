@@ -737,6 +737,18 @@ async fn unknown_append_outcome_is_resolved_by_reading_back() {
         Err(StoreError::AlreadyExists { .. })
     ));
 
+    // A lease acquire whose answer was lost: the pipeline's retry proposes
+    // the same lease id, which the service accepts as the same lease.
+    faults.add("x-ms-lease-action: acquire", Fault::DropAfterForward, 1);
+    let lock = s.lock("d/writer").await.unwrap();
+    assert_eq!(faults.injected.load(Ordering::Relaxed), 4);
+    lock.check().unwrap();
+    assert!(matches!(
+        c.dyn_store().lock("d/writer").await,
+        Err(StoreError::Locked { .. })
+    ));
+    drop(lock);
+
     // Through the ledger: every append's answer is lost once.
     let ledger = Ledger::create(s.clone(), "lossy", ledger_opts())
         .await

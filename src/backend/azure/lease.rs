@@ -107,20 +107,29 @@ impl std::fmt::Debug for Lease {
 
 impl WriterLock for Lease {
     fn check(&self) -> Result<(), StoreError> {
-        let lost = |why: String| StoreError::Io {
-            op: "hold the writer lease on",
-            name: self.name.clone(),
-            source: std::io::Error::other(why),
-        };
-        if let Some(why) = self.state.lost.lock().unwrap().clone() {
-            return Err(lost(format!("the lease was lost: renewal failed: {why}")));
+        self.state
+            .check(self.max_age)
+            .map_err(|why| StoreError::Io {
+                op: "hold the writer lease on",
+                name: self.name.clone(),
+                source: std::io::Error::other(why),
+            })
+    }
+}
+
+impl State {
+    /// Whether the lease can still be trusted: no renewal has failed, and
+    /// the last one is younger than `max_age`.
+    fn check(&self, max_age: Duration) -> Result<(), String> {
+        if let Some(why) = self.lost.lock().unwrap().clone() {
+            return Err(format!("the lease was lost: renewal failed: {why}"));
         }
-        let age = self.state.renewed_at.lock().unwrap().elapsed();
-        if age > self.max_age {
-            return Err(lost(format!(
+        let age = self.renewed_at.lock().unwrap().elapsed();
+        if age > max_age {
+            return Err(format!(
                 "the lease was not renewed for {:.1}s and may have expired",
                 age.as_secs_f64()
-            )));
+            ));
         }
         Ok(())
     }
@@ -170,4 +179,27 @@ fn releases_of(key: &str) -> tokio::sync::watch::Sender<usize> {
 pub(super) async fn wait_for_release(key: &str, limit: Duration) {
     let mut rx = releases_of(key).subscribe();
     let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_fails_once_renewal_failed_or_is_overdue() {
+        let st = State {
+            lost: Mutex::new(None),
+            renewed_at: Mutex::new(Instant::now()),
+        };
+        assert!(st.check(Duration::from_secs(45)).is_ok());
+        // Overdue: the renewal task is stuck or starved.
+        *st.renewed_at.lock().unwrap() = Instant::now() - Duration::from_secs(46);
+        let e = st.check(Duration::from_secs(45)).unwrap_err();
+        assert!(e.contains("not renewed for 46"), "{e}");
+        // Failed: whatever the age.
+        *st.renewed_at.lock().unwrap() = Instant::now();
+        *st.lost.lock().unwrap() = Some("HTTP 409 LeaseIdMismatchWithLeaseOperation".into());
+        let e = st.check(Duration::from_secs(45)).unwrap_err();
+        assert!(e.contains("renewal failed: HTTP 409"), "{e}");
+    }
 }
