@@ -8,11 +8,12 @@
 //! Retries: reads, listings, seals and lease calls go through a pipeline
 //! whose retry policy retries timeouts, connection failures, 408, 429 and
 //! 5xx with exponential backoff. The conditional writes (`create`, `put`,
-//! `append`) go through a pipeline without retries and are retried here,
-//! because only here is it known whether an earlier attempt may have landed:
-//! after such an attempt, a "blob exists" or "append position not met"
-//! answer is checked against what is stored before it is believed. So an
-//! append is never written twice and never reported lost when it landed.
+//! `append`, `delete`) go through a pipeline without retries and are
+//! retried here, because only here is it known whether an earlier attempt
+//! may have landed: after such an attempt, a "blob exists", "append
+//! position not met" or "not found" answer is checked against what is
+//! stored before it is believed. So an append is never written twice and
+//! never reported failed when it landed.
 
 use std::collections::HashMap;
 use std::fmt;
