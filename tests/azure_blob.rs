@@ -373,6 +373,36 @@ async fn ledger_rolls_over_at_block_limit() {
     );
 }
 
+/// The service's own limit: the 50,001st block of an append blob is
+/// refused (409 `BlockCountExceedsLimit`), and that is `BlockLimit`. The
+/// store's limit is set above Azure's so that the service is what refuses.
+/// About two minutes against Azurite, so not in the default run:
+/// `cargo test --test azure_blob -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "appends 50,000 blocks (about two minutes)"]
+async fn service_block_limit_is_block_limit() {
+    let account = account_or_skip!();
+    let opts = AzureOptions {
+        max_blocks: 60_000,
+        ..AzureOptions::default()
+    };
+    let c = Container::new(&account, "limit", opts).await;
+    let s = c.dyn_store();
+    s.create("full").await.unwrap();
+    let mut end = 0;
+    for _ in 0..50_000 {
+        end = s.append("full", end, b"x").await.unwrap();
+    }
+    assert_eq!(s.info("full").await.unwrap().block_count, 50_000);
+    match s.append("full", end, b"x").await {
+        Err(StoreError::BlockLimit { name, limit }) => {
+            assert_eq!((name.as_str(), limit), ("full", 50_000));
+        }
+        r => panic!("wanted BlockLimit, got {r:?}"),
+    }
+    assert_eq!(s.info("full").await.unwrap().size, 50_000);
+}
+
 /// Two writers open one ledger at the same moment: exactly one gets it.
 /// Then several writers, each on its own store handle, take turns: each
 /// waits for the lease, appends its events, closes. Every event is in the
