@@ -144,8 +144,7 @@ impl Drop for Lease {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let releases = releases_of(&self.key);
-        releases.send_modify(|n| *n += 1);
+        let in_flight = InFlight::new(&self.key);
         let (client, id, name) = (
             self.client.clone(),
             self.lease_id.clone(),
@@ -156,8 +155,27 @@ impl Drop for Lease {
                 Ok(_) => debug!(lock = %name, "released writer lease"),
                 Err(e) => debug!(lock = %name, error = %describe(&e), "could not release writer lease; it will expire"),
             }
-            releases.send_modify(|n| *n -= 1);
+            // Also dropped, and so counted off, if the runtime shuts down
+            // before the release ran.
+            drop(in_flight);
         });
+    }
+}
+
+/// Counts a release in flight for as long as it lives.
+struct InFlight(tokio::sync::watch::Sender<usize>);
+
+impl InFlight {
+    fn new(key: &str) -> InFlight {
+        let tx = releases_of(key);
+        tx.send_modify(|n| *n += 1);
+        InFlight(tx)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 
