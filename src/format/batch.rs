@@ -2,15 +2,20 @@
 //! tell a complete batch from a torn write without any other context.
 //!
 //! ```text
-//! frame  = body_len:u32le | crc:u32le | body
+//! frame  = body_len:u32le | !body_len:u32le | crc:u32le | body
 //! crc    = CRC32C(body_len:u32le || body)
 //! body   = first_seq:u64le | count:u32le | base_ts:i64le | record{count}
 //! ```
+//!
+//! The length is stored with its bitwise complement so that a damaged length
+//! is recognisable before the frame it claims is read: a reader must never
+//! mistake a bit flip in an acknowledged batch's length for a write torn by
+//! a crash (whose header is either as written or still zero).
 
 use super::record::{self, Record, RecordRef};
 use super::DecodeError;
 
-pub const FRAME_HEADER_LEN: usize = 8;
+pub const FRAME_HEADER_LEN: usize = 12;
 pub const BODY_HEADER_LEN: usize = 20;
 
 /// Builds one batch frame. Records must be pushed with contiguous sequence
@@ -79,10 +84,12 @@ impl BatchEncoder {
     /// Seals the frame: fills in the count, length and CRC.
     pub fn finish(mut self) -> Vec<u8> {
         let body_len = (self.buf.len() - FRAME_HEADER_LEN) as u32;
-        self.buf[16..20].copy_from_slice(&self.count.to_le_bytes());
+        let count_at = FRAME_HEADER_LEN + 8;
+        self.buf[count_at..count_at + 4].copy_from_slice(&self.count.to_le_bytes());
         self.buf[0..4].copy_from_slice(&body_len.to_le_bytes());
+        self.buf[4..8].copy_from_slice(&(!body_len).to_le_bytes());
         let crc = frame_crc(body_len, &self.buf[FRAME_HEADER_LEN..]);
-        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        self.buf[8..12].copy_from_slice(&crc.to_le_bytes());
         self.buf
     }
 }
@@ -103,13 +110,62 @@ pub enum Frame<'a> {
     Corrupt(DecodeError),
 }
 
+/// What the first 8 bytes of a frame say about its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Length {
+    /// All zero: the header never reached the disk (a torn write).
+    Unwritten,
+    /// The length and its complement agree.
+    Valid(usize),
+    /// Neither: the length field is damaged.
+    Damaged,
+}
+
+/// Reads the length field of the frame at the start of `buf` (8+ bytes).
+pub fn frame_length(buf: &[u8]) -> Length {
+    let len = u32::from_le_bytes(buf[0..4].try_into().unwrap());
+    let check = u32::from_le_bytes(buf[4..8].try_into().unwrap());
+    if len == 0 && check == 0 {
+        Length::Unwritten
+    } else if check == !len {
+        Length::Valid(len as usize)
+    } else {
+        Length::Damaged
+    }
+}
+
+/// Whether a whole frame's CRC matches: a corrupt frame whose CRC matches
+/// was written as it is, so it cannot be a torn write.
+pub fn frame_crc_ok(frame: &[u8]) -> bool {
+    frame.len() >= FRAME_HEADER_LEN && {
+        let len = u32::from_le_bytes(frame[0..4].try_into().unwrap());
+        let stored = u32::from_le_bytes(frame[8..12].try_into().unwrap());
+        frame.len() == FRAME_HEADER_LEN + len as usize
+            && stored == frame_crc(len, &frame[FRAME_HEADER_LEN..])
+    }
+}
+
 /// Parses the frame at the start of `buf`. `max_body` bounds the declared
 /// length so a corrupted length cannot make a reader allocate gigabytes.
 pub fn parse_frame(buf: &[u8], max_body: usize) -> Frame<'_> {
     if buf.len() < FRAME_HEADER_LEN {
         return Frame::Incomplete { needed: None };
     }
-    let body_len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
+    let body_len = match frame_length(buf) {
+        Length::Valid(n) => n,
+        Length::Unwritten => {
+            return Frame::Corrupt(DecodeError::new(
+                0,
+                "batch header is all zero (never written)",
+            ))
+        }
+        Length::Damaged => {
+            return Frame::Corrupt(DecodeError::new(
+                0,
+                "batch length does not match its complement (damaged length field)",
+            ))
+        }
+    };
     if !(BODY_HEADER_LEN..=max_body).contains(&body_len) {
         return Frame::Corrupt(DecodeError::new(
             0,
@@ -122,20 +178,36 @@ pub fn parse_frame(buf: &[u8], max_body: usize) -> Frame<'_> {
             needed: Some(total),
         };
     }
-    let stored = u32::from_le_bytes(buf[4..8].try_into().unwrap());
+    let stored = u32::from_le_bytes(buf[8..12].try_into().unwrap());
     let body = &buf[FRAME_HEADER_LEN..total];
     let actual = frame_crc(body_len as u32, body);
     if stored != actual {
         return Frame::Corrupt(DecodeError::new(
-            4,
+            8,
             format!("batch CRC32C mismatch: stored {stored:08x}, computed {actual:08x}"),
+        ));
+    }
+    let count = u32::from_le_bytes(body[8..12].try_into().unwrap());
+    if count == 0 {
+        // Writers never write an empty batch; accepting one would give the
+        // same log two byte forms.
+        return Frame::Corrupt(DecodeError::new(
+            FRAME_HEADER_LEN + 8,
+            "batch holds no records",
+        ));
+    }
+    let first_seq = u64::from_le_bytes(body[0..8].try_into().unwrap());
+    if first_seq.checked_add(count as u64).is_none() {
+        return Frame::Corrupt(DecodeError::new(
+            FRAME_HEADER_LEN,
+            "sequence numbers overflow",
         ));
     }
     Frame::Complete {
         len: total,
         body: BatchBody {
-            first_seq: u64::from_le_bytes(body[0..8].try_into().unwrap()),
-            count: u32::from_le_bytes(body[8..12].try_into().unwrap()),
+            first_seq,
+            count,
             base_ts: i64::from_le_bytes(body[12..20].try_into().unwrap()),
             records: &body[BODY_HEADER_LEN..],
         },
@@ -222,5 +294,357 @@ impl<'a> Iterator for RecordIter<'a> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    use super::*;
+    use crate::format::record::CONTENT_TYPES;
+
+    /// A large bound, so that a grown length reads as "incomplete" rather
+    /// than "out of range", as it does for a real reader.
+    const MAX_BODY: usize = 4 * 1024 * 1024;
+
+    /// Any Unicode text, newlines and control characters included, and
+    /// sometimes empty: the format does not care.
+    fn text() -> impl Strategy<Value = String> {
+        "(?s).{0,10}"
+    }
+
+    fn content_type() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(CONTENT_TYPES.to_vec()).prop_map(String::from),
+            text(),
+        ]
+    }
+
+    /// A record without the sequence number and timestamp, which the batch
+    /// assigns; stream and type are picks from small pools, so that runs of
+    /// the same stream or type (and so elision) are common.
+    #[derive(Clone, Debug)]
+    struct Draft {
+        stream: Index,
+        event_type: Index,
+        ts_delta: i64,
+        stream_version: u64,
+        schema_version: u32,
+        content_type: String,
+        metadata: BTreeMap<String, String>,
+        payload: Vec<u8>,
+    }
+
+    fn draft() -> impl Strategy<Value = Draft> {
+        (
+            any::<Index>(),
+            any::<Index>(),
+            prop_oneof![3 => Just(0i64), 2 => 0i64..1_000, 1 => 0i64..(1 << 40)],
+            any::<u64>(),
+            any::<u32>(),
+            content_type(),
+            btree_map(text(), text(), 0..4),
+            prop_oneof![
+                4 => vec(any::<u8>(), 0..40),
+                1 => vec(any::<u8>(), 100..400),
+            ],
+        )
+            .prop_map(
+                |(
+                    stream,
+                    event_type,
+                    ts_delta,
+                    stream_version,
+                    schema_version,
+                    content_type,
+                    metadata,
+                    payload,
+                )| Draft {
+                    stream,
+                    event_type,
+                    ts_delta,
+                    stream_version,
+                    schema_version,
+                    content_type,
+                    metadata,
+                    payload,
+                },
+            )
+    }
+
+    /// A batch as the writer hands it to the encoder: contiguous sequence
+    /// numbers from `first_seq`, timestamps that never decrease from
+    /// `base_ts`, metadata sorted by key with unique keys.
+    #[derive(Clone, Debug)]
+    struct Batch {
+        first_seq: u64,
+        base_ts: i64,
+        records: Vec<Record>,
+    }
+
+    fn batch() -> impl Strategy<Value = Batch> {
+        (
+            vec(text(), 1..4),
+            vec(text(), 1..4),
+            prop_oneof![Just(0u64), 0..u64::MAX / 2],
+            -(1i64 << 61)..(1i64 << 61),
+            vec(draft(), 1..12),
+        )
+            .prop_map(|(streams, types, first_seq, base_ts, drafts)| {
+                let mut ts = base_ts;
+                let records = drafts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        ts += d.ts_delta;
+                        Record {
+                            seq: first_seq + i as u64,
+                            timestamp_us: ts,
+                            stream: d.stream.get(&streams).clone(),
+                            stream_version: d.stream_version,
+                            event_type: d.event_type.get(&types).clone(),
+                            schema_version: d.schema_version,
+                            content_type: d.content_type,
+                            metadata: d.metadata.into_iter().collect(),
+                            payload: d.payload,
+                        }
+                    })
+                    .collect();
+                Batch {
+                    first_seq,
+                    base_ts,
+                    records,
+                }
+            })
+    }
+
+    fn encode(b: &Batch) -> Vec<u8> {
+        let mut enc = BatchEncoder::new(b.first_seq, b.base_ts);
+        for r in &b.records {
+            enc.push(r);
+        }
+        let (len, count, next) = (enc.len(), enc.count(), enc.next_seq());
+        assert_eq!(enc.is_empty(), b.records.is_empty());
+        let frame = enc.finish();
+        assert_eq!(frame.len(), len);
+        assert_eq!(count as usize, b.records.len());
+        assert_eq!(next, b.first_seq + b.records.len() as u64);
+        frame
+    }
+
+    /// Parses a frame that must be whole and checks every record against
+    /// the originals, field by field and by leaf hash.
+    fn check_round_trip(b: &Batch, buf: &[u8], frame_len: usize, max_body: usize) {
+        let body = match parse_frame(buf, max_body) {
+            Frame::Complete { len, body } => {
+                assert_eq!(len, frame_len);
+                body
+            }
+            other => panic!("a whole frame parsed as {other:?}"),
+        };
+        assert_eq!(body.first_seq, b.first_seq);
+        assert_eq!(body.count as usize, b.records.len());
+        assert_eq!(body.base_ts, b.base_ts);
+        let decoded = body.decode_all().unwrap();
+        assert_eq!(decoded.len(), b.records.len());
+        for (d, r) in decoded.iter().zip(&b.records) {
+            assert_eq!(&d.to_owned(), r);
+            assert_eq!(d.leaf_hash(), r.leaf_hash());
+            let mut entry = Vec::new();
+            d.write_entry(&mut entry);
+            assert_eq!(entry, r.entry_bytes());
+        }
+        // The lazy iterator agrees with decode_all.
+        let lazy: Vec<Record> = body.iter().map(|r| r.unwrap().to_owned()).collect();
+        assert_eq!(lazy, b.records);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn round_trip(b in batch()) {
+            let frame = encode(&b);
+            check_round_trip(&b, &frame, frame.len(), MAX_BODY);
+            // The tightest bound a reader could use still admits it.
+            check_round_trip(&b, &frame, frame.len(), frame.len() - FRAME_HEADER_LEN);
+            // Bytes after the frame (the next batch) are not part of it.
+            let mut next = b.clone();
+            next.first_seq += b.records.len() as u64;
+            for r in &mut next.records {
+                r.seq += b.records.len() as u64;
+            }
+            let mut longer = frame.clone();
+            longer.extend_from_slice(&encode(&next));
+            check_round_trip(&b, &longer, frame.len(), MAX_BODY);
+        }
+
+        #[test]
+        fn every_truncation_is_incomplete(b in batch()) {
+            let frame = encode(&b);
+            for cut in 0..frame.len() {
+                let want = if cut < FRAME_HEADER_LEN { None } else { Some(frame.len()) };
+                prop_assert_eq!(
+                    parse_frame(&frame[..cut], MAX_BODY),
+                    Frame::Incomplete { needed: want },
+                    "cut at {} of {}", cut, frame.len()
+                );
+            }
+        }
+
+        #[test]
+        fn a_flipped_byte_is_never_a_batch(b in batch(), at in any::<Index>(), mask in 1u8..=255) {
+            let mut frame = encode(&b);
+            let i = at.index(frame.len());
+            frame[i] ^= mask;
+            match parse_frame(&frame, MAX_BODY) {
+                Frame::Corrupt(_) | Frame::Incomplete { .. } => {}
+                Frame::Complete { body, .. } => {
+                    prop_assert!(false, "byte {} ^ {:#04x} parsed as {:?}", i, mask, body);
+                }
+            }
+        }
+
+        /// Decoding never panics, whatever bytes a CRC happens to admit.
+        #[test]
+        fn garbage_records_fail_cleanly(
+            records in vec(any::<u8>(), 0..200),
+            count in 0u32..20,
+            first_seq in 0..u64::MAX / 2,
+            base_ts in any::<i64>(),
+        ) {
+            let body = BatchBody { first_seq, count, base_ts, records: &records };
+            if let Ok(rs) = body.decode_all() {
+                prop_assert_eq!(rs.len(), count as usize);
+                for (i, r) in rs.iter().enumerate() {
+                    prop_assert_eq!(r.seq, first_seq + i as u64);
+                    prop_assert!(r.timestamp_us >= base_ts);
+                }
+            }
+        }
+    }
+
+    fn sample() -> Batch {
+        let rec = |seq, ts, stream: &str, ty: &str, meta: &[(&str, &str)], payload: &[u8]| Record {
+            seq,
+            timestamp_us: ts,
+            stream: stream.into(),
+            stream_version: seq - 40,
+            event_type: ty.into(),
+            schema_version: 2,
+            content_type: "application/json".into(),
+            metadata: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            payload: payload.to_vec(),
+        };
+        Batch {
+            first_seq: 41,
+            base_ts: 1_700_000_000_000_000,
+            records: vec![
+                rec(
+                    41,
+                    1_700_000_000_000_000,
+                    "décision-1",
+                    "Queued",
+                    &[("by", "ceo")],
+                    b"{}",
+                ),
+                rec(
+                    42,
+                    1_700_000_000_000_000,
+                    "décision-1",
+                    "Queued",
+                    &[],
+                    b"[1]",
+                ),
+                rec(43, 1_700_000_000_000_007, "décision-2", "Queued", &[], b""),
+                rec(
+                    44,
+                    1_700_000_000_000_007,
+                    "décision-2",
+                    "Voted",
+                    &[("a", "1"), ("b", "")],
+                    b"x",
+                ),
+            ],
+        }
+    }
+
+    /// Exhaustively: every bit of every byte of a small batch.
+    #[test]
+    fn every_single_bit_flip_is_detected() {
+        let b = sample();
+        let frame = encode(&b);
+        check_round_trip(&b, &frame, frame.len(), MAX_BODY);
+        for i in 0..frame.len() {
+            for bit in 0..8 {
+                let mut f = frame.clone();
+                f[i] ^= 1 << bit;
+                assert!(
+                    !matches!(parse_frame(&f, MAX_BODY), Frame::Complete { .. }),
+                    "bit {bit} of byte {i} went unnoticed"
+                );
+            }
+        }
+    }
+
+    /// A repeated stream or type is stored once per run, not per record.
+    #[test]
+    fn repeats_are_elided() {
+        let b = sample();
+        let frame = encode(&b);
+        let count = |needle: &[u8]| frame.windows(needle.len()).filter(|w| *w == needle).count();
+        assert_eq!(count("décision-1".as_bytes()), 1);
+        assert_eq!(count("décision-2".as_bytes()), 1);
+        assert_eq!(count(b"Queued"), 1);
+        assert_eq!(count(b"Voted"), 1);
+        // The flags say so.
+        let body = match parse_frame(&frame, MAX_BODY) {
+            Frame::Complete { body, .. } => body,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            body.records[0] & 0x03,
+            0,
+            "the first record repeats nothing"
+        );
+        // And a batch with distinct names is bigger by exactly the names.
+        let mut distinct = b.clone();
+        distinct.records[1].stream = "décision-9".into();
+        let longer = encode(&distinct);
+        assert_eq!(longer.len(), frame.len() + 1 + "décision-9".len());
+    }
+
+    /// Writers never write an empty batch, so a reader refuses one rather
+    /// than admit a second byte form of the same log.
+    #[test]
+    fn empty_batch_is_corrupt() {
+        let b = Batch {
+            first_seq: 7,
+            base_ts: -5,
+            records: Vec::new(),
+        };
+        let frame = encode(&b);
+        assert_eq!(frame.len(), FRAME_HEADER_LEN + BODY_HEADER_LEN);
+        assert!(
+            matches!(parse_frame(&frame, MAX_BODY), Frame::Corrupt(e) if e.what.contains("no records"))
+        );
+    }
+
+    /// A body shorter than its own header is out of range, not a panic.
+    #[test]
+    fn short_declared_length_is_corrupt() {
+        let mut frame = encode(&sample());
+        frame[0..4].copy_from_slice(&((BODY_HEADER_LEN - 1) as u32).to_le_bytes());
+        assert!(matches!(parse_frame(&frame, MAX_BODY), Frame::Corrupt(_)));
+        frame[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(parse_frame(&frame, MAX_BODY), Frame::Corrupt(_)));
     }
 }

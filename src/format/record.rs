@@ -418,3 +418,80 @@ pub fn decode_stored<'a>(
         payload,
     })
 }
+
+/// Decodes a canonical entry (the hashed form), as a proof verifier holds
+/// it. Strict: the bytes must be exactly what [`Record::entry_bytes`] writes.
+pub fn decode_entry(b: &[u8]) -> Result<Record, DecodeError> {
+    struct Cur<'a>(&'a [u8], usize);
+    impl<'a> Cur<'a> {
+        fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DecodeError> {
+            let end = self
+                .1
+                .checked_add(n)
+                .filter(|&e| e <= self.0.len())
+                .ok_or_else(|| DecodeError::new(self.1, format!("{what} runs past the end")))?;
+            let s = &self.0[self.1..end];
+            self.1 = end;
+            Ok(s)
+        }
+        fn u32(&mut self, what: &str) -> Result<u32, DecodeError> {
+            Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
+        }
+        fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
+            Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
+        }
+        fn string(&mut self, what: &str) -> Result<String, DecodeError> {
+            let at = self.1;
+            let n = self.u32(what)? as usize;
+            let b = self.take(n, what)?;
+            String::from_utf8(b.to_vec())
+                .map_err(|_| DecodeError::new(at, format!("{what} is not UTF-8")))
+        }
+    }
+    let mut c = Cur(b, 0);
+    let v = c.take(1, "entry version")?[0];
+    if v != ENTRY_VERSION {
+        return Err(DecodeError::new(
+            0,
+            format!("unsupported entry version {v}"),
+        ));
+    }
+    let seq = c.u64("sequence number")?;
+    let timestamp_us = c.u64("timestamp")? as i64;
+    let stream = c.string("stream")?;
+    let stream_version = c.u64("stream version")?;
+    let event_type = c.string("event type")?;
+    let schema_version = c.u32("schema version")?;
+    let content_type = c.string("content type")?;
+    let count = c.u32("metadata count")?;
+    let mut metadata: Vec<(String, String)> = Vec::new();
+    for _ in 0..count {
+        let at = c.1;
+        let k = c.string("metadata key")?;
+        let v = c.string("metadata value")?;
+        if metadata.last().is_some_and(|(l, _)| *l >= k) {
+            return Err(DecodeError::new(
+                at,
+                "metadata keys are not strictly increasing",
+            ));
+        }
+        metadata.push((k, v));
+    }
+    let n = c.u64("payload length")?;
+    let n = usize::try_from(n).map_err(|_| DecodeError::new(c.1, "payload length overflows"))?;
+    let payload = c.take(n, "payload")?.to_vec();
+    if c.1 != b.len() {
+        return Err(DecodeError::new(c.1, "trailing bytes after the payload"));
+    }
+    Ok(Record {
+        seq,
+        timestamp_us,
+        stream,
+        stream_version,
+        event_type,
+        schema_version,
+        content_type,
+        metadata,
+        payload,
+    })
+}

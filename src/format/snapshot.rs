@@ -79,6 +79,9 @@ impl Snapshot {
                 format!("unsupported snapshot version {version}"),
             ));
         }
+        if b[10..12] != [0, 0] {
+            return Err(DecodeError::new(10, "reserved field is not zero"));
+        }
         let body_len = b.len() - 32;
         let digest: Hash = Sha256::digest(&b[..body_len]).into();
         if digest[..] != b[body_len..] {

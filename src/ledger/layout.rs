@@ -61,6 +61,13 @@ pub fn snapshot_prefix(ledger: &str) -> String {
     format!("{ledger}/snapshot-")
 }
 
+pub fn snapshot_size(ledger: &str, blob: &str) -> Option<u64> {
+    let digits = blob.strip_prefix(&snapshot_prefix(ledger))?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
 pub fn lock(ledger: &str) -> String {
     format!("{ledger}/writer")
 }
@@ -118,7 +125,7 @@ impl Meta {
             .and_then(|l| l.strip_prefix("id "))
             .ok_or_else(|| bad(3, "expected \"id <32 hex digits>\""))?;
         let mut id = [0u8; 16];
-        if id_hex.len() != 32 {
+        if id_hex.len() != 32 || !id_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad(3, "ledger id must be 32 hex digits"));
         }
         for (i, b) in id.iter_mut().enumerate() {
@@ -133,6 +140,15 @@ impl Meta {
         if lines.next().is_some() {
             return Err(bad(5, "unexpected trailing line"));
         }
-        Ok(Meta { name, id, verifier })
+        let meta = Meta { name, id, verifier };
+        // One identity, one spelling: anything but the canonical text
+        // (case, spacing, line ends, key name) is a changed file.
+        if meta.verifier.name != Meta::key_name(&meta.name) {
+            return Err(bad(4, "key name must be bi-ledger/<ledger name>"));
+        }
+        if meta.encode() != text {
+            return Err(bad(1, "not in canonical form"));
+        }
+        Ok(meta)
     }
 }

@@ -155,11 +155,19 @@ impl Ledger {
         }
         let max_body = opts.max_batch_bytes.max(store.max_block_size());
         let (tip, cp) = recover::recover(store.as_ref(), &meta, max_body).await?;
-        let last = cp.map(|checkpoint| CheckpointInfo {
-            blob: layout::checkpoint(name, checkpoint.size),
-            note: String::new(),
-            checkpoint,
-        });
+        let last = match cp {
+            Some(checkpoint) => {
+                let blob = layout::checkpoint(name, checkpoint.size);
+                // Already parsed and verified by `recover`, so it is UTF-8.
+                let note = String::from_utf8_lossy(&store.read_all(&blob).await?).into_owned();
+                Some(CheckpointInfo {
+                    blob,
+                    note,
+                    checkpoint,
+                })
+            }
+            None => None,
+        };
         Ok(Self::start(store, meta, opts, tip, last, lock))
     }
 

@@ -11,6 +11,7 @@ use super::reader::LedgerReader;
 use crate::error::{LedgerError, Result};
 use crate::format::checkpoint::Checkpoint;
 use crate::format::merkle::{self, Frontier};
+use crate::format::record::{decode_entry, Record};
 use crate::format::{hex, parse_hash_hex, Hash};
 
 /// Proof that one record is in the ledger of `size` records.
@@ -44,6 +45,14 @@ fn hashes(v: &[String]) -> Result<Vec<Hash>> {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>> {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(LedgerError::InvalidArgument(
+            "entry is not lower-case hex".into(),
+        ));
+    }
     if !s.len().is_multiple_of(2) {
         return Err(LedgerError::InvalidArgument(
             "entry has an odd number of hex digits".into(),
@@ -61,7 +70,8 @@ fn unhex(s: &str) -> Result<Vec<u8>> {
 impl InclusionProof {
     /// Checks the proof against a checkpoint whose signature the caller
     /// has already checked (`Checkpoint::open`).
-    pub fn verify(&self, cp: &Checkpoint) -> Result<()> {
+    /// Returns the proven record, decoded from the entry.
+    pub fn verify(&self, cp: &Checkpoint) -> Result<Record> {
         if cp.size != self.size {
             return Err(LedgerError::InvalidArgument(format!(
                 "proof is for size {}, checkpoint is size {}",
@@ -69,20 +79,29 @@ impl InclusionProof {
             )));
         }
         let entry = unhex(&self.entry)?;
+        let record = decode_entry(&entry)
+            .map_err(|e| LedgerError::InvalidArgument(format!("entry: {e}")))?;
         // The entry's own sequence number must be the one proven.
-        if entry.len() < 9 || u64::from_le_bytes(entry[1..9].try_into().unwrap()) != self.seq {
-            return Err(LedgerError::InvalidArgument(
-                "entry does not carry the proven sequence number".into(),
-            ));
+        if record.seq != self.seq {
+            return Err(LedgerError::InvalidArgument(format!(
+                "entry carries sequence number {}, the proof is for {}",
+                record.seq, self.seq
+            )));
         }
         let leaf = merkle::leaf_hash(&entry);
         merkle::verify_inclusion(&leaf, self.seq, self.size, &hashes(&self.proof)?, &cp.root)?;
-        Ok(())
+        Ok(record)
     }
 }
 
 impl ConsistencyProof {
     pub fn verify(&self, old: &Checkpoint, new: &Checkpoint) -> Result<()> {
+        if old.origin != new.origin {
+            return Err(LedgerError::InvalidArgument(format!(
+                "checkpoints are of different ledgers: {:?} and {:?}",
+                old.origin, new.origin
+            )));
+        }
         if old.size != self.old_size || new.size != self.new_size {
             return Err(LedgerError::InvalidArgument(format!(
                 "proof is for sizes {} → {}, checkpoints are {} → {}",

@@ -159,6 +159,7 @@ impl LedgerReader {
             if seg.first_seq >= to {
                 break;
             }
+            let mut reached = seg.first_seq;
             let mut scan = Scanner::new(
                 self.store.as_ref(),
                 &seg.name,
@@ -169,6 +170,7 @@ impl LedgerReader {
             while let Some(chunk) = scan.next_chunk().await? {
                 for (i, range) in chunk.frames.iter().enumerate() {
                     let body = chunk.frame(i);
+                    reached = body.first_seq + body.count as u64;
                     if body.first_seq + body.count as u64 <= from {
                         continue;
                     }
@@ -204,13 +206,40 @@ impl LedgerReader {
                 // A batch being written (or torn by a crash) at the very end
                 // is simply not there yet; anything else is damage.
                 if !(seg.index as usize == last && bad.reaches_end) {
-                    return Err(
-                        IntegrityError::new(&seg.name, bad.offset, None, bad.error.what).into(),
-                    );
+                    return Err(IntegrityError::new(
+                        &seg.name,
+                        bad.offset,
+                        Some(reached),
+                        bad.error.what,
+                    )
+                    .into());
+                }
+                // ...unless a checkpoint already signed what should be there.
+                let signed = self.newest_checkpoint_size().await?;
+                if signed > reached {
+                    return Err(IntegrityError::new(
+                        &seg.name,
+                        bad.offset,
+                        Some(reached),
+                        format!("{}; a checkpoint covers {signed} records but the log ends at {reached}", bad.error.what),
+                    )
+                    .into());
                 }
             }
         }
         Ok(())
+    }
+
+    /// Size of the newest checkpoint, from the blob names alone.
+    async fn newest_checkpoint_size(&self) -> Result<u64> {
+        Ok(self
+            .store
+            .list(&layout::checkpoint_prefix(&self.meta.name))
+            .await?
+            .iter()
+            .filter_map(|b| layout::checkpoint_size(&self.meta.name, &b.name))
+            .max()
+            .unwrap_or(0))
     }
 
     /// Records `from..to` as owned values.
@@ -272,6 +301,9 @@ impl LedgerReader {
                 let b = chunk.frame(i);
                 n = b.first_seq + b.count as u64;
             }
+        }
+        if let Some(bad) = scan.bad.filter(|b| !b.reaches_end) {
+            return Err(IntegrityError::new(&seg.name, bad.offset, Some(n), bad.error.what).into());
         }
         Ok(n)
     }

@@ -114,15 +114,26 @@ impl<'s> Scanner<'s> {
                         break;
                     }
                     Frame::Corrupt(error) => {
-                        let declared = if data.len() - at >= 4 {
-                            u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as u64
-                        } else {
-                            u64::MAX
-                        };
-                        let length_unreadable = declared > self.max_body as u64;
-                        let reaches_end = length_unreadable
-                            || self.pos + at as u64 + batch::FRAME_HEADER_LEN as u64 + declared
-                                >= self.size;
+                        // Only the last append can tear, and it is one frame
+                        // at most. Its length field is either as written
+                        // (self-checked, see `batch`) or still zero; a
+                        // written frame that runs to the end of the blob with
+                        // a bad CRC had its body torn. Anything else is
+                        // damage, and must never be cut off as if torn.
+                        let start = self.pos + at as u64;
+                        let header = batch::FRAME_HEADER_LEN as u64;
+                        let one_frame = self.size - start <= header + self.max_body as u64;
+                        let reaches_end = one_frame
+                            && match batch::frame_length(&data[at..]) {
+                                batch::Length::Unwritten => true,
+                                batch::Length::Damaged => false,
+                                batch::Length::Valid(n) => {
+                                    let end = at + batch::FRAME_HEADER_LEN + n;
+                                    start + header + n as u64 >= self.size
+                                        && !(end <= data.len()
+                                            && batch::frame_crc_ok(&data[at..end]))
+                                }
+                            };
                         self.bad = Some(BadFrame {
                             offset: self.pos + at as u64,
                             reaches_end,

@@ -108,7 +108,11 @@ impl Writer {
                     let _ = reply.send(self.checkpoint().await);
                 }
                 Command::Close { reply } => {
-                    let _ = reply.send(self.checkpoint().await);
+                    let result = self.checkpoint().await;
+                    // Release the writer lock before answering, so that a
+                    // caller may reopen as soon as close() returns.
+                    drop(self);
+                    let _ = reply.send(result);
                     return;
                 }
             }
@@ -338,10 +342,16 @@ impl Writer {
         let snap = self.tip.snapshot().encode();
         match self.store.put(&snap_blob, &snap).await {
             Ok(()) => {}
-            // A crash between snapshot and checkpoint leaves the snapshot;
-            // it is the same state, so its bytes are the same.
-            Err(StoreError::AlreadyExists { .. })
-                if self.store.read_all(&snap_blob).await? == snap => {}
+            // A crash between snapshot and checkpoint leaves an orphan
+            // snapshot of this size. No checkpoint refers to it (or this one
+            // would not be written), so it is replaced; usually its bytes are
+            // the same, but a recovered rollover since moves the position.
+            Err(StoreError::AlreadyExists { .. }) => {
+                if self.store.read_all(&snap_blob).await? != snap {
+                    self.store.delete(&snap_blob).await?;
+                    self.store.put(&snap_blob, &snap).await?;
+                }
+            }
             Err(e) => return Err(e.into()),
         }
         let blob = layout::checkpoint(&self.meta.name, cp.size);
@@ -370,10 +380,7 @@ impl Writer {
             Ok(blobs) => blobs
                 .into_iter()
                 .filter_map(|b| {
-                    b.name[prefix.len()..]
-                        .parse()
-                        .ok()
-                        .map(|s: u64| (s, b.name))
+                    layout::snapshot_size(&self.meta.name, &b.name).map(|s| (s, b.name))
                 })
                 .filter(|(s, _)| *s <= newest)
                 .collect(),

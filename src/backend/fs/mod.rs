@@ -46,6 +46,9 @@ struct OpenBlob {
     file: File,
     blocks: File,
     block_count: u64,
+    /// The blob's length when `block_count` was last right. Another handle
+    /// (or process) may append or truncate meanwhile; then it is recounted.
+    len: u64,
 }
 
 impl FsStore {
@@ -92,7 +95,8 @@ impl FsStore {
             .write(true)
             .open(&path)
             .map_err(|e| match e.kind() {
-                ErrorKind::NotFound => StoreError::NotFound {
+                // A directory is only a prefix of other blobs' names.
+                ErrorKind::NotFound | ErrorKind::IsADirectory => StoreError::NotFound {
                     name: name.to_owned(),
                 },
                 ErrorKind::PermissionDenied => StoreError::Sealed {
@@ -124,6 +128,7 @@ impl FsStore {
             file,
             blocks,
             block_count,
+            len: size,
         }));
         map.insert(name.to_owned(), b.clone());
         Ok(b)
@@ -136,15 +141,19 @@ impl FsStore {
     fn info_sync(&self, name: &str) -> Result<BlobInfo, StoreError> {
         let path = self.path(name)?;
         let meta = fs::metadata(&path).map_err(|e| not_found_or(e, "stat", name))?;
-        let block_count = match self.open.lock().unwrap().get(name) {
-            Some(b) => b.lock().unwrap().block_count,
-            None => match File::open(self.side_path(name, "blocks")?) {
-                Ok(f) => {
-                    count_blocks(&f, meta.len()).map_err(|e| io("read block index of", name, e))?
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => u64::from(meta.len() > 0),
-                Err(e) => return Err(io("open block index of", name, e)),
-            },
+        if !meta.is_file() {
+            return Err(StoreError::NotFound {
+                name: name.to_owned(),
+            });
+        }
+        // Always from the side file, never from this handle's cache: another
+        // handle or process may have appended since.
+        let block_count = match File::open(self.side_path(name, "blocks")?) {
+            Ok(f) => {
+                count_blocks(&f, meta.len()).map_err(|e| io("read block index of", name, e))?
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => u64::from(meta.len() > 0),
+            Err(e) => return Err(io("open block index of", name, e)),
         };
         Ok(BlobInfo {
             name: name.to_owned(),
@@ -153,6 +162,58 @@ impl FsStore {
             sealed: meta.permissions().readonly(),
         })
     }
+}
+
+/// The conditional append proper, under the blob's flock.
+fn append_locked(
+    me: &FsStore,
+    b: &mut OpenBlob,
+    name: String,
+    expected_offset: u64,
+    block: &[u8],
+) -> Result<u64, StoreError> {
+    let meta = b.file.metadata().map_err(|e| io("stat", &name, e))?;
+    if meta.permissions().readonly() {
+        return Err(StoreError::Sealed { name });
+    }
+    // The file's own length, not a cached one: another store
+    // instance (or process) that appended must make this fail.
+    let actual = meta.len();
+    if actual != expected_offset {
+        return Err(StoreError::OffsetMismatch {
+            name,
+            expected: expected_offset,
+            actual,
+        });
+    }
+    if actual != b.len {
+        // Someone else appended or truncated since this handle last
+        // counted: the cached count is stale.
+        b.block_count =
+            count_blocks(&b.blocks, actual).map_err(|e| io("read block index of", &name, e))?;
+        b.len = actual;
+    }
+    if b.block_count >= me.opts.max_blocks {
+        return Err(StoreError::BlockLimit {
+            name,
+            limit: me.opts.max_blocks,
+        });
+    }
+    let end = expected_offset + block.len() as u64;
+    let written = b
+        .file
+        .write_all_at(block, expected_offset)
+        .and_then(|()| b.file.sync_data());
+    if let Err(e) = written {
+        // Whatever reached the file is past the length the ledger
+        // knows; put the length back so a retry starts clean.
+        let _ = b.file.set_len(expected_offset);
+        return Err(io("append to", &name, e));
+    }
+    b.block_count += 1;
+    b.len = end;
+    let _ = b.blocks.write_all(&end.to_le_bytes());
+    Ok(end)
 }
 
 /// Counts the block ends recorded in a side file, up to the blob's size.
@@ -177,6 +238,43 @@ fn count_blocks(side: &File, size: u64) -> std::io::Result<u64> {
     Ok(count + u64::from(size > last_end))
 }
 
+/// Adds to `out` the names of the blobs under `dir` (named `rel`, "" for
+/// the root) that start with `prefix`, descending only into directories
+/// that can hold such names. Hidden side files are skipped, and so is
+/// anything else that is not a valid blob name.
+fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        if file.starts_with('.') {
+            continue;
+        }
+        let name = if rel.is_empty() {
+            file.to_owned()
+        } else {
+            format!("{rel}/{file}")
+        };
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            let sub = format!("{name}/");
+            if sub.starts_with(prefix) || prefix.starts_with(&sub) {
+                walk(&entry.path(), &name, prefix, out)?;
+            }
+        } else if kind.is_file() && name.starts_with(prefix) && validate_name(&name).is_ok() {
+            out.push(name);
+        }
+    }
+    Ok(())
+}
+
 fn io(op: &'static str, name: &str, source: std::io::Error) -> StoreError {
     StoreError::Io {
         op,
@@ -186,7 +284,8 @@ fn io(op: &'static str, name: &str, source: std::io::Error) -> StoreError {
 }
 
 fn not_found_or(e: std::io::Error, op: &'static str, name: &str) -> StoreError {
-    if e.kind() == ErrorKind::NotFound {
+    // A directory is only a prefix of other blobs' names, not a blob.
+    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::IsADirectory) {
         StoreError::NotFound {
             name: name.to_owned(),
         }
@@ -309,40 +408,15 @@ impl BlobStore for SharedFs {
         blocking(move || {
             let blob = me.open_blob(&name)?;
             let mut b = blob.lock().unwrap();
-            let meta = b.file.metadata().map_err(|e| io("stat", &name, e))?;
-            if meta.permissions().readonly() {
-                return Err(StoreError::Sealed { name });
-            }
-            // The file's own length, not a cached one: another store
-            // instance (or process) that appended must make this fail.
-            let actual = meta.len();
-            if actual != expected_offset {
-                return Err(StoreError::OffsetMismatch {
-                    name,
-                    expected: expected_offset,
-                    actual,
-                });
-            }
-            if b.block_count >= me.opts.max_blocks {
-                return Err(StoreError::BlockLimit {
-                    name,
-                    limit: me.opts.max_blocks,
-                });
-            }
-            let end = expected_offset + block.len() as u64;
-            let written = b
-                .file
-                .write_all_at(&block, expected_offset)
-                .and_then(|()| b.file.sync_data());
-            if let Err(e) = written {
-                // Whatever reached the file is past the length the ledger
-                // knows; put the length back so a retry starts clean.
-                let _ = b.file.set_len(expected_offset);
-                return Err(io("append to", &name, e));
-            }
-            b.block_count += 1;
-            let _ = b.blocks.write_all(&end.to_le_bytes());
-            Ok(end)
+            // The mutex orders this handle's appends. An exclusive flock on
+            // the blob orders them with other handles and processes (and
+            // with seal and truncate), so that checking the length and
+            // writing are one step: of two writers at the same offset, one
+            // gets OffsetMismatch instead of both overwriting each other.
+            b.file.lock().map_err(|e| io("lock", &name, e))?;
+            let result = append_locked(&me, &mut b, name, expected_offset, &block);
+            let _ = b.file.unlock();
+            result
         })
         .await
     }
@@ -352,7 +426,11 @@ impl BlobStore for SharedFs {
         blocking(move || {
             let path = me.path(&name)?;
             let f = File::open(&path).map_err(|e| not_found_or(e, "open", &name))?;
-            let size = f.metadata().map_err(|e| io("stat", &name, e))?.len();
+            let meta = f.metadata().map_err(|e| io("stat", &name, e))?;
+            if !meta.is_file() {
+                return Err(StoreError::NotFound { name });
+            }
+            let size = meta.len();
             let end = offset.saturating_add(len);
             if end > size {
                 return Err(StoreError::OutOfRange {
@@ -373,43 +451,21 @@ impl BlobStore for SharedFs {
     async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
         let (me, prefix) = (self.clone(), prefix.to_owned());
         blocking(move || {
-            let (dir_part, file_prefix) = match prefix.rfind('/') {
-                Some(i) => (&prefix[..i], &prefix[i + 1..]),
-                None => ("", prefix.as_str()),
-            };
+            // Names are flat, as in Azure: "a/" lists "a/b/c" too. Start in
+            // the deepest directory the prefix names in full.
+            let dir_part = prefix.rfind('/').map_or("", |i| &prefix[..i]);
             let dir = if dir_part.is_empty() {
                 me.root.clone()
             } else {
                 me.path(dir_part)?
             };
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(io("list", &prefix, e)),
-            };
-            let mut out = Vec::new();
-            for entry in entries {
-                let entry = entry.map_err(|e| io("list", &prefix, e))?;
-                let file = entry.file_name().to_string_lossy().into_owned();
-                if file.starts_with('.') || !file.starts_with(file_prefix) {
-                    continue;
-                }
-                if !entry
-                    .file_type()
-                    .map_err(|e| io("list", &prefix, e))?
-                    .is_file()
-                {
-                    continue;
-                }
-                let name = if dir_part.is_empty() {
-                    file
-                } else {
-                    format!("{dir_part}/{file}")
-                };
-                out.push(me.info_sync(&name)?);
-            }
-            out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
+            let mut names = Vec::new();
+            walk(&dir, dir_part, &prefix, &mut names).map_err(|e| io("list", &prefix, e))?;
+            names.sort();
+            names
+                .iter()
+                .map(|name| me.info_sync(name))
+                .collect::<Result<Vec<_>, _>>()
         })
         .await
     }
@@ -424,10 +480,14 @@ impl BlobStore for SharedFs {
         blocking(move || {
             let path = me.path(&name)?;
             let f = File::open(&path).map_err(|e| not_found_or(e, "open", &name))?;
-            let mut perms = f
-                .metadata()
-                .map_err(|e| io("stat", &name, e))?
-                .permissions();
+            let meta = f.metadata().map_err(|e| io("stat", &name, e))?;
+            if !meta.is_file() {
+                return Err(StoreError::NotFound { name });
+            }
+            // Wait for an append in flight (any handle, any process): once
+            // this returns, no append succeeds.
+            f.lock().map_err(|e| io("lock", &name, e))?;
+            let mut perms = meta.permissions();
             perms.set_readonly(true);
             fs::set_permissions(&path, perms).map_err(|e| io("seal", &name, e))?;
             f.sync_all().map_err(|e| io("fsync", &name, e))?;
@@ -476,7 +536,28 @@ impl BlobStore for SharedFs {
             let f = OpenOptions::new()
                 .write(true)
                 .open(&path)
-                .map_err(|e| not_found_or(e, "open", &name))?;
+                .map_err(|e| match e.kind() {
+                    ErrorKind::NotFound | ErrorKind::IsADirectory => {
+                        StoreError::NotFound { name: name.clone() }
+                    }
+                    ErrorKind::PermissionDenied => StoreError::Sealed { name: name.clone() },
+                    _ => io("open", &name, e),
+                })?;
+            f.lock().map_err(|e| io("lock", &name, e))?;
+            let meta = f.metadata().map_err(|e| io("stat", &name, e))?;
+            // Opening for writing does not stop root: check the seal.
+            if meta.permissions().readonly() {
+                return Err(StoreError::Sealed { name });
+            }
+            // Only ever cut: set_len would grow the blob with zeros.
+            if len > meta.len() {
+                return Err(StoreError::OutOfRange {
+                    name,
+                    offset: len,
+                    end: len,
+                    size: meta.len(),
+                });
+            }
             f.set_len(len).map_err(|e| io("truncate", &name, e))?;
             f.sync_all().map_err(|e| io("fsync", &name, e))?;
             // Drop recorded block ends past the cut.

@@ -541,8 +541,13 @@ fn verify_proof(public_key: &Path, file: Option<&Path>) -> Outcome {
         "inclusion" => {
             let p: InclusionProof =
                 serde_json::from_value(proof).context("proof: bad inclusion proof")?;
-            p.verify(&cp)
-                .map(|()| json!({"valid": true, "type": "inclusion", "seq": p.seq, "size": p.size}))
+            p.verify(&cp).map(|r| {
+                json!({
+                    "valid": true, "type": "inclusion", "seq": p.seq, "size": p.size,
+                    "stream": r.stream, "version": r.stream_version, "event_type": r.event_type,
+                    "timestamp": bi_ledger::time::format_us(r.timestamp_us),
+                })
+            })
         }
         "consistency" => {
             let old = match open("old_checkpoint")? {

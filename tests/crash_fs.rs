@@ -1,0 +1,741 @@
+//! Crash recovery on the fs backend, following `src/backend/fs/README.md`
+//! step by step: for each point where a crash can interrupt the life of an
+//! event, reproduce the files that crash leaves and check that
+//! `Ledger::open` recovers exactly as documented: every acknowledged event
+//! before a torn batch intact, the next sequence number right, and
+//! `LedgerReader::verify` clean afterwards. Then the damage a crash cannot
+//! cause, which must stop `open` with an integrity error that names the
+//! segment, byte offset and sequence number.
+//!
+//! A ledger is "crashed" by dropping every handle without `close()`: the
+//! writer stops with the log durable and no final checkpoint. The files are
+//! then edited as the crash would have left them, in a copy per case, and
+//! opened by a fresh `FsStore`, as the next process would.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bi_ledger::backend::fs::FsStore;
+use bi_ledger::backend::BlobStore;
+use bi_ledger::format::segment::{SegmentHeader, HEADER_LEN};
+use bi_ledger::ledger::layout;
+use bi_ledger::ledger::verify::VerifyReport;
+use bi_ledger::model::Record;
+use bi_ledger::{IntegrityError, Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+
+const NAME: &str = "main";
+
+fn opts(segment_max_blocks: u64) -> LedgerOptions {
+    LedgerOptions {
+        segment_max_blocks,
+        checkpoint_every_events: None,
+        checkpoint_interval: None,
+        ..LedgerOptions::new(SigningKey::from_bytes(&[7; 32]))
+    }
+}
+
+fn store(dir: &Path) -> Arc<dyn BlobStore> {
+    Arc::new(FsStore::new(dir).unwrap().shared())
+}
+
+fn seg_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(layout::segment(NAME, index))
+}
+
+fn seg_name(index: u64) -> String {
+    layout::segment(NAME, index)
+}
+
+fn event(i: u64) -> NewEvent {
+    NewEvent::json(format!("s{}", i % 3), "Happened", &json!({ "i": i }))
+}
+
+/// A crashed ledger: its files, and what was acknowledged batch by batch.
+struct Crashed {
+    dir: tempfile::TempDir,
+    max_blocks: u64,
+    /// Every acknowledged record, in order.
+    records: Vec<Record>,
+    /// Per batch: (segment, offset, first seq, number of records).
+    batches: Vec<Batch>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Batch {
+    segment: u64,
+    offset: u64,
+    first_seq: u64,
+}
+
+impl Crashed {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Records acknowledged before batch `b`.
+    fn before(&self, b: usize) -> &[Record] {
+        &self.records[..self.batches[b].first_seq as usize]
+    }
+
+    /// Byte range of batch `b` in its segment.
+    fn range(&self, b: usize) -> (u64, u64) {
+        let this = self.batches[b];
+        let end = match self.batches.get(b + 1) {
+            Some(next) if next.segment == this.segment => next.offset,
+            _ => file_len(&seg_path(self.path(), this.segment)),
+        };
+        (this.offset, end)
+    }
+
+    /// A copy of the crashed files, to damage without touching the original.
+    fn copy(&self) -> tempfile::TempDir {
+        let to = tempfile::tempdir().unwrap();
+        copy_dir(self.path(), to.path());
+        to
+    }
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().len()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            // Copies the permission bits too, so sealed stays sealed.
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+fn set_sealed(p: &Path, sealed: bool) {
+    let mut perms = std::fs::metadata(p).unwrap().permissions();
+    perms.set_readonly(sealed);
+    std::fs::set_permissions(p, perms).unwrap();
+}
+
+fn is_sealed(p: &Path) -> bool {
+    std::fs::metadata(p).unwrap().permissions().readonly()
+}
+
+fn truncate(p: &Path, len: u64) {
+    let sealed = is_sealed(p);
+    set_sealed(p, false);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    set_sealed(p, sealed);
+}
+
+fn flip(p: &Path, at: u64, mask: u8) {
+    let sealed = is_sealed(p);
+    set_sealed(p, false);
+    let mut bytes = std::fs::read(p).unwrap();
+    bytes[at as usize] ^= mask;
+    std::fs::write(p, bytes).unwrap();
+    set_sealed(p, sealed);
+}
+
+/// Drops the writer as a crash would and waits until its task has let go
+/// of the writer lock (in a real crash the OS drops it with the process).
+async fn crash(ledger: Ledger, dir: &Path) {
+    drop(ledger);
+    let s = store(dir);
+    for _ in 0..5000 {
+        if s.lock(&layout::lock(NAME)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("the dropped writer never released its lock");
+}
+
+/// Creates a ledger, appends one batch per entry of `sizes` (that many
+/// events each; a lone caller's append is one batch), optionally
+/// checkpoints after the first `checkpoint_after` batches, and crashes.
+async fn build(max_blocks: u64, sizes: &[u64], checkpoint_after: Option<usize>) -> Crashed {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let ledger = Ledger::create(s.clone(), NAME, opts(max_blocks))
+        .await
+        .unwrap();
+    let mut batches = Vec::new();
+    let mut seq = 0;
+    for (i, &n) in sizes.iter().enumerate() {
+        if checkpoint_after == Some(i) {
+            assert_eq!(ledger.checkpoint().await.unwrap().checkpoint.size, seq);
+        }
+        let receipts = ledger
+            .append((seq..seq + n).map(event).collect())
+            .await
+            .unwrap();
+        let first = receipts[0].clone();
+        assert_eq!(first.seq, seq);
+        assert!(receipts
+            .iter()
+            .all(|r| (r.segment, r.offset) == (first.segment, first.offset)));
+        batches.push(Batch {
+            segment: first.segment,
+            offset: first.offset,
+            first_seq: seq,
+        });
+        seq += n;
+    }
+    if checkpoint_after == Some(sizes.len()) {
+        assert_eq!(ledger.checkpoint().await.unwrap().checkpoint.size, seq);
+    }
+    let records = ledger.reader().await.unwrap().read(0, None).await.unwrap();
+    assert_eq!(records.len() as u64, seq);
+    crash(ledger, dir.path()).await;
+    Crashed {
+        dir,
+        max_blocks,
+        records,
+        batches,
+    }
+}
+
+async fn read_all(dir: &Path) -> Vec<Record> {
+    LedgerReader::open(store(dir), NAME)
+        .await
+        .unwrap()
+        .read(0, None)
+        .await
+        .unwrap()
+}
+
+async fn verify(dir: &Path) -> VerifyReport {
+    let reader = LedgerReader::open(store(dir), NAME).await.unwrap();
+    let verifier = reader.recorded_verifier().clone();
+    reader.verify(&verifier, &|_, _| {}).await.unwrap()
+}
+
+/// Opens the damaged copy as the next process would and checks that it
+/// holds exactly `expect`.
+async fn open_recovered(dir: &Path, max_blocks: u64, expect: &[Record]) -> Ledger {
+    let ledger = Ledger::open(store(dir), NAME, opts(max_blocks))
+        .await
+        .unwrap_or_else(|e| panic!("open after a crash: {e}"));
+    assert_eq!(read_all(dir).await, expect);
+    ledger
+}
+
+/// Checks that the next append after recovering to `expect` gets the next
+/// sequence number (in `segment` at `offset`, when given), and that the
+/// ledger verifies, and again after a final checkpoint when `close` is set
+/// (else the writer crashes again).
+async fn continues(
+    ledger: Ledger,
+    dir: &Path,
+    expect: &[Record],
+    at: Option<(u64, u64)>,
+    close: bool,
+) {
+    let next = expect.len() as u64;
+    let r = ledger.append_one(event(next)).await.unwrap();
+    assert_eq!(r.seq, next);
+    if let Some(at) = at {
+        assert_eq!((r.segment, r.offset), at, "where the next batch went");
+    }
+    let report = verify(dir).await;
+    assert_eq!(report.records, next + 1);
+    if close {
+        ledger.close().await.unwrap();
+        let report = verify(dir).await;
+        assert_eq!((report.records, report.unsigned_tail), (next + 1, 0));
+    } else {
+        crash(ledger, dir).await;
+    }
+    let all = read_all(dir).await;
+    assert_eq!(&all[..expect.len()], expect);
+    assert_eq!(all.len() as u64, next + 1);
+}
+
+async fn recovers_to(
+    dir: &Path,
+    max_blocks: u64,
+    expect: &[Record],
+    at: Option<(u64, u64)>,
+    close: bool,
+) {
+    let ledger = open_recovered(dir, max_blocks, expect).await;
+    continues(ledger, dir, expect, at, close).await;
+}
+
+async fn open_err(dir: &Path, max_blocks: u64) -> IntegrityError {
+    match Ledger::open(store(dir), NAME, opts(max_blocks)).await {
+        Err(LedgerError::Integrity(e)) => e,
+        Err(e) => panic!("wanted an integrity error, got {e}"),
+        Ok(_) => panic!("wanted an integrity error, but the ledger opened"),
+    }
+}
+
+fn assert_names(e: &IntegrityError, blob: &str, offset: u64, seq: Option<u64>) {
+    assert_eq!(
+        (e.blob.as_str(), e.offset, e.seq),
+        (blob, offset, seq),
+        "{e}"
+    );
+}
+
+// ------------------------------------------------- crashes during append
+
+/// Step "append": the last batch's pwrite was cut short, at every byte.
+/// Recovery truncates it and the ledger continues where it was.
+async fn torn_last_batch_at_every_byte(sizes: &[u64]) {
+    let c = build(3, sizes, None).await;
+    let last = c.batches.len() - 1;
+    let (start, end) = c.range(last);
+    let seg = c.batches[last].segment;
+    assert!(end - start > 30, "the batch is {} bytes", end - start);
+    for cut in start..end {
+        let dir = c.copy();
+        truncate(&seg_path(dir.path(), seg), cut);
+        // The last few cuts also write the final checkpoint.
+        let close = end - cut <= 2;
+        recovers_to(
+            dir.path(),
+            c.max_blocks,
+            c.before(last),
+            Some((seg, start)),
+            close,
+        )
+        .await;
+    }
+    // And the crash that tore nothing loses nothing.
+    recovers_to(c.path(), c.max_blocks, &c.records, None, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_last_batch_alone_in_new_segment() {
+    // Segments of 3 blocks (header + 2 batches): the fifth batch is the
+    // first of segment 2.
+    torn_last_batch_at_every_byte(&[2, 1, 1, 1, 1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_last_batch_after_others() {
+    torn_last_batch_at_every_byte(&[1, 2, 1, 1, 2, 1]).await;
+}
+
+/// A torn batch in the middle of what a crash left is the end of the log:
+/// the crash happened while writing it, so nothing after it was written.
+/// (Here later batches did exist and are cut with it, as the crash would
+/// have prevented them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_inside_an_earlier_batch_of_the_last_segment() {
+    let c = build(100, &[1, 2, 1, 2, 1], None).await;
+    for b in [1usize, 3] {
+        let (start, end) = c.range(b);
+        for cut in [start + 1, start + 8, (start + end) / 2, end - 1] {
+            let dir = c.copy();
+            truncate(&seg_path(dir.path(), 0), cut);
+            recovers_to(dir.path(), 100, c.before(b), Some((0, start)), false).await;
+        }
+    }
+}
+
+/// Step "acknowledge": many callers in flight when the writer stops. All
+/// that were acknowledged are there, with the sequence numbers and stream
+/// versions their receipts gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_dropped_with_callers_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::create(store(dir.path()), NAME, opts(4))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40u64 {
+        let l = ledger.clone();
+        tasks.push(tokio::spawn(async move { l.append_one(event(i)).await }));
+    }
+    let mut receipts = Vec::new();
+    for t in tasks {
+        receipts.push(t.await.unwrap().unwrap());
+    }
+    crash(ledger, dir.path()).await;
+    let before = verify(dir.path()).await;
+    assert_eq!((before.records, before.unsigned_tail), (40, 40));
+    let records = read_all(dir.path()).await;
+    for r in &receipts {
+        let rec = &records[r.seq as usize];
+        assert_eq!((&rec.stream, rec.stream_version), (&r.stream, r.version));
+    }
+    recovers_to(dir.path(), 4, &records, None, true).await;
+}
+
+// ----------------------------------------------- crashes during rollover
+
+/// Step "rollover": `create` of the new segment, then its header, then
+/// sealing the old one. A crash after `create` leaves 0 bytes; during the
+/// header, a prefix of it; after it, the old segment unsealed. Recovery
+/// writes the header (byte for byte what the writer would have), seals the
+/// old segment and carries on in the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_interrupted_at_every_header_byte() {
+    // Segment 2 starts with the fifth batch.
+    let c = build(3, &[1, 2, 1, 1, 2], None).await;
+    assert_eq!(c.batches[4].segment, 2);
+    let header = std::fs::read(seg_path(c.path(), 2)).unwrap()[..HEADER_LEN].to_vec();
+    let h = SegmentHeader::decode(&header).unwrap();
+    assert_eq!((h.index, h.first_seq), (2, c.batches[4].first_seq));
+    for k in 0..=HEADER_LEN as u64 {
+        let old_sealed: &[bool] = if k == HEADER_LEN as u64 {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &old_sealed in old_sealed {
+            let dir = c.copy();
+            truncate(&seg_path(dir.path(), 2), k);
+            set_sealed(&seg_path(dir.path(), 1), old_sealed);
+            let ledger = open_recovered(dir.path(), 3, c.before(4)).await;
+            assert_eq!(file_len(&seg_path(dir.path(), 2)), HEADER_LEN as u64);
+            assert_eq!(std::fs::read(seg_path(dir.path(), 2)).unwrap(), header);
+            assert!(is_sealed(&seg_path(dir.path(), 1)), "k={k}");
+            assert!(is_sealed(&seg_path(dir.path(), 0)));
+            let at = Some((2, HEADER_LEN as u64));
+            continues(ledger, dir.path(), c.before(4), at, k % 21 == 0).await;
+        }
+    }
+}
+
+/// Older segments left unsealed (a rollover's last step lost, more than
+/// once) are all sealed by the next open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsealed_older_segments_are_sealed() {
+    let c = build(3, &[1, 1, 1, 1, 1, 1, 1], None).await;
+    assert_eq!(c.batches.last().unwrap().segment, 3);
+    let dir = c.copy();
+    for i in 0..3 {
+        set_sealed(&seg_path(dir.path(), i), false);
+    }
+    let ledger = open_recovered(dir.path(), 3, &c.records).await;
+    for i in 0..3 {
+        assert!(is_sealed(&seg_path(dir.path(), i)), "segment {i}");
+    }
+    assert!(!is_sealed(&seg_path(dir.path(), 3)));
+    continues(ledger, dir.path(), &c.records, None, true).await;
+}
+
+/// A rollover interrupted after `create`, and the ledger closed right after
+/// recovery, before any new event: the final checkpoint then signs a state
+/// whose position is the start of the new segment.
+///
+/// Ignored: fails today. `recover` leaves the tip at (new segment, header
+/// end, 1 block) and `close()` snapshots that, while `verify` compares each
+/// checkpoint's snapshot with its own position at the end of the previous
+/// segment, and reports "position differs from the log".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_interrupted_then_closed_without_appending() {
+    let c = build(3, &[1, 1, 1, 1, 1], None).await;
+    let dir = c.copy();
+    truncate(&seg_path(dir.path(), 2), 0);
+    set_sealed(&seg_path(dir.path(), 1), false);
+    let ledger = Ledger::open(store(dir.path()), NAME, opts(3))
+        .await
+        .unwrap();
+    ledger.close().await.unwrap();
+    let report = verify(dir.path()).await;
+    assert_eq!((report.records, report.unsigned_tail), (4, 0));
+}
+
+/// `Ledger::create` is `put LEDGER`, `create` segment 0, its header, then
+/// checkpoint 0. A crash after any of them leaves a ledger `open` completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_interrupted() {
+    let c = build(3, &[], None).await;
+    let seg0 = seg_path(c.path(), 0);
+    let header = std::fs::read(&seg0).unwrap();
+    assert_eq!(header.len(), HEADER_LEN);
+    let cp0 = [layout::checkpoint(NAME, 0), layout::snapshot(NAME, 0)];
+    // (bytes of segment 0 left, or None for no file; checkpoint 0 written?)
+    for (seg_len, checkpointed) in [
+        (None, false),
+        (Some(0), false),
+        (Some(40), false),
+        (Some(HEADER_LEN as u64), false),
+        (Some(HEADER_LEN as u64), true),
+    ] {
+        let dir = c.copy();
+        let seg = seg_path(dir.path(), 0);
+        match seg_len {
+            None => std::fs::remove_file(&seg).unwrap(),
+            Some(n) => truncate(&seg, n),
+        }
+        if !checkpointed {
+            for blob in &cp0 {
+                std::fs::remove_file(dir.path().join(blob)).unwrap();
+            }
+        }
+        let ledger = open_recovered(dir.path(), 3, &[]).await;
+        assert_eq!(std::fs::read(&seg).unwrap(), header);
+        continues(ledger, dir.path(), &[], Some((0, HEADER_LEN as u64)), true).await;
+    }
+}
+
+// --------------------------------------------- crashes during checkpoint
+
+/// Step "checkpoint": the snapshot is put, then the checkpoint. A crash
+/// between the two leaves the snapshot alone; `open` ignores it (it goes by
+/// checkpoints) and replays the tail from the previous checkpoint, and the
+/// next checkpoint at that size finds the same snapshot bytes and reuses
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_without_its_checkpoint() {
+    // Checkpoint after 4 batches (2 segments), then 1 more batch.
+    let c = build(3, &[1, 2, 1, 1, 1], Some(4)).await;
+    let size = c.batches[4].first_seq;
+    let cp = c.path().join(layout::checkpoint(NAME, size));
+    let snap = c.path().join(layout::snapshot(NAME, size));
+    assert!(cp.exists() && snap.exists());
+
+    // The crash came before the checkpoint, so before the fifth batch and
+    // the rollover it caused: no segment 2, segment 1 unsealed.
+    let dir = c.copy();
+    std::fs::remove_file(dir.path().join(layout::checkpoint(NAME, size))).unwrap();
+    std::fs::remove_file(seg_path(dir.path(), 2)).unwrap();
+    set_sealed(&seg_path(dir.path(), 1), false);
+    let s = store(dir.path());
+    let ledger = Ledger::open(s.clone(), NAME, opts(3)).await.unwrap();
+    assert_eq!(read_all(dir.path()).await, c.before(4));
+    // Closing writes the checkpoint the crash lost, over the same snapshot.
+    let info = ledger.close().await.unwrap();
+    assert_eq!(info.checkpoint.size, size);
+    let report = verify(dir.path()).await;
+    assert_eq!((report.records, report.unsigned_tail), (size, 0));
+    assert_eq!(
+        std::fs::read(dir.path().join(layout::snapshot(NAME, size))).unwrap(),
+        std::fs::read(&snap).unwrap()
+    );
+    recovers_to(dir.path(), 3, c.before(4), None, true).await;
+
+    // The checkpoint put failed (an I/O error, not a crash: the writer logs
+    // it and carries on), the fifth batch was written, then the crash: the
+    // orphan snapshot is simply passed over.
+    let dir = c.copy();
+    std::fs::remove_file(dir.path().join(layout::checkpoint(NAME, size))).unwrap();
+    recovers_to(dir.path(), 3, &c.records, None, true).await;
+}
+
+/// Two crashes: one between snapshot and checkpoint (so the snapshot at
+/// that size stays behind), then, after reopening, one inside the rollover
+/// that the next append started. Closing right after the second recovery
+/// must write the checkpoint the first crash lost.
+///
+/// Ignored: fails today, for the same reason as
+/// `rollover_interrupted_then_closed_without_appending`: the tip's position
+/// after the recovered rollover differs from the orphan snapshot's, so
+/// `checkpoint()` finds a snapshot with other bytes and fails with
+/// `AlreadyExists`, and keeps failing until the next append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_snapshot_then_interrupted_rollover_then_close() {
+    // Segment 1 is full after 4 batches; checkpoint at that size.
+    let c = build(3, &[1, 2, 1, 1], Some(4)).await;
+    let size = c.records.len() as u64;
+    let dir = c.copy();
+    std::fs::remove_file(dir.path().join(layout::checkpoint(NAME, size))).unwrap();
+    // The rollover got as far as creating segment 2.
+    std::fs::write(seg_path(dir.path(), 2), b"").unwrap();
+    set_sealed(&seg_path(dir.path(), 1), false);
+    let ledger = open_recovered(dir.path(), 3, &c.records).await;
+    let info = ledger.close().await.unwrap();
+    assert_eq!(info.checkpoint.size, size);
+    let report = verify(dir.path()).await;
+    assert_eq!((report.records, report.unsigned_tail), (size, 0));
+}
+
+/// A put interrupted before its link leaves only a hidden temporary file,
+/// which neither `open` nor `verify` sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_put_leaves_only_a_hidden_temp_file() {
+    let c = build(3, &[1, 1, 1], None).await;
+    let dir = c.copy();
+    let size = c.records.len() as u64;
+    for blob in [layout::snapshot(NAME, size), layout::checkpoint(NAME, size)] {
+        let (parent, file) = blob.rsplit_once('/').unwrap();
+        std::fs::write(
+            dir.path()
+                .join(parent)
+                .join(format!(".{file}.tmp-0123abcd")),
+            b"half a blob",
+        )
+        .unwrap();
+    }
+    recovers_to(dir.path(), 3, &c.records, None, true).await;
+}
+
+// ------------------------------------ damage a crash cannot cause: refused
+
+/// A flipped byte in any batch but the last of the last segment (CRC or
+/// body) is damage, not a torn write: `open` refuses, naming the segment,
+/// the batch's offset and its first sequence number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_in_a_non_last_batch() {
+    let c = build(100, &[2, 1, 1, 1], None).await;
+    for (b, step) in [(0usize, 5), (2, 1)] {
+        let (start, end) = c.range(b);
+        // Every byte of the batch before the last, every fifth of the
+        // first. Bytes 0..4 are the length: see
+        // `flipped_length_in_a_non_last_batch`.
+        for at in (start + 4..end).step_by(step) {
+            let dir = c.copy();
+            flip(&seg_path(dir.path(), 0), at, 0x20);
+            let e = open_err(dir.path(), 100).await;
+            assert_names(&e, &seg_name(0), start, Some(c.batches[b].first_seq));
+            // Nothing was cut: the evidence is still there.
+            assert_eq!(file_len(&seg_path(dir.path(), 0)), c.range(3).1);
+        }
+    }
+}
+
+/// The same for a flipped bit of the length field: a grown length makes
+/// the batch appear to run past the end of the segment, like a torn write,
+/// and recovery truncates it with every acknowledged batch after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_length_in_a_non_last_batch() {
+    let c = build(100, &[2, 1, 1, 1], None).await;
+    let (start, _) = c.range(2);
+    let mut lost = Vec::new();
+    for bit in 0..32u64 {
+        let dir = c.copy();
+        flip(&seg_path(dir.path(), 0), start + bit / 8, 1 << (bit % 8));
+        match Ledger::open(store(dir.path()), NAME, opts(100)).await {
+            Err(LedgerError::Integrity(e)) => {
+                assert_names(&e, &seg_name(0), start, Some(c.batches[2].first_seq))
+            }
+            Err(e) => panic!("bit {bit}: {e}"),
+            Ok(_) => lost.push((bit, read_all(dir.path()).await.len())),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of 32 single-bit flips of batch 2's length opened the ledger, \
+         keeping only these many of {} acknowledged records: {lost:?}",
+        lost.len(),
+        c.records.len()
+    );
+}
+
+/// In a segment that is not the last, even the last batch, and even its
+/// length, cannot be a torn write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_in_an_earlier_segment() {
+    let c = build(3, &[2, 1, 1, 1, 1], None).await;
+    assert_eq!(c.batches[1].segment, 0);
+    let (start, end) = c.range(1);
+    // Every byte of the frame header (length and CRC), then a sample.
+    for at in (start..start + 8).chain((start + 8..end).step_by(3)) {
+        let dir = c.copy();
+        flip(&seg_path(dir.path(), 0), at, 0x80);
+        let e = open_err(dir.path(), 3).await;
+        assert_names(&e, &seg_name(0), start, Some(c.batches[1].first_seq));
+    }
+}
+
+/// A damaged header of a segment after the newest checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_in_a_segment_header() {
+    let c = build(3, &[1, 1, 1, 1, 1], None).await;
+    let header = std::fs::read(seg_path(c.path(), 1)).unwrap()[..HEADER_LEN].to_vec();
+    // A byte of every field.
+    for at in [
+        0, 7, 8, 9, 10, 11, 12, 15, 16, 31, 32, 39, 40, 47, 48, 79, 80, 83,
+    ] {
+        let dir = c.copy();
+        flip(&seg_path(dir.path(), 1), at as u64, 0x01);
+        let mut bad = header.clone();
+        bad[at] ^= 0x01;
+        let want = SegmentHeader::decode(&bad).unwrap_err().offset as u64;
+        let e = open_err(dir.path(), 3).await;
+        // The sequence number is not named for header damage (recover
+        // passes None); the segment and offset are.
+        assert_eq!((e.blob.as_str(), e.offset), (seg_name(1).as_str(), want));
+    }
+}
+
+/// A segment cut shorter than the newest checkpoint covers: `open`
+/// refuses, naming the segment, its length and the checkpoint's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_inside_what_a_checkpoint_covers() {
+    let c = build(100, &[1, 2, 1, 2, 1], Some(3)).await;
+    let covered = c.batches[3].offset;
+    let size = c.batches[3].first_seq;
+    let mut cuts = vec![0, 1, HEADER_LEN as u64 - 1, HEADER_LEN as u64, covered - 1];
+    for b in 0..3 {
+        let (start, end) = c.range(b);
+        cuts.extend([
+            start + 1,
+            start + 4,
+            start + 8,
+            start + 20,
+            (start + end) / 2,
+            end - 1,
+        ]);
+    }
+    for cut in cuts {
+        let dir = c.copy();
+        truncate(&seg_path(dir.path(), 0), cut);
+        let e = open_err(dir.path(), 100).await;
+        assert_names(&e, &seg_name(0), cut, Some(size));
+    }
+    // Cut exactly at the checkpoint: the uncheckpointed tail is gone, as
+    // if never written, which a crash cannot tell apart.
+    let dir = c.copy();
+    truncate(&seg_path(dir.path(), 0), covered);
+    recovers_to(dir.path(), 100, c.before(3), Some((0, covered)), true).await;
+}
+
+/// The newest checkpoint's snapshot cannot go missing by a crash (it is
+/// written first): refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_snapshot_of_the_newest_checkpoint() {
+    let c = build(100, &[1, 2, 1], Some(2)).await;
+    let size = c.batches[2].first_seq;
+    let dir = c.copy();
+    std::fs::remove_file(dir.path().join(layout::snapshot(NAME, size))).unwrap();
+    let e = open_err(dir.path(), 100).await;
+    assert_names(&e, &layout::snapshot(NAME, size), 0, Some(size));
+}
+
+/// A segment missing between two others: refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_middle_segment() {
+    let c = build(3, &[1, 1, 1, 1, 1], None).await;
+    let dir = c.copy();
+    std::fs::remove_file(seg_path(dir.path(), 1)).unwrap();
+    let e = open_err(dir.path(), 3).await;
+    assert_eq!((e.blob.as_str(), e.offset), (seg_name(2).as_str(), 0));
+}
+
+/// `open` reads only what follows the newest checkpoint, so damage inside
+/// what it covers is for `verify` to find, which it does, by position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_before_the_checkpoint_is_found_by_verify() {
+    let c = build(100, &[1, 2, 1], Some(3)).await;
+    let (start, _) = c.range(1);
+    let dir = c.copy();
+    flip(&seg_path(dir.path(), 0), start + 12, 0x04);
+    let ledger = Ledger::open(store(dir.path()), NAME, opts(100))
+        .await
+        .unwrap();
+    crash(ledger, dir.path()).await;
+    let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
+    let verifier = reader.recorded_verifier().clone();
+    match reader.verify(&verifier, &|_, _| {}).await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_names(&e, &seg_name(0), start, Some(c.batches[1].first_seq))
+        }
+        other => panic!("wanted an integrity error, got {other:?}"),
+    }
+}
