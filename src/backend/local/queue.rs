@@ -361,6 +361,7 @@ impl QueueStore for LocalQueueStore {
             let now = now_us();
             let hidden_until = after(now, visibility_timeout);
             let mut out = Vec::new();
+            let changed;
             {
                 check_queue(&db!(op, txn.open_table(QUEUES))?, q, op)?;
                 let mut visible = db!(op, txn.open_table(VISIBLE))?;
@@ -385,6 +386,7 @@ impl QueueStore for LocalQueueStore {
                         break;
                     }
                 }
+                changed = !taken.is_empty() || !expired.is_empty();
                 for (vis, seq, id) in expired {
                     db!(op, visible.remove((q, vis, seq)))?;
                     db!(op, messages.remove((q, id.as_str())))?;
@@ -410,10 +412,13 @@ impl QueueStore for LocalQueueStore {
                     });
                 }
             }
-            // Commit even when nothing was taken: expired messages were
-            // purged, and an empty commit is cheap next to the fsync of a
-            // delivery.
-            db!(op, txn.commit())?;
+            // Workers poll empty queues often; an empty poll must not cost
+            // an fsync.
+            if changed {
+                db!(op, txn.commit())?;
+            } else {
+                db!(op, txn.abort())?;
+            }
             Ok(out)
         })
         .await
