@@ -12,7 +12,7 @@ use bi_ledger::backend::local::queue::QUEUE_DB_FILE;
 use bi_ledger::backend::local::table::TABLE_DB_FILE;
 use bi_ledger::backend::local::{LocalQueueStore, LocalTableStore};
 use bi_ledger::backend::queue::{QueueError, QueueStore};
-use bi_ledger::backend::table::{TableError, TableStore};
+use bi_ledger::backend::table::{BatchOp, Entity, Property, TableError, TableStore};
 
 #[path = "conformance/queue.rs"]
 mod queue;
@@ -105,4 +105,133 @@ async fn local_second_open_waits_for_the_first_to_close() {
     ));
     drop(t);
     LocalTableStore::open(dir.path()).await.unwrap();
+}
+
+/// Set in the child process of `local_stores_survive_sigkill`.
+const CRASH_CHILD_DIR: &str = "BI_LEDGER_LOCAL_CRASH_CHILD_DIR";
+
+/// The child of `local_stores_survive_sigkill`: writes through both stores,
+/// says what it did, then waits to be killed. Run on its own it does
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) else {
+        return;
+    };
+    let q = LocalQueueStore::open(&dir).await.unwrap();
+    q.create_queue("crash").await.unwrap();
+    for body in ["a", "b"] {
+        q.send("crash", body, &Default::default()).await.unwrap();
+    }
+    let m = q
+        .receive("crash", 1, std::time::Duration::from_secs(2))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let t = LocalTableStore::open(&dir).await.unwrap();
+    t.create_table("crash").await.unwrap();
+    let e = Entity::new("p", "r").with("V", Property::Int64(i64::MAX));
+    let etag = t.insert("crash", &e).await.unwrap();
+    let ops: Vec<BatchOp> = (0..5)
+        .map(|i| BatchOp::Insert(Entity::new("p", format!("b{i}"))))
+        .collect();
+    t.batch("crash", &ops).await.unwrap();
+    println!("HELD {} {}", m.id, m.pop_receipt);
+    println!("ETAG {etag}");
+    println!("READY");
+    // Keep both stores open: the kill must find them mid-life, not closed.
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
+}
+
+/// What a call acknowledged survives the process being killed with both
+/// stores open (no clean shutdown, no destructor): redb committed and
+/// fsynced it before the call returned. The received, undeleted message
+/// comes back after its timeout with its dequeue count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_stores_survive_sigkill() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "local_crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_CHILD_DIR, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The child never exits by itself: kill it even if this test fails.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let (mut held, mut etag) = (None, None);
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        // libtest prints "test local_crash_child ... " before the first line.
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = |w: &str| words.iter().position(|x| *x == w);
+        if let Some(i) = at("HELD") {
+            held = Some((words[i + 1].to_owned(), words[i + 2].to_owned()));
+        } else if let Some(i) = at("ETAG") {
+            etag = Some(words[i + 1].to_owned());
+        } else if at("READY").is_some() {
+            break;
+        }
+    }
+    let (held, receipt) = held.expect("the child reported its received message");
+    let etag = etag.expect("the child reported its ETag");
+    child.0.kill().unwrap(); // SIGKILL: no destructor, no clean close
+    child.0.wait().unwrap();
+
+    let q = LocalQueueStore::open(dir.path()).await.unwrap();
+    assert_eq!(q.approximate_len("crash").await.unwrap(), 2);
+    let other = q
+        .receive("crash", 32, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1, "only the message nobody held is visible");
+    assert_ne!(other[0].id, held);
+    let start = std::time::Instant::now();
+    let back = loop {
+        let got = q
+            .receive("crash", 1, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        if let Some(m) = got.into_iter().next() {
+            break m;
+        }
+        assert!(
+            start.elapsed().as_secs() < 8,
+            "held message never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!((back.id.as_str(), back.dequeue_count), (held.as_str(), 2));
+    assert!(matches!(
+        q.delete("crash", &held, &receipt).await,
+        Err(QueueError::PopReceiptMismatch { .. })
+    ));
+
+    let t = LocalTableStore::open(dir.path()).await.unwrap();
+    let e = t
+        .get("crash", "p", "r")
+        .await
+        .unwrap()
+        .expect("insert survived");
+    assert_eq!(e.get("V"), Some(&Property::Int64(i64::MAX)));
+    assert_eq!(e.etag.map(|t| t.0), Some(etag));
+    let rows = t.query_all("crash", &Default::default()).await.unwrap();
+    assert_eq!(rows.len(), 6, "the whole batch survived");
 }
