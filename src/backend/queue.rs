@@ -8,8 +8,11 @@
 //!   is not deleted in time is delivered again, with a higher count and a new
 //!   pop receipt.
 //! - Only the latest pop receipt of a message may delete it or change its
-//!   visibility; an older one gets [`QueueError::PopReceiptMismatch`], so a
-//!   consumer that overran its timeout learns it lost the message.
+//!   visibility; an older one gets [`QueueError::PopReceiptMismatch`] (Azure's
+//!   400 `PopReceiptMismatch`), so a consumer that overran its timeout learns
+//!   it lost the message. A message that is gone (deleted or expired) is
+//!   [`QueueError::MessageNotFound`] (Azure's 404 `MessageNotFound`),
+//!   whatever the receipt.
 //! - Order is roughly first in, first out and never guaranteed (Azure does
 //!   not guarantee it).
 //! - Message bodies are text: Azure carries them inside XML, so binary data

@@ -640,7 +640,9 @@ pub struct Query {
     /// Page size, 1 to 1,000; `None`: 1,000. Not a limit on the whole query.
     pub top: Option<u32>,
     /// Custom properties to return (`$select`); `None`: all. Keys, ETag and
-    /// Timestamp always come back.
+    /// Timestamp always come back (the Azure store adds PartitionKey and
+    /// RowKey to `$select`); a selected property an entity lacks is absent
+    /// from it (Azure answers it as null, which the Azure store drops).
     pub select: Option<Vec<String>>,
 }
 
