@@ -63,6 +63,9 @@ pub struct Writer {
 
 type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
 
+/// Longest a ready batch waits for the callers of the previous one.
+const HOLD: Duration = Duration::from_micros(300);
+
 /// The batch being filled while the previous one is written.
 #[derive(Default)]
 struct Next {
@@ -91,9 +94,26 @@ impl Writer {
         let mut barrier: Option<Command> = None;
         let mut stash: Option<Command> = None;
         let mut open = true;
+        // Callers active in the last round, and how long to wait for them.
+        // Without this, callers split into two halves that alternate between
+        // the block in flight and the next, and every fsync carries half of
+        // them: after a block lands, its callers are answered and resubmit
+        // within microseconds, so the next block briefly waits for them
+        // (never longer than HOLD) and one fsync again serves everyone.
+        let mut expect = 0usize;
+        let mut hold_until: Option<tokio::time::Instant> = None;
         loop {
             if in_flight.is_none() && !next.records.is_empty() {
-                in_flight = self.start_write(std::mem::take(&mut next)).await;
+                let hold = open
+                    && stash.is_none()
+                    && barrier.is_none()
+                    && next.callers.len() < expect
+                    && next.bytes < self.opts.max_batch_bytes / 2
+                    && hold_until.is_some_and(|t| tokio::time::Instant::now() < t);
+                if !hold {
+                    hold_until = None;
+                    in_flight = self.start_write(std::mem::take(&mut next)).await;
+                }
             }
             let idle = in_flight.is_none() && next.records.is_empty();
             if idle {
@@ -140,6 +160,8 @@ impl Writer {
                 biased;
                 done = async { (&mut in_flight.as_mut().unwrap().write).await }, if in_flight.is_some() => {
                     let f = in_flight.take().unwrap();
+                    expect = f.callers.len() + next.callers.len();
+                    hold_until = Some(tokio::time::Instant::now() + HOLD);
                     let result = done.unwrap_or_else(|e| Err(StoreError::Io {
                         op: "append (task failed)",
                         name: String::new(),
@@ -153,6 +175,10 @@ impl Writer {
                 },
                 _ = tokio::time::sleep(due.unwrap_or(Duration::from_secs(3600))), if due.is_some() => {
                     self.timed_checkpoint().await;
+                }
+                _ = tokio::time::sleep_until(hold_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if in_flight.is_none() && !next.records.is_empty() && hold_until.is_some() => {
+                    hold_until = None;
                 }
             }
         }
