@@ -31,7 +31,7 @@ use bi_ledger::backend::BlobStore;
 use bi_ledger::format::batch::{self, BatchEncoder, Frame};
 use bi_ledger::format::checkpoint::{Checkpoint, Verifier};
 use bi_ledger::format::record::Record;
-use bi_ledger::format::segment::SegmentHeader;
+use bi_ledger::format::segment::{SegmentHeader, HEADER_LEN};
 use bi_ledger::format::snapshot::Snapshot;
 use bi_ledger::format::{chain, hex, merkle, Hash};
 use bi_ledger::ledger::layout::{self, Meta};
@@ -467,6 +467,11 @@ fn frame_around(first_seq: u64, base_ts: i64, count: u32, records: &Ann) -> Ann 
     let crc = crc32c_ref(&crc_input);
     let mut a = Ann::default();
     a.put(len.to_le_bytes(), format!("body length {len} (u32le)"));
+    let check = !len;
+    a.put(
+        check.to_le_bytes(),
+        format!("complement of the body length: !{len} = 0x{check:08x} (u32le)"),
+    );
     a.put(
         crc.to_le_bytes(),
         format!("CRC32C(length || body) = 0x{crc:08x} (u32le)"),
@@ -1028,6 +1033,22 @@ fn document_matches_the_code() {
             "ledger-format.md has vector {name}, which this test does not build"
         );
     }
+    // The prose of §13.3 and §13.8 states the segment's layout.
+    let text = doc_text().split_whitespace().collect::<Vec<_>>().join(" ");
+    let header = HEADER_LEN;
+    let b0 = built.vectors.iter().find(|v| v.name == "batch-0").unwrap();
+    let b1 = built.vectors.iter().find(|v| v.name == "batch-1").unwrap();
+    let (l0, l1) = (b0.value.len(), b1.value.len());
+    let total = built.segment.len();
+    assert_eq!(total, header + l0 + l1);
+    for claim in [
+        format!("batch 0 (offset {header}, {l0} bytes"),
+        format!("batch 1 (offset {}, {l1} bytes", header + l0),
+        format!("{total} bytes, 3 blocks"),
+        format!("1 segment, {total} bytes"),
+    ] {
+        assert!(text.contains(&claim), "ledger-format.md lacks {claim:?}");
+    }
 }
 
 #[test]
@@ -1152,10 +1173,11 @@ fn document_bytes_decode() {
 fn reframe(frame: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut body = frame[batch::FRAME_HEADER_LEN..].to_vec();
     edit(&mut body);
-    let len = (body.len() as u32).to_le_bytes();
-    let mut crc_input = len.to_vec();
+    let len = body.len() as u32;
+    let mut crc_input = len.to_le_bytes().to_vec();
     crc_input.extend_from_slice(&body);
-    let mut out = len.to_vec();
+    let mut out = len.to_le_bytes().to_vec();
+    out.extend_from_slice(&(!len).to_le_bytes());
     out.extend_from_slice(&crc32c_ref(&crc_input).to_le_bytes());
     out.extend(body);
     out
@@ -1179,6 +1201,21 @@ fn readers_refuse_what_they_do_not_know() {
     let hand = hand_batch(0, T0, &recs[..2]);
     assert_eq!(&hand.bytes(), batch0);
     let body_off = |what: &str| hand.offset_of(what) - batch::FRAME_HEADER_LEN;
+
+    // The frame layout of §5.1: a 12-byte frame header, then the body.
+    assert_eq!(batch::FRAME_HEADER_LEN, 12);
+    assert_eq!(batch::BODY_HEADER_LEN, 20);
+    for (what, at) in [
+        ("body length", 0),
+        ("complement of the body length", 4),
+        ("CRC32C(length || body)", 8),
+        ("first sequence number", 12),
+        ("record count", 20),
+        ("base timestamp", 24),
+        ("record 0:", 32),
+    ] {
+        assert_eq!(hand.offset_of(what), at, "offset of {what:?}");
+    }
 
     // Unknown format version, named as such before any CRC check.
     let mut header = doc["segment-header"].clone();
@@ -1227,18 +1264,99 @@ fn readers_refuse_what_they_do_not_know() {
     let e = decode_error(&reframe(batch0, |b| b.push(0)));
     assert!(e.contains("1 trailing bytes after the last record"), "{e}");
 
-    // A flipped bit is a CRC error; a cut frame is incomplete.
-    let mut bad = batch0.clone();
-    bad[40] ^= 0x20;
+    // Frames the reader refuses whole, and where it says so (§5.1).
+    let corrupt = |frame: &[u8]| match batch::parse_frame(frame, 1 << 22) {
+        Frame::Corrupt(e) => e,
+        other => panic!("expected a corrupt frame, got {other:?}"),
+    };
+    // A flipped bit in the records, or in the CRC itself, is a CRC
+    // mismatch, reported at the CRC field.
+    for at in [40, 8] {
+        let mut bad = batch0.clone();
+        bad[at] ^= 0x20;
+        let e = corrupt(&bad);
+        assert!(e.what.contains("CRC32C mismatch"), "{e:?}");
+        assert_eq!(e.offset, 8);
+    }
+    // Any one flipped bit of the length or of its complement is a damaged
+    // length, found before the frame it claims is read: never incomplete,
+    // even when the flipped length points past the end of the buffer.
+    for bit in 0..64 {
+        let mut bad = batch0.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert_eq!(
+            batch::frame_length(&bad),
+            batch::Length::Damaged,
+            "bit {bit}"
+        );
+        let e = corrupt(&bad);
+        assert!(e.what.contains("does not match its complement"), "{e:?}");
+        assert_eq!(e.offset, 0);
+    }
+    // A header whose length and complement are all zero was never written.
+    let mut unwritten = batch0.clone();
+    unwritten[..8].fill(0);
+    assert_eq!(batch::frame_length(&unwritten), batch::Length::Unwritten);
+    assert!(corrupt(&unwritten).what.contains("all zero"));
+    assert!(corrupt(&[0; 12]).what.contains("all zero"));
+    assert_eq!(
+        batch::frame_length(batch0),
+        batch::Length::Valid(batch0.len() - 12)
+    );
+    // A body length below the body header, or above the maximum, with a
+    // matching complement, is out of range.
+    for len in [19u32, (1 << 22) + 1] {
+        let mut bad = batch0.clone();
+        bad[0..4].copy_from_slice(&len.to_le_bytes());
+        bad[4..8].copy_from_slice(&(!len).to_le_bytes());
+        let e = corrupt(&bad);
+        assert!(e.what.contains("out of range"), "{e:?}");
+        assert_eq!(e.offset, 0);
+    }
+    // An empty batch (count 0), with a matching CRC, at the count field.
+    let count_at = body_off("record count");
+    let empty = reframe(batch0, |b| {
+        b[count_at..count_at + 4].fill(0);
+        b.truncate(batch::BODY_HEADER_LEN);
+    });
+    assert_eq!(empty.len(), 32);
+    let e = corrupt(&empty);
+    assert!(e.what.contains("no records"), "{e:?}");
+    assert_eq!(e.offset, 20);
+    assert!(batch::frame_crc_ok(&empty));
+    // first sequence number + count above 2^64 - 1, at the first sequence
+    // number; exactly 2^64 - 1 is allowed.
+    let seq_at = body_off("first sequence number");
+    let e = corrupt(&reframe(batch0, |b| {
+        b[seq_at..seq_at + 8].copy_from_slice(&(u64::MAX - 1).to_le_bytes())
+    }));
+    assert!(e.what.contains("sequence numbers overflow"), "{e:?}");
+    assert_eq!(e.offset, 12);
+    let last = reframe(batch0, |b| {
+        b[seq_at..seq_at + 8].copy_from_slice(&(u64::MAX - 2).to_le_bytes())
+    });
     assert!(matches!(
-        batch::parse_frame(&bad, 1 << 22),
-        Frame::Corrupt(e) if e.what.contains("CRC32C mismatch")
+        batch::parse_frame(&last, 1 << 22),
+        Frame::Complete { body, .. } if body.first_seq == u64::MAX - 2
     ));
+
+    // A cut frame is incomplete: with its length known once the 12-byte
+    // header is there, without it before.
     assert_eq!(
         batch::parse_frame(&batch0[..batch0.len() - 1], 1 << 22),
         Frame::Incomplete {
             needed: Some(batch0.len())
         }
+    );
+    assert_eq!(
+        batch::parse_frame(&batch0[..12], 1 << 22),
+        Frame::Incomplete {
+            needed: Some(batch0.len())
+        }
+    );
+    assert_eq!(
+        batch::parse_frame(&batch0[..11], 1 << 22),
+        Frame::Incomplete { needed: None }
     );
 }
 
@@ -1433,6 +1551,167 @@ async fn torn_tail_and_damage() {
     .await
     .unwrap_err()
     .is_integrity());
+}
+
+/// A fifth record's batch, appended after the document's ledger: beyond the
+/// newest checkpoint (4), as an append in progress or torn by a crash is.
+fn tail_batch() -> Vec<u8> {
+    let ts = T0 + 3_000_000;
+    let mut enc = BatchEncoder::new(4, ts);
+    enc.push(&Record {
+        seq: 4,
+        timestamp_us: ts,
+        stream: "decision-1".into(),
+        stream_version: 2,
+        event_type: "DecisionApproved".into(),
+        schema_version: 1,
+        content_type: "application/json".into(),
+        metadata: Vec::new(),
+        payload: br#"{"by":"board"}"#.to_vec(),
+    });
+    enc.finish()
+}
+
+/// The document's ledger with `tail` appended to its segment: the temporary
+/// directory, the segment's path and its length before the tail.
+fn ledger_with_tail(
+    doc: &BTreeMap<String, Vec<u8>>,
+    tail: &[u8],
+) -> (tempfile::TempDir, std::path::PathBuf, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let seg_path = write_ledger(dir.path(), doc);
+    let mut bytes = std::fs::read(&seg_path).unwrap();
+    let good_len = bytes.len() as u64;
+    bytes.extend_from_slice(tail);
+    std::fs::write(&seg_path, &bytes).unwrap();
+    (dir, seg_path, good_len)
+}
+
+/// `tail` is a torn last batch (§12.3): readers stop before it silently,
+/// verify reports it as torn, and opening for writing cuts it off.
+async fn assert_torn(doc: &BTreeMap<String, Vec<u8>>, tail: &[u8], case: &str) {
+    let verifier = Verifier::from_vkey(&doc_str(doc, "verifier-key")).unwrap();
+    let (dir, seg_path, good_len) = ledger_with_tail(doc, tail);
+    let s = store(dir.path());
+    let reader = LedgerReader::open(s.clone(), LEDGER_NAME).await.unwrap();
+    assert_eq!(reader.read(0, None).await.unwrap(), records(), "{case}");
+    let e = reader.verify(&verifier, &|_, _| {}).await.unwrap_err();
+    let e = e.to_string();
+    assert!(e.contains(&format!("at byte {good_len}")), "{case}: {e}");
+    assert!(e.contains("torn last batch"), "{case}: {e}");
+    let ledger = Ledger::open(s.clone(), LEDGER_NAME, LedgerOptions::new(signing_key()))
+        .await
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    drop(ledger);
+    assert_eq!(
+        std::fs::metadata(&seg_path).unwrap().len(),
+        good_len,
+        "{case}"
+    );
+    let reader = LedgerReader::open(s, LEDGER_NAME).await.unwrap();
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!(report.records, 4, "{case}");
+}
+
+/// `tail` is damage (§12.3): an integrity error for readers, verify and
+/// opening for writing alike, which cuts nothing.
+async fn assert_damage(doc: &BTreeMap<String, Vec<u8>>, tail: &[u8], case: &str, what: &str) {
+    let verifier = Verifier::from_vkey(&doc_str(doc, "verifier-key")).unwrap();
+    let (dir, seg_path, good_len) = ledger_with_tail(doc, tail);
+    let s = store(dir.path());
+    let reader = LedgerReader::open(s.clone(), LEDGER_NAME).await.unwrap();
+    let e = reader.read(0, None).await.unwrap_err();
+    assert!(e.is_integrity(), "{case}: {e}");
+    let e = reader.verify(&verifier, &|_, _| {}).await.unwrap_err();
+    let e = e.to_string();
+    assert!(e.contains("vectors/0000000000.seg"), "{case}: {e}");
+    assert!(e.contains(&format!("at byte {good_len}")), "{case}: {e}");
+    assert!(e.contains(what), "{case}: {e}");
+    assert!(!e.contains("torn"), "{case}: {e}");
+    let e = Ledger::open(s, LEDGER_NAME, LedgerOptions::new(signing_key()))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{case}: opened for writing"));
+    assert!(e.is_integrity(), "{case}: {e}");
+    assert_eq!(
+        std::fs::metadata(&seg_path).unwrap().len(),
+        good_len + tail.len() as u64,
+        "{case}: the segment was cut"
+    );
+}
+
+/// The torn-tail rules of §12.2 and §12.3 on the last frame of the last
+/// segment, beyond the newest checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_or_damaged_last_frame() {
+    if print_mode() {
+        return;
+    }
+    let doc = doc_vectors();
+    let tail = tail_batch();
+    let body_len = tail.len() - batch::FRAME_HEADER_LEN;
+    assert_eq!(batch::frame_length(&tail), batch::Length::Valid(body_len));
+
+    // Whole, it is an intact record after the newest checkpoint.
+    {
+        let verifier = Verifier::from_vkey(&doc_str(&doc, "verifier-key")).unwrap();
+        let (dir, _, _) = ledger_with_tail(&doc, &tail);
+        let reader = LedgerReader::open(store(dir.path()), LEDGER_NAME)
+            .await
+            .unwrap();
+        let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+        assert_eq!((report.records, report.unsigned_tail), (5, 1));
+    }
+
+    // Torn: fewer than 12 bytes (a header cut short).
+    assert_torn(&doc, &tail[..5], "5 bytes of a header").await;
+    // Torn: the header as written, the frame runs past the end.
+    assert_torn(&doc, &tail[..tail.len() - 1], "frame cut short").await;
+    assert_torn(&doc, &tail[..12], "header only").await;
+    // Torn: the header still all zero (the file extended before the data
+    // reached the disk), with or without zeros after it.
+    assert_torn(&doc, &[0; 12], "all-zero header").await;
+    assert_torn(&doc, &vec![0; tail.len()], "all-zero frame").await;
+    // Torn: the header as written, the frame ends exactly at the end of the
+    // segment, and its body did not all reach the disk (CRC mismatch).
+    let mut zeroed = tail.clone();
+    zeroed[40..].fill(0);
+    assert_torn(&doc, &zeroed, "body partly zero").await;
+
+    // Damage: one flipped bit of the length, here one that makes the frame
+    // run past the end of the segment like a torn write would. Without the
+    // complement, recovery would have cut it off as torn.
+    let mut flipped = tail.clone();
+    flipped[1] ^= 0x10;
+    let Frame::Corrupt(e) = batch::parse_frame(&flipped, 1 << 22) else {
+        panic!("a damaged length parsed as a frame");
+    };
+    assert_eq!(e.offset, 0);
+    assert_eq!(batch::frame_length(&flipped), batch::Length::Damaged);
+    assert_damage(&doc, &flipped, "flipped length bit", "complement").await;
+    // Damage: one flipped bit of the complement.
+    let mut flipped = tail.clone();
+    flipped[6] ^= 0x01;
+    assert_damage(&doc, &flipped, "flipped complement bit", "complement").await;
+    // Damage: a frame whose CRC matches was written as it is, so it is never
+    // torn, even when it is otherwise bad (no records).
+    let empty = reframe(&tail, |b| {
+        b[8..12].fill(0); // the count: body offset 8, frame offset 20
+        b.truncate(batch::BODY_HEADER_LEN);
+    });
+    assert!(batch::frame_crc_ok(&empty));
+    assert_damage(&doc, &empty, "empty batch", "no records").await;
+    // Damage: a bad CRC in a frame that ends before the end of the segment.
+    let mut both = tail.clone();
+    both[40] ^= 0x01;
+    both.extend_from_slice(&[0; 4]);
+    assert_damage(
+        &doc,
+        &both,
+        "CRC mismatch, then more bytes",
+        "CRC32C mismatch",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

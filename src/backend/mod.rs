@@ -17,6 +17,9 @@ use async_trait::async_trait;
 
 pub mod azure;
 pub mod fs;
+pub mod local;
+pub mod queue;
+pub mod table;
 
 /// Azure's limit on blocks in one append blob.
 pub const AZURE_MAX_BLOCKS: u64 = 50_000;

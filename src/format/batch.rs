@@ -214,6 +214,20 @@ pub fn parse_frame(buf: &[u8], max_body: usize) -> Frame<'_> {
     }
 }
 
+/// The body of a frame that `parse_frame` has already accepted.
+///
+/// # Panics
+/// If `frame` is shorter than a frame header and body header.
+pub fn checked_body(frame: &[u8]) -> BatchBody<'_> {
+    let body = &frame[FRAME_HEADER_LEN..];
+    BatchBody {
+        first_seq: u64::from_le_bytes(body[0..8].try_into().unwrap()),
+        count: u32::from_le_bytes(body[8..12].try_into().unwrap()),
+        base_ts: i64::from_le_bytes(body[12..20].try_into().unwrap()),
+        records: &body[BODY_HEADER_LEN..],
+    }
+}
+
 /// A CRC-checked batch body. Its records are decoded lazily.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchBody<'a> {

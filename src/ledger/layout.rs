@@ -125,7 +125,7 @@ impl Meta {
             .and_then(|l| l.strip_prefix("id "))
             .ok_or_else(|| bad(3, "expected \"id <32 hex digits>\""))?;
         let mut id = [0u8; 16];
-        if id_hex.len() != 32 {
+        if id_hex.len() != 32 || !id_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad(3, "ledger id must be 32 hex digits"));
         }
         for (i, b) in id.iter_mut().enumerate() {

@@ -49,7 +49,7 @@ impl LedgerOptions {
             max_batch_bytes: crate::backend::DEFAULT_MAX_BLOCK,
             segment_max_bytes: 1 << 30,
             segment_max_blocks: crate::backend::AZURE_MAX_BLOCKS,
-            checkpoint_every_events: Some(1_000_000),
+            checkpoint_every_events: Some(250_000),
             checkpoint_interval: Some(Duration::from_secs(300)),
         }
     }

@@ -45,8 +45,13 @@ fn hashes(v: &[String]) -> Result<Vec<Hash>> {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>> {
-    if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(LedgerError::InvalidArgument("entry is not hex".into()));
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(LedgerError::InvalidArgument(
+            "entry is not lower-case hex".into(),
+        ));
     }
     if !s.len().is_multiple_of(2) {
         return Err(LedgerError::InvalidArgument(

@@ -302,6 +302,9 @@ impl LedgerReader {
                 n = b.first_seq + b.count as u64;
             }
         }
+        if let Some(bad) = scan.bad.filter(|b| !b.reaches_end) {
+            return Err(IntegrityError::new(&seg.name, bad.offset, Some(n), bad.error.what).into());
+        }
         Ok(n)
     }
 

@@ -198,13 +198,22 @@ pub async fn recover(
                 warn!(segment = %name, cut = info.size, "completed a segment header left unwritten by a crash");
             } else {
                 let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
-                let h = SegmentHeader::decode(&bytes)
-                    .map_err(|e| IntegrityError::new(name, e.offset as u64, Some(tip.size), e.what))?;
+                let h = SegmentHeader::decode(&bytes).map_err(|e| {
+                    IntegrityError::new(name, e.offset as u64, Some(tip.size), e.what)
+                })?;
                 check_header(name, &h, meta, *index, &tip)?;
             }
             tip.segment_index = *index;
             tip.segment_len = HEADER_LEN as u64;
             tip.segment_blocks = 1;
+        } else if tip.segment_len == HEADER_LEN as u64 && info.size >= HEADER_LEN as u64 {
+            // The newest snapshot stands at this segment's start (a
+            // checkpoint right after a recovered rollover): the header is
+            // what ties the segment to the chain, so check it.
+            let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
+            let h = SegmentHeader::decode(&bytes)
+                .map_err(|e| IntegrityError::new(name, e.offset as u64, Some(tip.size), e.what))?;
+            check_header(name, &h, meta, *index, &tip)?;
         }
         let size = store.info(name).await?.size;
         if size < tip.segment_len {
@@ -314,7 +323,7 @@ pub fn apply_batch(
     if body.first_seq != tip.size {
         return Err(IntegrityError::new(
             blob,
-            offset + 8,
+            offset + crate::format::batch::FRAME_HEADER_LEN as u64,
             Some(body.first_seq),
             format!(
                 "batch starts at sequence number {} where {} was due",

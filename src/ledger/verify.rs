@@ -125,7 +125,7 @@ impl LedgerReader {
                     if first_seq != tip.size {
                         return Err(IntegrityError::new(
                             name,
-                            offset + 8,
+                            offset + crate::format::batch::FRAME_HEADER_LEN as u64,
                             Some(first_seq),
                             format!(
                                 "batch starts at sequence number {first_seq} where {} was due",
@@ -271,10 +271,14 @@ async fn check_snapshot(
     // A writer that recovered an interrupted rollover and checkpointed
     // before its next append stands at the start of the new segment, where
     // the walk has not arrived yet: the same state, positioned for the next
-    // batch. `open` checks that segment's header.
+    // batch. The walk checks that segment's header when it gets there.
     if snap.segment_index == want.segment_index + 1
         && snap.segment_len == HEADER_LEN as u64
         && snap.segment_blocks == 1
+        && reader
+            .segments()
+            .iter()
+            .any(|s| s.index == snap.segment_index)
     {
         (want.segment_index, want.segment_len, want.segment_blocks) =
             (snap.segment_index, snap.segment_len, 1);

@@ -1,14 +1,22 @@
-//! The single writer task. Callers send their events over a channel; the
-//! task drains whatever is waiting (group commit), checks expected versions
-//! against the head, encodes one batch, appends it as one block (one
-//! fsync), and only then acknowledges every caller in the group.
+//! The single writer task. It is pipelined: while one block is being made
+//! durable (`pwrite` + `fdatasync`, or an Azure append), the next batch fills
+//! with every append that arrives meanwhile, and is written the moment the
+//! previous one is acknowledged. So concurrent callers share block writes
+//! (group commit), the disk never idles while callers wait, and each
+//! caller is answered only once its own block is durable.
+//!
+//! A batch's leaf and chain hashes are computed after its write has been
+//! issued: the block's bytes do not depend on them, so hashing overlaps the
+//! I/O instead of adding to it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use rayon::prelude::*;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tracing::{debug, error, info};
 
 use super::layout::{self, Meta};
@@ -20,7 +28,7 @@ use crate::format::batch::BatchEncoder;
 use crate::format::checkpoint::Checkpoint;
 use crate::format::record::Record;
 use crate::format::segment::{SegmentHeader, HEADER_LEN};
-use crate::format::{chain, Hash};
+use crate::format::{chain, merkle};
 use crate::model::{NewEvent, Receipt};
 
 pub enum Command {
@@ -42,6 +50,10 @@ pub struct Writer {
     pub meta: Meta,
     pub key: SigningKey,
     pub opts: LedgerOptions,
+    /// The head including every admitted record: sequence numbers, stream
+    /// versions and timestamps advance on admission, the chain, frontier and
+    /// segment position when a block's write is issued. Checkpoints are
+    /// taken only when nothing is in flight, when it is all durable.
     pub tip: Tip,
     pub lock: Box<dyn WriterLock>,
     pub poisoned: Option<String>,
@@ -50,70 +62,123 @@ pub struct Writer {
 }
 
 type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
-type Pending = (Vec<NewEvent>, Reply);
+
+/// Longest a ready batch waits for the callers of the previous one.
+const HOLD: Duration = Duration::from_micros(300);
+
+/// The batch being filled while the previous one is written.
+#[derive(Default)]
+struct Next {
+    records: Vec<Record>,
+    /// Each caller and its records' range in `records`.
+    callers: Vec<(Reply, usize, usize)>,
+    bytes: usize,
+}
+
+/// A block whose write has been issued.
+struct InFlight {
+    write: JoinHandle<Result<u64, StoreError>>,
+    segment: u64,
+    offset: u64,
+    records: Vec<Record>,
+    hashes: Vec<crate::format::Hash>,
+    callers: Vec<(Reply, usize, usize)>,
+}
 
 impl Writer {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut next = Next::default();
+        let mut in_flight: Option<InFlight> = None;
+        // A checkpoint or close waits until everything before it is durable;
+        // meanwhile nothing new is admitted.
+        let mut barrier: Option<Command> = None;
         let mut stash: Option<Command> = None;
+        let mut open = true;
+        // Callers active in the last round, and how long to wait for them.
+        // Without this, callers split into two halves that alternate between
+        // the block in flight and the next, and every fsync carries half of
+        // them: after a block lands, its callers are answered and resubmit
+        // within microseconds, so the next block briefly waits for them
+        // (never longer than HOLD) and one fsync again serves everyone.
+        let mut expect = 0usize;
+        let mut hold_until: Option<tokio::time::Instant> = None;
         loop {
-            let cmd = match stash.take() {
-                Some(c) => c,
-                None => {
-                    let due = self.checkpoint_due_in();
-                    tokio::select! {
-                        c = rx.recv() => match c {
-                            Some(c) => c,
-                            // Every handle dropped without close(): stop as a
-                            // crash would, with the log durable and no
-                            // final checkpoint.
-                            None => return,
-                        },
-                        _ = tokio::time::sleep(due.unwrap_or(Duration::from_secs(3600))), if due.is_some() => {
-                            self.timed_checkpoint().await;
-                            continue;
+            if in_flight.is_none() && !next.records.is_empty() {
+                let hold = open
+                    && stash.is_none()
+                    && barrier.is_none()
+                    && next.callers.len() < expect
+                    && next.bytes < self.opts.max_batch_bytes / 2
+                    && hold_until.is_some_and(|t| tokio::time::Instant::now() < t);
+                if !hold {
+                    hold_until = None;
+                    in_flight = self.start_write(std::mem::take(&mut next)).await;
+                }
+            }
+            let idle = in_flight.is_none() && next.records.is_empty();
+            if idle {
+                if let Some(cmd) = barrier.take() {
+                    match cmd {
+                        Command::Checkpoint { reply } => {
+                            let _ = reply.send(self.checkpoint().await);
                         }
-                    }
-                }
-            };
-            match cmd {
-                Command::Append {
-                    events,
-                    bytes,
-                    reply,
-                } => {
-                    let mut group: Vec<Pending> = vec![(events, reply)];
-                    let mut total = bytes;
-                    while let Ok(next) = rx.try_recv() {
-                        match next {
-                            Command::Append {
-                                events,
-                                bytes,
-                                reply,
-                            } if total + bytes <= self.opts.max_batch_bytes => {
-                                total += bytes;
-                                group.push((events, reply));
-                            }
-                            other => {
-                                stash = Some(other);
-                                break;
-                            }
+                        Command::Close { reply } => {
+                            let result = self.checkpoint().await;
+                            // Release the writer lock before answering, so
+                            // that a caller may reopen once close() returns.
+                            drop(self);
+                            let _ = reply.send(result);
+                            return;
                         }
+                        Command::Append { .. } => unreachable!("appends are never barriers"),
                     }
-                    self.commit(group).await;
-                    if self.checkpoint_due_in() == Some(Duration::ZERO) {
-                        self.timed_checkpoint().await;
-                    }
+                    continue;
                 }
-                Command::Checkpoint { reply } => {
-                    let _ = reply.send(self.checkpoint().await);
-                }
-                Command::Close { reply } => {
-                    let result = self.checkpoint().await;
-                    // Release the writer lock before answering, so that a
-                    // caller may reopen as soon as close() returns.
-                    drop(self);
-                    let _ = reply.send(result);
+                if !open {
+                    // Every handle dropped without close(): stop as a crash
+                    // would, with the log durable and no final checkpoint.
                     return;
+                }
+                if self.checkpoint_due_in() == Some(Duration::ZERO) {
+                    self.timed_checkpoint().await;
+                    continue;
+                }
+            }
+            // An append that did not fit the previous batch starts the next.
+            if next.records.is_empty() {
+                if let Some(cmd) = stash.take() {
+                    self.admit(cmd, &mut next, &mut stash, &mut barrier);
+                    continue;
+                }
+            }
+            let due = if idle { self.checkpoint_due_in() } else { None };
+            let admitting = open
+                && stash.is_none()
+                && barrier.is_none()
+                && self.checkpoint_due_in() != Some(Duration::ZERO);
+            tokio::select! {
+                biased;
+                done = async { (&mut in_flight.as_mut().unwrap().write).await }, if in_flight.is_some() => {
+                    let f = in_flight.take().unwrap();
+                    expect = f.callers.len() + next.callers.len();
+                    hold_until = Some(tokio::time::Instant::now() + HOLD);
+                    let result = done.unwrap_or_else(|e| Err(StoreError::Io {
+                        op: "append (task failed)",
+                        name: String::new(),
+                        source: std::io::Error::other(e.to_string()),
+                    }));
+                    self.finish(f, result, &mut next);
+                }
+                cmd = rx.recv(), if admitting => match cmd {
+                    Some(cmd) => self.admit(cmd, &mut next, &mut stash, &mut barrier),
+                    None => open = false,
+                },
+                _ = tokio::time::sleep(due.unwrap_or(Duration::from_secs(3600))), if due.is_some() => {
+                    self.timed_checkpoint().await;
+                }
+                _ = tokio::time::sleep_until(hold_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if in_flight.is_none() && !next.records.is_empty() && hold_until.is_some() => {
+                    hold_until = None;
                 }
             }
         }
@@ -146,173 +211,234 @@ impl Writer {
         }
     }
 
-    fn fail_all(group: Vec<Pending>, why: &str) {
-        for (_, reply) in group {
-            let _ = reply.send(Err(LedgerError::Poisoned(why.to_owned())));
+    /// Takes one command: an append joins the next batch (or waits in
+    /// `stash` if the batch is full); a checkpoint or close becomes the
+    /// barrier.
+    fn admit(
+        &mut self,
+        cmd: Command,
+        next: &mut Next,
+        stash: &mut Option<Command>,
+        barrier: &mut Option<Command>,
+    ) {
+        let (events, bytes, reply) = match cmd {
+            Command::Append {
+                events,
+                bytes,
+                reply,
+            } => (events, bytes, reply),
+            other => {
+                *barrier = Some(other);
+                return;
+            }
+        };
+        if let Some(p) = &self.poisoned {
+            let _ = reply.send(Err(LedgerError::Poisoned(p.clone())));
+            return;
         }
+        if !next.records.is_empty() && next.bytes + bytes > self.opts.max_batch_bytes {
+            *stash = Some(Command::Append {
+                events,
+                bytes,
+                reply,
+            });
+            return;
+        }
+        // Check every expected version first, against the head including
+        // everything admitted before: a conflict writes nothing of the call.
+        let mut local: HashMap<&str, u64> = HashMap::new();
+        let mut versions = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            let current = local
+                .get(e.stream.as_str())
+                .copied()
+                .or_else(|| self.tip.streams.get(&e.stream).copied());
+            if !e.expected_version.admits(current) {
+                let _ = reply.send(Err(LedgerError::VersionConflict {
+                    index: i,
+                    stream: e.stream.clone(),
+                    expected: e.expected_version,
+                    current,
+                }));
+                return;
+            }
+            let v = current.map_or(0, |c| c + 1);
+            local.insert(&e.stream, v);
+            versions.push(v);
+        }
+        let ts = crate::time::now_us().max(self.tip.last_ts);
+        let start = next.records.len();
+        for (e, v) in events.into_iter().zip(versions) {
+            match self.tip.streams.get_mut(&e.stream) {
+                Some(cur) => *cur = v,
+                None => {
+                    self.tip.streams.insert(e.stream.clone(), v);
+                }
+            }
+            next.records.push(Record {
+                seq: self.tip.size,
+                timestamp_us: ts,
+                stream: e.stream,
+                stream_version: v,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                content_type: e.content_type,
+                metadata: e.metadata.into_iter().collect(),
+                payload: e.payload,
+            });
+            self.tip.size += 1;
+        }
+        self.tip.last_ts = ts;
+        next.bytes += bytes;
+        next.callers.push((reply, start, next.records.len()));
     }
 
-    async fn commit(&mut self, group: Vec<Pending>) {
-        if let Some(p) = &self.poisoned {
-            return Self::fail_all(group, p);
+    /// Encodes the batch, issues its write, and hashes it while the write
+    /// runs. Returns `None` (having answered every caller) if the writer is
+    /// or becomes poisoned.
+    async fn start_write(&mut self, next: Next) -> Option<InFlight> {
+        if let Some(p) = self.poisoned.clone() {
+            Self::fail(next.callers, &p);
+            return None;
         }
         if let Err(e) = self.lock.check() {
             let why = format!("writer lock lost: {e}");
             self.poisoned = Some(why.clone());
-            return Self::fail_all(group, &why);
+            Self::fail(next.callers, &why);
+            return None;
         }
-        let ts = crate::time::now_us().max(self.tip.last_ts);
-        let mut records: Vec<Record> = Vec::new();
-        // Versions granted to earlier callers of this group, on top of the tip.
-        let mut granted: HashMap<String, u64> = HashMap::new();
-        // Each accepted caller and its records' range in `records`.
-        let mut accepted: Vec<(Reply, usize, usize)> = Vec::new();
-        for (events, reply) in group {
-            let mut local: HashMap<&str, u64> = HashMap::new();
-            let mut conflict = None;
-            let mut versions = Vec::with_capacity(events.len());
-            for (i, e) in events.iter().enumerate() {
-                let current = local
-                    .get(e.stream.as_str())
-                    .or_else(|| granted.get(&e.stream))
-                    .copied()
-                    .or_else(|| self.tip.streams.get(&e.stream).copied());
-                if !e.expected_version.admits(current) {
-                    conflict = Some(LedgerError::VersionConflict {
-                        index: i,
-                        stream: e.stream.clone(),
-                        expected: e.expected_version,
-                        current,
-                    });
-                    break;
-                }
-                let v = current.map_or(0, |c| c + 1);
-                local.insert(&e.stream, v);
-                versions.push(v);
-            }
-            if let Some(c) = conflict {
-                let _ = reply.send(Err(c));
-                continue;
-            }
-            for (s, v) in local {
-                granted.insert(s.to_owned(), v);
-            }
-            let start = records.len();
-            for (e, v) in events.into_iter().zip(versions) {
-                records.push(Record {
-                    seq: self.tip.size + records.len() as u64,
-                    timestamp_us: ts,
-                    stream: e.stream,
-                    stream_version: v,
-                    event_type: e.event_type,
-                    schema_version: e.schema_version,
-                    content_type: e.content_type,
-                    metadata: e.metadata.into_iter().collect(),
-                    payload: e.payload,
-                });
-            }
-            accepted.push((reply, start, records.len()));
-        }
-        if records.is_empty() {
-            return;
-        }
-        let mut enc = BatchEncoder::new(self.tip.size, ts);
-        for r in &records {
+        let mut enc = BatchEncoder::new(next.records[0].seq, next.records[0].timestamp_us);
+        for r in &next.records {
             enc.push(r);
         }
         let block = enc.finish();
-        let hashes = hash_owned(&records);
-        match self.write_block(&block).await {
-            Ok(offset) => {
-                let mut receipts = Vec::with_capacity(records.len());
-                for (r, (leaf, mid)) in records.iter().zip(hashes) {
-                    let hash = self.advance(r, mid, leaf);
-                    receipts.push(Receipt {
-                        seq: r.seq,
-                        hash,
-                        stream: String::new(),
-                        version: r.stream_version,
-                        timestamp_us: r.timestamp_us,
-                        segment: self.tip.segment_index,
-                        offset,
-                    });
-                }
-                let mut receipts = receipts.into_iter();
-                for (reply, start, end) in accepted {
-                    let mine: Vec<Receipt> = receipts
+        if let Err(e) = self.make_room(block.len(), next.records[0].seq).await {
+            self.poison(&e);
+            Self::fail(next.callers, self.poisoned.as_deref().unwrap_or_default());
+            return None;
+        }
+        let segment = self.tip.segment_index;
+        let offset = self.tip.segment_len;
+        let name = layout::segment(&self.meta.name, segment);
+        let store = self.store.clone();
+        let len = block.len() as u64;
+        let write = tokio::spawn(async move { store.append(&name, offset, &block).await });
+        self.tip.segment_len += len;
+        self.tip.segment_blocks += 1;
+
+        // Hash while the block is on its way to the disk.
+        let leaves: Vec<_> = if next.records.len() >= 64 {
+            next.records.par_iter().map(Record::leaf_hash).collect()
+        } else {
+            next.records.iter().map(Record::leaf_hash).collect()
+        };
+        let mids: Vec<_> = if leaves.len() >= 64 {
+            leaves.par_iter().map(chain::midstate).collect()
+        } else {
+            leaves.iter().map(chain::midstate).collect()
+        };
+        let hashes = mids
+            .into_iter()
+            .map(|m| {
+                self.tip.chain_head = m.link(&self.tip.chain_head);
+                self.tip.chain_head
+            })
+            .collect();
+        let first = next.records[0].seq;
+        for (height, hash) in merkle::range_subtrees(first, &leaves) {
+            self.tip
+                .frontier
+                .append_subtree(height, hash)
+                .expect("a batch's subtrees follow the frontier");
+        }
+        Some(InFlight {
+            write,
+            segment,
+            offset,
+            records: next.records,
+            hashes,
+            callers: next.callers,
+        })
+    }
+
+    /// Answers the callers of a finished write.
+    fn finish(&mut self, f: InFlight, result: Result<u64, StoreError>, next: &mut Next) {
+        match result {
+            Ok(_) => {
+                let mut records = f.records.into_iter();
+                let mut hashes = f.hashes.into_iter();
+                for (reply, start, end) in f.callers {
+                    let receipts = records
                         .by_ref()
                         .take(end - start)
-                        .zip(&records[start..end])
-                        .map(|(mut rc, r)| {
-                            rc.stream.clone_from(&r.stream);
-                            rc
+                        .zip(hashes.by_ref())
+                        .map(|(r, hash)| Receipt {
+                            seq: r.seq,
+                            hash,
+                            stream: r.stream,
+                            version: r.stream_version,
+                            timestamp_us: r.timestamp_us,
+                            segment: f.segment,
+                            offset: f.offset,
                         })
                         .collect();
-                    let _ = reply.send(Ok(mine));
+                    let _ = reply.send(Ok(receipts));
                 }
             }
             Err(e) => {
-                let why = format!("append failed: {e}");
-                error!(error = %e, "append failed; the writer stops");
-                self.poisoned = Some(why.clone());
-                for (reply, _, _) in accepted {
-                    let _ = reply.send(Err(LedgerError::Poisoned(why.clone())));
-                }
+                self.poison(&e);
+                let why = self.poisoned.clone().unwrap_or_default();
+                Self::fail(f.callers, &why);
+                // The next batch was admitted on the assumption that this one
+                // lands; it cannot be written now.
+                Self::fail(std::mem::take(&mut next.callers), &why);
+                next.records.clear();
             }
         }
     }
 
-    /// Applies a record the writer itself built: nothing to check.
-    fn advance(&mut self, r: &Record, mid: chain::Midstate, leaf: Hash) -> Hash {
-        let t = &mut self.tip;
-        t.chain_head = mid.link(&t.chain_head);
-        t.frontier.push(leaf);
-        t.last_ts = r.timestamp_us;
-        t.size += 1;
-        match t.streams.get_mut(&r.stream) {
-            Some(v) => *v = r.stream_version,
-            None => {
-                t.streams.insert(r.stream.clone(), r.stream_version);
-            }
-        }
-        t.chain_head
+    fn poison(&mut self, e: &StoreError) {
+        error!(error = %e, "append failed; the writer stops");
+        self.poisoned = Some(format!("append failed: {e}"));
     }
 
-    /// Appends one block, rolling over to a new segment first if this one is
-    /// full. Returns the block's offset in its segment.
-    async fn write_block(&mut self, block: &[u8]) -> Result<u64, StoreError> {
+    fn fail(callers: Vec<(Reply, usize, usize)>, why: &str) {
+        for (reply, _, _) in callers {
+            let _ = reply.send(Err(LedgerError::Poisoned(why.to_owned())));
+        }
+    }
+
+    /// Rolls over to a new segment first if this block would not fit.
+    async fn make_room(&mut self, block_len: usize, first_seq: u64) -> Result<(), StoreError> {
         let max_blocks = self.opts.segment_max_blocks.min(self.store.max_blocks());
         let full_blocks = self.tip.segment_blocks + 1 > max_blocks;
-        let full_bytes = self.tip.segment_len + block.len() as u64 > self.opts.segment_max_bytes
+        let full_bytes = self.tip.segment_len + block_len as u64 > self.opts.segment_max_bytes
             && self.tip.segment_blocks > 1;
         if full_blocks || full_bytes {
-            self.roll_over().await?;
+            self.roll_over(first_seq).await?;
         }
-        let name = layout::segment(&self.meta.name, self.tip.segment_index);
-        let offset = self.tip.segment_len;
-        let end = self.store.append(&name, offset, block).await?;
-        self.tip.segment_len = end;
-        self.tip.segment_blocks += 1;
-        Ok(offset)
+        Ok(())
     }
 
     /// Starts the next segment. Order matters for recovery: the new blob,
     /// then its header, then sealing the old one; a crash between any two
     /// leaves a state that `recover` completes.
-    async fn roll_over(&mut self) -> Result<(), StoreError> {
+    /// `first_seq` is the first record of the block about to be written
+    /// (the tip's size already counts records admitted after it).
+    async fn roll_over(&mut self, first_seq: u64) -> Result<(), StoreError> {
         let old = layout::segment(&self.meta.name, self.tip.segment_index);
         let index = self.tip.segment_index + 1;
         let name = layout::segment(&self.meta.name, index);
         let header = SegmentHeader {
             ledger_id: self.meta.id,
             index,
-            first_seq: self.tip.size,
+            first_seq,
             prev_chain: self.tip.chain_head,
         };
         self.store.create(&name).await?;
         self.store.append(&name, 0, &header.encode()).await?;
         self.store.seal(&old).await?;
-        debug!(segment = %name, first_seq = self.tip.size, "rolled over to a new segment");
+        debug!(segment = %name, first_seq, "rolled over to a new segment");
         self.tip.segment_index = index;
         self.tip.segment_len = HEADER_LEN as u64;
         self.tip.segment_blocks = 1;
@@ -396,18 +522,5 @@ impl Writer {
                 tracing::warn!(error = %e, snapshot = %name, "could not delete an old snapshot");
             }
         }
-    }
-}
-
-fn hash_owned(records: &[Record]) -> Vec<(Hash, chain::Midstate)> {
-    use rayon::prelude::*;
-    let one = |r: &Record| {
-        let leaf = r.leaf_hash();
-        (leaf, chain::midstate(&leaf))
-    };
-    if records.len() >= 256 {
-        records.par_iter().map(one).collect()
-    } else {
-        records.iter().map(one).collect()
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -440,9 +440,20 @@ impl BlobStore for SharedFs {
                     size,
                 });
             }
-            let mut buf = vec![0u8; len as usize];
-            f.read_exact_at(&mut buf, offset)
+            // read_to_end fills spare capacity without zeroing it first,
+            // which for 8 MiB scan chunks is a measurable share of a read.
+            let mut buf = Vec::with_capacity(len as usize);
+            let mut f = f;
+            f.seek(std::io::SeekFrom::Start(offset))
+                .and_then(|_| (&f).take(len).read_to_end(&mut buf))
                 .map_err(|e| io("read", &name, e))?;
+            if buf.len() as u64 != len {
+                return Err(io(
+                    "read",
+                    &name,
+                    std::io::Error::new(ErrorKind::UnexpectedEof, "blob shrank while being read"),
+                ));
+            }
             Ok(buf)
         })
         .await
