@@ -132,6 +132,10 @@ stop() {
     if kill -0 "$pid" 2>/dev/null; then
         echo "azurite.sh: pid $pid did not stop within 5s; sending SIGKILL" >&2
         kill -9 "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
     fi
     rm -f "$PID_FILE"
     echo "azurite.sh: stopped (pid $pid)" >&2
