@@ -15,6 +15,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+pub mod azure;
 pub mod fs;
 pub mod local;
 pub mod queue;

@@ -1,0 +1,205 @@
+//! The single-writer lock on Azure: a blob lease on a lock blob, renewed in
+//! the background. See `README.md` beside this file for why appends to the
+//! segments do not carry it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use azure_storage_blob::BlobClient;
+use tracing::{debug, error};
+
+use super::auth::Redactor;
+use super::{describe, AzureOptions};
+use crate::backend::{StoreError, WriterLock};
+
+/// What the renewal task reports to `check()`.
+#[derive(Debug)]
+struct State {
+    lost: Mutex<Option<String>>,
+    /// When the last successful acquire or renew was sent. The service
+    /// starts the lease clock when it receives the request, so this is a
+    /// safe lower bound.
+    renewed_at: Mutex<Instant>,
+}
+
+/// A held lease. Dropping it stops renewal and releases the lease.
+pub(super) struct Lease {
+    name: String,
+    key: String,
+    client: Arc<BlobClient>,
+    lease_id: String,
+    state: Arc<State>,
+    /// How old the last renewal may be before `check()` stops trusting
+    /// the lease: its duration less one renewal interval, so a writer stops
+    /// well before the lease could have expired and passed to another.
+    max_age: Duration,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// Starts renewing a lease just acquired (the acquire request was sent
+    /// at `acquired_at`).
+    pub(super) fn start(
+        name: String,
+        key: String,
+        client: BlobClient,
+        lease_id: String,
+        acquired_at: Instant,
+        opts: &AzureOptions,
+        redactor: Redactor,
+    ) -> Lease {
+        let (duration, renew_every) = (opts.lease_duration, opts.lease_renew_interval);
+        let client = Arc::new(client);
+        let state = Arc::new(State {
+            lost: Mutex::new(None),
+            renewed_at: Mutex::new(acquired_at),
+        });
+        let renewer = tokio::spawn({
+            let (client, state, id, name) = (
+                client.clone(),
+                state.clone(),
+                lease_id.clone(),
+                name.clone(),
+            );
+            async move {
+                loop {
+                    tokio::time::sleep(renew_every).await;
+                    let sent = Instant::now();
+                    // The pipeline retries transient failures; an error here
+                    // means it gave up, or the service refused the lease
+                    // (expired and taken, or broken).
+                    match client.renew_lease(id.clone(), None).await {
+                        Ok(_) => {
+                            *state.renewed_at.lock().unwrap() = sent;
+                            debug!(lock = %name, "renewed writer lease");
+                        }
+                        Err(e) => {
+                            let why = redactor.redact(&describe(&e));
+                            error!(lock = %name, error = %why, "could not renew the writer lease; the writer stops appending");
+                            *state.lost.lock().unwrap() = Some(why);
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Lease {
+            name,
+            key,
+            client,
+            lease_id,
+            state,
+            max_age: duration.saturating_sub(renew_every),
+            renewer,
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("lock", &self.name)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriterLock for Lease {
+    fn check(&self) -> Result<(), StoreError> {
+        self.state
+            .check(self.max_age)
+            .map_err(|why| StoreError::Io {
+                op: "hold the writer lease on",
+                name: self.name.clone(),
+                source: std::io::Error::other(why),
+            })
+    }
+}
+
+impl State {
+    /// Whether the lease can still be trusted: no renewal has failed, and
+    /// the last one is younger than `max_age`.
+    fn check(&self, max_age: Duration) -> Result<(), String> {
+        if let Some(why) = self.lost.lock().unwrap().clone() {
+            return Err(format!("the lease was lost: renewal failed: {why}"));
+        }
+        let age = self.renewed_at.lock().unwrap().elapsed();
+        if age > max_age {
+            return Err(format!(
+                "the lease was not renewed for {:.1}s and may have expired",
+                age.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        // Release in the background; until it lands, `lock()` in this
+        // process waits for it (see `wait_for_release`), so close-then-open
+        // is not refused. Without a runtime the lease simply expires.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let releases = releases_of(&self.key);
+        releases.send_modify(|n| *n += 1);
+        let (client, id, name) = (
+            self.client.clone(),
+            self.lease_id.clone(),
+            self.name.clone(),
+        );
+        rt.spawn(async move {
+            match client.release_lease(id, None).await {
+                Ok(_) => debug!(lock = %name, "released writer lease"),
+                Err(e) => debug!(lock = %name, error = %describe(&e), "could not release writer lease; it will expire"),
+            }
+            releases.send_modify(|n| *n -= 1);
+        });
+    }
+}
+
+/// Per lock blob in this process: how many releases are in flight.
+fn releases_of(key: &str) -> tokio::sync::watch::Sender<usize> {
+    static RELEASES: OnceLock<Mutex<HashMap<String, tokio::sync::watch::Sender<usize>>>> =
+        OnceLock::new();
+    RELEASES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(key.to_owned())
+        .or_insert_with(|| tokio::sync::watch::Sender::new(0))
+        .clone()
+}
+
+/// Waits until releases of this lock by this process have landed (bounded,
+/// in case a release hangs: the lease then expires on its own).
+pub(super) async fn wait_for_release(key: &str, limit: Duration) {
+    let mut rx = releases_of(key).subscribe();
+    let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_fails_once_renewal_failed_or_is_overdue() {
+        let st = State {
+            lost: Mutex::new(None),
+            renewed_at: Mutex::new(Instant::now()),
+        };
+        assert!(st.check(Duration::from_secs(45)).is_ok());
+        // Overdue: the renewal task is stuck or starved.
+        *st.renewed_at.lock().unwrap() = Instant::now() - Duration::from_secs(46);
+        let e = st.check(Duration::from_secs(45)).unwrap_err();
+        assert!(e.contains("not renewed for 46"), "{e}");
+        // Failed: whatever the age.
+        *st.renewed_at.lock().unwrap() = Instant::now();
+        *st.lost.lock().unwrap() = Some("HTTP 409 LeaseIdMismatchWithLeaseOperation".into());
+        let e = st.check(Duration::from_secs(45)).unwrap_err();
+        assert!(e.contains("renewal failed: HTTP 409"), "{e}");
+    }
+}

@@ -1,0 +1,1100 @@
+//! The Azure blob store: one [`BlobStore`] is one container; appendable
+//! blobs are Azure append blobs, `put` blobs are block blobs, and the
+//! writer lock is a blob lease. Built on Microsoft's `azure_storage_blob`
+//! client and the `azure_core` pipeline. See `README.md` beside this file
+//! for the life of an event through it and what a crash at each step
+//! leaves behind.
+//!
+//! Retries: reads, listings, seals and lease calls go through a pipeline
+//! whose retry policy retries timeouts, connection failures, 408, 429 and
+//! 5xx with exponential backoff. The conditional writes (`create`, `put`,
+//! `append`, `delete`) go through a pipeline without retries and are
+//! retried here, because only here is it known whether an earlier attempt
+//! may have landed: after such an attempt, a "blob exists", "append
+//! position not met" or "not found" answer is checked against what is
+//! stored before it is believed. So an append is never written twice and
+//! never reported failed when it landed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::num::NonZero;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use azure_core::credentials::TokenCredential;
+use azure_core::error::ErrorKind;
+use azure_core::http::policies::Policy;
+use azure_core::http::{
+    ClientOptions, Etag, ExponentialRetryOptions, RequestContent, RetryOptions, Transport, Url,
+};
+use azure_storage_blob::models::{
+    AppendBlobClientAppendBlockOptions, AppendBlobClientAppendBlockResultHeaders,
+    AppendBlobClientCreateOptions, BlobClientAcquireLeaseOptions,
+    BlobClientAcquireLeaseResultHeaders, BlobClientBreakLeaseOptions, BlobClientDownloadOptions,
+    BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions, BlobType,
+    BlockBlobClientUploadOptions,
+};
+use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
+use futures::{StreamExt, TryStreamExt};
+use tracing::{debug, warn};
+
+use super::{
+    validate_name, BlobInfo, BlobStore, StoreError, WriterLock, AZURE_MAX_BLOCKS, DEFAULT_MAX_BLOCK,
+};
+
+mod auth;
+pub mod config;
+mod lease;
+
+pub use config::{ConfigError, ConnectionInfo, Credential, CONNECTION_STRING_ENV};
+
+use auth::{Redactor, SasPolicy, SharedKeyPolicy};
+
+/// Metadata key carrying a per-call id on blobs we create, so that a retry
+/// which finds the blob existing can tell its own earlier attempt from
+/// another writer's blob.
+const WRITE_ID: &str = "biledgerwrite";
+
+/// Lock blobs live under a name no ledger blob can have (`validate_name`
+/// refuses components starting with '.'), and `list` skips them.
+const LOCK_PREFIX: &str = ".locks/";
+
+/// Reads larger than this check the blob's size before allocating.
+const CHECK_SIZE_ABOVE: u64 = 64 << 20;
+
+#[derive(Clone, Debug)]
+pub struct RetrySettings {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    /// No retry starts after this long.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            max_retries: 6,
+            initial_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(8),
+            max_elapsed: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AzureOptions {
+    /// Blocks per append blob. Azure's limit is 50,000; tests set less.
+    pub max_blocks: u64,
+    /// Largest block `append` accepts (Azure documents 4 MiB for some
+    /// service versions and 100 MiB for newer ones).
+    pub max_block_size: usize,
+    /// Writer lease duration, 15 to 60 seconds.
+    pub lease_duration: Duration,
+    /// How often the lease is renewed; at most a third of its duration.
+    /// `check()` fails once the last renewal is older than
+    /// `lease_duration - lease_renew_interval`.
+    pub lease_renew_interval: Duration,
+    pub retry: RetrySettings,
+    pub connect_timeout: Duration,
+    /// Longest wait for any read on a connection.
+    pub read_timeout: Duration,
+    /// Get Properties calls in flight while `list` collects block counts.
+    pub list_concurrency: usize,
+}
+
+impl Default for AzureOptions {
+    fn default() -> Self {
+        AzureOptions {
+            max_blocks: AZURE_MAX_BLOCKS,
+            max_block_size: DEFAULT_MAX_BLOCK,
+            lease_duration: Duration::from_secs(60),
+            lease_renew_interval: Duration::from_secs(15),
+            retry: RetrySettings::default(),
+            connect_timeout: Duration::from_secs(20),
+            read_timeout: Duration::from_secs(60),
+            list_concurrency: 16,
+        }
+    }
+}
+
+/// An Azure blob container as a [`BlobStore`]. Cheap to clone.
+#[derive(Clone)]
+pub struct AzureBlobStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Pipeline with retries: reads, listings, seals, leases.
+    retrying: BlobContainerClient,
+    /// Pipeline without retries: conditional writes, retried by `attempt`.
+    once: BlobContainerClient,
+    container: String,
+    /// Container URL without query, for logs and errors.
+    location: String,
+    opts: AzureOptions,
+    redactor: Redactor,
+    /// Last seen (size, committed blocks) of blobs this store appended to,
+    /// so the block limit is enforced without a round trip per append.
+    blocks: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl fmt::Debug for AzureBlobStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureBlobStore")
+            .field("location", &self.inner.location)
+            .finish_non_exhaustive()
+    }
+}
+
+fn config_err(what: &str, why: impl Into<String>) -> StoreError {
+    StoreError::Io {
+        op: "configure Azure blob store",
+        name: what.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.into()),
+    }
+}
+
+/// Azure container names: 3-63 of `a-z 0-9 -`, starting and ending with a
+/// letter or digit, no `--`.
+pub fn validate_container_name(name: &str) -> Result<(), StoreError> {
+    let ok = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(config_err(
+            name,
+            "invalid container name: use 3-63 of a-z 0-9 and '-', starting and ending with a letter or digit, no \"--\"",
+        ))
+    }
+}
+
+impl AzureBlobStore {
+    /// Opens `container` (creating it if missing) in the account that
+    /// [`CONNECTION_STRING_ENV`] names.
+    pub async fn from_env(container: &str, opts: AzureOptions) -> Result<Self, StoreError> {
+        let info = ConnectionInfo::from_env()
+            .map_err(|e| config_err(CONNECTION_STRING_ENV, e.0.clone()))?;
+        Self::from_connection_info(info, container, opts).await
+    }
+
+    /// Opens `container` (creating it if missing) in the account a
+    /// connection string names; `UseDevelopmentStorage=true` is Azurite.
+    pub async fn from_connection_string(
+        cs: &str,
+        container: &str,
+        opts: AzureOptions,
+    ) -> Result<Self, StoreError> {
+        let info =
+            ConnectionInfo::parse(cs).map_err(|e| config_err("connection string", e.0.clone()))?;
+        Self::from_connection_info(info, container, opts).await
+    }
+
+    pub async fn from_connection_info(
+        info: ConnectionInfo,
+        container: &str,
+        opts: AzureOptions,
+    ) -> Result<Self, StoreError> {
+        let store = Self::new(info, container, opts)?;
+        store.create_container_if_missing().await?;
+        Ok(store)
+    }
+
+    /// A store on `container` without any I/O: the container must exist
+    /// (see [`AzureBlobStore::create_container_if_missing`]).
+    pub fn new(
+        info: ConnectionInfo,
+        container: &str,
+        opts: AzureOptions,
+    ) -> Result<Self, StoreError> {
+        let redactor = Redactor::new(info.secrets());
+        let policy: Arc<dyn Policy> = match info.credential {
+            Credential::SharedKey { account, key } => Arc::new(SharedKeyPolicy::new(account, key)),
+            Credential::Sas(token) => Arc::new(SasPolicy::new(token)),
+        };
+        Self::build(
+            info.blob_endpoint,
+            container,
+            Some(policy),
+            None,
+            redactor,
+            opts,
+        )
+    }
+
+    /// Opens `container` (creating it if missing) with an Entra ID
+    /// credential (e.g. `azure_identity`'s managed or workload identity).
+    /// `blob_endpoint` is the account's blob service URL (https).
+    pub async fn with_token_credential(
+        blob_endpoint: Url,
+        container: &str,
+        credential: Arc<dyn TokenCredential>,
+        opts: AzureOptions,
+    ) -> Result<Self, StoreError> {
+        let store = Self::build(
+            blob_endpoint,
+            container,
+            None,
+            Some(credential),
+            Redactor::default(),
+            opts,
+        )?;
+        store.create_container_if_missing().await?;
+        Ok(store)
+    }
+
+    fn build(
+        mut endpoint: Url,
+        container: &str,
+        policy: Option<Arc<dyn Policy>>,
+        credential: Option<Arc<dyn TokenCredential>>,
+        redactor: Redactor,
+        opts: AzureOptions,
+    ) -> Result<Self, StoreError> {
+        validate_container_name(container)?;
+        let lease_secs = opts.lease_duration.as_secs();
+        if !(15..=60).contains(&lease_secs) || opts.lease_duration.subsec_nanos() != 0 {
+            return Err(config_err(
+                "lease_duration",
+                "must be a whole number of seconds from 15 to 60",
+            ));
+        }
+        if opts.lease_renew_interval.is_zero()
+            || opts.lease_renew_interval * 3 > opts.lease_duration
+        {
+            return Err(config_err(
+                "lease_renew_interval",
+                "must be more than zero and at most a third of lease_duration",
+            ));
+        }
+        if opts.max_blocks == 0 || opts.max_block_size == 0 {
+            return Err(config_err(
+                "max_blocks / max_block_size",
+                "must be more than zero",
+            ));
+        }
+        if !endpoint.path().ends_with('/') {
+            let p = format!("{}/", endpoint.path());
+            endpoint.set_path(&p);
+        }
+        let container_url = endpoint
+            .join(container)
+            .map_err(|e| config_err("blob endpoint", e.to_string()))?;
+        let location = {
+            let mut u = container_url.clone();
+            u.set_query(None);
+            u.to_string()
+        };
+        let http =
+            http_client(&opts).map_err(|e| config_err("HTTP client", redactor.redact(&e)))?;
+        let transport = Transport::new(Arc::new(http));
+        let per_try: Vec<Arc<dyn Policy>> = policy.into_iter().collect();
+        let r = &opts.retry;
+        let client = |retry: RetryOptions| {
+            let options = BlobContainerClientOptions {
+                client_options: ClientOptions {
+                    per_try_policies: per_try.clone(),
+                    retry,
+                    transport: Some(transport.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            BlobContainerClient::new(container_url.clone(), credential.clone(), Some(options))
+                .map_err(|e| config_err("blob container client", redactor.redact(&describe(&e))))
+        };
+        let retrying = client(RetryOptions::exponential(ExponentialRetryOptions {
+            initial_delay: to_time(r.initial_delay),
+            max_retries: r.max_retries,
+            max_total_elapsed: to_time(r.max_elapsed),
+            max_delay: to_time(r.max_delay),
+        }))?;
+        let once = client(RetryOptions::none())?;
+        Ok(AzureBlobStore {
+            inner: Arc::new(Inner {
+                retrying,
+                once,
+                container: container.to_owned(),
+                location,
+                opts,
+                redactor,
+                blocks: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn container(&self) -> &str {
+        &self.inner.container
+    }
+
+    pub fn options(&self) -> &AzureOptions {
+        &self.inner.opts
+    }
+
+    pub async fn create_container_if_missing(&self) -> Result<(), StoreError> {
+        match self.inner.retrying.create(None).await {
+            Ok(_) => {
+                debug!(container = %self.inner.container, "created container");
+                Ok(())
+            }
+            Err(e) if code_of(&e) == Some("ContainerAlreadyExists") => Ok(()),
+            Err(e) => Err(self.err("create container", &self.inner.container, &e)),
+        }
+    }
+
+    /// Deletes the whole container. For tests and tools; the ledger never
+    /// deletes anything.
+    pub async fn delete_container(&self) -> Result<(), StoreError> {
+        match self.inner.retrying.delete(None).await {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.err("delete container", &self.inner.container, &e)),
+        }
+    }
+
+    /// Breaks the writer lease on lock `name` at once, whoever holds it.
+    /// For operators (a writer host died and its lease must not be waited
+    /// out) and tests. The old holder's `check()` fails at its next
+    /// renewal, and its appends meet the append-position condition.
+    pub async fn break_lock(&self, name: &str) -> Result<(), StoreError> {
+        validate_name(name)?;
+        let blob = format!("{LOCK_PREFIX}{name}");
+        match self
+            .inner
+            .retrying
+            .blob_client(&blob)
+            .break_lease(Some(BlobClientBreakLeaseOptions {
+                break_period: Some(0),
+                ..Default::default()
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Err(StoreError::NotFound {
+                name: name.to_owned(),
+            }),
+            // No lease to break: nobody holds the lock.
+            Err(e) if code_of(&e) == Some("LeaseNotPresentWithLeaseOperation") => Ok(()),
+            Err(e) => Err(self.err("break writer lease on", name, &e)),
+        }
+    }
+
+    /// An error for the caller: kind kept, secrets scrubbed.
+    fn err(&self, op: &'static str, name: &str, e: &azure_core::Error) -> StoreError {
+        let kind = match (e.kind(), status_of(e)) {
+            (_, Some(401 | 403)) => std::io::ErrorKind::PermissionDenied,
+            (ErrorKind::Connection, _) => std::io::ErrorKind::ConnectionRefused,
+            (_, Some(408 | 500 | 502 | 503 | 504)) => std::io::ErrorKind::Other,
+            (ErrorKind::Io, _) if error_chain(e).contains("timed out") => {
+                std::io::ErrorKind::TimedOut
+            }
+            _ => std::io::ErrorKind::Other,
+        };
+        StoreError::Io {
+            op,
+            name: name.to_owned(),
+            source: std::io::Error::new(kind, self.inner.redactor.redact(&describe(e))),
+        }
+    }
+
+    /// Runs a write up to the retry limits, retrying transient failures
+    /// with backoff. Reports whether any failed attempt may have been
+    /// applied by the service (its outcome is unknown).
+    async fn attempt<T, F, Fut>(&self, op: &str, name: &str, mut f: F) -> Attempted<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = azure_core::Result<T>>,
+    {
+        let r = &self.inner.opts.retry;
+        let start = Instant::now();
+        let mut uncertain = false;
+        let mut retry = 0u32;
+        loop {
+            match f().await {
+                Ok(v) => {
+                    return Attempted {
+                        result: Ok(v),
+                        uncertain,
+                    }
+                }
+                Err(e) if is_transient(&e) => {
+                    // A connection never made sent nothing; anything else
+                    // (timeout, reset, 5xx) may have been applied.
+                    uncertain |= !matches!(e.kind(), ErrorKind::Connection);
+                    if retry >= r.max_retries || start.elapsed() >= r.max_elapsed {
+                        return Attempted {
+                            result: Err(e),
+                            uncertain,
+                        };
+                    }
+                    let delay = backoff(r, retry);
+                    warn!(op, blob = %name, retry = retry + 1, delay_ms = delay.as_millis() as u64,
+                          error = %self.inner.redactor.redact(&describe(&e)), "transient failure; retrying");
+                    tokio::time::sleep(delay).await;
+                    retry += 1;
+                }
+                Err(e) => {
+                    return Attempted {
+                        result: Err(e),
+                        uncertain,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether blob `name` exists and was created by the write tagged `id`.
+    async fn written_by(&self, name: &str, id: &str) -> Result<bool, StoreError> {
+        match self
+            .inner
+            .retrying
+            .blob_client(name)
+            .get_properties(None)
+            .await
+        {
+            Ok(p) => Ok(p
+                .metadata()
+                .map_err(|e| self.err("read metadata of", name, &e))?
+                .get(WRITE_ID)
+                .is_some_and(|v| v == id)),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(self.err("get properties of", name, &e)),
+        }
+    }
+
+    /// After an append whose outcome is unknown: is our block there?
+    /// `Ok(Some(end))` if the blob grew by exactly our bytes, `Ok(None)`
+    /// if it did not grow, `OffsetMismatch` if it grew by something else.
+    async fn resolve_append(
+        &self,
+        name: &str,
+        expected: u64,
+        block: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
+        let info = self.info(name).await?;
+        let end = expected + block.len() as u64;
+        if info.size == expected {
+            return Ok(None);
+        }
+        if info.size == end && self.read(name, expected, block.len() as u64).await? == block {
+            self.remember(name, info.size, info.block_count);
+            return Ok(Some(end));
+        }
+        Err(StoreError::OffsetMismatch {
+            name: name.to_owned(),
+            expected,
+            actual: info.size,
+        })
+    }
+
+    fn remember(&self, name: &str, size: u64, blocks: u64) {
+        self.inner
+            .blocks
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), (size, blocks));
+    }
+
+    /// Committed blocks of `name` if it holds `expected` bytes, from the
+    /// cache or one Get Properties call.
+    async fn blocks_at(&self, name: &str, expected: u64) -> Result<u64, StoreError> {
+        if let Some(&(size, blocks)) = self.inner.blocks.lock().unwrap().get(name) {
+            if size == expected {
+                return Ok(blocks);
+            }
+        }
+        let info = self.info(name).await?;
+        if info.sealed {
+            return Err(StoreError::Sealed {
+                name: name.to_owned(),
+            });
+        }
+        if info.size != expected {
+            return Err(StoreError::OffsetMismatch {
+                name: name.to_owned(),
+                expected,
+                actual: info.size,
+            });
+        }
+        self.remember(name, info.size, info.block_count);
+        Ok(info.block_count)
+    }
+
+    fn hidden(name: &str) -> bool {
+        name.split('/').any(|c| c.starts_with('.'))
+    }
+}
+
+/// An HTTP client (connection pool) for one store: HTTP/1.1, TLS on the
+/// system's OpenSSL, no automatic decompression (blob bytes are returned as
+/// stored), no redirects (the storage REST API does not use them).
+///
+/// The TLS connector is built once per process and shared: building it
+/// loads the system's root certificates, which takes tens of milliseconds.
+/// The client itself is per store, so its pooled connections belong to the
+/// runtime that uses the store.
+fn http_client(opts: &AzureOptions) -> Result<reqwest::Client, String> {
+    static TLS: std::sync::OnceLock<Result<native_tls::TlsConnector, String>> =
+        std::sync::OnceLock::new();
+    let tls = TLS
+        .get_or_init(|| native_tls::TlsConnector::new().map_err(|e| error_chain(&e)))
+        .clone()?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(opts.connect_timeout)
+        .read_timeout(opts.read_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| error_chain(&e))
+}
+
+struct Attempted<T> {
+    result: azure_core::Result<T>,
+    uncertain: bool,
+}
+
+fn to_time(d: Duration) -> azure_core::time::Duration {
+    azure_core::time::Duration::try_from(d).unwrap_or(azure_core::time::Duration::MAX)
+}
+
+fn backoff(r: &RetrySettings, retry: u32) -> Duration {
+    let base = r
+        .initial_delay
+        .saturating_mul(1u32 << retry.min(16))
+        .min(r.max_delay);
+    // ±25% jitter, so writers that failed together do not retry together.
+    let mut b = [0u8; 2];
+    let _ = getrandom::getrandom(&mut b);
+    let frac = u16::from_le_bytes(b) as f64 / u16::MAX as f64; // 0..=1
+    base.mul_f64(0.75 + frac * 0.5)
+}
+
+fn status_of(e: &azure_core::Error) -> Option<u16> {
+    e.http_status().map(u16::from)
+}
+
+fn code_of(e: &azure_core::Error) -> Option<&str> {
+    match e.kind() {
+        ErrorKind::HttpResponse { error_code, .. } => error_code.as_deref(),
+        _ => None,
+    }
+}
+
+fn is_transient(e: &azure_core::Error) -> bool {
+    match e.kind() {
+        ErrorKind::Io | ErrorKind::Connection => true,
+        ErrorKind::HttpResponse { status, .. } => {
+            matches!(u16::from(*status), 408 | 429 | 500 | 502 | 503 | 504)
+        }
+        _ => false,
+    }
+}
+
+/// A one-line description of an SDK error: status and service error code,
+/// the service's message, or the transport error chain. Not yet redacted.
+pub(crate) fn describe(e: &azure_core::Error) -> String {
+    match e.kind() {
+        ErrorKind::HttpResponse {
+            status, error_code, ..
+        } => {
+            let mut s = format!("HTTP {}", u16::from(*status));
+            if let Some(c) = error_code {
+                s.push(' ');
+                s.push_str(c);
+            }
+            // The SDK's message carries the XML error body; keep only the
+            // service's <Message> line.
+            let text = e.to_string();
+            if let Some(m) = xml_element(&text, "Message") {
+                s.push_str(": ");
+                s.push_str(m.lines().next().unwrap_or(""));
+            }
+            s
+        }
+        _ => error_chain(e),
+    }
+}
+
+fn xml_element<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = text.find(&open)? + open.len();
+    let len = text[start..].find(&close)?;
+    Some(text[start..start + len].trim())
+}
+
+/// An error and its sources, joined by ": ", each said once.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        src = s.source();
+    }
+    parts.join(": ")
+}
+
+fn info_from_headers(
+    name: &str,
+    p: &impl BlobClientGetPropertiesResultHeaders,
+) -> azure_core::Result<BlobInfo> {
+    let size = p.content_length()?.unwrap_or(0);
+    let append = matches!(p.blob_type()?, Some(BlobType::AppendBlob));
+    let block_count = if append {
+        p.blob_committed_block_count()?.unwrap_or(0).max(0) as u64
+    } else {
+        // A block blob written by `put` counts as one block, as on the fs
+        // store.
+        u64::from(size > 0)
+    };
+    Ok(BlobInfo {
+        name: name.to_owned(),
+        size,
+        block_count,
+        sealed: p.is_sealed()?.unwrap_or(false),
+    })
+}
+
+#[async_trait]
+impl BlobStore for AzureBlobStore {
+    fn location(&self) -> String {
+        self.inner.location.clone()
+    }
+
+    fn max_block_size(&self) -> usize {
+        self.inner.opts.max_block_size
+    }
+
+    fn max_blocks(&self) -> u64 {
+        self.inner.opts.max_blocks
+    }
+
+    async fn create(&self, name: &str) -> Result<(), StoreError> {
+        validate_name(name)?;
+        let client = self.inner.once.blob_client(name).append_blob_client();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let a = self
+            .attempt("create", name, || {
+                client.create(Some(AppendBlobClientCreateOptions {
+                    if_none_match: Some(Etag::from("*")),
+                    metadata: Some(HashMap::from([(WRITE_ID.to_owned(), id.clone())])),
+                    ..Default::default()
+                }))
+            })
+            .await;
+        match a.result {
+            Ok(_) => {
+                self.remember(name, 0, 0);
+                Ok(())
+            }
+            Err(e) if matches!(code_of(&e), Some("BlobAlreadyExists" | "ConditionNotMet")) => {
+                if a.uncertain && self.written_by(name, &id).await? {
+                    self.remember(name, 0, 0);
+                    return Ok(());
+                }
+                Err(StoreError::AlreadyExists {
+                    name: name.to_owned(),
+                })
+            }
+            Err(e) => {
+                if a.uncertain && self.written_by(name, &id).await? {
+                    self.remember(name, 0, 0);
+                    return Ok(());
+                }
+                Err(self.err("create", name, &e))
+            }
+        }
+    }
+
+    async fn append(
+        &self,
+        name: &str,
+        expected_offset: u64,
+        block: &[u8],
+    ) -> Result<u64, StoreError> {
+        validate_name(name)?;
+        let limit = self.inner.opts.max_block_size;
+        if block.len() > limit {
+            return Err(StoreError::BlockTooLarge {
+                size: block.len(),
+                limit,
+            });
+        }
+        if block.is_empty() {
+            return Err(StoreError::Unsupported(
+                "an empty block cannot be appended".into(),
+            ));
+        }
+        let blocks = self.blocks_at(name, expected_offset).await?;
+        let max_blocks = self.inner.opts.max_blocks;
+        if blocks >= max_blocks {
+            return Err(StoreError::BlockLimit {
+                name: name.to_owned(),
+                limit: max_blocks,
+            });
+        }
+        let end = expected_offset + block.len() as u64;
+        let client = self.inner.once.blob_client(name).append_blob_client();
+        let body = azure_core::Bytes::copy_from_slice(block);
+        let a = self
+            .attempt("append to", name, || {
+                client.append_block(
+                    <RequestContent<_, _> as From<azure_core::Bytes>>::from(body.clone()),
+                    body.len() as u64,
+                    Some(AppendBlobClientAppendBlockOptions {
+                        append_position: Some(expected_offset as i64),
+                        ..Default::default()
+                    }),
+                )
+            })
+            .await;
+        let e = match a.result {
+            Ok(r) => {
+                let count = r
+                    .blob_committed_block_count()
+                    .ok()
+                    .flatten()
+                    .map_or(blocks + 1, |c| c.max(0) as u64);
+                self.remember(name, end, count);
+                return Ok(end);
+            }
+            Err(e) => e,
+        };
+        let lost_track = || {
+            self.inner.blocks.lock().unwrap().remove(name);
+        };
+        match (status_of(&e), code_of(&e)) {
+            (Some(412), Some("AppendPositionConditionNotMet")) => {
+                lost_track();
+                if a.uncertain {
+                    // An earlier attempt may be what moved the position.
+                    if let Some(end) = self.resolve_append(name, expected_offset, block).await? {
+                        debug!(blob = %name, offset = expected_offset, "an append retried after an unknown outcome had landed");
+                        return Ok(end);
+                    }
+                }
+                let actual = self.info(name).await?.size;
+                Err(StoreError::OffsetMismatch {
+                    name: name.to_owned(),
+                    expected: expected_offset,
+                    actual,
+                })
+            }
+            (Some(409), Some("BlockCountExceedsLimit")) => Err(StoreError::BlockLimit {
+                name: name.to_owned(),
+                limit: max_blocks.min(AZURE_MAX_BLOCKS),
+            }),
+            (Some(409), Some("BlobIsSealed")) => Err(StoreError::Sealed {
+                name: name.to_owned(),
+            }),
+            (Some(404), _) => Err(StoreError::NotFound {
+                name: name.to_owned(),
+            }),
+            _ => {
+                lost_track();
+                if a.uncertain {
+                    if let Some(end) = self.resolve_append(name, expected_offset, block).await? {
+                        return Ok(end);
+                    }
+                }
+                Err(self.err("append to", name, &e))
+            }
+        }
+    }
+
+    async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        validate_name(name)?;
+        let end = offset.saturating_add(len);
+        let out_of_range = |size| StoreError::OutOfRange {
+            name: name.to_owned(),
+            offset,
+            end,
+            size,
+        };
+        if len == 0 || len > CHECK_SIZE_ABOVE || end == u64::MAX {
+            let size = self.info(name).await?.size;
+            if end > size {
+                return Err(out_of_range(size));
+            }
+            if len == 0 {
+                return Ok(Vec::new());
+            }
+        }
+        let client = self.inner.retrying.blob_client(name);
+        // One ranged GET whose body streams straight into the buffer: the
+        // SDK's partitioned download would pin the ETag across partitions,
+        // and an append blob's ETag changes with every append.
+        let mut buf = vec![0u8; len as usize];
+        let one = NonZero::new(1).unwrap();
+        let whole = NonZero::new(len as usize).unwrap();
+        let r = &self.inner.opts.retry;
+        let mut retry = 0;
+        let got = loop {
+            // The pipeline retries failed requests; this loop retries a body
+            // that broke off mid-stream.
+            let res = client
+                .download_into(
+                    &mut buf,
+                    Some(BlobClientDownloadOptions {
+                        range: Some((offset..end).into()),
+                        parallel: Some(one),
+                        partition_size: Some(whole),
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            match res {
+                Ok(d) => break d.len,
+                Err(e) if matches!(e.kind(), ErrorKind::Io) && retry < r.max_retries => {
+                    warn!(blob = %name, offset, len, error = %self.inner.redactor.redact(&describe(&e)), "read broke off; retrying");
+                    tokio::time::sleep(backoff(r, retry)).await;
+                    retry += 1;
+                }
+                Err(e) if status_of(&e) == Some(404) => {
+                    return Err(StoreError::NotFound {
+                        name: name.to_owned(),
+                    })
+                }
+                Err(e) => {
+                    // 416, or the SDK's own trouble with a range past the
+                    // end (an empty blob answers with no range at all):
+                    // the size says whether the read was out of range.
+                    let size = self.info(name).await?.size;
+                    if end > size {
+                        return Err(out_of_range(size));
+                    }
+                    return Err(self.err("read", name, &e));
+                }
+            }
+        };
+        if got as u64 != len {
+            return Err(out_of_range(self.info(name).await?.size));
+        }
+        Ok(buf)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
+        let mut pager = self
+            .inner
+            .retrying
+            .list_blobs(Some(BlobContainerClientListBlobsOptions {
+                prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
+                ..Default::default()
+            }))
+            .map_err(|e| self.err("list", prefix, &e))?;
+        let mut out = Vec::new();
+        let mut appendable = Vec::new();
+        while let Some(item) = pager
+            .try_next()
+            .await
+            .map_err(|e| self.err("list", prefix, &e))?
+        {
+            let Some(name) = item.name else { continue };
+            if Self::hidden(&name) {
+                continue;
+            }
+            let p = item.properties.unwrap_or_default();
+            if matches!(p.blob_type, Some(BlobType::AppendBlob)) {
+                appendable.push(name);
+                continue;
+            }
+            let size = p.content_length.unwrap_or(0);
+            out.push(BlobInfo {
+                name,
+                size,
+                block_count: u64::from(size > 0),
+                sealed: p.is_sealed.unwrap_or(false),
+            });
+        }
+        // List Blobs does not report committed block counts: ask each
+        // append blob (a ledger has one per segment), several at a time.
+        let infos: Vec<Result<BlobInfo, StoreError>> = futures::stream::iter(appendable)
+            .map(|name| async move { self.info(&name).await })
+            .buffered(self.inner.opts.list_concurrency.max(1))
+            .collect()
+            .await;
+        for info in infos {
+            match info {
+                Ok(i) => out.push(i),
+                // Deleted between listing and asking.
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn info(&self, name: &str) -> Result<BlobInfo, StoreError> {
+        validate_name(name)?;
+        let p = self
+            .inner
+            .retrying
+            .blob_client(name)
+            .get_properties(None)
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => StoreError::NotFound {
+                    name: name.to_owned(),
+                },
+                _ => self.err("get properties of", name, &e),
+            })?;
+        info_from_headers(name, &p).map_err(|e| self.err("read properties of", name, &e))
+    }
+
+    async fn seal(&self, name: &str) -> Result<(), StoreError> {
+        validate_name(name)?;
+        let res = self
+            .inner
+            .retrying
+            .blob_client(name)
+            .append_blob_client()
+            .seal(None)
+            .await;
+        self.inner.blocks.lock().unwrap().remove(name);
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Err(StoreError::NotFound {
+                name: name.to_owned(),
+            }),
+            Err(e) => Err(self.err("seal", name, &e)),
+        }
+    }
+
+    async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        validate_name(name)?;
+        let client = self.inner.once.blob_client(name).block_blob_client();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let body = azure_core::Bytes::copy_from_slice(data);
+        // One Put Blob, never staged blocks: atomic, and the If-None-Match
+        // condition applies to the whole.
+        let whole = NonZero::new((data.len() as u64).max(1)).unwrap();
+        let a = self
+            .attempt("put", name, || {
+                client.upload(
+                    <RequestContent<_, _> as From<azure_core::Bytes>>::from(body.clone()),
+                    Some(BlockBlobClientUploadOptions {
+                        if_none_match: Some(Etag::from("*")),
+                        metadata: Some(HashMap::from([(WRITE_ID.to_owned(), id.clone())])),
+                        partition_size: Some(whole),
+                        parallel: NonZero::new(1),
+                        ..Default::default()
+                    }),
+                )
+            })
+            .await;
+        match a.result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if a.uncertain && self.written_by(name, &id).await? {
+                    return Ok(());
+                }
+                match code_of(&e) {
+                    Some("BlobAlreadyExists" | "ConditionNotMet") => {
+                        Err(StoreError::AlreadyExists {
+                            name: name.to_owned(),
+                        })
+                    }
+                    _ => Err(self.err("put", name, &e)),
+                }
+            }
+        }
+    }
+
+    async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
+        validate_name(name)?;
+        // The same answer as the fs store for a blob that is not there.
+        self.info(name).await?;
+        Err(StoreError::Unsupported(format!(
+            "cannot cut {name} back to {len} bytes: Azure append blobs cannot be truncated, and need not be, since an Append Block is atomic and cannot leave a torn tail; a damaged tail there is not a crash artefact"
+        )))
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        validate_name(name)?;
+        let client = self.inner.once.blob_client(name);
+        let a = self.attempt("delete", name, || client.delete(None)).await;
+        self.inner.blocks.lock().unwrap().remove(name);
+        match a.result {
+            Ok(_) => Ok(()),
+            // After an attempt that may have landed, "not found" is ours.
+            Err(e) if status_of(&e) == Some(404) && a.uncertain => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Err(StoreError::NotFound {
+                name: name.to_owned(),
+            }),
+            Err(e) => Err(self.err("delete", name, &e)),
+        }
+    }
+
+    async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
+        validate_name(name)?;
+        let blob = format!("{LOCK_PREFIX}{name}");
+        let key = format!("{}/{blob}", self.inner.location);
+        // A lease this process released a moment ago (a writer closed and
+        // the ledger is reopened) may still be on its way to the service.
+        lease::wait_for_release(&key, Duration::from_secs(10)).await;
+        let client = self.inner.retrying.blob_client(&blob);
+        match client
+            .block_blob_client()
+            .upload(
+                RequestContent::from(Vec::new()),
+                Some(BlockBlobClientUploadOptions {
+                    if_none_match: Some(Etag::from("*")),
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Exists, and maybe leased (a leased blob answers a write
+            // without its lease id with 412).
+            Err(e) if matches!(status_of(&e), Some(409 | 412)) => {}
+            Err(e) => return Err(self.err("create lock blob", name, &e)),
+        }
+        // A proposed id makes the acquire idempotent: if the pipeline
+        // retries after an attempt that landed, acquiring again with the
+        // lease's own id succeeds.
+        let proposed = uuid::Uuid::new_v4().to_string();
+        let sent = Instant::now();
+        let res = client
+            .acquire_lease(
+                self.inner.opts.lease_duration.as_secs() as i32,
+                Some(BlobClientAcquireLeaseOptions {
+                    proposed_lease_id: Some(proposed.clone()),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        let lease_id = match res {
+            Ok(r) => r.lease_id().ok().flatten().unwrap_or(proposed),
+            Err(e) if code_of(&e) == Some("LeaseAlreadyPresent") => {
+                return Err(StoreError::Locked {
+                    what: name.to_owned(),
+                })
+            }
+            Err(e) => return Err(self.err("acquire writer lease on", name, &e)),
+        };
+        debug!(lock = %name, "acquired writer lease");
+        Ok(Box::new(lease::Lease::start(
+            name.to_owned(),
+            key,
+            client,
+            lease_id,
+            sent,
+            &self.inner.opts,
+            self.inner.redactor.clone(),
+        )))
+    }
+}

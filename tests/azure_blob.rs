@@ -1,0 +1,861 @@
+//! The Azure blob store against Azurite (or a real account): the blob
+//! conformance suite, the ledger API end to end, writers racing for one
+//! ledger, rollover at the block limit, a lost lease, and faults injected by
+//! a proxy between the client and the service.
+//!
+//! Nothing here starts Azurite. Run `tools/azurite.sh start` and
+//! `eval "$(tools/azurite.sh env)"` (tools/test.sh does both), or point
+//! `AZURE_STORAGE_CONNECTION_STRING` at an account. Without it the tests
+//! fail, saying so, unless `BI_LEDGER_SKIP_AZURE=1` is set. Every test
+//! works in a container of its own, deleted when it ends.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bi_ledger::backend::azure::{
+    AzureBlobStore, AzureOptions, ConnectionInfo, RetrySettings, CONNECTION_STRING_ENV,
+};
+use bi_ledger::backend::{BlobStore, StoreError};
+use bi_ledger::{ExpectedVersion, Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[path = "conformance/blob.rs"]
+mod blob;
+
+const SKIP_ENV: &str = "BI_LEDGER_SKIP_AZURE";
+
+/// The account to test against, or `None` to skip.
+fn account() -> Option<ConnectionInfo> {
+    match std::env::var(CONNECTION_STRING_ENV) {
+        Ok(cs) => Some(ConnectionInfo::parse(&cs).unwrap_or_else(|e| panic!("{e}"))),
+        Err(_) if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") => None,
+        Err(_) => panic!(
+            "{CONNECTION_STRING_ENV} is not set, so the Azure backend cannot be tested. \
+             Start Azurite with `tools/azurite.sh start` and `eval \"$(tools/azurite.sh env)\"` \
+             (or run tools/test.sh, which does both), or set {SKIP_ENV}=1 to skip these tests"
+        ),
+    }
+}
+
+/// Returns from the calling test when the Azure tests are skipped.
+macro_rules! account_or_skip {
+    () => {
+        match account() {
+            Some(a) => a,
+            None => {
+                eprintln!("skipped: {SKIP_ENV}=1 and {CONNECTION_STRING_ENV} unset");
+                return;
+            }
+        }
+    };
+}
+
+fn unique_container(tag: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{tag}-{}", &id[..20])
+}
+
+/// Runs a future to completion from synchronous code inside a
+/// multi-threaded runtime (the conformance suite's namespaces are sync).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// A container that is deleted when dropped.
+struct Container {
+    account: ConnectionInfo,
+    name: String,
+    opts: AzureOptions,
+}
+
+impl Container {
+    async fn new(account: &ConnectionInfo, tag: &str, opts: AzureOptions) -> Container {
+        let c = Container {
+            account: account.clone(),
+            name: unique_container(tag),
+            opts,
+        };
+        c.store().create_container_if_missing().await.unwrap();
+        c
+    }
+
+    /// A new, independent store handle on the container.
+    fn store(&self) -> AzureBlobStore {
+        AzureBlobStore::new(self.account.clone(), &self.name, self.opts.clone()).unwrap()
+    }
+
+    fn dyn_store(&self) -> Arc<dyn BlobStore> {
+        Arc::new(self.store())
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let s = self.store();
+            let _ = block_on(s.delete_container());
+        }
+    }
+}
+
+// ------------------------------------------------------------ conformance
+
+struct AzureBackend {
+    account: ConnectionInfo,
+}
+
+impl blob::Backend for AzureBackend {
+    fn namespace(&self, max_blocks: Option<u64>) -> Box<dyn blob::Namespace> {
+        let mut opts = AzureOptions::default();
+        if let Some(n) = max_blocks {
+            opts.max_blocks = n;
+        }
+        Box::new(block_on(Container::new(&self.account, "conformance", opts)))
+    }
+}
+
+impl blob::Namespace for Container {
+    fn open(&self) -> Arc<dyn BlobStore> {
+        self.dyn_store()
+    }
+}
+
+blob::conformance_tests!(
+    azure,
+    AzureBackend {
+        account: account_or_skip!()
+    }
+);
+
+// --------------------------------------------------------------- ledger
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+fn ledger_opts() -> LedgerOptions {
+    LedgerOptions::new(key())
+}
+
+/// `tests/ledger_api.rs` on Azure: create, append with expected versions,
+/// close, reopen, append, read, verify, checkpoints, proofs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_append_read_reopen_verify_prove() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "ledger", AzureOptions::default()).await;
+    let s = c.dyn_store();
+    let ledger = Ledger::create(s.clone(), "main", ledger_opts())
+        .await
+        .unwrap();
+    let r = ledger
+        .append(vec![
+            NewEvent::json(
+                "decision-1",
+                "DecisionQueued",
+                &json!({"title": "Expand to EU"}),
+            )
+            .expect(ExpectedVersion::NoStream),
+            NewEvent::json(
+                "decision-1",
+                "VoteCast",
+                &json!({"agent": "cfo", "vote": "approve"}),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.iter().map(|r| (r.seq, r.version)).collect::<Vec<_>>(),
+        vec![(0, 0), (1, 1)]
+    );
+    let err = ledger
+        .append_one(NewEvent::json("decision-1", "X", &json!({})).expect(ExpectedVersion::Exact(0)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::VersionConflict {
+                current: Some(1),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A second writer is refused while this one holds the lease.
+    let other = c.dyn_store();
+    match Ledger::open(other.clone(), "main", ledger_opts()).await {
+        Err(LedgerError::Store(StoreError::Locked { what })) => assert_eq!(what, "main/writer"),
+        r => panic!("second writer: wanted Locked, got {:?}", r.map(|_| ())),
+    }
+    ledger.close().await.unwrap();
+
+    // Reopened through another handle, as another process would.
+    let ledger = Ledger::open(other.clone(), "main", ledger_opts())
+        .await
+        .unwrap();
+    let r = ledger
+        .append_one(
+            NewEvent::json(
+                "decision-1",
+                "DecisionCompleted",
+                &json!({"outcome": "approved"}),
+            )
+            .expect(ExpectedVersion::Exact(1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.seq, r.version), (2, 2));
+    let verifier = ledger.verifier().clone();
+    ledger.close().await.unwrap();
+
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
+    let all = reader.read(0, None).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2].event_type, "DecisionCompleted");
+    assert_eq!(reader.read_stream("decision-1").await.unwrap().len(), 3);
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!(report.records, 3);
+    assert_eq!(report.unsigned_tail, 0);
+
+    let cps = reader.checkpoints(&verifier).await.unwrap();
+    assert_eq!(
+        cps.iter().map(|(_, c)| c.size).collect::<Vec<_>>(),
+        vec![0, 2, 3]
+    );
+    let snaps = s.list("main/snapshot-").await.unwrap();
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    let newest = &cps.last().unwrap().1;
+    for seq in 0..3 {
+        let p = reader.inclusion_proof(seq, newest.size).await.unwrap();
+        p.verify(newest).unwrap();
+    }
+    let old = &cps[1].1;
+    let c2 = reader
+        .consistency_proof(old.size, newest.size)
+        .await
+        .unwrap();
+    c2.verify(old, newest).unwrap();
+    // Nothing of the lock is visible as a blob.
+    assert!(s
+        .list("")
+        .await
+        .unwrap()
+        .iter()
+        .all(|b| !b.name.contains("writer")));
+}
+
+/// Many callers at once: group commit batches them into few blocks, and
+/// every acknowledged event is there exactly once, in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ledger_group_commit() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "group", AzureOptions::default()).await;
+    let s = c.dyn_store();
+    let ledger = Ledger::create(s.clone(), "g", ledger_opts()).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let l = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                l.append_one(
+                    NewEvent::json(format!("s{t}"), "E", &json!({"i": i})).expect(after(i)),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let verifier = ledger.verifier().clone();
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(s.clone(), "g").await.unwrap();
+    let all = reader.read(0, None).await.unwrap();
+    assert_eq!(all.len(), 200);
+    for t in 0..8 {
+        let v: Vec<u64> = all
+            .iter()
+            .filter(|r| r.stream == format!("s{t}"))
+            .map(|r| r.stream_version)
+            .collect();
+        assert_eq!(v, (0..25).collect::<Vec<_>>());
+    }
+    let seg = &reader.segments()[0];
+    let blocks = s.info(&seg.name).await.unwrap().block_count;
+    assert!(blocks <= 201, "{blocks} blocks for 200 events");
+    reader.verify(&verifier, &|_, _| {}).await.unwrap();
+}
+
+/// The expected version for a stream's event number `i` (from 0).
+fn after(i: u64) -> ExpectedVersion {
+    match i {
+        0 => ExpectedVersion::NoStream,
+        _ => ExpectedVersion::Exact(i - 1),
+    }
+}
+
+/// A changed byte in a segment is found by verify. Append blobs cannot be
+/// edited in place, so the tamperer rewrites the whole segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_tamper_is_detected() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "tamper", AzureOptions::default()).await;
+    let s = c.dyn_store();
+    let ledger = Ledger::create(s.clone(), "t", ledger_opts()).await.unwrap();
+    for i in 0..5 {
+        ledger
+            .append_one(NewEvent::json("s", "E", &json!({"amount": i * 100})))
+            .await
+            .unwrap();
+    }
+    let verifier = ledger.verifier().clone();
+    ledger.close().await.unwrap();
+    let seg = "t/0000000000.seg";
+    let mut bytes = s.read_all(seg).await.unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 1;
+    s.delete(seg).await.unwrap();
+    s.create(seg).await.unwrap();
+    s.append(seg, 0, &bytes).await.unwrap();
+    let reader = LedgerReader::open(s.clone(), "t").await.unwrap();
+    let err = reader.verify(&verifier, &|_, _| {}).await.unwrap_err();
+    assert!(err.is_integrity(), "{err}");
+}
+
+/// Rollover at a small block limit: every segment holds at most that many
+/// blocks, all but the last are sealed (Append Blob Seal), and the log
+/// reads back whole, also after reopening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_rolls_over_at_block_limit() {
+    let account = account_or_skip!();
+    let opts = AzureOptions {
+        max_blocks: 4,
+        ..AzureOptions::default()
+    };
+    let c = Container::new(&account, "rollover", opts).await;
+    let s = c.dyn_store();
+    let ledger = Ledger::create(s.clone(), "r", ledger_opts()).await.unwrap();
+    for i in 0..20u64 {
+        ledger
+            .append_one(NewEvent::json("s", "E", &json!({"i": i})))
+            .await
+            .unwrap();
+    }
+    ledger.close().await.unwrap();
+    let segs = s.list("r/").await.unwrap();
+    let segs: Vec<_> = segs.iter().filter(|b| b.name.ends_with(".seg")).collect();
+    // Header + 3 one-event blocks per segment.
+    assert_eq!(segs.len(), 7, "{segs:?}");
+    for (i, seg) in segs.iter().enumerate() {
+        assert!(seg.block_count <= 4, "{seg:?}");
+        assert_eq!(seg.sealed, i + 1 < segs.len(), "{seg:?}");
+    }
+    let ledger = Ledger::open(s.clone(), "r", ledger_opts()).await.unwrap();
+    ledger
+        .append_one(NewEvent::json("s", "E", &json!({"i": 20})))
+        .await
+        .unwrap();
+    let verifier = ledger.verifier().clone();
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(s.clone(), "r").await.unwrap();
+    let all = reader.read(0, None).await.unwrap();
+    assert_eq!(all.len(), 21);
+    assert!(all.iter().enumerate().all(|(i, r)| r.seq == i as u64));
+    assert_eq!(
+        reader.verify(&verifier, &|_, _| {}).await.unwrap().records,
+        21
+    );
+}
+
+/// The service's own limit: the 50,001st block of an append blob is
+/// refused (409 `BlockCountExceedsLimit`), and that is `BlockLimit`. The
+/// store's limit is set above Azure's so that the service is what refuses.
+/// About two minutes against Azurite, so not in the default run:
+/// `cargo test --test azure_blob -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "appends 50,000 blocks (about two minutes)"]
+async fn service_block_limit_is_block_limit() {
+    let account = account_or_skip!();
+    let opts = AzureOptions {
+        max_blocks: 60_000,
+        ..AzureOptions::default()
+    };
+    let c = Container::new(&account, "limit", opts).await;
+    let s = c.dyn_store();
+    s.create("full").await.unwrap();
+    let mut end = 0;
+    for _ in 0..50_000 {
+        end = s.append("full", end, b"x").await.unwrap();
+    }
+    assert_eq!(s.info("full").await.unwrap().block_count, 50_000);
+    match s.append("full", end, b"x").await {
+        Err(StoreError::BlockLimit { name, limit }) => {
+            assert_eq!((name.as_str(), limit), ("full", 50_000));
+        }
+        r => panic!("wanted BlockLimit, got {r:?}"),
+    }
+    assert_eq!(s.info("full").await.unwrap().size, 50_000);
+}
+
+/// Two writers open one ledger at the same moment: exactly one gets it.
+/// Then several writers, each on its own store handle, take turns: each
+/// waits for the lease, appends its events, closes. Every event is in the
+/// log exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_race_for_one_ledger() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "race", AzureOptions::default()).await;
+    Ledger::create(c.dyn_store(), "race", ledger_opts())
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+
+    for round in 0..3 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let (s, b) = (c.dyn_store(), barrier.clone());
+                tokio::spawn(async move {
+                    b.wait().await;
+                    Ledger::open(s, "race", ledger_opts()).await
+                })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(l) => won.push(l),
+                Err(LedgerError::Store(StoreError::Locked { .. })) => {}
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "round {round}: exactly one writer wins");
+        won.pop().unwrap().close().await.unwrap();
+    }
+
+    const WRITERS: usize = 4;
+    const EVENTS: u64 = 5;
+    let refused = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS));
+    let stores: Vec<_> = (0..WRITERS).map(|_| c.dyn_store()).collect();
+    let tasks: Vec<_> = stores
+        .into_iter()
+        .enumerate()
+        .map(|(w, s)| {
+            let (refused, barrier) = (refused.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let ledger = loop {
+                    match Ledger::open(s.clone(), "race", ledger_opts()).await {
+                        Ok(l) => break l,
+                        Err(LedgerError::Store(StoreError::Locked { .. })) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("writer {w}: {e}"),
+                    }
+                };
+                for i in 0..EVENTS {
+                    ledger
+                        .append_one(
+                            NewEvent::json(format!("writer-{w}"), "E", &json!({"i": i}))
+                                .expect(after(i)),
+                        )
+                        .await
+                        .unwrap();
+                }
+                ledger.close().await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(refused.load(Ordering::Relaxed) > 0, "the writers never met");
+    let reader = LedgerReader::open(c.dyn_store(), "race").await.unwrap();
+    let all = reader.read(0, None).await.unwrap();
+    assert_eq!(all.len(), WRITERS * EVENTS as usize);
+    for w in 0..WRITERS {
+        let v: Vec<u64> = all
+            .iter()
+            .filter(|r| r.stream == format!("writer-{w}"))
+            .map(|r| r.stream_version)
+            .collect();
+        assert_eq!(v, (0..EVENTS).collect::<Vec<_>>(), "writer {w}");
+    }
+    let verifier = reader.recorded_verifier().clone();
+    reader.verify(&verifier, &|_, _| {}).await.unwrap();
+}
+
+/// A writer whose lease is broken (another host took over) stops: its
+/// next append fails, nothing more is written, and the new holder can
+/// open the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_lease_stops_the_writer() {
+    let account = account_or_skip!();
+    let opts = AzureOptions {
+        lease_duration: Duration::from_secs(15),
+        lease_renew_interval: Duration::from_secs(1),
+        ..AzureOptions::default()
+    };
+    let c = Container::new(&account, "lease", opts).await;
+    let s = c.dyn_store();
+    let ledger = Ledger::create(s.clone(), "l", ledger_opts()).await.unwrap();
+    ledger
+        .append_one(NewEvent::json("s", "E", &json!({})))
+        .await
+        .unwrap();
+    c.store().break_lock("l/writer").await.unwrap();
+    // The next renewal (within a second) finds the lease gone.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let err = ledger
+        .append_one(NewEvent::json("s", "E", &json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LedgerError::Poisoned(why) if why.contains("lease")),
+        "{err}"
+    );
+    // Another writer takes over; the stopped one wrote nothing more.
+    let next = Ledger::open(c.dyn_store(), "l", ledger_opts())
+        .await
+        .unwrap();
+    let reader = next.reader().await.unwrap();
+    assert_eq!(reader.read(0, None).await.unwrap().len(), 1);
+    next.close().await.unwrap();
+    drop(ledger);
+}
+
+// ------------------------------------------------------- injected faults
+
+/// What the proxy does to requests whose head contains a pattern.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// Answer 503 Service Unavailable without forwarding.
+    Unavailable,
+    /// Forward, let the service act on it, then drop the connection
+    /// without relaying the answer: the client cannot know the outcome.
+    DropAfterForward,
+}
+
+#[derive(Default)]
+struct Faults {
+    /// (substring of the request head, fault, how many more times)
+    rules: Mutex<Vec<(String, Fault, usize)>>,
+    injected: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+impl Faults {
+    fn add(&self, pattern: &str, fault: Fault, times: usize) {
+        self.rules
+            .lock()
+            .unwrap()
+            .push((pattern.to_owned(), fault, times));
+    }
+
+    fn take(&self, head: &str) -> Option<Fault> {
+        let mut rules = self.rules.lock().unwrap();
+        let rule = rules
+            .iter_mut()
+            .find(|(p, _, n)| *n > 0 && head.contains(p.as_str()))?;
+        rule.2 -= 1;
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        Some(rule.1)
+    }
+}
+
+/// A small HTTP/1.1 proxy on loopback: one request per connection (it
+/// answers `Connection: close`), forwarded to `upstream` unless a fault
+/// rule matches. Stops when the test's runtime ends.
+async fn start_proxy(upstream: String, faults: Arc<Faults>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let (upstream, faults) = (upstream.clone(), faults.clone());
+            tokio::spawn(async move {
+                let _ = proxy_one(client, &upstream, &faults).await;
+            });
+        }
+    });
+    port
+}
+
+async fn proxy_one(mut client: TcpStream, upstream: &str, faults: &Faults) -> std::io::Result<()> {
+    // Read the head, then exactly Content-Length bytes of body.
+    let mut buf = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 8192];
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let body_len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + body_len {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    faults.requests.fetch_add(1, Ordering::Relaxed);
+    let fault = faults.take(&head);
+    if fault == Some(Fault::Unavailable) {
+        client
+            .write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nx-ms-error-code: ServerBusy\r\n\r\n",
+            )
+            .await?;
+        return client.shutdown().await;
+    }
+    // Ask the service to close after answering, so its answer ends at EOF.
+    let mut forwarded = String::new();
+    for line in head[..head_end - 4].split("\r\n") {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            forwarded.push_str(line);
+            forwarded.push_str("\r\n");
+        }
+    }
+    forwarded.push_str("Connection: close\r\n\r\n");
+    let mut up = TcpStream::connect(upstream).await?;
+    up.write_all(forwarded.as_bytes()).await?;
+    up.write_all(&buf[head_end..head_end + body_len]).await?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer).await?;
+    if fault == Some(Fault::DropAfterForward) {
+        // The service acted; the client hears nothing.
+        drop(client);
+        return Ok(());
+    }
+    client.write_all(&answer).await?;
+    client.shutdown().await
+}
+
+/// A store whose requests go through a fault-injecting proxy, with short
+/// retry delays.
+async fn proxied(account: &ConnectionInfo, tag: &str) -> (Container, Arc<Faults>) {
+    let faults = Arc::new(Faults::default());
+    let ep = &account.blob_endpoint;
+    let upstream = format!(
+        "{}:{}",
+        ep.host_str().unwrap(),
+        ep.port_or_known_default().unwrap()
+    );
+    assert_eq!(
+        ep.scheme(),
+        "http",
+        "the fault proxy speaks plain HTTP (Azurite)"
+    );
+    let port = start_proxy(upstream, faults.clone()).await;
+    let mut via = account.clone();
+    via.blob_endpoint.set_port(Some(port)).unwrap();
+    let opts = AzureOptions {
+        retry: RetrySettings {
+            initial_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+            ..RetrySettings::default()
+        },
+        ..AzureOptions::default()
+    };
+    (Container::new(&via, tag, opts).await, faults)
+}
+
+/// 503s to reads, listings and writes are retried; the writes land once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_is_retried_without_duplicates() {
+    let account = account_or_skip!();
+    let (c, faults) = proxied(&account, "fault503").await;
+    let s = c.dyn_store();
+    s.create("f/log").await.unwrap();
+    // Every kind of request fails twice before it succeeds. (The pattern
+    // also shows that blob names travel with literal slashes.)
+    faults.add("/f/log?comp=appendblock", Fault::Unavailable, 2);
+    assert_eq!(s.append("f/log", 0, b"first").await.unwrap(), 5);
+    faults.add("GET /", Fault::Unavailable, 2);
+    assert_eq!(s.read("f/log", 0, 5).await.unwrap(), b"first");
+    faults.add("HEAD /", Fault::Unavailable, 2);
+    let info = s.info("f/log").await.unwrap();
+    assert_eq!((info.size, info.block_count), (5, 1));
+    faults.add("comp=list", Fault::Unavailable, 2);
+    assert_eq!(s.list("f/").await.unwrap().len(), 1);
+    faults.add("PUT /", Fault::Unavailable, 2);
+    s.put("f/cp", b"checkpoint").await.unwrap();
+    assert_eq!(faults.injected.load(Ordering::Relaxed), 10);
+
+    // The whole ledger through a flaky service: every third append fails.
+    let ledger = Ledger::create(s.clone(), "flaky", ledger_opts())
+        .await
+        .unwrap();
+    for i in 0..30u64 {
+        if i % 3 == 0 {
+            faults.add("comp=appendblock", Fault::Unavailable, 1);
+        }
+        ledger
+            .append_one(NewEvent::json("s", "E", &json!({"i": i})))
+            .await
+            .unwrap();
+    }
+    ledger.close().await.unwrap();
+    let all = LedgerReader::open(s.clone(), "flaky")
+        .await
+        .unwrap()
+        .read(0, None)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 30);
+    assert!(all.iter().enumerate().all(|(i, r)| r.seq == i as u64));
+}
+
+/// The connection drops after the service applied an append: the client
+/// retries, finds its own block at the end, and reports success. The
+/// block is there once, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_append_outcome_is_resolved_by_reading_back() {
+    let account = account_or_skip!();
+    let (c, faults) = proxied(&account, "faultdrop").await;
+    let s = c.dyn_store();
+    s.create("d/log").await.unwrap();
+    assert_eq!(s.append("d/log", 0, b"one").await.unwrap(), 3);
+    faults.add("comp=appendblock", Fault::DropAfterForward, 1);
+    assert_eq!(s.append("d/log", 3, b"two").await.unwrap(), 6);
+    assert_eq!(faults.injected.load(Ordering::Relaxed), 1);
+    let info = s.info("d/log").await.unwrap();
+    assert_eq!((info.size, info.block_count), (6, 2));
+    assert_eq!(s.read_all("d/log").await.unwrap(), b"onetwo");
+    // Not fooled: a stale offset whose bytes are not ours is still refused.
+    match s.append("d/log", 3, b"TWO").await {
+        Err(StoreError::OffsetMismatch { actual: 6, .. }) => {}
+        r => panic!("{r:?}"),
+    }
+    // Puts and creates whose answer was lost: the retry finds its own blob.
+    faults.add("x-ms-blob-type: BlockBlob", Fault::DropAfterForward, 1);
+    s.put("d/cp", b"checkpoint").await.unwrap();
+    faults.add("x-ms-blob-type: AppendBlob", Fault::DropAfterForward, 1);
+    s.create("d/next").await.unwrap();
+    assert_eq!(faults.injected.load(Ordering::Relaxed), 3);
+    assert_eq!(s.read_all("d/cp").await.unwrap(), b"checkpoint");
+    // ...but a put of a name that existed before is still refused.
+    assert!(matches!(
+        s.put("d/cp", b"checkpoint").await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+
+    // A lease acquire whose answer was lost: the pipeline's retry proposes
+    // the same lease id, which the service accepts as the same lease.
+    faults.add("x-ms-lease-action: acquire", Fault::DropAfterForward, 1);
+    let lock = s.lock("d/writer").await.unwrap();
+    assert_eq!(faults.injected.load(Ordering::Relaxed), 4);
+    lock.check().unwrap();
+    assert!(matches!(
+        c.dyn_store().lock("d/writer").await,
+        Err(StoreError::Locked { .. })
+    ));
+    drop(lock);
+
+    // Through the ledger: every append's answer is lost once.
+    let ledger = Ledger::create(s.clone(), "lossy", ledger_opts())
+        .await
+        .unwrap();
+    for i in 0..10u64 {
+        faults.add("comp=appendblock", Fault::DropAfterForward, 1);
+        ledger
+            .append_one(NewEvent::json("s", "E", &json!({"i": i})))
+            .await
+            .unwrap();
+    }
+    let verifier = ledger.verifier().clone();
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(s.clone(), "lossy").await.unwrap();
+    let mut seqs = Vec::new();
+    reader
+        .scan(0, None, |r, _| {
+            seqs.push(r.seq);
+            ControlFlow::Continue(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+    reader.verify(&verifier, &|_, _| {}).await.unwrap();
+}
+
+// ------------------------------------------------------------- secrets
+
+/// Neither the account key nor a SAS signature appears in any error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_do_not_reveal_secrets() {
+    let account = account_or_skip!();
+    let endpoint = account.blob_endpoint.as_str().trim_end_matches('/');
+    // A wrong key (valid base64): the service refuses the signature.
+    let wrong_key = "d3Jvbmcta2V5LXRoYXQtaXMtbm90LXRoZS1hY2NvdW50cy1rZXk=";
+    let account_name = account.account.clone().unwrap_or_default();
+    let cs = format!("AccountName={account_name};AccountKey={wrong_key};BlobEndpoint={endpoint}");
+    let err = AzureBlobStore::from_connection_string(&cs, "secrets", AzureOptions::default())
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("403"), "{text}");
+    assert!(!text.contains(wrong_key), "{text}");
+    // A SAS and a service that cannot be reached: the transport error
+    // names the URL, but not the signature.
+    let sig = "c2VjcmV0LXNpZ25hdHVyZQ%3D%3D";
+    let cs = format!(
+        "BlobEndpoint=http://127.0.0.1:9/{account_name};SharedAccessSignature=sv=2022-11-02&ss=b&srt=sco&sp=rwdlac&se=2099-01-01&sig={sig}"
+    );
+    let opts = AzureOptions {
+        retry: RetrySettings {
+            max_retries: 1,
+            initial_delay: Duration::from_millis(10),
+            ..RetrySettings::default()
+        },
+        ..AzureOptions::default()
+    };
+    let err = AzureBlobStore::from_connection_string(&cs, "secrets", opts)
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains(sig), "{text}");
+    assert!(!text.contains("c2VjcmV0LXNpZ25hdHVyZQ=="), "{text}");
+    // The store's Debug shows where it is, not how it signs.
+    let s = AzureBlobStore::new(account.clone(), "secrets", AzureOptions::default()).unwrap();
+    let debug = format!("{s:?}");
+    assert!(
+        !debug.contains(bi_ledger::backend::azure::config::DEV_KEY),
+        "{debug}"
+    );
+}
+
+/// The configuration errors say what is missing.
+#[test]
+fn configuration_errors_name_what_is_missing() {
+    let e = ConnectionInfo::parse("AccountName=acct").unwrap_err();
+    assert!(e.to_string().contains("AccountKey"), "{e}");
+    let e = ConnectionInfo::parse("AccountKey=a2V5").unwrap_err();
+    assert!(e.to_string().contains("AccountName"), "{e}");
+}
