@@ -135,11 +135,16 @@ fn every_command_on_azure() {
     let mut holder = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
         .args(["--backend", "azure", "--container", &container, "--data"])
         .arg(d)
-        .args(["demo", "--stories", "400", "--writers", "1"])
+        .args(["demo", "--stories", "2000", "--writers", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The demo says it is appending only once it holds the writer lease.
+    let mut progress = std::io::BufReader::new(holder.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut progress, &mut first).unwrap();
+    assert!(first.starts_with("demo: appending"), "{first}");
     let mut refused = false;
     for _ in 0..100 {
         let o = run(d, &container, &["append"], Some(stale));

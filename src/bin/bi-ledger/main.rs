@@ -641,9 +641,9 @@ async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
         }
     };
     eprintln!(
-        "demo: appending {stories} business stories (decisions, workflows, metrics, audit) with {writers} concurrent writers to {}/{}",
-        cli.data.display(),
-        cli.ledger
+        "demo: appending {stories} business stories (decisions, workflows, metrics, audit) with {writers} concurrent writers to ledger {:?} at {}",
+        cli.ledger,
+        store.location()
     );
     let start = Instant::now();
     let writers = writers.max(1);
