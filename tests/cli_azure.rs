@@ -64,7 +64,11 @@ fn every_command_on_azure() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let container = format!("cli-{}", std::process::id());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let container = format!("cli-{}-{}", std::process::id(), nanos % 1_000_000_000_000);
 
     let init = lines(&ok(&run(d, &container, &["init"], None)));
     assert!(init[0]["public_key"]
