@@ -124,6 +124,17 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 pub trait WriterLock: Send + Sync + fmt::Debug {
     /// Fails if the lock has been lost (a lease that could not be renewed).
     fn check(&self) -> Result<(), StoreError>;
+
+    /// Gives the lock up and returns once another writer can take it.
+    /// Dropping the guard also releases it, but a remote lock (a lease) only
+    /// in the background, which a process that exits right after may cut
+    /// short; a clean close calls this.
+    fn release(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    where
+        Self: 'static,
+    {
+        Box::pin(async move { drop(self) })
+    }
 }
 
 /// Names are `/`-separated paths of `[A-Za-z0-9._-]` components, none of

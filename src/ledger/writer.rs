@@ -125,8 +125,10 @@ impl Writer {
                         Command::Close { reply } => {
                             let result = self.checkpoint().await;
                             // Release the writer lock before answering, so
-                            // that a caller may reopen once close() returns.
-                            drop(self);
+                            // that a caller (or another process) may reopen
+                            // once close() returns.
+                            let Writer { lock, .. } = self;
+                            lock.release().await;
                             let _ = reply.send(result);
                             return;
                         }

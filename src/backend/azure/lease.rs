@@ -106,6 +106,15 @@ impl std::fmt::Debug for Lease {
 }
 
 impl WriterLock for Lease {
+    fn release(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            // Dropping starts the release (see `Drop`); wait until it lands.
+            let mut released = releases_of(&self.key).subscribe();
+            drop(self);
+            let _ = released.wait_for(|in_flight| *in_flight == 0).await;
+        })
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         self.state
             .check(self.max_age)

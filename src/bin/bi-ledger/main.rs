@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+use bi_ledger::backend::azure::{AzureBlobStore, AzureOptions};
 use bi_ledger::backend::fs::FsStore;
 use bi_ledger::backend::BlobStore;
 use bi_ledger::format::checkpoint::{Checkpoint, Verifier};
@@ -31,7 +32,12 @@ use serde_json::json;
     about = "Append-only, hash-chained, signed event ledger"
 )]
 struct Cli {
-    /// Directory holding the ledgers (local backend).
+    /// Where the ledger lives: `fs` (files under --data) or `azure` (append
+    /// blobs in --container, account from AZURE_STORAGE_CONNECTION_STRING).
+    #[arg(long, global = true, env = "BI_LEDGER_BACKEND", default_value = "fs")]
+    backend: Backend,
+    /// Directory holding the ledgers (fs backend) and, on any backend, the
+    /// default place of key files.
     #[arg(
         long,
         global = true,
@@ -39,6 +45,14 @@ struct Cli {
         default_value = "./ledger-data"
     )]
     data: PathBuf,
+    /// Blob container (azure backend).
+    #[arg(
+        long,
+        global = true,
+        env = "BI_LEDGER_CONTAINER",
+        default_value = "bi-ledger"
+    )]
+    container: String,
     /// Ledger name.
     #[arg(long, global = true, env = "BI_LEDGER_LEDGER", default_value = "main")]
     ledger: String,
@@ -47,6 +61,12 @@ struct Cli {
     signing_key: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    Fs,
+    Azure,
 }
 
 #[derive(Subcommand)]
@@ -159,10 +179,20 @@ fn main() -> ExitCode {
 
 type Outcome = Result<std::result::Result<(), Integrity>>;
 
-fn store(cli: &Cli) -> Result<Arc<dyn BlobStore>> {
-    let s = FsStore::new(&cli.data)
-        .with_context(|| format!("opening data directory {}", cli.data.display()))?;
-    Ok(Arc::new(s.shared()))
+async fn store(cli: &Cli) -> Result<Arc<dyn BlobStore>> {
+    match cli.backend {
+        Backend::Fs => {
+            let s = FsStore::new(&cli.data)
+                .with_context(|| format!("opening data directory {}", cli.data.display()))?;
+            Ok(Arc::new(s.shared()))
+        }
+        Backend::Azure => {
+            let s = AzureBlobStore::from_env(&cli.container, AzureOptions::default())
+                .await
+                .with_context(|| format!("opening Azure blob container {:?}", cli.container))?;
+            Ok(Arc::new(s))
+        }
+    }
 }
 
 fn key_path(cli: &Cli) -> PathBuf {
@@ -246,13 +276,13 @@ fn read_input(file: Option<&Path>) -> Result<String> {
 
 async fn open_writer(cli: &Cli) -> Result<Ledger> {
     let key = load_key(cli)?;
-    Ledger::open(store(cli)?, &cli.ledger, LedgerOptions::new(key))
+    Ledger::open(store(cli).await?, &cli.ledger, LedgerOptions::new(key))
         .await
         .with_context(|| format!("opening ledger {:?} for writing", cli.ledger))
 }
 
 async fn open_reader(cli: &Cli) -> Result<LedgerReader> {
-    LedgerReader::open(store(cli)?, &cli.ledger)
+    LedgerReader::open(store(cli).await?, &cli.ledger)
         .await
         .with_context(|| format!("opening ledger {:?}", cli.ledger))
 }
@@ -304,7 +334,7 @@ async fn init(cli: &Cli) -> Outcome {
             (k, p)
         }
     };
-    let ledger = Ledger::create(store(cli)?, &cli.ledger, LedgerOptions::new(key))
+    let ledger = Ledger::create(store(cli).await?, &cli.ledger, LedgerOptions::new(key))
         .await
         .with_context(|| format!("creating ledger {:?} in {}", cli.ledger, cli.data.display()))?;
     let vkey = ledger.verifier().to_vkey();
@@ -594,7 +624,7 @@ async fn stats(cli: &Cli) -> Outcome {
 }
 
 async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
-    let store = store(cli)?;
+    let store = store(cli).await?;
     let key_file = key_path(cli);
     let ledger = if key_file.exists() {
         open_writer(cli).await?
@@ -611,9 +641,9 @@ async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
         }
     };
     eprintln!(
-        "demo: appending {stories} business stories (decisions, workflows, metrics, audit) with {writers} concurrent writers to {}/{}",
-        cli.data.display(),
-        cli.ledger
+        "demo: appending {stories} business stories (decisions, workflows, metrics, audit) with {writers} concurrent writers to ledger {:?} at {}",
+        cli.ledger,
+        store.location()
     );
     let start = Instant::now();
     let writers = writers.max(1);

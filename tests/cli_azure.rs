@@ -1,0 +1,173 @@
+//! The CLI on the Azure backend, against Azurite (or the account that
+//! AZURE_STORAGE_CONNECTION_STRING names): every command that reads or
+//! writes a ledger, end to end through the real binary. Like
+//! tests/azure_blob.rs, it fails without an account unless
+//! BI_LEDGER_SKIP_AZURE=1.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use std::io::Write;
+
+fn account() -> Option<String> {
+    match std::env::var("AZURE_STORAGE_CONNECTION_STRING") {
+        Ok(cs) => Some(cs),
+        Err(_) if std::env::var("BI_LEDGER_SKIP_AZURE").is_ok_and(|v| v == "1") => None,
+        Err(_) => panic!(
+            "AZURE_STORAGE_CONNECTION_STRING is not set: run tools/test.sh (it starts Azurite), \
+             or set BI_LEDGER_SKIP_AZURE=1 to skip the Azure tests"
+        ),
+    }
+}
+
+fn run(dir: &Path, container: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bi-ledger"));
+    c.args(["--backend", "azure", "--container", container, "--data"])
+        .arg(dir)
+        .args(args)
+        .env_remove("BI_LEDGER_LEDGER")
+        .env_remove("BI_LEDGER_SIGNING_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let input = stdin.unwrap_or("").to_owned();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_command_on_azure() {
+    if account().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let container = format!("cli-{}-{}", std::process::id(), nanos % 1_000_000_000_000);
+
+    let init = lines(&ok(&run(d, &container, &["init"], None)));
+    assert!(init[0]["public_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("bi-ledger/main+"));
+
+    let input = concat!(
+        r#"{"stream":"decision-1","type":"DecisionQueued","payload":{"title":"EU expansion"},"expected_version":"no_stream"}"#,
+        "\n",
+        r#"{"stream":"decision-1","type":"AgentVoteCast","payload":{"agent":"cfo","vote":"approve"}}"#,
+        "\n",
+        r#"{"stream":"audit-1","type":"AuditEvent","payload":{"action":"read"},"metadata":{"actor":"agent"}}"#,
+        "\n"
+    );
+    let receipts = lines(&ok(&run(d, &container, &["append"], Some(input))));
+    let seqs: Vec<u64> = receipts
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![0, 1, 2]);
+
+    // A conflict writes nothing, on Azure as locally.
+    let stale = r#"{"stream":"decision-1","type":"X","payload":1,"expected_version":0}"#;
+    let o = run(d, &container, &["append"], Some(stale));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let read = lines(&ok(&run(
+        d,
+        &container,
+        &["read", "--stream", "decision-1"],
+        None,
+    )));
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[1]["payload"]["vote"], "approve");
+    assert_eq!(lines(&ok(&run(d, &container, &["read"], None))).len(), 3);
+
+    let pubkey = d.join("main.key.pub");
+    let v = lines(&ok(&run(
+        d,
+        &container,
+        &["verify", "--public-key", pubkey.to_str().unwrap()],
+        None,
+    )));
+    assert_eq!(v[0]["valid"], true);
+    assert_eq!(v[0]["records"], 3);
+
+    ok(&run(d, &container, &["checkpoint"], None));
+    let proof = ok(&run(d, &container, &["prove", "--seq", "1"], None));
+    let checked = lines(&ok(&run(
+        d,
+        &container,
+        &["verify-proof", "--public-key", pubkey.to_str().unwrap()],
+        Some(&proof),
+    )));
+    assert_eq!(checked[0]["valid"], true);
+    assert_eq!(checked[0]["stream"], "decision-1");
+
+    let stats = lines(&ok(&run(d, &container, &["stats"], None)));
+    assert_eq!(stats[0]["records"], 3);
+
+    // A second writer is refused while one holds the lease.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
+        .args(["--backend", "azure", "--container", &container, "--data"])
+        .arg(d)
+        .args(["demo", "--stories", "2000", "--writers", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The demo says it is appending only once it holds the writer lease.
+    let mut progress = std::io::BufReader::new(holder.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut progress, &mut first).unwrap();
+    assert!(first.starts_with("demo: appending"), "{first}");
+    let mut refused = false;
+    for _ in 0..100 {
+        let o = run(d, &container, &["append"], Some(stale));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        if err.contains("locked by another writer") {
+            refused = true;
+            break;
+        }
+        if holder.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = holder.wait().unwrap();
+    assert!(status.success(), "demo on azure failed");
+    assert!(
+        refused,
+        "a second writer was never refused while the demo wrote"
+    );
+    let v = lines(&ok(&run(d, &container, &["verify"], None)));
+    assert_eq!(v[0]["valid"], true);
+}
