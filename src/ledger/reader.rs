@@ -115,26 +115,10 @@ impl LedgerReader {
             verifier: verifier.clone(),
             ..self.meta.clone()
         };
-        let mut blobs: Vec<(u64, String)> = self
-            .store
-            .list(&layout::checkpoint_prefix(&self.meta.name))
-            .await?
-            .into_iter()
-            .filter_map(|b| layout::checkpoint_size(&self.meta.name, &b.name).map(|s| (s, b.name)))
-            .collect();
-        blobs.sort();
+        let blobs = recover::checkpoint_blobs(self.store.as_ref(), &self.meta.name).await?;
         let mut out = Vec::with_capacity(blobs.len());
         for (size, blob) in blobs {
-            let cp = recover::read_checkpoint(self.store.as_ref(), &meta, &blob).await?;
-            if cp.size != size {
-                return Err(IntegrityError::new(
-                    &blob,
-                    0,
-                    None,
-                    format!("checkpoint says size {} but is named for {size}", cp.size),
-                )
-                .into());
-            }
+            let cp = recover::open_checkpoint(self.store.as_ref(), &meta, size, &blob).await?;
             out.push((blob, cp));
         }
         Ok(out)
@@ -232,14 +216,12 @@ impl LedgerReader {
 
     /// Size of the newest checkpoint, from the blob names alone.
     async fn newest_checkpoint_size(&self) -> Result<u64> {
-        Ok(self
-            .store
-            .list(&layout::checkpoint_prefix(&self.meta.name))
-            .await?
-            .iter()
-            .filter_map(|b| layout::checkpoint_size(&self.meta.name, &b.name))
-            .max()
-            .unwrap_or(0))
+        Ok(
+            recover::checkpoint_blobs(self.store.as_ref(), &self.meta.name)
+                .await?
+                .last()
+                .map_or(0, |(size, _)| *size),
+        )
     }
 
     /// Records `from..to` as owned values.

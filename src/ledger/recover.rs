@@ -56,31 +56,49 @@ pub async fn read_meta(store: &dyn BlobStore, ledger: &str) -> Result<Meta> {
     Ok(meta)
 }
 
-/// The newest checkpoint, its signature checked, and the sizes of all.
-pub async fn latest_checkpoint(
-    store: &dyn BlobStore,
-    meta: &Meta,
-) -> Result<Option<(String, Checkpoint)>> {
+/// Checkpoint blobs of a ledger and the sizes their names give, oldest
+/// first. Only names of the exact form count.
+pub async fn checkpoint_blobs(store: &dyn BlobStore, ledger: &str) -> Result<Vec<(u64, String)>> {
     let mut sizes: Vec<(u64, String)> = store
-        .list(&layout::checkpoint_prefix(&meta.name))
+        .list(&layout::checkpoint_prefix(ledger))
         .await?
         .into_iter()
-        .filter_map(|b| layout::checkpoint_size(&meta.name, &b.name).map(|s| (s, b.name)))
+        .filter_map(|b| layout::checkpoint_size(ledger, &b.name).map(|s| (s, b.name)))
         .collect();
     sizes.sort();
-    let Some((size, blob)) = sizes.pop() else {
-        return Ok(None);
-    };
-    let cp = read_checkpoint(store, meta, &blob).await?;
+    Ok(sizes)
+}
+
+/// Reads a checkpoint, checks its signature, origin, and that its size is
+/// the one its name gives.
+pub async fn open_checkpoint(
+    store: &dyn BlobStore,
+    meta: &Meta,
+    size: u64,
+    blob: &str,
+) -> Result<Checkpoint> {
+    let cp = read_checkpoint(store, meta, blob).await?;
     if cp.size != size {
         return Err(IntegrityError::new(
-            &blob,
+            blob,
             0,
             None,
             format!("checkpoint says size {} but is named for {size}", cp.size),
         )
         .into());
     }
+    Ok(cp)
+}
+
+/// The newest checkpoint, its signature checked.
+pub async fn latest_checkpoint(
+    store: &dyn BlobStore,
+    meta: &Meta,
+) -> Result<Option<(String, Checkpoint)>> {
+    let Some((size, blob)) = checkpoint_blobs(store, &meta.name).await?.pop() else {
+        return Ok(None);
+    };
+    let cp = open_checkpoint(store, meta, size, &blob).await?;
     Ok(Some((blob, cp)))
 }
 
