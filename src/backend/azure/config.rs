@@ -1,5 +1,5 @@
-//! Parsing `AZURE_STORAGE_CONNECTION_STRING`: where the blob service is and
-//! how to sign for it. Errors name the missing or malformed setting, never a
+//! Parsing `AZURE_STORAGE_CONNECTION_STRING`: where the blob, queue and
+//! table services are and how to sign for them. Errors name the missing or malformed setting, never a
 //! value (a connection string carries the account key).
 
 use std::fmt;
@@ -16,6 +16,8 @@ pub const DEV_ACCOUNT: &str = "devstoreaccount1";
 pub const DEV_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 pub const DEV_BLOB_ENDPOINT: &str = "http://127.0.0.1:10000/devstoreaccount1";
+pub const DEV_QUEUE_ENDPOINT: &str = "http://127.0.0.1:10001/devstoreaccount1";
+pub const DEV_TABLE_ENDPOINT: &str = "http://127.0.0.1:10002/devstoreaccount1";
 
 /// How requests are authorized.
 #[derive(Clone)]
@@ -63,13 +65,20 @@ impl fmt::Debug for SasToken {
     }
 }
 
-/// A parsed connection string: the blob service endpoint and a credential.
+/// A parsed connection string: the service endpoints and a credential.
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
     /// The blob service URL, e.g. `https://acct.blob.core.windows.net/` or
     /// Azurite's path-style `http://127.0.0.1:10000/devstoreaccount1/`.
     /// Always ends with `/`.
     pub blob_endpoint: Url,
+    /// The queue service URL (`QueueEndpoint`, or derived from the account
+    /// name like the blob one). `None` when the string names neither, as a
+    /// string with only a `BlobEndpoint` does; see [`Self::queue_endpoint`].
+    pub queue_endpoint: Option<Url>,
+    /// The table service URL (`TableEndpoint`, or derived); see
+    /// [`Self::table_endpoint`].
+    pub table_endpoint: Option<Url>,
     pub account: Option<String>,
     pub credential: Credential,
 }
@@ -88,7 +97,8 @@ impl ConnectionInfo {
     /// Parses `Key=Value;Key=Value` as the Azure SDKs do. Accepted keys
     /// (case-insensitive): `UseDevelopmentStorage`, `DefaultEndpointsProtocol`,
     /// `AccountName`, `AccountKey`, `EndpointSuffix`, `BlobEndpoint`,
-    /// `SharedAccessSignature`; others (queue/table endpoints) are ignored.
+    /// `QueueEndpoint`, `TableEndpoint`, `SharedAccessSignature`; others are
+    /// ignored.
     pub fn parse(cs: &str) -> Result<ConnectionInfo, ConfigError> {
         let mut dev = false;
         let mut protocol = None;
@@ -96,6 +106,8 @@ impl ConnectionInfo {
         let mut key = None;
         let mut suffix = None;
         let mut blob_endpoint = None;
+        let mut queue_endpoint = None;
+        let mut table_endpoint = None;
         let mut sas = None;
         if cs.trim().is_empty() {
             return Err(bad("the connection string is empty"));
@@ -124,47 +136,51 @@ impl ConnectionInfo {
                 "accountkey" => key = Some(v),
                 "endpointsuffix" => suffix = Some(v),
                 "blobendpoint" => blob_endpoint = Some(v),
+                "queueendpoint" => queue_endpoint = Some(v),
+                "tableendpoint" => table_endpoint = Some(v),
                 "sharedaccesssignature" => sas = Some(v),
                 _ => {}
             }
         }
         if dev {
-            // Azurite's defaults, unless the string overrides the endpoint
+            // Azurite's defaults, unless the string overrides an endpoint
             // (e.g. Azurite on other ports).
             account.get_or_insert_with(|| DEV_ACCOUNT.to_owned());
             key.get_or_insert_with(|| DEV_KEY.to_owned());
             blob_endpoint.get_or_insert_with(|| DEV_BLOB_ENDPOINT.to_owned());
+            queue_endpoint.get_or_insert_with(|| DEV_QUEUE_ENDPOINT.to_owned());
+            table_endpoint.get_or_insert_with(|| DEV_TABLE_ENDPOINT.to_owned());
         }
-        let endpoint = match blob_endpoint {
-            Some(e) => e,
-            None => {
-                let Some(account) = &account else {
-                    return Err(bad(
-                        "it has neither BlobEndpoint nor AccountName, so the blob service address is unknown",
-                    ));
-                };
-                let protocol = protocol.as_deref().unwrap_or("https");
-                if protocol != "https" && protocol != "http" {
-                    return Err(bad("DefaultEndpointsProtocol must be https or http"));
+        let service = |given: Option<String>, setting: &str, service: &str| {
+            let endpoint = match given {
+                Some(e) => e,
+                None => {
+                    let Some(account) = &account else {
+                        return Err(bad(format!(
+                            "it has neither {setting} nor AccountName, so the {service} service address is unknown",
+                        )));
+                    };
+                    let protocol = protocol.as_deref().unwrap_or("https");
+                    if protocol != "https" && protocol != "http" {
+                        return Err(bad("DefaultEndpointsProtocol must be https or http"));
+                    }
+                    let suffix = suffix.as_deref().unwrap_or("core.windows.net");
+                    format!("{protocol}://{account}.{service}.{suffix}")
                 }
-                let suffix = suffix.as_deref().unwrap_or("core.windows.net");
-                format!("{protocol}://{account}.blob.{suffix}")
-            }
+            };
+            parse_endpoint(&endpoint, setting)
         };
-        let mut blob_endpoint = Url::parse(&endpoint)
-            .map_err(|e| bad(format!("BlobEndpoint is not a valid URL ({e})")))?;
-        if !matches!(blob_endpoint.scheme(), "http" | "https") || blob_endpoint.cannot_be_a_base() {
-            return Err(bad("BlobEndpoint must be an http:// or https:// URL"));
-        }
-        if blob_endpoint.query().is_some() {
-            return Err(bad(
-                "BlobEndpoint must not carry a query; give a SAS as SharedAccessSignature",
-            ));
-        }
-        if !blob_endpoint.path().ends_with('/') {
-            let p = format!("{}/", blob_endpoint.path());
-            blob_endpoint.set_path(&p);
-        }
+        let blob_endpoint = service(blob_endpoint, "BlobEndpoint", "blob")?;
+        // A string written for blobs alone is fine until a queue or table
+        // store is asked for; an endpoint that is given must still parse.
+        let optional = |given: Option<String>, setting: &str, name: &str| {
+            if given.is_none() && account.is_none() {
+                return Ok(None);
+            }
+            service(given, setting, name).map(Some)
+        };
+        let queue_endpoint = optional(queue_endpoint, "QueueEndpoint", "queue")?;
+        let table_endpoint = optional(table_endpoint, "TableEndpoint", "table")?;
         let credential = match (key, sas) {
             (Some(key), _) => {
                 let Some(account) = account.clone() else {
@@ -198,8 +214,24 @@ impl ConnectionInfo {
         };
         Ok(ConnectionInfo {
             blob_endpoint,
+            queue_endpoint,
+            table_endpoint,
             account,
             credential,
+        })
+    }
+
+    /// The queue service URL, or an error naming the missing setting.
+    pub fn queue_endpoint(&self) -> Result<&Url, ConfigError> {
+        self.queue_endpoint.as_ref().ok_or_else(|| {
+            bad("it has neither QueueEndpoint nor AccountName, so the queue service address is unknown")
+        })
+    }
+
+    /// The table service URL, or an error naming the missing setting.
+    pub fn table_endpoint(&self) -> Result<&Url, ConfigError> {
+        self.table_endpoint.as_ref().ok_or_else(|| {
+            bad("it has neither TableEndpoint nor AccountName, so the table service address is unknown")
         })
     }
 
@@ -234,6 +266,26 @@ impl ConnectionInfo {
     }
 }
 
+/// A service URL: http(s), no query, path ending in `/` so that names can
+/// be joined onto it.
+fn parse_endpoint(endpoint: &str, setting: &str) -> Result<Url, ConfigError> {
+    let mut url =
+        Url::parse(endpoint).map_err(|e| bad(format!("{setting} is not a valid URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(bad(format!("{setting} must be an http:// or https:// URL")));
+    }
+    if url.query().is_some() {
+        return Err(bad(format!(
+            "{setting} must not carry a query; give a SAS as SharedAccessSignature"
+        )));
+    }
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    Ok(url)
+}
+
 pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
@@ -264,8 +316,33 @@ mod tests {
             c.blob_endpoint.as_str(),
             "http://127.0.0.1:10000/devstoreaccount1/"
         );
+        assert_eq!(
+            c.queue_endpoint().unwrap().as_str(),
+            "http://127.0.0.1:10001/devstoreaccount1/"
+        );
+        assert_eq!(
+            c.table_endpoint().unwrap().as_str(),
+            "http://127.0.0.1:10002/devstoreaccount1/"
+        );
         assert_eq!(c.account.as_deref(), Some(DEV_ACCOUNT));
         assert!(matches!(c.credential, Credential::SharedKey { .. }));
+    }
+
+    #[test]
+    fn azurite_script_string_names_all_three_services() {
+        let c = ConnectionInfo::parse(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:20000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:20001/devstoreaccount1;TableEndpoint=http://127.0.0.1:20002/devstoreaccount1;",
+        )
+        .unwrap();
+        assert_eq!(c.blob_endpoint.port(), Some(20000));
+        assert_eq!(
+            c.queue_endpoint().unwrap().as_str(),
+            "http://127.0.0.1:20001/devstoreaccount1/"
+        );
+        assert_eq!(
+            c.table_endpoint().unwrap().as_str(),
+            "http://127.0.0.1:20002/devstoreaccount1/"
+        );
     }
 
     #[test]
@@ -277,6 +354,14 @@ mod tests {
         assert_eq!(
             c.blob_endpoint.as_str(),
             "https://acct.blob.core.windows.net/"
+        );
+        assert_eq!(
+            c.queue_endpoint().unwrap().as_str(),
+            "https://acct.queue.core.windows.net/"
+        );
+        assert_eq!(
+            c.table_endpoint().unwrap().as_str(),
+            "https://acct.table.core.windows.net/"
         );
         match c.credential {
             Credential::SharedKey { account, key } => {
@@ -297,6 +382,8 @@ mod tests {
             c.blob_endpoint.as_str(),
             "https://acct.blob.core.windows.net/"
         );
+        let e = c.table_endpoint().unwrap_err();
+        assert!(e.to_string().contains("neither TableEndpoint"), "{e}");
         assert!(
             matches!(&c.credential, Credential::Sas(SasToken(t)) if t == "sv=2022-11-02&sig=abc%2Bdef")
         );
