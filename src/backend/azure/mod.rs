@@ -44,7 +44,7 @@ use super::{
     validate_name, BlobInfo, BlobStore, StoreError, WriterLock, AZURE_MAX_BLOCKS, DEFAULT_MAX_BLOCK,
 };
 
-mod auth;
+pub mod auth;
 pub mod config;
 mod lease;
 
