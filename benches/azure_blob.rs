@@ -191,7 +191,7 @@ impl Sdk {
     async fn append(&self, prefix: &str, appended: u64, block: &azure_core::Bytes) {
         let blob = format!("{prefix}-{}", appended / SDK_BLOCKS_PER_BLOB);
         let client = self.container.blob_client(&blob).append_blob_client();
-        if appended % SDK_BLOCKS_PER_BLOB == 0 {
+        if appended.is_multiple_of(SDK_BLOCKS_PER_BLOB) {
             client.create(None).await.expect("SDK create append blob");
         }
         client
