@@ -44,10 +44,12 @@ use super::{
     validate_name, BlobInfo, BlobStore, StoreError, WriterLock, AZURE_MAX_BLOCKS, DEFAULT_MAX_BLOCK,
 };
 
+pub mod account;
 pub mod auth;
 pub mod config;
 mod lease;
 
+pub use account::{AzureAccount, EntraKind};
 pub use config::{ConfigError, ConnectionInfo, Credential, CONNECTION_STRING_ENV};
 
 use auth::{Redactor, SasPolicy, SharedKeyPolicy};
