@@ -58,7 +58,7 @@ impl fmt::Display for EntraKind {
 #[derive(Clone)]
 pub enum AzureAccount {
     /// Shared Key or SAS, from a connection string or URL + secret.
-    Keyed(ConnectionInfo),
+    Keyed(Box<ConnectionInfo>),
     /// Entra ID tokens for the account at `blob_endpoint`.
     Entra {
         blob_endpoint: Url,
@@ -127,7 +127,7 @@ impl AzureAccount {
     /// a missing identity shows on the first request, named by its kind.
     pub fn from_settings(s: AccountSettings) -> Result<AzureAccount, ConfigError> {
         if let Some(cs) = &s.connection_string {
-            return ConnectionInfo::parse(cs).map(AzureAccount::Keyed);
+            return ConnectionInfo::parse(cs).map(|i| AzureAccount::Keyed(Box::new(i)));
         }
         let Some(url) = &s.account_url else {
             return Err(bad(format!(
@@ -143,7 +143,7 @@ impl AzureAccount {
         }
         if s.key.is_some() || s.sas.is_some() {
             return keyed(&blob_endpoint, s.key.as_deref(), s.sas.as_deref())
-                .map(AzureAccount::Keyed);
+                .map(|i| AzureAccount::Keyed(Box::new(i)));
         }
         if blob_endpoint.scheme() != "https" {
             return Err(ConfigError(format!(
@@ -204,7 +204,7 @@ impl AzureBlobStore {
     ) -> Result<AzureBlobStore, StoreError> {
         match account {
             AzureAccount::Keyed(info) => {
-                Self::from_connection_info(info.clone(), container, opts).await
+                Self::from_connection_info((**info).clone(), container, opts).await
             }
             AzureAccount::Entra {
                 blob_endpoint,
