@@ -154,6 +154,14 @@ async fn ledger_append_read_reopen_verify_prove() {
     ledger::append_read_reopen_verify_prove(s, c.dyn_store()).await;
 }
 
+/// `tests/ledger_api.rs` on Azure: stream reads through the stream index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_stream_reads_use_the_index() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "streams", AzureOptions::default()).await;
+    ledger::stream_reads_use_the_index(c.dyn_store()).await;
+}
+
 /// Many callers at once: group commit batches them into few blocks, and
 /// every acknowledged event is there exactly once, in stream order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -19,3 +19,9 @@ async fn append_read_reopen_verify_prove() {
     // Two handles on one directory, as two processes would have.
     ledger::append_read_reopen_verify_prove(store(dir.path()), store(dir.path())).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_reads_use_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger::stream_reads_use_the_index(store(dir.path())).await;
+}

@@ -11,6 +11,7 @@ pub mod merkle;
 pub mod record;
 pub mod segment;
 pub mod snapshot;
+pub mod stream_index;
 pub mod varint;
 
 /// A SHA-256 digest.

@@ -62,7 +62,24 @@ pub fn snapshot_prefix(ledger: &str) -> String {
 }
 
 pub fn snapshot_size(ledger: &str, blob: &str) -> Option<u64> {
-    let digits = blob.strip_prefix(&snapshot_prefix(ledger))?;
+    size_after(blob, &snapshot_prefix(ledger))
+}
+
+/// The stream index of the records up to checkpoint `size`.
+pub fn stream_index(ledger: &str, size: u64) -> String {
+    format!("{ledger}/streams-{size:020}")
+}
+
+pub fn stream_index_prefix(ledger: &str) -> String {
+    format!("{ledger}/streams-")
+}
+
+pub fn stream_index_size(ledger: &str, blob: &str) -> Option<u64> {
+    size_after(blob, &stream_index_prefix(ledger))
+}
+
+fn size_after(blob: &str, prefix: &str) -> Option<u64> {
+    let digits = blob.strip_prefix(prefix)?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()

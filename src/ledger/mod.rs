@@ -21,6 +21,7 @@ pub mod proof;
 pub mod reader;
 pub mod recover;
 pub mod scan;
+mod streams;
 pub mod tip;
 pub mod verify;
 mod writer;

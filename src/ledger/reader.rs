@@ -126,7 +126,27 @@ impl LedgerReader {
 
     /// Calls `f` with each record whose sequence number is in `from..to`
     /// (`to` = `None`: to the end), in order, until `f` breaks.
-    pub async fn scan<F>(&self, from: u64, to: Option<u64>, mut f: F) -> Result<()>
+    pub async fn scan<F>(&self, from: u64, to: Option<u64>, f: F) -> Result<()>
+    where
+        F: FnMut(&RecordRef<'_>, Location) -> ControlFlow<()>,
+    {
+        let start = self
+            .segments
+            .partition_point(|s| s.first_seq <= from)
+            .saturating_sub(1);
+        self.scan_at(start, HEADER_LEN as u64, from, to, f).await
+    }
+
+    /// [`Self::scan`], starting at byte `offset` (a batch frame) of the
+    /// segment at `start` in [`Self::segments`].
+    pub(crate) async fn scan_at<F>(
+        &self,
+        start: usize,
+        offset: u64,
+        from: u64,
+        to: Option<u64>,
+        mut f: F,
+    ) -> Result<()>
     where
         F: FnMut(&RecordRef<'_>, Location) -> ControlFlow<()>,
     {
@@ -134,20 +154,21 @@ impl LedgerReader {
         if from >= to {
             return Ok(());
         }
-        let start = self
-            .segments
-            .partition_point(|s| s.first_seq <= from)
-            .saturating_sub(1);
         let last = self.segments.len().saturating_sub(1);
-        for seg in self.segments.iter().skip(start) {
+        for (i, seg) in self.segments.iter().enumerate().skip(start) {
             if seg.first_seq >= to {
                 break;
             }
             let mut reached = seg.first_seq;
+            let begin = if i == start {
+                offset
+            } else {
+                HEADER_LEN as u64
+            };
             let mut scan = Scanner::new(
                 self.store.as_ref(),
                 &seg.name,
-                HEADER_LEN as u64,
+                begin,
                 seg.size,
                 self.max_body,
             );
@@ -235,9 +256,9 @@ impl LedgerReader {
         Ok(out)
     }
 
-    /// One stream's events in version order (the log order is version
-    /// order within a stream).
-    pub async fn read_stream(&self, stream: &str) -> Result<Vec<Record>> {
+    /// One stream's events, by reading the whole log (see
+    /// [`Self::read_stream`], which uses the stream index).
+    pub async fn read_stream_scan(&self, stream: &str) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         self.scan(0, None, |r, _| {
             if r.stream == stream {

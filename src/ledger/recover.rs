@@ -356,6 +356,7 @@ pub fn apply_batch(
     for (r, (leaf, mid)) in records.iter().zip(hash_records(&records)) {
         tip.apply(r, mid, leaf)
             .map_err(|what| IntegrityError::new(blob, offset, Some(r.seq), what))?;
+        tip.index_record(r.seq, r.stream, r.stream_version, offset);
     }
     Ok(())
 }

@@ -159,3 +159,34 @@ impl<'s> Scanner<'s> {
         }
     }
 }
+
+/// The one batch frame at `offset` of `blob` (`size` bytes long), if a
+/// whole frame with a good CRC is there. Two reads: header, then frame.
+pub async fn read_frame(
+    store: &dyn BlobStore,
+    blob: &str,
+    offset: u64,
+    size: u64,
+    max_body: usize,
+) -> Result<Option<Chunk>, StoreError> {
+    let header = batch::FRAME_HEADER_LEN as u64;
+    if offset.saturating_add(header) > size {
+        return Ok(None);
+    }
+    let head = store.read(blob, offset, header).await?;
+    let batch::Length::Valid(n) = batch::frame_length(&head) else {
+        return Ok(None);
+    };
+    if n > max_body || offset + header + n as u64 > size {
+        return Ok(None);
+    }
+    let data = store.read(blob, offset, header + n as u64).await?;
+    match batch::parse_frame(&data, max_body) {
+        Frame::Complete { len, .. } => Ok(Some(Chunk {
+            base: offset,
+            data,
+            frames: std::iter::once(0..len).collect(),
+        })),
+        _ => Ok(None),
+    }
+}

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use crate::format::merkle::Frontier;
 use crate::format::record::RecordRef;
 use crate::format::snapshot::Snapshot;
+use crate::format::stream_index::StreamIndex;
 use crate::format::{chain, Hash};
 
 #[derive(Clone, Debug)]
@@ -23,6 +24,9 @@ pub struct Tip {
     /// header has not been read or written yet.
     pub segment_len: u64,
     pub segment_blocks: u64,
+    /// Which batches hold each stream's records since the newest
+    /// checkpoint; written beside the next one.
+    pub index: StreamIndex,
 }
 
 impl Tip {
@@ -37,6 +41,7 @@ impl Tip {
             segment_index: 0,
             segment_len: 0,
             segment_blocks: 0,
+            index: StreamIndex::new(ledger_id, 0),
         }
     }
 
@@ -95,6 +100,19 @@ impl Tip {
         Ok(self.chain_head)
     }
 
+    /// Notes in the stream index that record `r` is in the batch at
+    /// `offset` of the current segment.
+    pub fn index_record(&mut self, seq: u64, stream: &str, version: u64, offset: u64) {
+        self.index
+            .note(seq, stream, version, (self.segment_index, offset));
+    }
+
+    /// The stream index since the last checkpoint, leaving an empty one
+    /// that starts here.
+    pub fn take_index(&mut self) -> StreamIndex {
+        std::mem::replace(&mut self.index, StreamIndex::new(self.ledger_id, self.size))
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let mut streams: Vec<(String, u64)> =
             self.streams.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -115,6 +133,7 @@ impl Tip {
     pub fn from_snapshot(s: Snapshot) -> Result<Tip, String> {
         let frontier = Frontier::from_parts(s.size, s.frontier).map_err(|e| e.to_string())?;
         Ok(Tip {
+            index: StreamIndex::new(s.ledger_id, s.size),
             ledger_id: s.ledger_id,
             size: s.size,
             chain_head: s.chain_head,

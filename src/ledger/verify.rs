@@ -16,6 +16,7 @@ use crate::format::checkpoint::{Checkpoint, Verifier};
 use crate::format::merkle;
 use crate::format::segment::{SegmentHeader, HEADER_LEN};
 use crate::format::snapshot::Snapshot;
+use crate::format::stream_index::StreamIndex;
 use crate::format::{hex, Hash};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +74,7 @@ impl LedgerReader {
             tip.segment_blocks = 1;
             if *index == 0 {
                 // Checkpoint 0 signs the empty ledger.
-                check_checkpoints(self, &mut next_cp, &tip).await?;
+                check_checkpoints(self, &mut next_cp, &mut tip).await?;
             }
             let mut scan = Scanner::new(
                 store.as_ref(),
@@ -137,6 +138,7 @@ impl LedgerReader {
                     for (r, mid) in records.iter().zip(mids) {
                         tip.link(r, mid)
                             .map_err(|what| IntegrityError::new(name, offset, Some(r.seq), what))?;
+                        tip.index_record(r.seq, r.stream, r.stream_version, offset);
                     }
                     for (height, hash) in subtrees {
                         tip.frontier.append_subtree(height, hash).map_err(|e| {
@@ -145,7 +147,7 @@ impl LedgerReader {
                     }
                     tip.segment_len = offset + len;
                     tip.segment_blocks += 1;
-                    check_checkpoints(self, &mut next_cp, &tip).await?;
+                    check_checkpoints(self, &mut next_cp, &mut tip).await?;
                 }
                 progress(done_before + chunk.base + chunk.data.len() as u64, total);
             }
@@ -190,7 +192,7 @@ impl LedgerReader {
 async fn check_checkpoints<'a, I>(
     reader: &LedgerReader,
     next: &mut std::iter::Peekable<I>,
-    tip: &Tip,
+    tip: &mut Tip,
 ) -> Result<()>
 where
     I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
@@ -236,7 +238,62 @@ where
             .into());
         }
         check_snapshot(reader, cp, tip, next.len() == 1).await?;
+        check_stream_index(reader, cp, tip.take_index()).await?;
         next.next();
+    }
+    Ok(())
+}
+
+/// A checkpoint's stream index, where there is one, must list exactly the
+/// batches that hold each stream's records since the previous checkpoint.
+/// It is a cache: a missing one only makes stream reads scan.
+async fn check_stream_index(
+    reader: &LedgerReader,
+    cp: &Checkpoint,
+    want: StreamIndex,
+) -> Result<()> {
+    if want.from == want.to {
+        return Ok(());
+    }
+    let blob = super::layout::stream_index(reader.name(), cp.size);
+    let bytes = match reader.store().read_all(&blob).await {
+        Ok(b) => b,
+        Err(crate::backend::StoreError::NotFound { .. }) => {
+            tracing::debug!(checkpoint = cp.size, "no stream index for this checkpoint");
+            return Ok(());
+        }
+        Err(e) => return Err(LedgerError::Store(e)),
+    };
+    let idx = StreamIndex::decode(&bytes)
+        .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
+    if idx != want {
+        let what = if (idx.from, idx.to) != (want.from, want.to) || idx.ledger_id != want.ledger_id
+        {
+            format!(
+                "stream index covers records {}..{} of ledger {}, the log says {}..{} of {}",
+                idx.from,
+                idx.to,
+                hex(&idx.ledger_id),
+                want.from,
+                want.to,
+                hex(&want.ledger_id)
+            )
+        } else {
+            let stream = idx
+                .streams
+                .iter()
+                .zip(want.streams.iter())
+                .find(|(a, b)| a != b)
+                .map(|((s, _), _)| s.clone())
+                .or_else(|| {
+                    let (a, b) = (idx.streams.len(), want.streams.len());
+                    let longer = if a > b { &idx.streams } else { &want.streams };
+                    longer.keys().nth(a.min(b)).cloned()
+                })
+                .unwrap_or_default();
+            format!("stream index differs from the log at stream {stream:?}")
+        };
+        return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
     }
     Ok(())
 }

@@ -321,6 +321,10 @@ impl Writer {
         }
         let segment = self.tip.segment_index;
         let offset = self.tip.segment_len;
+        for r in &next.records {
+            self.tip
+                .index_record(r.seq, &r.stream, r.stream_version, offset);
+        }
         let name = layout::segment(&self.meta.name, segment);
         let store = self.store.clone();
         let len = block.len() as u64;
@@ -466,22 +470,19 @@ impl Writer {
             time_us: crate::time::now_us(),
         };
         let note = cp.sign(&Meta::key_name(&self.meta.name), &self.key);
-        let snap_blob = layout::snapshot(&self.meta.name, cp.size);
-        let snap = self.tip.snapshot().encode();
-        match self.store.put(&snap_blob, &snap).await {
-            Ok(()) => {}
-            // A crash between snapshot and checkpoint leaves an orphan
-            // snapshot of this size. No checkpoint refers to it (or this one
-            // would not be written), so it is replaced; usually its bytes are
-            // the same, but a recovered rollover since moves the position.
-            Err(StoreError::AlreadyExists { .. }) => {
-                if self.store.read_all(&snap_blob).await? != snap {
-                    self.store.delete(&snap_blob).await?;
-                    self.store.put(&snap_blob, &snap).await?;
-                }
-            }
-            Err(e) => return Err(e.into()),
+        debug_assert_eq!(
+            self.tip.index.to, self.tip.size,
+            "a checkpoint waits for every admitted record"
+        );
+        // The stream index and the snapshot go first: a checkpoint must
+        // never exist without them (both are caches the reader relies on).
+        if self.tip.index.to > self.tip.index.from {
+            let blob = layout::stream_index(&self.meta.name, cp.size);
+            self.put_cache(&blob, &self.tip.index.encode()).await?;
         }
+        let snap_blob = layout::snapshot(&self.meta.name, cp.size);
+        self.put_cache(&snap_blob, &self.tip.snapshot().encode())
+            .await?;
         let blob = layout::checkpoint(&self.meta.name, cp.size);
         self.store.put(&blob, note.as_bytes()).await?;
         info!(size = cp.size, checkpoint = %blob, "wrote checkpoint");
@@ -493,7 +494,27 @@ impl Writer {
         };
         self.last_checkpoint = Some(info.clone());
         self.last_checkpoint_at = Instant::now();
+        self.tip.take_index();
         Ok(info)
+    }
+
+    /// Puts a cache blob (snapshot, stream index) of a checkpoint about to
+    /// be written. A crash between it and its checkpoint leaves an orphan of
+    /// this name. No checkpoint refers to it (or this one would not be
+    /// written), so it is replaced; usually its bytes are the same, but a
+    /// recovered rollover since moves the position.
+    async fn put_cache(&self, blob: &str, bytes: &[u8]) -> Result<()> {
+        match self.store.put(blob, bytes).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::AlreadyExists { .. }) => {
+                if self.store.read_all(blob).await? != bytes {
+                    self.store.delete(blob).await?;
+                    self.store.put(blob, bytes).await?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

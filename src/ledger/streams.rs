@@ -1,0 +1,156 @@
+//! Reading one stream through the stream index blobs that the writer puts
+//! beside each checkpoint: the batches they list, then the log after the
+//! newest of them. A ledger of ten years and millions of entities is not
+//! read whole to show one entity's history.
+//!
+//! The indexes are a cache. One that is missing, damaged or out of line
+//! ends the indexed part there, and the rest is scanned; records that do
+//! not come out as versions 0, 1, 2, ... make the read start over as a full
+//! scan (logged). Only `verify` proves an index right.
+
+use std::ops::ControlFlow;
+
+use tracing::warn;
+
+use super::layout;
+use super::reader::LedgerReader;
+use crate::error::{IntegrityError, Result};
+use crate::format::record::Record;
+use crate::format::stream_index::{Position, StreamIndex};
+use crate::format::DecodeError;
+
+impl LedgerReader {
+    /// One stream's events in version order (the log order is version
+    /// order within a stream).
+    pub async fn read_stream(&self, stream: &str) -> Result<Vec<Record>> {
+        if let Some(out) = self.read_stream_indexed(stream).await? {
+            return Ok(out);
+        }
+        self.read_stream_scan(stream).await
+    }
+
+    /// [`Self::read_stream`] through the indexes only: `None` when they are
+    /// missing or do not add up, and a full scan is needed.
+    pub async fn read_stream_indexed(&self, stream: &str) -> Result<Option<Vec<Record>>> {
+        let mut out: Vec<Record> = Vec::new();
+        // Where the indexed part ends: the next record, and the last batch
+        // an index listed (the scan resumes there and skips what it holds).
+        let mut covered = 0u64;
+        let mut resume: Option<Position> = None;
+        let prefix = layout::stream_index_prefix(self.name());
+        let mut blobs: Vec<(u64, String)> = self
+            .store()
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|b| layout::stream_index_size(self.name(), &b.name).map(|s| (s, b.name)))
+            .collect();
+        blobs.sort();
+        for (size, blob) in blobs {
+            let Some(idx) = self.index_in_line(&blob, size, covered).await? else {
+                break;
+            };
+            if let Some(e) = idx.streams.get(stream) {
+                for &at in &e.positions {
+                    let Some(found) = self.stream_in_batch(stream, at, &idx).await? else {
+                        return Ok(None);
+                    };
+                    out.extend(found);
+                }
+                if out.last().map(|r| r.stream_version) != Some(e.last_version) {
+                    warn!(index = %blob, "stream index disagrees with its batches; scanning the log");
+                    return Ok(None);
+                }
+            }
+            covered = idx.to;
+            resume = idx.last_position().or(resume);
+        }
+        let Some((segment, offset)) = resume else {
+            return Ok(None); // nothing indexed: the plain scan is the same work
+        };
+        let Some(start) = self.segments().iter().position(|s| s.index == segment) else {
+            return Ok(None);
+        };
+        self.scan_at(start, offset, covered, None, |r, _| {
+            if r.stream == stream {
+                out.push(r.to_owned());
+            }
+            ControlFlow::Continue(())
+        })
+        .await?;
+        if out
+            .iter()
+            .enumerate()
+            .any(|(i, r)| r.stream_version != i as u64)
+        {
+            warn!(
+                stream_records = out.len(),
+                "stream index misses records; scanning the log"
+            );
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
+    /// The index in `blob` if it continues the chain at record `covered`.
+    async fn index_in_line(
+        &self,
+        blob: &str,
+        size: u64,
+        covered: u64,
+    ) -> Result<Option<StreamIndex>> {
+        let bytes = match self.store().read_all(blob).await {
+            Ok(b) => b,
+            Err(crate::backend::StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match StreamIndex::decode(&bytes) {
+            Ok(idx) if idx.from == covered && idx.to == size && idx.ledger_id == self.id() => {
+                Ok(Some(idx))
+            }
+            Ok(_) => {
+                warn!(index = %blob, "stream index out of line with the ones before; scanning from there");
+                Ok(None)
+            }
+            Err(e) => {
+                warn!(index = %blob, error = %e, "unreadable stream index; scanning from there");
+                Ok(None)
+            }
+        }
+    }
+
+    /// `stream`'s records in the batch at `at` that `idx` covers; `None`
+    /// if no whole batch is there.
+    async fn stream_in_batch(
+        &self,
+        stream: &str,
+        (segment, offset): Position,
+        idx: &StreamIndex,
+    ) -> Result<Option<Vec<Record>>> {
+        let Some(seg) = self.segments().iter().find(|s| s.index == segment) else {
+            return Ok(None);
+        };
+        let Some(chunk) = super::scan::read_frame(
+            self.store().as_ref(),
+            &seg.name,
+            offset,
+            seg.size,
+            self.max_body(),
+        )
+        .await?
+        else {
+            return Ok(None);
+        };
+        let body = chunk.frame(0);
+        let mut out = Vec::new();
+        for r in body.iter() {
+            let r = r.map_err(|e: DecodeError| {
+                IntegrityError::new(&seg.name, offset + e.offset as u64, None, e.what)
+            })?;
+            if r.stream == stream && (idx.from..idx.to).contains(&r.seq) {
+                out.push(r.to_owned());
+            }
+        }
+        Ok(Some(out))
+    }
+}
