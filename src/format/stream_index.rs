@@ -19,7 +19,7 @@
 //! under at least one stream and the greatest position is the range's last
 //! batch.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
@@ -36,7 +36,9 @@ pub struct StreamIndex {
     /// Records `from..to` are indexed.
     pub from: u64,
     pub to: u64,
-    pub streams: BTreeMap<String, StreamEntry>,
+    /// Hashed, not sorted: the writer notes every record it appends here,
+    /// and sorting is left to `encode`, once per checkpoint.
+    pub streams: HashMap<String, StreamEntry>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -90,7 +92,9 @@ impl StreamIndex {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.extend_from_slice(&(self.streams.len() as u64).to_le_bytes());
-        for (s, e) in &self.streams {
+        let mut sorted: Vec<_> = self.streams.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (s, e) in sorted {
             varint::put(&mut b, s.len() as u64);
             b.extend_from_slice(s.as_bytes());
             varint::put(&mut b, e.last_version);
@@ -136,7 +140,7 @@ impl StreamIndex {
             ledger_id: b[12..28].try_into().unwrap(),
             from: u64_at(28),
             to: u64_at(36),
-            streams: BTreeMap::new(),
+            streams: HashMap::new(),
         };
         if idx.from > idx.to {
             return Err(DecodeError::new(28, "range starts after it ends"));
@@ -207,7 +211,7 @@ mod tests {
             .prop_map(|(id, from, recs)| {
                 let mut idx = StreamIndex::new(id, from);
                 let (mut seg, mut off) = (0u64, 84u64);
-                let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+                let mut versions: std::collections::BTreeMap<String, u64> = Default::default();
                 for (i, (stream, new_seg, new_batch)) in recs.into_iter().enumerate() {
                     if new_seg == 0 {
                         seg += 1;

@@ -281,15 +281,11 @@ async fn check_stream_index(
         } else {
             let stream = idx
                 .streams
-                .iter()
-                .zip(want.streams.iter())
-                .find(|(a, b)| a != b)
-                .map(|((s, _), _)| s.clone())
-                .or_else(|| {
-                    let (a, b) = (idx.streams.len(), want.streams.len());
-                    let longer = if a > b { &idx.streams } else { &want.streams };
-                    longer.keys().nth(a.min(b)).cloned()
-                })
+                .keys()
+                .chain(want.streams.keys())
+                .filter(|s| idx.streams.get(*s) != want.streams.get(*s))
+                .min()
+                .cloned()
                 .unwrap_or_default();
             format!("stream index differs from the log at stream {stream:?}")
         };

@@ -321,10 +321,6 @@ impl Writer {
         }
         let segment = self.tip.segment_index;
         let offset = self.tip.segment_len;
-        for r in &next.records {
-            self.tip
-                .index_record(r.seq, &r.stream, r.stream_version, offset);
-        }
         let name = layout::segment(&self.meta.name, segment);
         let store = self.store.clone();
         let len = block.len() as u64;
@@ -332,7 +328,12 @@ impl Writer {
         self.tip.segment_len += len;
         self.tip.segment_blocks += 1;
 
-        // Hash while the block is on its way to the disk.
+        // Index and hash while the block is on its way to the disk.
+        for r in &next.records {
+            self.tip
+                .index
+                .note(r.seq, &r.stream, r.stream_version, (segment, offset));
+        }
         let leaves: Vec<_> = if next.records.len() >= 64 {
             next.records.par_iter().map(Record::leaf_hash).collect()
         } else {
