@@ -63,6 +63,11 @@ pub struct Writer {
 
 type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
 
+/// Batches smaller than this are hashed on the writer's own thread: waking
+/// rayon's workers costs more than hashing a few dozen records, which
+/// overlaps the write anyway (group commit's batches are about this size).
+const PARALLEL_HASHING: usize = 256;
+
 /// Longest a ready batch waits for the callers of the previous one.
 const HOLD: Duration = Duration::from_micros(300);
 
@@ -334,12 +339,12 @@ impl Writer {
                 .index
                 .note(r.seq, &r.stream, r.stream_version, (segment, offset));
         }
-        let leaves: Vec<_> = if next.records.len() >= 64 {
+        let leaves: Vec<_> = if next.records.len() >= PARALLEL_HASHING {
             next.records.par_iter().map(Record::leaf_hash).collect()
         } else {
             next.records.iter().map(Record::leaf_hash).collect()
         };
-        let mids: Vec<_> = if leaves.len() >= 64 {
+        let mids: Vec<_> = if leaves.len() >= PARALLEL_HASHING {
             leaves.par_iter().map(chain::midstate).collect()
         } else {
             leaves.iter().map(chain::midstate).collect()
