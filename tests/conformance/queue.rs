@@ -51,6 +51,7 @@ macro_rules! for_each_queue_check {
             create_is_idempotent_and_missing_queue_is_not_found,
             send_receive_delete,
             text_round_trips_exactly,
+            unknown_message_ids_are_not_found,
             visibility_timeout_hides_then_redelivers,
             stale_pop_receipt_cannot_delete,
             update_visibility_moves_the_deadline,
@@ -320,6 +321,23 @@ pub async fn text_round_trips_exactly(b: &dyn Backend) {
         .map(|m| (m.id, m.body))
         .collect();
     assert_eq!(got, sent, "received bodies");
+}
+
+/// An id no message has, whatever its shape (a path, a query, empty), is
+/// `MessageNotFound` in an existing queue, and the queue's absence wins.
+pub async fn unknown_message_ids_are_not_found(b: &dyn Backend) {
+    let (s, q) = fresh(b, "ids").await;
+    let kept = send(&*s, &q, "kept").await;
+    let missing = unique("missing");
+    let well_formed = uuid::Uuid::new_v4().hyphenated().to_string();
+    for id in [well_formed.as_str(), "../x", "a?b=c", "a/b", ""] {
+        assert_message_not_found(s.delete(&q, id, "r").await, &q, id);
+        assert_message_not_found(s.update_visibility(&q, id, "r", SEC).await, &q, id);
+        assert_queue_not_found(s.delete(&missing, id, "r").await, &missing);
+    }
+    let p = peek_all(&*s, &q).await;
+    assert_eq!(p.len(), 1, "nothing else was touched");
+    assert_eq!(p[0].id, kept);
 }
 
 pub async fn visibility_timeout_hides_then_redelivers(b: &dyn Backend) {

@@ -228,12 +228,17 @@ impl AzureQueueStore {
     /// For a message id that cannot exist: the answer the service would
     /// give, without putting it in a URL.
     async fn no_such_message(&self, t: &Target<'_>) -> QueueError {
-        match self.approximate_len(t.queue).await {
+        let client = match self.client(t) {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        // The queue's existence decides, as it does on the service.
+        match self.call(t, || client.get_properties(None)).await.result {
             Ok(_) => QueueError::MessageNotFound {
                 queue: t.queue.to_owned(),
                 id: t.id.unwrap_or_default().to_owned(),
             },
-            Err(e) => e,
+            Err(e) => self.error(t, &e),
         }
     }
 }
@@ -281,14 +286,12 @@ impl QueueStore for AzureQueueStore {
         let (delay_s, ttl_s) = validate_send_options(opts)?;
         let t = self.target("send a message", queue, None);
         let client = self.client(&t)?;
-        let secs = |s: u64| i32::try_from(s).map_err(|_| t.answer("duration beyond i32 seconds"));
+        // Both fit: the validator caps them at 7 days and `MAX_TTL`.
+        let secs = |s: u64| i32::try_from(s).unwrap_or(i32::MAX);
         let options = QueueClientSendMessageOptions {
-            visibility_timeout: Some(secs(delay_s)?),
+            visibility_timeout: Some(secs(delay_s)),
             // -1: never expires (service version 2017-07-29 and later).
-            message_time_to_live: Some(match ttl_s {
-                Some(s) => secs(s)?,
-                None => -1,
-            }),
+            message_time_to_live: Some(ttl_s.map_or(-1, secs)),
             ..Default::default()
         };
         let xml = azure_core::Bytes::from(message_xml(body));
