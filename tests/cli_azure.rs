@@ -171,3 +171,71 @@ fn every_command_on_azure() {
     let v = lines(&ok(&run(d, &container, &["verify"], None)));
     assert_eq!(v[0]["valid"], true);
 }
+
+/// Without a connection string: an account URL with the account key, as
+/// `AZURE_STORAGE_KEY` gives it; the same ledger is then readable through
+/// the connection string. An http URL without a secret is refused (Entra
+/// ID tokens only go over https) before anything is sent.
+#[test]
+fn account_url_with_key_and_refusals() {
+    use bi_ledger::backend::azure::config::{DEV_ACCOUNT, DEV_KEY};
+    use bi_ledger::backend::azure::ConnectionInfo;
+    let Some(cs) = account() else { return };
+    let info = ConnectionInfo::parse(&cs).unwrap();
+    if info.account.as_deref() != Some(DEV_ACCOUNT) {
+        eprintln!("not Azurite: the account key is not known to this test; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let container = format!("cli-url-{}", uuid::Uuid::new_v4().simple());
+    let url = info.blob_endpoint.as_str();
+    let by_url = |args: &[&str], key: Option<&str>, stdin: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bi-ledger"));
+        c.args(["--backend", "azure", "--container", &container, "--data"])
+            .arg(d)
+            .args(["--account-url", url])
+            .args(args)
+            .env_remove("AZURE_STORAGE_CONNECTION_STRING")
+            .env_remove("AZURE_STORAGE_SAS_TOKEN")
+            .env_remove("BI_LEDGER_LEDGER")
+            .env_remove("BI_LEDGER_SIGNING_KEY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match key {
+            Some(k) => c.env("AZURE_STORAGE_KEY", k),
+            None => c.env_remove("AZURE_STORAGE_KEY"),
+        };
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    ok(&by_url(&["init"], Some(DEV_KEY), None));
+    let r = lines(&ok(&by_url(
+        &["append"],
+        Some(DEV_KEY),
+        Some("{\"stream\":\"s-1\",\"type\":\"Opened\",\"payload\":{\"n\":1}}\n"),
+    )));
+    assert_eq!(r[0]["seq"], 0);
+    // The same ledger through the connection string.
+    let read = lines(&ok(&run(d, &container, &["read"], None)));
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0]["stream"], "s-1");
+
+    let o = by_url(&["verify"], None, None);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("BI_LEDGER_AZURE_ACCOUNT_URL"), "{err}");
+    assert!(err.contains("https"), "{err}");
+
+    let o = by_url(&["verify"], Some("bm90IHRoZSBrZXk="), None);
+    assert_ne!(o.status.code(), Some(0), "a wrong key was accepted");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("bm90IHRoZSBrZXk="), "the key leaked: {err}");
+}

@@ -556,23 +556,31 @@ async fn orphan_snapshot_then_interrupted_rollover_then_close() {
 }
 
 /// A put interrupted before its link leaves only a hidden temporary file,
-/// which neither `open` nor `verify` sees.
+/// which neither `open` nor `verify` sees, and which the next writer's
+/// lock removes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_put_leaves_only_a_hidden_temp_file() {
     let c = build(3, &[1, 1, 1], None).await;
     let dir = c.copy();
     let size = c.records.len() as u64;
+    let mut temps = Vec::new();
     for blob in [layout::snapshot(NAME, size), layout::checkpoint(NAME, size)] {
         let (parent, file) = blob.rsplit_once('/').unwrap();
-        std::fs::write(
-            dir.path()
-                .join(parent)
-                .join(format!(".{file}.tmp-0123abcd")),
-            b"half a blob",
-        )
-        .unwrap();
+        let p = dir
+            .path()
+            .join(parent)
+            .join(format!(".{file}.tmp-0123abcd"));
+        std::fs::write(&p, b"half a blob").unwrap();
+        temps.push(p);
     }
+    // A reader neither needs nor touches them.
+    let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
+    drop(reader);
+    assert!(temps.iter().all(|p| p.exists()));
     recovers_to(dir.path(), 3, &c.records, None, true).await;
+    for p in &temps {
+        assert!(!p.exists(), "{} was left behind", p.display());
+    }
 }
 
 // ------------------------------------ damage a crash cannot cause: refused

@@ -8,6 +8,10 @@
 #                            ~3.5 GB of disk under target/bench-data)
 #   tools/bench.sh --quick   every bench once, no measurement (CI smoke test)
 #   tools/bench.sh --summary only print the summary of the last run
+#   tools/bench.sh --azure   the Azure benches (benches/azure_*.rs) against an
+#                            Azurite of their own (ports 10100-10102), started
+#                            and stopped here; our layer beside the SDK's own
+#                            calls
 #
 # Run it on a quiet machine: other builds on the 2 cores or the same disk
 # show up in every figure. The summary is also written to
@@ -19,16 +23,41 @@ mode=full
 big=0
 for arg in "$@"; do
     case "$arg" in
+        --azure) mode=azure ;;
         --quick) mode=quick ;;
         --big) big=1 ;;
         --summary) mode=summary ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
 
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 crit="$target/criterion"
+
+if [ "$mode" = azure ]; then
+    # A private Azurite: the benches leave large containers behind (deleting
+    # them stalls Azurite for minutes), so this one is thrown away after.
+    export AZURITE_BLOB_PORT=10100 AZURITE_QUEUE_PORT=10101 AZURITE_TABLE_PORT=10102
+    export AZURITE_STATE_DIR="$target/azurite-bench"
+    tools/azurite.sh start
+    trap 'tools/azurite.sh stop' EXIT
+    eval "$(tools/azurite.sh env)"
+    rm -f "$crit"/bi-ledger-latency.json "$crit"/bi-ledger-facts.json
+    azure_benches=()
+    for b in benches/azure_*.rs; do
+        azure_benches+=(--bench "$(basename "$b" .rs)")
+    done
+    echo "== cargo bench ${azure_benches[*]} (Azurite on 127.0.0.1:$AZURITE_BLOB_PORT-$AZURITE_TABLE_PORT)"
+    cargo bench --locked "${azure_benches[@]}" 2>&1 | tee "$target/azure-bench.log" |
+        grep -E '^(azure|Benchmarking .*: Analyzing)|time:|thrpt:|LATENCY|FACT' | grep -v Analyzing
+    echo
+    echo "== summary (events or operations per second, criterion's middle estimate)"
+    grep -E '^[a-z_/0-9]+ +time:|^[a-z_/0-9]+$|thrpt:' "$target/azure-bench.log" |
+        awk '/^[a-z]/ {name=$1; seen=0} /thrpt:/ && !seen {gsub(/\[|\]/, ""); print name ": " $4 " " $5; seen=1}'
+    grep -E '^LATENCY' "$target/azure-bench.log" || true
+    exit 0
+fi
 
 if [ "$mode" != summary ]; then
     echo "== machine"

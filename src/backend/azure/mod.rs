@@ -41,12 +41,14 @@ use super::{
     validate_name, BlobInfo, BlobStore, StoreError, WriterLock, AZURE_MAX_BLOCKS, DEFAULT_MAX_BLOCK,
 };
 
-mod auth;
+pub mod account;
+pub mod auth;
 pub mod config;
 mod lease;
 pub mod queue;
 mod transport;
 
+pub use account::{AzureAccount, EntraKind};
 pub use config::{ConfigError, ConnectionInfo, Credential, CONNECTION_STRING_ENV};
 pub use queue::{AzureQueueOptions, AzureQueueStore};
 pub use transport::RetrySettings;

@@ -612,12 +612,41 @@ impl BlobStore for SharedFs {
                 .open(&path)
                 .map_err(|e| io("open lock file of", &name, e))?;
             match f.try_lock() {
-                Ok(()) => Ok(Box::new(FsLock { _file: f }) as Box<dyn WriterLock>),
+                Ok(()) => {
+                    remove_orphan_temp_files(path.parent().unwrap());
+                    Ok(Box::new(FsLock { _file: f }) as Box<dyn WriterLock>)
+                }
                 Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { what: name }),
                 Err(std::fs::TryLockError::Error(e)) => Err(io("lock", &name, e)),
             }
         })
         .await
+    }
+}
+
+/// Deletes the temp files of `put`s that a crash interrupted, in the
+/// directory whose writer lock was just taken. Only the lock holder puts
+/// there, so a temp file found now belongs to no live call. Failing to
+/// delete one is logged, never fatal: the file is invisible to every reader.
+fn remove_orphan_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with('.') && name.contains(".tmp-")) {
+            continue;
+        }
+        let path = e.path();
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "removed the temp file of an interrupted put")
+            }
+            Err(err) => {
+                tracing::warn!(file = %path.display(), error = %err, "could not remove the temp file of an interrupted put")
+            }
+        }
     }
 }
 

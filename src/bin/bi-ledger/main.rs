@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bi_ledger::backend::azure::{AzureBlobStore, AzureOptions};
+use bi_ledger::backend::azure::account::{AccountSettings, ACCOUNT_URL_ENV};
+use bi_ledger::backend::azure::{AzureAccount, AzureBlobStore, AzureOptions};
 use bi_ledger::backend::fs::FsStore;
 use bi_ledger::backend::BlobStore;
 use bi_ledger::format::checkpoint::{Checkpoint, Verifier};
@@ -33,7 +34,9 @@ use serde_json::json;
 )]
 struct Cli {
     /// Where the ledger lives: `fs` (files under --data) or `azure` (append
-    /// blobs in --container, account from AZURE_STORAGE_CONNECTION_STRING).
+    /// blobs in --container, account from AZURE_STORAGE_CONNECTION_STRING,
+    /// or --account-url with AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN or
+    /// Entra ID).
     #[arg(long, global = true, env = "BI_LEDGER_BACKEND", default_value = "fs")]
     backend: Backend,
     /// Directory holding the ledgers (fs backend) and, on any backend, the
@@ -53,6 +56,13 @@ struct Cli {
         default_value = "bi-ledger"
     )]
     container: String,
+    /// Blob service URL of the account (azure backend), used when
+    /// AZURE_STORAGE_CONNECTION_STRING is not set. With AZURE_STORAGE_KEY or
+    /// AZURE_STORAGE_SAS_TOKEN that secret signs requests; with neither,
+    /// Entra ID does (workload identity if AZURE_FEDERATED_TOKEN_FILE is
+    /// set, else managed identity; AZURE_CLIENT_ID picks a user-assigned one).
+    #[arg(long, global = true, env = ACCOUNT_URL_ENV)]
+    account_url: Option<String>,
     /// Ledger name.
     #[arg(long, global = true, env = "BI_LEDGER_LEDGER", default_value = "main")]
     ledger: String,
@@ -187,7 +197,15 @@ async fn store(cli: &Cli) -> Result<Arc<dyn BlobStore>> {
             Ok(Arc::new(s.shared()))
         }
         Backend::Azure => {
-            let s = AzureBlobStore::from_env(&cli.container, AzureOptions::default())
+            let mut settings = AccountSettings::from_env();
+            if cli.account_url.is_some() {
+                settings.account_url = cli.account_url.clone();
+            }
+            let account = AzureAccount::from_settings(settings)?;
+            if let AzureAccount::Entra { kind, .. } = &account {
+                tracing::info!(%kind, "authorizing with Entra ID");
+            }
+            let s = AzureBlobStore::open(&account, &cli.container, AzureOptions::default())
                 .await
                 .with_context(|| format!("opening Azure blob container {:?}", cli.container))?;
             Ok(Arc::new(s))
