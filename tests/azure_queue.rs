@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bi_ledger::backend::azure::queue::AzureQueueError;
 use bi_ledger::backend::azure::{
-    AzureQueueOptions, AzureQueueStore, ConnectionInfo, RetrySettings,
+    AzureAccount, AzureQueueOptions, AzureQueueStore, ConnectionInfo, RetrySettings,
 };
 use bi_ledger::backend::queue::{QueueError, QueueStore, SendOptions};
 
@@ -271,4 +271,19 @@ fn configuration_errors_name_the_setting() {
     let err =
         AzureQueueStore::from_connection_string("AccountName=a", Default::default()).unwrap_err();
     assert!(err.to_string().contains("AccountKey"), "{err}");
+}
+
+/// The account the CLI resolves (`AzureAccount`) opens a queue store too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_from_an_azure_account() {
+    let account = account_or_skip!();
+    let s =
+        AzureQueueStore::open(&AzureAccount::Keyed(Box::new(account)), Default::default()).unwrap();
+    let q = unique("account");
+    s.create_queue(&q).await.unwrap();
+    s.send(&q, "via account", &SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(s.peek(&q, 1).await.unwrap()[0].body, "via account");
+    s.delete_queue(&q).await.unwrap();
 }

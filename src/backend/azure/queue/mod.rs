@@ -27,6 +27,7 @@ use azure_storage_queue::models::{
 use azure_storage_queue::{QueueClient, QueueServiceClient, QueueServiceClientOptions};
 use tracing::{debug, warn};
 
+use super::account::AzureAccount;
 use super::auth::Redactor;
 use super::config::{ConnectionInfo, Credential, CONNECTION_STRING_ENV};
 use super::transport::{attempt, describe, Attempted, Connection, RetrySettings};
@@ -125,6 +126,30 @@ impl AzureQueueStore {
         opts: AzureQueueOptions,
     ) -> Result<Self, QueueError> {
         Self::build(queue_endpoint, None, Vec::new(), Some(credential), opts)
+    }
+
+    /// The queue service of `account` (see [`AzureAccount::from_env`]). For
+    /// Entra ID the queue service URL is the blob one with `queue` for
+    /// `blob` in the host name (`acct.blob.core.windows.net` →
+    /// `acct.queue.core.windows.net`).
+    pub fn open(account: &AzureAccount, opts: AzureQueueOptions) -> Result<Self, QueueError> {
+        match account {
+            AzureAccount::Keyed(info) => Self::from_connection_info((**info).clone(), opts),
+            AzureAccount::Entra {
+                blob_endpoint,
+                credential,
+                ..
+            } => {
+                let endpoint = queue_endpoint_of(blob_endpoint).ok_or_else(|| {
+                    wire::config(
+                        CONFIGURE,
+                        "account URL",
+                        format!("cannot tell the queue service of {blob_endpoint} (expected https://ACCOUNT.blob.SUFFIX)"),
+                    )
+                })?;
+                Self::with_token_credential(endpoint, credential.clone(), opts)
+            }
+        }
     }
 
     fn build(
@@ -241,6 +266,16 @@ impl AzureQueueStore {
             Err(e) => self.error(t, &e),
         }
     }
+}
+
+/// `https://acct.blob.SUFFIX/` → `https://acct.queue.SUFFIX/`.
+fn queue_endpoint_of(blob_endpoint: &Url) -> Option<Url> {
+    let host = blob_endpoint.host_str()?;
+    let (account, suffix) = host.split_once(".blob.")?;
+    let mut url = blob_endpoint.clone();
+    url.set_host(Some(&format!("{account}.queue.{suffix}")))
+        .ok()?;
+    Some(url)
 }
 
 #[async_trait]
@@ -451,5 +486,21 @@ impl QueueStore for AzureQueueStore {
             .approximate_messages_count()
             .map_err(|e| t.answer(describe(&e)))?;
         Ok(t.field(n, "x-ms-approximate-messages-count")?.max(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_endpoint_from_blob_endpoint() {
+        let blob = Url::parse("https://acct.blob.core.windows.net/").unwrap();
+        assert_eq!(
+            queue_endpoint_of(&blob).unwrap().as_str(),
+            "https://acct.queue.core.windows.net/"
+        );
+        let azurite = Url::parse("http://127.0.0.1:10000/devstoreaccount1").unwrap();
+        assert!(queue_endpoint_of(&azurite).is_none());
     }
 }
