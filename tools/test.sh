@@ -10,7 +10,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
-# The Azure backend's tests (tests/azure_blob.rs) run against Azurite, the
+# The Azure backend's tests (tests/azure_*.rs) run against Azurite, the
 # Azure Storage emulator, installed from tools/package-lock.json and started
 # here (and stopped again if this script started it). BI_LEDGER_SKIP_AZURE=1
 # skips them, for a machine without Node.js.

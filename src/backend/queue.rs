@@ -38,6 +38,9 @@ pub const MAX_RECEIVE_MESSAGES: u32 = 32;
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Time to live when the sender gives none: 7 days.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest finite time to live: Azure's `messagettl` is a 32-bit count of
+/// seconds (about 68 years); [`MessageTtl::Never`] is the way past it.
+pub const MAX_TTL: Duration = Duration::from_secs(i32::MAX as u64);
 /// Appended to a queue's name to name its poison queue.
 pub const POISON_SUFFIX: &str = "-poison";
 
@@ -352,7 +355,7 @@ pub fn validate_send_options(opts: &SendOptions) -> Result<(u64, Option<u64>), Q
         MessageTtl::Never => None,
         MessageTtl::After(ttl) => {
             // Azure allows any positive TTL since 2017-07-29.
-            let s = check_seconds("time to live", ttl, Duration::from_secs(1), Duration::MAX)?;
+            let s = check_seconds("time to live", ttl, Duration::from_secs(1), MAX_TTL)?;
             if ttl <= delay {
                 return Err(QueueError::TtlNotAfterDelay { ttl, delay });
             }
@@ -474,6 +477,22 @@ mod tests {
         assert!(matches!(
             validate_send_options(&o),
             Err(QueueError::NotWholeSeconds { .. })
+        ));
+        let o = SendOptions {
+            visibility_delay: None,
+            ttl: Some(MessageTtl::After(MAX_TTL)),
+        };
+        assert_eq!(validate_send_options(&o).unwrap().1, Some(i32::MAX as u64));
+        let o = SendOptions {
+            visibility_delay: None,
+            ttl: Some(MessageTtl::After(MAX_TTL + s(1))),
+        };
+        assert!(matches!(
+            validate_send_options(&o),
+            Err(QueueError::OutOfRange {
+                what: "time to live",
+                ..
+            })
         ));
         validate_receive(32, s(1)).unwrap();
         assert!(validate_receive(0, s(1)).is_err());

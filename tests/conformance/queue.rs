@@ -50,6 +50,8 @@ macro_rules! for_each_queue_check {
             names_are_validated,
             create_is_idempotent_and_missing_queue_is_not_found,
             send_receive_delete,
+            text_round_trips_exactly,
+            unknown_message_ids_are_not_found,
             visibility_timeout_hides_then_redelivers,
             stale_pop_receipt_cannot_delete,
             update_visibility_moves_the_deadline,
@@ -285,6 +287,57 @@ pub async fn send_receive_delete(b: &dyn Backend) {
     assert_eq!(s.approximate_len(&q).await.unwrap(), 0);
     // Deleted is gone, whatever the receipt.
     assert_message_not_found(s.delete(&q, &m.id, &m.pop_receipt).await, &q, &m.id);
+}
+
+/// Any text `validate_message` accepts comes back unchanged: carriage
+/// returns (which an XML parser may turn into line feeds), leading and
+/// trailing white space (which XML readers may trim), white space alone,
+/// the empty text, and markup-like text.
+pub async fn text_round_trips_exactly(b: &dyn Backend) {
+    let (s, q) = fresh(b, "text").await;
+    let bodies = [
+        "a\r\nb\rc\r",
+        "  padded\t ",
+        " ",
+        "\n",
+        "",
+        "<![CDATA[x]]> ]]> &#13; &lt; <MessageText>",
+    ];
+    let mut sent = BTreeMap::new();
+    for body in bodies {
+        sent.insert(send(&*s, &q, body).await, body.to_owned());
+    }
+    let peeked: BTreeMap<String, String> = peek_all(&*s, &q)
+        .await
+        .into_iter()
+        .map(|m| (m.id, m.body))
+        .collect();
+    assert_eq!(peeked, sent, "peeked bodies");
+    let got: BTreeMap<String, String> = s
+        .receive(&q, 32, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.id, m.body))
+        .collect();
+    assert_eq!(got, sent, "received bodies");
+}
+
+/// An id no message has, whatever its shape (a path, a query, empty), is
+/// `MessageNotFound` in an existing queue, and the queue's absence wins.
+pub async fn unknown_message_ids_are_not_found(b: &dyn Backend) {
+    let (s, q) = fresh(b, "ids").await;
+    let kept = send(&*s, &q, "kept").await;
+    let missing = unique("missing");
+    let well_formed = uuid::Uuid::new_v4().hyphenated().to_string();
+    for id in [well_formed.as_str(), "../x", "a?b=c", "a/b", ""] {
+        assert_message_not_found(s.delete(&q, id, "r").await, &q, id);
+        assert_message_not_found(s.update_visibility(&q, id, "r", SEC).await, &q, id);
+        assert_queue_not_found(s.delete(&missing, id, "r").await, &missing);
+    }
+    let p = peek_all(&*s, &q).await;
+    assert_eq!(p.len(), 1, "nothing else was touched");
+    assert_eq!(p[0].id, kept);
 }
 
 pub async fn visibility_timeout_hides_then_redelivers(b: &dyn Backend) {
