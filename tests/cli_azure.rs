@@ -9,15 +9,14 @@ use std::process::{Command, Output, Stdio};
 
 use std::io::Write;
 
+#[path = "support/azure.rs"]
+mod azure_env;
+
+/// The account's connection string (the binary reads it from the
+/// environment), or `None` to skip.
 fn account() -> Option<String> {
-    match std::env::var("AZURE_STORAGE_CONNECTION_STRING") {
-        Ok(cs) => Some(cs),
-        Err(_) if std::env::var("BI_LEDGER_SKIP_AZURE").is_ok_and(|v| v == "1") => None,
-        Err(_) => panic!(
-            "AZURE_STORAGE_CONNECTION_STRING is not set: run tools/test.sh (it starts Azurite), \
-             or set BI_LEDGER_SKIP_AZURE=1 to skip the Azure tests"
-        ),
-    }
+    azure_env::account()?;
+    std::env::var("AZURE_STORAGE_CONNECTION_STRING").ok()
 }
 
 fn run(dir: &Path, container: &str, args: &[&str], stdin: Option<&str>) -> Output {
