@@ -1,0 +1,135 @@
+//! A small fault-injecting HTTP/1.1 proxy on loopback, between a store
+//! and Azurite: `tests/azure_blob.rs` and `tests/azure_table.rs` use it to
+//! answer 503 or to drop a connection after the service acted.
+
+// Each test binary that includes this file uses only part of it.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the proxy does to requests whose head contains a pattern.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Answer 503 Service Unavailable without forwarding.
+    Unavailable,
+    /// Forward, let the service act on it, then drop the connection
+    /// without relaying the answer: the client cannot know the outcome.
+    DropAfterForward,
+}
+
+#[derive(Default)]
+pub struct Faults {
+    /// (substring of the request head, fault, how many more times)
+    rules: Mutex<Vec<(String, Fault, usize)>>,
+    pub injected: AtomicUsize,
+    pub requests: AtomicUsize,
+}
+
+impl Faults {
+    pub fn add(&self, pattern: &str, fault: Fault, times: usize) {
+        self.rules
+            .lock()
+            .unwrap()
+            .push((pattern.to_owned(), fault, times));
+    }
+
+    fn take(&self, head: &str) -> Option<Fault> {
+        let mut rules = self.rules.lock().unwrap();
+        let rule = rules
+            .iter_mut()
+            .find(|(p, _, n)| *n > 0 && head.contains(p.as_str()))?;
+        rule.2 -= 1;
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        Some(rule.1)
+    }
+}
+
+/// A small HTTP/1.1 proxy on loopback: one request per connection (it
+/// answers `Connection: close`), forwarded to `upstream` unless a fault
+/// rule matches. Stops when the test's runtime ends.
+pub async fn start_proxy(upstream: String, faults: Arc<Faults>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let (upstream, faults) = (upstream.clone(), faults.clone());
+            tokio::spawn(async move {
+                let _ = proxy_one(client, &upstream, &faults).await;
+            });
+        }
+    });
+    port
+}
+
+async fn proxy_one(mut client: TcpStream, upstream: &str, faults: &Faults) -> std::io::Result<()> {
+    // Read the head, then exactly Content-Length bytes of body.
+    let mut buf = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 8192];
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let body_len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + body_len {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    faults.requests.fetch_add(1, Ordering::Relaxed);
+    let fault = faults.take(&head);
+    if fault == Some(Fault::Unavailable) {
+        client
+            .write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nx-ms-error-code: ServerBusy\r\n\r\n",
+            )
+            .await?;
+        return client.shutdown().await;
+    }
+    // Ask the service to close after answering, so its answer ends at EOF.
+    let mut forwarded = String::new();
+    for line in head[..head_end - 4].split("\r\n") {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            forwarded.push_str(line);
+            forwarded.push_str("\r\n");
+        }
+    }
+    forwarded.push_str("Connection: close\r\n\r\n");
+    let mut up = TcpStream::connect(upstream).await?;
+    up.write_all(forwarded.as_bytes()).await?;
+    up.write_all(&buf[head_end..head_end + body_len]).await?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer).await?;
+    if fault == Some(Fault::DropAfterForward) {
+        // The service acted; the client hears nothing.
+        drop(client);
+        return Ok(());
+    }
+    client.write_all(&answer).await?;
+    client.shutdown().await
+}
