@@ -3,7 +3,8 @@
 //! writer lock is a blob lease. Built on Microsoft's `azure_storage_blob`
 //! client and the `azure_core` pipeline. See `README.md` beside this file
 //! for the life of an event through it and what a crash at each step
-//! leaves behind.
+//! leaves behind. The table store ([`table`]) shares the transport, retry
+//! settings, authorization and redaction (`shared.rs`, `auth.rs`).
 //!
 //! Retries: reads, listings, seals and lease calls go through a pipeline
 //! whose retry policy retries timeouts, connection failures, 408, 429 and
@@ -26,9 +27,7 @@ use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::policies::Policy;
-use azure_core::http::{
-    ClientOptions, Etag, ExponentialRetryOptions, RequestContent, RetryOptions, Transport, Url,
-};
+use azure_core::http::{ClientOptions, Etag, RequestContent, RetryOptions, Url};
 use azure_storage_blob::models::{
     AppendBlobClientAppendBlockOptions, AppendBlobClientAppendBlockResultHeaders,
     AppendBlobClientCreateOptions, BlobClientAcquireLeaseOptions,
@@ -47,10 +46,17 @@ use super::{
 mod auth;
 pub mod config;
 mod lease;
+mod shared;
+pub mod table;
 
 pub use config::{ConfigError, ConnectionInfo, Credential, CONNECTION_STRING_ENV};
+pub use shared::RetrySettings;
+pub use table::{AzureTableError, AzureTableOptions, AzureTableStore};
 
-use auth::{Redactor, SasPolicy, SharedKeyPolicy};
+use auth::Redactor;
+use shared::{
+    backoff, code_of, describe, error_chain, key_policy, status_of, transport, Attempted, Service,
+};
 
 /// Metadata key carrying a per-call id on blobs we create, so that a retry
 /// which finds the blob existing can tell its own earlier attempt from
@@ -63,27 +69,6 @@ const LOCK_PREFIX: &str = ".locks/";
 
 /// Reads larger than this check the blob's size before allocating.
 const CHECK_SIZE_ABOVE: u64 = 64 << 20;
-
-#[derive(Clone, Debug)]
-pub struct RetrySettings {
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    pub initial_delay: Duration,
-    pub max_delay: Duration,
-    /// No retry starts after this long.
-    pub max_elapsed: Duration,
-}
-
-impl Default for RetrySettings {
-    fn default() -> Self {
-        RetrySettings {
-            max_retries: 6,
-            initial_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(8),
-            max_elapsed: Duration::from_secs(30),
-        }
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct AzureOptions {
@@ -217,10 +202,7 @@ impl AzureBlobStore {
         opts: AzureOptions,
     ) -> Result<Self, StoreError> {
         let redactor = Redactor::new(info.secrets());
-        let policy: Arc<dyn Policy> = match info.credential {
-            Credential::SharedKey { account, key } => Arc::new(SharedKeyPolicy::new(account, key)),
-            Credential::Sas(token) => Arc::new(SasPolicy::new(token)),
-        };
+        let policy = key_policy(info.credential, Service::Blob);
         Self::build(
             info.blob_endpoint,
             container,
@@ -294,11 +276,9 @@ impl AzureBlobStore {
             u.set_query(None);
             u.to_string()
         };
-        let http =
-            http_client(&opts).map_err(|e| config_err("HTTP client", redactor.redact(&e)))?;
-        let transport = Transport::new(Arc::new(http));
+        let transport = transport(opts.connect_timeout, opts.read_timeout, &redactor)
+            .map_err(|e| config_err("HTTP client", e))?;
         let per_try: Vec<Arc<dyn Policy>> = policy.into_iter().collect();
-        let r = &opts.retry;
         let client = |retry: RetryOptions| {
             let options = BlobContainerClientOptions {
                 client_options: ClientOptions {
@@ -312,12 +292,7 @@ impl AzureBlobStore {
             BlobContainerClient::new(container_url.clone(), credential.clone(), Some(options))
                 .map_err(|e| config_err("blob container client", redactor.redact(&describe(&e))))
         };
-        let retrying = client(RetryOptions::exponential(ExponentialRetryOptions {
-            initial_delay: to_time(r.initial_delay),
-            max_retries: r.max_retries,
-            max_total_elapsed: to_time(r.max_elapsed),
-            max_delay: to_time(r.max_delay),
-        }))?;
+        let retrying = client(opts.retry.pipeline_retry())?;
         let once = client(RetryOptions::none())?;
         Ok(AzureBlobStore {
             inner: Arc::new(Inner {
@@ -406,50 +381,14 @@ impl AzureBlobStore {
         }
     }
 
-    /// Runs a write up to the retry limits, retrying transient failures
-    /// with backoff. Reports whether any failed attempt may have been
-    /// applied by the service (its outcome is unknown).
-    async fn attempt<T, F, Fut>(&self, op: &str, name: &str, mut f: F) -> Attempted<T>
+    /// Runs a write up to the retry limits; see [`shared::attempt`].
+    async fn attempt<T, F, Fut>(&self, op: &str, name: &str, f: F) -> Attempted<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = azure_core::Result<T>>,
     {
-        let r = &self.inner.opts.retry;
-        let start = Instant::now();
-        let mut uncertain = false;
-        let mut retry = 0u32;
-        loop {
-            match f().await {
-                Ok(v) => {
-                    return Attempted {
-                        result: Ok(v),
-                        uncertain,
-                    }
-                }
-                Err(e) if is_transient(&e) => {
-                    // A connection never made sent nothing; anything else
-                    // (timeout, reset, 5xx) may have been applied.
-                    uncertain |= !matches!(e.kind(), ErrorKind::Connection);
-                    if retry >= r.max_retries || start.elapsed() >= r.max_elapsed {
-                        return Attempted {
-                            result: Err(e),
-                            uncertain,
-                        };
-                    }
-                    let delay = backoff(r, retry);
-                    warn!(op, blob = %name, retry = retry + 1, delay_ms = delay.as_millis() as u64,
-                          error = %self.inner.redactor.redact(&describe(&e)), "transient failure; retrying");
-                    tokio::time::sleep(delay).await;
-                    retry += 1;
-                }
-                Err(e) => {
-                    return Attempted {
-                        result: Err(e),
-                        uncertain,
-                    }
-                }
-            }
-        }
+        let i = &self.inner;
+        shared::attempt(&i.opts.retry, &i.redactor, op, name, f).await
     }
 
     /// Whether blob `name` exists and was created by the write tagged `id`.
@@ -532,118 +471,6 @@ impl AzureBlobStore {
     fn hidden(name: &str) -> bool {
         name.split('/').any(|c| c.starts_with('.'))
     }
-}
-
-/// An HTTP client (connection pool) for one store: HTTP/1.1, TLS on the
-/// system's OpenSSL, no automatic decompression (blob bytes are returned as
-/// stored), no redirects (the storage REST API does not use them).
-///
-/// The TLS connector is built once per process and shared: building it
-/// loads the system's root certificates, which takes tens of milliseconds.
-/// The client itself is per store, so its pooled connections belong to the
-/// runtime that uses the store.
-fn http_client(opts: &AzureOptions) -> Result<reqwest::Client, String> {
-    static TLS: std::sync::OnceLock<Result<native_tls::TlsConnector, String>> =
-        std::sync::OnceLock::new();
-    let tls = TLS
-        .get_or_init(|| native_tls::TlsConnector::new().map_err(|e| error_chain(&e)))
-        .clone()?;
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .connect_timeout(opts.connect_timeout)
-        .read_timeout(opts.read_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| error_chain(&e))
-}
-
-struct Attempted<T> {
-    result: azure_core::Result<T>,
-    uncertain: bool,
-}
-
-fn to_time(d: Duration) -> azure_core::time::Duration {
-    azure_core::time::Duration::try_from(d).unwrap_or(azure_core::time::Duration::MAX)
-}
-
-fn backoff(r: &RetrySettings, retry: u32) -> Duration {
-    let base = r
-        .initial_delay
-        .saturating_mul(1u32 << retry.min(16))
-        .min(r.max_delay);
-    // ±25% jitter, so writers that failed together do not retry together.
-    let mut b = [0u8; 2];
-    let _ = getrandom::getrandom(&mut b);
-    let frac = u16::from_le_bytes(b) as f64 / u16::MAX as f64; // 0..=1
-    base.mul_f64(0.75 + frac * 0.5)
-}
-
-fn status_of(e: &azure_core::Error) -> Option<u16> {
-    e.http_status().map(u16::from)
-}
-
-fn code_of(e: &azure_core::Error) -> Option<&str> {
-    match e.kind() {
-        ErrorKind::HttpResponse { error_code, .. } => error_code.as_deref(),
-        _ => None,
-    }
-}
-
-fn is_transient(e: &azure_core::Error) -> bool {
-    match e.kind() {
-        ErrorKind::Io | ErrorKind::Connection => true,
-        ErrorKind::HttpResponse { status, .. } => {
-            matches!(u16::from(*status), 408 | 429 | 500 | 502 | 503 | 504)
-        }
-        _ => false,
-    }
-}
-
-/// A one-line description of an SDK error: status and service error code,
-/// the service's message, or the transport error chain. Not yet redacted.
-pub(crate) fn describe(e: &azure_core::Error) -> String {
-    match e.kind() {
-        ErrorKind::HttpResponse {
-            status, error_code, ..
-        } => {
-            let mut s = format!("HTTP {}", u16::from(*status));
-            if let Some(c) = error_code {
-                s.push(' ');
-                s.push_str(c);
-            }
-            // The SDK's message carries the XML error body; keep only the
-            // service's <Message> line.
-            let text = e.to_string();
-            if let Some(m) = xml_element(&text, "Message") {
-                s.push_str(": ");
-                s.push_str(m.lines().next().unwrap_or(""));
-            }
-            s
-        }
-        _ => error_chain(e),
-    }
-}
-
-fn xml_element<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let start = text.find(&open)? + open.len();
-    let len = text[start..].find(&close)?;
-    Some(text[start..start + len].trim())
-}
-
-/// An error and its sources, joined by ": ", each said once.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = vec![e.to_string()];
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        src = s.source();
-    }
-    parts.join(": ")
 }
 
 fn info_from_headers(
