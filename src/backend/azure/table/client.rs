@@ -143,6 +143,11 @@ impl Client {
         .await
     }
 
+    /// The pipeline without retries (transport and authorization only).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.once
+    }
+
     /// The error text for a caller or a log line: status, service code and
     /// message, or the transport failure; secrets removed.
     pub fn explain(&self, e: &azure_core::Error) -> String {

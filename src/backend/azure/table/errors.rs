@@ -135,21 +135,6 @@ pub(super) fn entity_error(
                 expected: super::batch::http_parts(op).2.unwrap_or("*").to_owned(),
             }
         }
-        // Only a merge can get these past `validate_entity`: the service
-        // checks the entity the merge produces. The caller measures that
-        // entity with [`limit_error`] where it can.
-        (Some(400), Some("EntityTooLarge")) => TableError::EntityTooLarge {
-            partition_key: pk.to_owned(),
-            row_key: rk.to_owned(),
-            size: op.entity().map_or(0, entity_size),
-            limit: MAX_ENTITY_BYTES,
-        },
-        (Some(400), Some("TooManyProperties")) => TableError::TooManyProperties {
-            partition_key: pk.to_owned(),
-            row_key: rk.to_owned(),
-            count: op.entity().map_or(0, |e| e.properties.len()),
-            limit: MAX_CUSTOM_PROPERTIES,
-        },
         _ => backend(
             label,
             AzureTableError::from_http(client, table, Some((pk, rk)), e),
@@ -157,19 +142,46 @@ pub(super) fn entity_error(
     }
 }
 
-/// A size or property-count error measured on the entity a merge would
-/// have produced: `now` (the stored entity) with `op`'s properties over it.
-pub(super) fn limit_error(e: &mut TableError, op: &BatchOp, now: Entity) {
+/// The service's error code behind a [`TableError::Backend`], if any.
+pub(super) fn service_code(err: &TableError) -> Option<&str> {
+    let TableError::Backend { source, .. } = err else {
+        return None;
+    };
+    match source.downcast_ref::<AzureTableError>()? {
+        AzureTableError::Service { code, .. } => code.as_deref(),
+        _ => None,
+    }
+}
+
+/// A merge refused as too large or with too many properties, as the
+/// trait's error, measured on the entity it would have produced (`now`,
+/// the stored entity, with the merge's properties over it). `None` when
+/// that entity is within the limits after all (it changed meanwhile), so
+/// the service's own answer stands. Only a merge can get here:
+/// `validate_entity` sizes a whole entity as Azure does.
+pub(super) fn limit_error(op: &BatchOp, now: Entity) -> Option<TableError> {
     let (BatchOp::Merge(new, _) | BatchOp::InsertOrMerge(new)) = op else {
-        return;
+        return None;
     };
     let mut merged = now;
     merged.properties.extend(new.properties.clone());
-    match e {
-        TableError::EntityTooLarge { size, .. } => *size = entity_size(&merged),
-        TableError::TooManyProperties { count, .. } => *count = merged.properties.len(),
-        _ => {}
+    let (partition_key, row_key) = (new.partition_key.clone(), new.row_key.clone());
+    let size = entity_size(&merged);
+    if size > MAX_ENTITY_BYTES {
+        return Some(TableError::EntityTooLarge {
+            partition_key,
+            row_key,
+            size,
+            limit: MAX_ENTITY_BYTES,
+        });
     }
+    let count = merged.properties.len();
+    (count > MAX_CUSTOM_PROPERTIES).then_some(TableError::TooManyProperties {
+        partition_key,
+        row_key,
+        count,
+        limit: MAX_CUSTOM_PROPERTIES,
+    })
 }
 
 /// Azure counts a batch's request payload against the 4 MiB limit: JSON

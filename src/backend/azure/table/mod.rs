@@ -136,6 +136,15 @@ impl AzureTableStore {
         &self.client.endpoint
     }
 
+    /// The `azure_core` pipeline the store's writes go through: its
+    /// transport and authorization, no retry policy. For sending Table REST
+    /// requests directly, as `benches/azure_table.rs` does for its
+    /// baseline; requests need the service's own headers (`x-ms-version`,
+    /// `Accept`, `DataServiceVersion`).
+    pub fn pipeline(&self) -> &azure_core::http::Pipeline {
+        self.client.pipeline()
+    }
+
     fn request(
         &self,
         op: &'static str,

@@ -18,26 +18,37 @@ use crate::backend::table::{format_datetime, Continuation, ETag, Entity, Propert
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const ANNOTATION: &str = "@odata.type";
 
-/// The JSON body of a write: both keys and every property, typed.
+/// The JSON body of a write: both keys and every property, typed. Each
+/// annotation comes just before its property, as OData's JSON format asks
+/// (a `serde_json::Map` would sort it after).
 pub(super) fn entity_body(e: &Entity) -> Vec<u8> {
-    let mut m = Map::with_capacity(2 + 2 * e.properties.len());
-    m.insert(
-        "PartitionKey".into(),
-        Value::String(e.partition_key.clone()),
+    let mut out = Vec::with_capacity(64 + 48 * e.properties.len());
+    out.push(b'{');
+    let member = |out: &mut Vec<u8>, name: &str, value: &Value| {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        // Writing strings and numbers into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, name);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, value);
+    };
+    member(
+        &mut out,
+        "PartitionKey",
+        &Value::String(e.partition_key.clone()),
     );
-    m.insert("RowKey".into(), Value::String(e.row_key.clone()));
+    member(&mut out, "RowKey", &Value::String(e.row_key.clone()));
     for (name, value) in &e.properties {
         let (json, annotate) = to_json(value);
         if annotate {
-            m.insert(
-                format!("{name}{ANNOTATION}"),
-                Value::String(value.edm_type().into()),
-            );
+            let edm = Value::String(value.edm_type().into());
+            member(&mut out, &format!("{name}{ANNOTATION}"), &edm);
         }
-        m.insert(name.clone(), json);
+        member(&mut out, name, &json);
     }
-    // Serialising a map of strings and numbers cannot fail.
-    serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+    out.push(b'}');
+    out
 }
 
 /// A value's JSON form, and whether it needs a type annotation.
@@ -242,6 +253,17 @@ mod tests {
         assert_eq!(round_trip(&e), e);
         let nan = round_trip(&Entity::new("p", "r").with("N", Property::Double(f64::NAN)));
         assert!(matches!(nan.get("N"), Some(Property::Double(v)) if v.is_nan()));
+    }
+
+    #[test]
+    fn annotations_precede_their_property() {
+        let e = Entity::new("p", "r")
+            .with("A", Property::Int64(1))
+            .with("B", Property::Bool(true));
+        assert_eq!(
+            String::from_utf8(entity_body(&e)).unwrap(),
+            r#"{"PartitionKey":"p","RowKey":"r","A@odata.type":"Edm.Int64","A":"1","B":true}"#
+        );
     }
 
     #[test]

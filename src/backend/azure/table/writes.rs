@@ -64,16 +64,20 @@ impl AzureTableStore {
         }
     }
 
-    /// For a merge refused as too large or with too many properties: the
-    /// figures of the entity it would have produced, read back.
+    /// A merge refused as too large or with too many properties becomes
+    /// the trait's error, measured on the entity it would have produced,
+    /// read back.
     async fn measure(&self, table: &str, op: &BatchOp, err: &mut TableError) {
-        if matches!(
-            err,
-            TableError::EntityTooLarge { .. } | TableError::TooManyProperties { .. }
+        if !matches!(
+            errors::service_code(err),
+            Some("EntityTooLarge" | "TooManyProperties")
         ) {
-            let (pk, rk) = op.keys();
-            if let Ok(Some(now)) = self.get(table, pk, rk).await {
-                errors::limit_error(err, op, now);
+            return;
+        }
+        let (pk, rk) = op.keys();
+        if let Ok(Some(now)) = self.get(table, pk, rk).await {
+            if let Some(typed) = errors::limit_error(op, now) {
+                *err = typed;
             }
         }
     }
