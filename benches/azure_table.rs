@@ -18,13 +18,15 @@
 //! exits 0. Start Azurite with
 //! `tools/azurite.sh start; eval "$(tools/azurite.sh env)"`.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use azure_core::http::{Context, Method, Pipeline, PipelineSendOptions, Request, Url};
 use bi_ledger::backend::azure::{AzureTableOptions, AzureTableStore, CONNECTION_STRING_ENV};
 use bi_ledger::backend::table::{format_datetime, BatchOp, Entity, Property, TableStore};
 use chrono::Utc;
-use criterion::{criterion_group, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
 use tokio::runtime::Runtime;
 
 const BATCH: usize = 100;
@@ -143,49 +145,51 @@ fn raw_batch(endpoint: &str, table: &str, pk: &str) -> (String, String) {
     (format!("multipart/mixed; boundary={b}"), body)
 }
 
-fn batch_insert(c: &mut Criterion) {
-    let mut g = c.benchmark_group("azure_table/batch_insert_100");
-    g.throughput(Throughput::Elements(BATCH as u64));
-    // A table each, so neither side runs against the other's entities
-    // (Azurite slows as a table grows).
+/// One criterion benchmark in a new table: `one(store, table, key)` per
+/// iteration, each with a key never used before, timed together.
+fn bench<F, Fut>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, one: F)
+where
+    F: Fn(AzureTableStore, String, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    // A table each, so no side runs against another's entities (Azurite
+    // slows as a table grows).
     let mut f = Fixture::new();
-    g.bench_function("store", |b| {
+    g.bench_function(name, |b| {
         b.iter_custom(|iters| {
-            let pks: Vec<String> = (0..iters).map(|_| f.next_key()).collect();
+            let keys: Vec<String> = (0..iters).map(|_| f.next_key()).collect();
+            let (store, table) = (f.store.clone(), f.table.clone());
             f.rt.block_on(async {
                 let start = Instant::now();
-                for pk in &pks {
-                    let ops: Vec<BatchOp> = (0..BATCH)
-                        .map(|i| BatchOp::Insert(entity(pk, &format!("r{i:03}"), i as i64)))
-                        .collect();
-                    let tags = f.store.batch(&f.table, &ops).await.unwrap();
-                    assert_eq!(tags.len(), BATCH);
+                for key in keys {
+                    one(store.clone(), table.clone(), key).await;
                 }
                 start.elapsed()
             })
         })
     });
-    drop(f);
-    let mut f = Fixture::new();
-    let endpoint = f.store.endpoint().to_owned();
-    g.bench_function("raw", |b| {
-        b.iter_custom(|iters| {
-            let pks: Vec<String> = (0..iters).map(|_| f.next_key()).collect();
-            f.rt.block_on(async {
-                let start = Instant::now();
-                for pk in &pks {
-                    let (content_type, body) = raw_batch(&endpoint, &f.table, pk);
-                    let mut r = raw_request(&endpoint, Method::Post, "$batch");
-                    r.insert_header("content-type", content_type);
-                    r.set_body(body.into_bytes());
-                    let (status, answer) = send(f.store.pipeline(), r).await;
-                    assert_eq!(status, 202);
-                    let text = String::from_utf8_lossy(&answer);
-                    assert_eq!(text.matches("HTTP/1.1 204").count(), BATCH);
-                }
-                start.elapsed()
-            })
-        })
+}
+
+fn batch_insert(c: &mut Criterion) {
+    let mut g = c.benchmark_group("azure_table/batch_insert_100");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    bench(&mut g, "store", |store, table, pk| async move {
+        let ops: Vec<BatchOp> = (0..BATCH)
+            .map(|i| BatchOp::Insert(entity(&pk, &format!("r{i:03}"), i as i64)))
+            .collect();
+        let tags = store.batch(&table, &ops).await.unwrap();
+        assert_eq!(tags.len(), BATCH);
+    });
+    bench(&mut g, "raw", |store, table, pk| async move {
+        let endpoint = store.endpoint();
+        let (content_type, body) = raw_batch(endpoint, &table, &pk);
+        let mut r = raw_request(endpoint, Method::Post, "$batch");
+        r.insert_header("content-type", content_type);
+        r.set_body(body.into_bytes());
+        let (status, answer) = send(store.pipeline(), r).await;
+        assert_eq!(status, 202);
+        let text = String::from_utf8_lossy(&answer);
+        assert_eq!(text.matches("HTTP/1.1 204").count(), BATCH);
     });
     g.finish();
 }
@@ -193,39 +197,19 @@ fn batch_insert(c: &mut Criterion) {
 fn single_insert(c: &mut Criterion) {
     let mut g = c.benchmark_group("azure_table/insert");
     g.throughput(Throughput::Elements(1));
-    let mut f = Fixture::new();
-    g.bench_function("store", |b| {
-        b.iter_custom(|iters| {
-            let rks: Vec<String> = (0..iters).map(|_| f.next_key()).collect();
-            f.rt.block_on(async {
-                let start = Instant::now();
-                for (n, rk) in rks.iter().enumerate() {
-                    let e = entity("single", rk, n as i64);
-                    f.store.insert(&f.table, &e).await.unwrap();
-                }
-                start.elapsed()
-            })
-        })
+    bench(&mut g, "store", |store, table, rk| async move {
+        store
+            .insert(&table, &entity("single", &rk, 7))
+            .await
+            .unwrap();
     });
-    drop(f);
-    let mut f = Fixture::new();
-    let endpoint = f.store.endpoint().to_owned();
-    g.bench_function("raw", |b| {
-        b.iter_custom(|iters| {
-            let rks: Vec<String> = (0..iters).map(|_| f.next_key()).collect();
-            f.rt.block_on(async {
-                let start = Instant::now();
-                for (n, rk) in rks.iter().enumerate() {
-                    let mut r = raw_request(&endpoint, Method::Post, &f.table);
-                    r.insert_header("content-type", "application/json");
-                    r.insert_header("prefer", "return-no-content");
-                    r.set_body(raw_json("single", rk, n as i64).into_bytes());
-                    let (status, _) = send(f.store.pipeline(), r).await;
-                    assert_eq!(status, 204);
-                }
-                start.elapsed()
-            })
-        })
+    bench(&mut g, "raw", |store, table, rk| async move {
+        let mut r = raw_request(store.endpoint(), Method::Post, &table);
+        r.insert_header("content-type", "application/json");
+        r.insert_header("prefer", "return-no-content");
+        r.set_body(raw_json("single", &rk, 7).into_bytes());
+        let (status, _) = send(store.pipeline(), r).await;
+        assert_eq!(status, 204);
     });
     g.finish();
 }
