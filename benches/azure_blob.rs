@@ -19,12 +19,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use azure_core::http::policies::Policy;
-use azure_core::http::{ClientOptions, RequestContent};
+use azure_core::http::RequestContent;
 use azure_storage_blob::models::AppendBlobClientAppendBlockOptions;
-use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
-use bi_ledger::backend::azure::auth::{SasPolicy, SharedKeyPolicy};
-use bi_ledger::backend::azure::{AzureBlobStore, AzureOptions, ConnectionInfo, Credential};
+use azure_storage_blob::BlobContainerClient;
+use bi_ledger::backend::azure::{AzureBlobStore, AzureOptions, ConnectionInfo};
 use bi_ledger::backend::BlobStore;
 use bi_ledger::Ledger;
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -66,7 +64,9 @@ fn main() {
             AzureOptions::default(),
         ))
         .expect("open the Azure blob store");
-    let sdk = Sdk::new(&info, &container);
+    let sdk = Sdk {
+        container: store.sdk_client(),
+    };
     let mut c = config();
     let bytes_per_event = ledger_batched(&mut c, &rt, &store);
     sdk_batched(&mut c, &rt, &sdk, bytes_per_event);
@@ -150,31 +150,14 @@ fn ledger_single(c: &mut Criterion, rt: &Runtime, store: &AzureBlobStore) {
     rt.block_on(l.close()).expect("close");
 }
 
-/// The SDK's append blob client on the same container, signed by the same
-/// Shared Key (or SAS) policy: the SDK's clients take only Entra ID tokens.
-struct Sdk {
-    container: BlobContainerClient,
+/// The SDK's append blob client on the same container and connection (the
+/// same HTTP client and Shared Key or SAS signing: the SDK's clients take
+/// only Entra ID tokens), without our layer.
+struct Sdk<'a> {
+    container: &'a BlobContainerClient,
 }
 
-impl Sdk {
-    fn new(info: &ConnectionInfo, container: &str) -> Sdk {
-        let policy: Arc<dyn Policy> = match info.credential.clone() {
-            Credential::SharedKey { account, key } => Arc::new(SharedKeyPolicy::new(account, key)),
-            Credential::Sas(token) => Arc::new(SasPolicy::new(token)),
-        };
-        let options = BlobContainerClientOptions {
-            client_options: ClientOptions {
-                per_try_policies: vec![policy],
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let url = info.blob_endpoint.join(container).expect("container URL");
-        Sdk {
-            container: BlobContainerClient::new(url, None, Some(options)).expect("SDK client"),
-        }
-    }
-
+impl Sdk<'_> {
     /// Appends `block` to blob `prefix-k`, starting a new blob every
     /// [`SDK_BLOCKS_PER_BLOB`] blocks.
     async fn append(&self, prefix: &str, appended: u64, block: &azure_core::Bytes) {
@@ -194,7 +177,7 @@ impl Sdk {
     }
 }
 
-fn sdk_batched(c: &mut Criterion, rt: &Runtime, sdk: &Sdk, bytes_per_event: f64) {
+fn sdk_batched(c: &mut Criterion, rt: &Runtime, sdk: &Sdk<'_>, bytes_per_event: f64) {
     let mut g = c.benchmark_group("azure/sdk_append_block");
     for n in SIZES {
         g.throughput(Throughput::Elements(n as u64));
@@ -212,7 +195,7 @@ fn sdk_batched(c: &mut Criterion, rt: &Runtime, sdk: &Sdk, bytes_per_event: f64)
     g.finish();
 }
 
-fn sdk_single(c: &mut Criterion, rt: &Runtime, sdk: &Sdk, bytes_per_event: f64) {
+fn sdk_single(c: &mut Criterion, rt: &Runtime, sdk: &Sdk<'_>, bytes_per_event: f64) {
     let block = azure_core::Bytes::from(vec![0x5a; bytes_per_event.ceil() as usize]);
     let mut appended = 0u64;
     single(c, "sdk_append_single", || {

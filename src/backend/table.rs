@@ -46,7 +46,9 @@ pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_ENTITY_BYTES: usize = 1024 * 1024;
 /// Most properties besides PartitionKey, RowKey and Timestamp.
 pub const MAX_CUSTOM_PROPERTIES: usize = 252;
-/// Longest PartitionKey or RowKey, in UTF-8 bytes.
+/// Longest PartitionKey or RowKey, in bytes as Azure stores keys: UTF-16,
+/// so at most 512 UTF-16 units (512 ASCII characters, not 1,024). Azure
+/// documents "1 KiB"; Azurite refuses a 513-unit key.
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Longest property name, in characters.
 pub const MAX_PROPERTY_NAME_CHARS: usize = 255;
@@ -833,7 +835,7 @@ pub fn validate_table_name(name: &str) -> Result<(), TableError> {
     Ok(())
 }
 
-/// Azure's key rules: at most 1 KiB, without `/ \ # ?` or control
+/// Azure's key rules: at most 1 KiB in UTF-16 (512 units), without `/ \ # ?` or control
 /// characters (U+0000-U+001F, U+007F-U+009F). Empty keys are allowed.
 pub fn validate_key(kind: KeyKind, key: &str) -> Result<(), TableError> {
     let bad = |why: String| {
@@ -843,10 +845,11 @@ pub fn validate_key(kind: KeyKind, key: &str) -> Result<(), TableError> {
             why,
         })
     };
-    if key.len() > MAX_KEY_BYTES {
+    let size = utf16_len(key) * 2;
+    if size > MAX_KEY_BYTES {
         return bad(format!(
-            "{} bytes, more than the {MAX_KEY_BYTES} allowed",
-            key.len()
+            "{size} bytes in UTF-16, more than the {MAX_KEY_BYTES} allowed ({} UTF-16 units)",
+            MAX_KEY_BYTES / 2
         ));
     }
     if let Some((i, c)) = key
@@ -1161,11 +1164,13 @@ mod tests {
             assert!(validate_table_name(bad).is_err(), "{bad}");
         }
         validate_key(KeyKind::RowKey, "").unwrap();
-        validate_key(KeyKind::RowKey, &"k".repeat(MAX_KEY_BYTES)).unwrap();
+        validate_key(KeyKind::RowKey, &"k".repeat(MAX_KEY_BYTES / 2)).unwrap();
+        validate_key(KeyKind::RowKey, &"é".repeat(MAX_KEY_BYTES / 2)).unwrap();
+        assert!(validate_key(KeyKind::RowKey, &"😀".repeat(MAX_KEY_BYTES / 4 + 1)).is_err());
         for bad in ["a/b", "a\\b", "a#b", "a?b", "a\tb", "a\u{7f}", "a\u{9f}"] {
             assert!(validate_key(KeyKind::PartitionKey, bad).is_err(), "{bad:?}");
         }
-        assert!(validate_key(KeyKind::RowKey, &"k".repeat(MAX_KEY_BYTES + 1)).is_err());
+        assert!(validate_key(KeyKind::RowKey, &"k".repeat(MAX_KEY_BYTES / 2 + 1)).is_err());
         validate_property_name("_a1").unwrap();
         validate_property_name("Größe").unwrap();
         for bad in [

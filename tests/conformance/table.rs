@@ -36,6 +36,33 @@ pub trait Backend: Send + Sync {
     /// drops every handle it holds before opening the next, so a backend
     /// may allow only one open at a time (the local store locks its file).
     fn open(&self) -> Arc<dyn TableStore>;
+
+    /// Known ways this backend's service departs from Azure Table
+    /// Storage. Only an emulator declares any; see [`Deviation`].
+    fn deviations(&self) -> &[Deviation] {
+        &[]
+    }
+}
+
+/// A known bug of an emulator. A check that meets one asserts the
+/// emulator's actual behaviour in place of Azure's, so it fails (and the
+/// declaration must go) once the emulator is fixed; every other backend
+/// is held to Azure's behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deviation {
+    /// Azurite 3.37 checks a merge's request body against 1 MiB, not the
+    /// entity the merge produces, so a merge may grow an entity past the
+    /// limit that Azure (and the local store) enforce.
+    MergeSizeUnchecked,
+    /// Azurite 3.37 answers HTTP 500 to a filter comparing an Int64 literal
+    /// with a property that is an Int32 on some entity (its BigNumber
+    /// comparison calls a string method on the number), where Azure
+    /// matches no entity of the other type.
+    Int64FilterOnInt32Fails,
+}
+
+fn deviates(b: &dyn Backend, d: Deviation) -> bool {
+    b.deviations().contains(&d)
 }
 
 /// The single list of checks: calls `crate::table::$m!` with `$args` and
@@ -552,15 +579,23 @@ pub async fn keys_and_properties_are_validated(b: &dyn Backend) {
             other => panic!("({pk:?}, {rk:?}): wanted InvalidKey, got {other:?}"),
         }
     }
-    let long = "k".repeat(1025);
-    assert!(matches!(
-        st.insert(&t, &ent("p", &long)).await,
-        Err(TableError::InvalidKey {
-            kind: KeyKind::RowKey,
-            ..
-        })
-    ));
-    st.insert(&t, &ent("p", &"k".repeat(1000))).await.unwrap();
+    // Keys are limited to 1 KiB as Azure stores them, in UTF-16: 512
+    // units, whatever their UTF-8 length.
+    for long in ["k".repeat(513), "é".repeat(513), "😀".repeat(257)] {
+        assert!(
+            matches!(
+                st.insert(&t, &ent("p", &long)).await,
+                Err(TableError::InvalidKey {
+                    kind: KeyKind::RowKey,
+                    ..
+                })
+            ),
+            "{} UTF-16 units",
+            long.encode_utf16().count()
+        );
+    }
+    st.insert(&t, &ent("p", &"k".repeat(512))).await.unwrap();
+    st.insert(&t, &ent("p", &"é".repeat(512))).await.unwrap();
 
     for name in ["PartitionKey", "Timestamp", "1st", "has-dash", "has space"] {
         match st
@@ -612,13 +647,24 @@ pub async fn keys_and_properties_are_validated(b: &dyn Backend) {
         }
     }
     st.insert(&t, &half).await.unwrap();
-    assert!(matches!(
-        st.merge(&t, &rest, &IfMatch::Any).await,
-        Err(TableError::EntityTooLarge { .. })
-    ));
-    assert_eq!(get(&*st, &t, "p", "grows").await.unwrap().content(), half);
+    let grown = st.merge(&t, &rest, &IfMatch::Any).await;
+    if deviates(b, Deviation::MergeSizeUnchecked) {
+        grown.expect("the emulator accepts a merge past the entity size limit");
+    } else {
+        assert!(
+            matches!(grown, Err(TableError::EntityTooLarge { .. })),
+            "{grown:?}"
+        );
+        assert_eq!(get(&*st, &t, "p", "grows").await.unwrap().content(), half);
+    }
     let got: BTreeSet<String> = keys(&*st, &t).await.into_iter().map(|k| k.1).collect();
-    let want: BTreeSet<String> = ["k".repeat(1000), "many".into(), "grows".into()].into();
+    let want: BTreeSet<String> = [
+        "k".repeat(512),
+        "é".repeat(512),
+        "many".into(),
+        "grows".into(),
+    ]
+    .into();
     assert_eq!(got, want, "only the valid entities were written");
 }
 
@@ -742,13 +788,22 @@ pub async fn query_filters(b: &dyn Backend) {
     // Property equality is typed: Int32 7 is not Int64 7.
     let n7 = Filter::property_eq("N", Property::Int32(7));
     assert_eq!(run(n7).await, ["pa/r07", "pb/r07", "pc/r07"]);
-    assert_eq!(
-        run(Filter::property_eq("N", Property::Int64(5))).await,
-        ["pd/big"]
-    );
-    assert!(run(Filter::property_eq("N", Property::Int64(7)))
-        .await
-        .is_empty());
+    if deviates(b, Deviation::Int64FilterOnInt32Fails) {
+        let q = Query::filter(Filter::property_eq("N", Property::Int64(5)));
+        let r = st.query_all(&t, &q).await;
+        assert!(
+            matches!(r, Err(TableError::Backend { .. })),
+            "the emulator fails the query: {r:?}"
+        );
+    } else {
+        assert_eq!(
+            run(Filter::property_eq("N", Property::Int64(5))).await,
+            ["pd/big"]
+        );
+        assert!(run(Filter::property_eq("N", Property::Int64(7)))
+            .await
+            .is_empty());
+    }
     let odd_in_pb = Filter::partition_key_eq("pb")
         .and(Filter::property_eq("Even", Property::Bool(false)))
         .and(Filter::property("N", CmpOp::Lt, Property::Int32(6)));

@@ -16,6 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::config::{AccountKey, SasToken};
+use super::transport::Service;
 
 /// Storage Shared Key authorization
 /// (learn.microsoft.com/rest/api/storageservices/authorize-with-shared-key):
@@ -24,11 +25,16 @@ use super::config::{AccountKey, SasToken};
 pub struct SharedKeyPolicy {
     account: String,
     key: AccountKey,
+    service: Service,
 }
 
 impl SharedKeyPolicy {
-    pub fn new(account: String, key: AccountKey) -> Self {
-        SharedKeyPolicy { account, key }
+    pub fn new(account: String, key: AccountKey, service: Service) -> Self {
+        SharedKeyPolicy {
+            account,
+            key,
+            service,
+        }
     }
 
     fn sign(&self, string_to_sign: &str) -> String {
@@ -49,7 +55,10 @@ impl Policy for SharedKeyPolicy {
     ) -> PolicyResult {
         keep_slashes(request.url_mut());
         request.insert_header("x-ms-date", http_date_now());
-        let sts = string_to_sign(&self.account, request);
+        let sts = match self.service {
+            Service::BlobOrQueue => string_to_sign(&self.account, request),
+            Service::Table => table_string_to_sign(&self.account, request),
+        };
         let auth = format!("SharedKey {}:{}", self.account, self.sign(&sts));
         request.insert_header("authorization", auth);
         next[0].send(ctx, request, &next[1..]).await
@@ -192,6 +201,33 @@ pub(crate) fn string_to_sign(account: &str, request: &Request) -> String {
     s
 }
 
+/// StringToSign for the Table service (Shared Key, version 2009-09-19 and
+/// later): `VERB\nContent-MD5\nContent-Type\nDate\nCanonicalizedResource`,
+/// where Date is the `x-ms-date` value and the resource is `/account/path`
+/// (the path as sent, percent-encoded) with only a `comp` parameter, if any,
+/// as `?comp=value`. No other header or parameter is signed.
+pub(crate) fn table_string_to_sign(account: &str, request: &Request) -> String {
+    let h = |name: &'static str| {
+        request
+            .headers()
+            .get_optional_str(&name.into())
+            .unwrap_or("")
+    };
+    let mut s = format!(
+        "{}\n{}\n{}\n{}\n/{account}{}",
+        request.method().as_ref(),
+        h("content-md5"),
+        h("content-type"),
+        h("x-ms-date"),
+        request.url().path()
+    );
+    if let Some((_, comp)) = request.url().query_pairs().find(|(k, _)| k == "comp") {
+        s.push_str("?comp=");
+        s.push_str(&comp);
+    }
+    s
+}
+
 /// Removes secrets (account key, SAS token or signature) from text bound
 /// for errors or logs.
 #[derive(Clone, Default)]
@@ -271,6 +307,24 @@ mod tests {
              x-ms-date:Sat, 28 Nov 2026 04:26:41 GMT\n\
              x-ms-version:2026-04-06\n\
              /devstoreaccount1/devstoreaccount1/c/a/b\ncomp:appendblock\ntimeout:30"
+        );
+    }
+
+    #[test]
+    fn table_string_to_sign_matches_the_documented_layout() {
+        let url = Url::parse(
+            "http://127.0.0.1:10002/devstoreaccount1/t1(PartitionKey='a%20b',RowKey='')?$filter=x&comp=acl",
+        )
+        .unwrap();
+        let mut r = Request::new(url, Method::Put);
+        r.insert_header("content-type", "application/json");
+        r.insert_header("x-ms-date", "Sat, 28 Nov 2026 04:26:41 GMT");
+        r.insert_header("x-ms-version", "2019-02-02");
+        r.insert_header("if-match", "*");
+        assert_eq!(
+            table_string_to_sign("devstoreaccount1", &r),
+            "PUT\n\napplication/json\nSat, 28 Nov 2026 04:26:41 GMT\n\
+             /devstoreaccount1/devstoreaccount1/t1(PartitionKey='a%20b',RowKey='')?comp=acl"
         );
     }
 

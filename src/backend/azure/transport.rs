@@ -1,8 +1,9 @@
 //! What every Azure store of ours shares, whichever service it talks to:
 //! the HTTP client and TLS setup, request signing, the retry settings and
 //! the store-side retry loop, and turning SDK errors into short, redacted
-//! text. The blob store (`mod.rs`) and the queue store (`queue/`) are both
-//! built on it, so they retry, sign and redact alike.
+//! text. The blob store (`mod.rs`), the queue store (`queue/`) and the
+//! table store (`table/`) are all built on it, so they retry, sign and
+//! redact alike.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,7 +41,8 @@ impl Default for RetrySettings {
 }
 
 impl RetrySettings {
-    /// The same schedule as the `azure_core` pipeline's retry policy.
+    /// The pipeline's retry policy with these limits: timeouts, connection
+    /// failures, 408, 429 and 5xx, with exponential backoff.
     pub(crate) fn pipeline_policy(&self) -> RetryOptions {
         RetryOptions::exponential(ExponentialRetryOptions {
             initial_delay: to_time(self.initial_delay),
@@ -48,6 +50,24 @@ impl RetrySettings {
             max_total_elapsed: to_time(self.max_elapsed),
             max_delay: to_time(self.max_delay),
         })
+    }
+}
+
+/// Which service a Shared Key signs for: the Table service signs fewer
+/// parts of the request than Blob and Queue (which sign alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Service {
+    BlobOrQueue,
+    Table,
+}
+
+/// The per-try policy that authorizes requests made with a key or a SAS.
+pub(crate) fn key_policy(credential: Credential, service: Service) -> Arc<dyn Policy> {
+    match credential {
+        Credential::SharedKey { account, key } => {
+            Arc::new(SharedKeyPolicy::new(account, key, service))
+        }
+        Credential::Sas(token) => Arc::new(SasPolicy::new(token)),
     }
 }
 
@@ -70,16 +90,13 @@ impl Connection {
         read_timeout: Duration,
     ) -> Result<Connection, String> {
         let redactor = Redactor::new(secrets);
-        let http = http_client(connect_timeout, read_timeout).map_err(|e| redactor.redact(&e))?;
-        let per_try: Vec<Arc<dyn Policy>> = match credential {
-            Some(Credential::SharedKey { account, key }) => {
-                vec![Arc::new(SharedKeyPolicy::new(account, key))]
-            }
-            Some(Credential::Sas(token)) => vec![Arc::new(SasPolicy::new(token))],
-            None => Vec::new(),
-        };
+        let transport = transport(connect_timeout, read_timeout, &redactor)?;
+        let per_try = credential
+            .map(|c| key_policy(c, Service::BlobOrQueue))
+            .into_iter()
+            .collect();
         Ok(Connection {
-            transport: Transport::new(Arc::new(http)),
+            transport,
             per_try,
             redactor,
         })
@@ -96,7 +113,7 @@ impl Connection {
     }
 }
 
-/// An HTTP client (connection pool) for one store: HTTP/1.1, TLS on the
+/// A transport (connection pool) for one store: HTTP/1.1, TLS on the
 /// system's OpenSSL, no automatic decompression (blob bytes are returned as
 /// stored), no redirects (the storage REST API does not use them).
 ///
@@ -104,22 +121,26 @@ impl Connection {
 /// loads the system's root certificates, which takes tens of milliseconds.
 /// The client itself is per store, so its pooled connections belong to the
 /// runtime that uses the store.
-fn http_client(
+/// Errors are redacted.
+pub(crate) fn transport(
     connect_timeout: Duration,
     read_timeout: Duration,
-) -> Result<reqwest::Client, String> {
+    redactor: &Redactor,
+) -> Result<Transport, String> {
     static TLS: std::sync::OnceLock<Result<native_tls::TlsConnector, String>> =
         std::sync::OnceLock::new();
     let tls = TLS
         .get_or_init(|| native_tls::TlsConnector::new().map_err(|e| error_chain(&e)))
-        .clone()?;
-    reqwest::Client::builder()
+        .clone()
+        .map_err(|e| redactor.redact(&e))?;
+    let http = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .connect_timeout(connect_timeout)
         .read_timeout(read_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| redactor.redact(&error_chain(&e)))?;
+    Ok(Transport::new(Arc::new(http)))
 }
 
 /// The outcome of [`attempt`].
@@ -182,7 +203,7 @@ where
     }
 }
 
-fn to_time(d: Duration) -> azure_core::time::Duration {
+pub(crate) fn to_time(d: Duration) -> azure_core::time::Duration {
     azure_core::time::Duration::try_from(d).unwrap_or(azure_core::time::Duration::MAX)
 }
 
@@ -232,9 +253,15 @@ pub(crate) fn describe(e: &azure_core::Error) -> String {
                 s.push_str(c);
             }
             // The SDK's message carries the XML error body; keep only the
-            // service's <Message> line.
+            // service's <Message> line. The table client puts the JSON
+            // error's message into the error as plain text instead.
             let text = e.to_string();
-            if let Some(m) = xml_element(&text, "Message") {
+            let message = match xml_element(&text, "Message") {
+                Some(m) => Some(m),
+                None if !text.starts_with('<') && !text.is_empty() => Some(text.as_str()),
+                None => None,
+            };
+            if let Some(m) = message.filter(|m| !is_status_text(m, u16::from(*status))) {
                 s.push_str(": ");
                 s.push_str(m.lines().next().unwrap_or(""));
             }
@@ -242,6 +269,12 @@ pub(crate) fn describe(e: &azure_core::Error) -> String {
         }
         _ => error_chain(e),
     }
+}
+
+/// Whether `m` only restates the status (the SDK's message when the
+/// response had no body).
+fn is_status_text(m: &str, status: u16) -> bool {
+    m.trim().is_empty() || m.split_whitespace().next() == Some(status.to_string().as_str())
 }
 
 fn xml_element<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
