@@ -223,6 +223,18 @@ impl AzureBlobStore {
     }
 }
 
+/// `https://acct.blob.SUFFIX/` → `https://acct.<service>.SUFFIX/`: where
+/// an account's other services are, given its blob service URL. `None`
+/// for a URL of another shape (Azurite's path-style URLs among them).
+pub(crate) fn sibling_endpoint(blob_endpoint: &Url, service: &str) -> Option<Url> {
+    let host = blob_endpoint.host_str()?;
+    let (account, suffix) = host.split_once(".blob.")?;
+    let mut url = blob_endpoint.clone();
+    url.set_host(Some(&format!("{account}.{service}.{suffix}")))
+        .ok()?;
+    Some(url)
+}
+
 /// URL + key or SAS, as the connection string that says the same, so that
 /// one parser checks both. The account name comes from the host
 /// (`acct.blob.core.windows.net`) or, for a path-style URL such as
@@ -230,12 +242,9 @@ impl AzureBlobStore {
 fn keyed(url: &Url, key: Option<&str>, sas: Option<&str>) -> Result<ConnectionInfo, ConfigError> {
     let host = url.host_str().unwrap_or_default();
     let (account, queue, table) = match host.split_once(".blob.") {
-        Some((account, suffix)) => {
-            let service = |s: &str| {
-                let mut u = url.clone();
-                let _ = u.set_host(Some(&format!("{account}.{s}.{suffix}")));
-                u.to_string()
-            };
+        Some((account, _)) => {
+            let service =
+                |s: &str| sibling_endpoint(url, s).map_or_else(String::new, |u| u.to_string());
             (account.to_owned(), service("queue"), service("table"))
         }
         None => {
@@ -352,6 +361,29 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn entra_account_reaches_the_queue_and_table_services() {
+        use crate::backend::azure::{AzureQueueStore, AzureTableStore};
+        use crate::backend::queue::QueueStore;
+        use crate::backend::table::TableStore;
+        let a =
+            AzureAccount::from_settings(settings("https://acct.blob.core.windows.net")).unwrap();
+        let q = AzureQueueStore::open(&a, Default::default()).unwrap();
+        assert!(
+            q.location()
+                .starts_with("https://acct.queue.core.windows.net"),
+            "{}",
+            q.location()
+        );
+        let t = AzureTableStore::open(&a, Default::default()).unwrap();
+        assert!(
+            t.location()
+                .starts_with("https://acct.table.core.windows.net"),
+            "{}",
+            t.location()
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use azure_storage_queue::models::{
 use azure_storage_queue::{QueueClient, QueueServiceClient, QueueServiceClientOptions};
 use tracing::{debug, warn};
 
-use super::account::AzureAccount;
+use super::account::{sibling_endpoint, AzureAccount};
 use super::auth::Redactor;
 use super::config::{ConnectionInfo, Credential, CONNECTION_STRING_ENV};
 use super::transport::{attempt, describe, Attempted, Connection, RetrySettings};
@@ -140,7 +140,7 @@ impl AzureQueueStore {
                 credential,
                 ..
             } => {
-                let endpoint = queue_endpoint_of(blob_endpoint).ok_or_else(|| {
+                let endpoint = sibling_endpoint(blob_endpoint, "queue").ok_or_else(|| {
                     wire::config(
                         CONFIGURE,
                         "account URL",
@@ -266,16 +266,6 @@ impl AzureQueueStore {
             Err(e) => self.error(t, &e),
         }
     }
-}
-
-/// `https://acct.blob.SUFFIX/` → `https://acct.queue.SUFFIX/`.
-fn queue_endpoint_of(blob_endpoint: &Url) -> Option<Url> {
-    let host = blob_endpoint.host_str()?;
-    let (account, suffix) = host.split_once(".blob.")?;
-    let mut url = blob_endpoint.clone();
-    url.set_host(Some(&format!("{account}.queue.{suffix}")))
-        .ok()?;
-    Some(url)
 }
 
 #[async_trait]
@@ -497,10 +487,10 @@ mod tests {
     fn queue_endpoint_from_blob_endpoint() {
         let blob = Url::parse("https://acct.blob.core.windows.net/").unwrap();
         assert_eq!(
-            queue_endpoint_of(&blob).unwrap().as_str(),
+            sibling_endpoint(&blob, "queue").unwrap().as_str(),
             "https://acct.queue.core.windows.net/"
         );
         let azurite = Url::parse("http://127.0.0.1:10000/devstoreaccount1").unwrap();
-        assert!(queue_endpoint_of(&azurite).is_none());
+        assert!(sibling_endpoint(&azurite, "queue").is_none());
     }
 }

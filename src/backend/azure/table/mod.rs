@@ -17,6 +17,7 @@ use azure_core::credentials::TokenCredential;
 use azure_core::http::{Method, Url};
 use serde_json::Value;
 
+use super::account::{sibling_endpoint, AzureAccount};
 use super::auth::Redactor;
 use super::config::ConnectionInfo;
 use super::transport::{code_of, key_policy, status_of, RetrySettings, Service};
@@ -117,6 +118,27 @@ impl AzureTableStore {
             Redactor::default(),
             &opts,
         )
+    }
+
+    /// The table service of `account` (see [`AzureAccount::from_env`]). For
+    /// Entra ID the table URL is derived from the blob one
+    /// (`https://ACCOUNT.blob.SUFFIX` → `https://ACCOUNT.table.SUFFIX`).
+    pub fn open(account: &AzureAccount, opts: AzureTableOptions) -> Result<Self, TableError> {
+        match account {
+            AzureAccount::Keyed(info) => Self::from_connection_info((**info).clone(), opts),
+            AzureAccount::Entra {
+                blob_endpoint,
+                credential,
+                ..
+            } => {
+                let endpoint = sibling_endpoint(blob_endpoint, "table").ok_or_else(|| {
+                    config_err(format!(
+                        "cannot tell the table service of {blob_endpoint} (expected https://ACCOUNT.blob.SUFFIX)"
+                    ))
+                })?;
+                Self::with_token_credential(endpoint, credential.clone(), opts)
+            }
+        }
     }
 
     fn build(
