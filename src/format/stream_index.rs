@@ -1,31 +1,41 @@
-//! Stream index blobs: for the records between two checkpoints, which
-//! batches hold each stream's events, so that reading one stream reads
-//! those batches and the tail instead of the whole log.
+//! Stream index blobs: for the batches between two checkpoints, where each
+//! batch is and a Bloom filter of the streams it holds, so that reading one
+//! stream reads only the batches whose filter admits it (and the tail),
+//! not the whole log.
+//!
+//! A filter, not an exact list: building it costs a few bit sets per
+//! record in a small array (the writer does it for every batch it appends,
+//! while the block is on its way to the disk), and the index stays a small
+//! fraction of the log however many streams there are. A false positive
+//! costs one batch read; there are no false negatives.
 //!
 //! Like a snapshot, an index is not evidence: `verify` re-derives each one
-//! from the log and compares, and a reader that finds one missing or
-//! inconsistent reads the log instead.
+//! from the log and compares, and a reader that finds one missing or out
+//! of line reads the log instead.
 //!
 //! ```text
 //! magic "BILSIDX1" | version:u16le=1 | reserved:u16le=0 | ledger_id[16]
-//! from:u64le | to:u64le | stream_count:u64le
-//! ( varint len | stream bytes | varint last_version | varint position_count
-//!   | (varint segment | varint offset){position_count} ){stream_count}
+//! from:u64le | to:u64le | batch_count:u64le
+//! ( varint segment | varint offset | varint record_count
+//!   | varint filter_len | filter[filter_len] ){batch_count}
 //! sha256[32] over all preceding bytes
 //! ```
-//! Streams are sorted by their bytes and unique; each stream's positions
-//! (segment index and batch frame offset) are in log order and unique.
-//! Checkpoints fall between batches, so every batch of the range is listed
-//! under at least one stream and the greatest position is the range's last
-//! batch.
-
-use std::collections::HashMap;
+//! Batches are in log order; their record counts add up to `to - from`.
+//! `filter_len` is `ceil(BITS_PER_RECORD * record_count / 8)` bytes; stream
+//! `s` sets bits `(h1 + i * h2) mod (8 * filter_len)` for `i` in
+//! `0..PROBES`, where `h1` is FNV-1a 64 of `s`'s bytes and `h2` is `h1`
+//! rotated by 32 bits, OR 1. Bit `b` is bit `b % 8` of byte `b / 8`.
 
 use sha2::{Digest, Sha256};
 
 use super::{varint, DecodeError, Hash};
 
 pub const MAGIC: &[u8; 8] = b"BILSIDX1";
+
+/// Filter bits per record, and probes per stream: about 1 % false
+/// positives.
+pub const BITS_PER_RECORD: u64 = 10;
+pub const PROBES: u64 = 7;
 
 /// A batch's place in the log: segment index and frame offset.
 pub type Position = (u64, u64);
@@ -36,16 +46,67 @@ pub struct StreamIndex {
     /// Records `from..to` are indexed.
     pub from: u64,
     pub to: u64,
-    /// Hashed, not sorted: the writer notes every record it appends here,
-    /// and sorting is left to `encode`, once per checkpoint.
-    pub streams: HashMap<String, StreamEntry>,
+    pub batches: Vec<BatchFilter>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StreamEntry {
-    /// The stream's version at its last record in the range.
-    pub last_version: u64,
-    pub positions: Vec<Position>,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchFilter {
+    pub position: Position,
+    pub first_seq: u64,
+    pub count: u64,
+    pub filter: Vec<u8>,
+}
+
+/// The two hashes a stream's probes are made of.
+pub fn stream_hashes(stream: &str) -> (u64, u64) {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in stream.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h, h.rotate_left(32) | 1)
+}
+
+impl BatchFilter {
+    /// The filter of a batch of `count` records at `position`, whose
+    /// streams `streams` yields (once per record, repeats allowed).
+    pub fn build<'a>(
+        position: Position,
+        first_seq: u64,
+        count: u64,
+        streams: impl Iterator<Item = &'a str>,
+    ) -> BatchFilter {
+        let bits = filter_len(count) * 8;
+        let mut filter = vec![0u8; filter_len(count) as usize];
+        for s in streams {
+            let (h1, h2) = stream_hashes(s);
+            for i in 0..PROBES {
+                let b = h1.wrapping_add(i.wrapping_mul(h2)) % bits;
+                filter[(b / 8) as usize] |= 1 << (b % 8);
+            }
+        }
+        BatchFilter {
+            position,
+            first_seq,
+            count,
+            filter,
+        }
+    }
+
+    /// Whether the batch may hold a record of the stream with these hashes
+    /// (false: it certainly does not).
+    pub fn may_hold(&self, (h1, h2): (u64, u64)) -> bool {
+        let bits = self.filter.len() as u64 * 8;
+        bits > 0
+            && (0..PROBES).all(|i| {
+                let b = h1.wrapping_add(i.wrapping_mul(h2)) % bits;
+                self.filter[(b / 8) as usize] & (1 << (b % 8)) != 0
+            })
+    }
+}
+
+fn filter_len(count: u64) -> u64 {
+    (BITS_PER_RECORD * count).div_ceil(8)
 }
 
 impl StreamIndex {
@@ -54,55 +115,33 @@ impl StreamIndex {
             ledger_id,
             from,
             to: from,
-            ..Default::default()
+            batches: Vec::new(),
         }
     }
 
-    /// Notes record `seq` of `stream` (at `version`) in the batch at `at`.
-    /// Records must come in log order.
-    pub fn note(&mut self, seq: u64, stream: &str, version: u64, at: Position) {
-        debug_assert_eq!(seq, self.to, "records are indexed in log order");
-        self.to = seq + 1;
-        let e = match self.streams.get_mut(stream) {
-            Some(e) => e,
-            None => self.streams.entry(stream.to_owned()).or_default(),
-        };
-        e.last_version = version;
-        if e.positions.last() != Some(&at) {
-            e.positions.push(at);
-        }
-    }
-
-    /// The range's last batch.
-    pub fn last_position(&self) -> Option<Position> {
-        self.streams
-            .values()
-            .filter_map(|e| e.positions.last())
-            .max()
-            .copied()
+    /// Adds the next batch (it must start at `self.to`).
+    pub fn push(&mut self, batch: BatchFilter) {
+        debug_assert_eq!(batch.first_seq, self.to, "batches are indexed in log order");
+        self.to = batch.first_seq + batch.count;
+        self.batches.push(batch);
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(96 + self.streams.len() * 32);
+        let filters: usize = self.batches.iter().map(|b| b.filter.len() + 12).sum();
+        let mut b = Vec::with_capacity(92 + filters);
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&1u16.to_le_bytes());
         b.extend_from_slice(&0u16.to_le_bytes());
         b.extend_from_slice(&self.ledger_id);
-        for v in [self.from, self.to] {
+        for v in [self.from, self.to, self.batches.len() as u64] {
             b.extend_from_slice(&v.to_le_bytes());
         }
-        b.extend_from_slice(&(self.streams.len() as u64).to_le_bytes());
-        let mut sorted: Vec<_> = self.streams.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        for (s, e) in sorted {
-            varint::put(&mut b, s.len() as u64);
-            b.extend_from_slice(s.as_bytes());
-            varint::put(&mut b, e.last_version);
-            varint::put(&mut b, e.positions.len() as u64);
-            for (seg, off) in &e.positions {
-                varint::put(&mut b, *seg);
-                varint::put(&mut b, *off);
-            }
+        for f in &self.batches {
+            varint::put(&mut b, f.position.0);
+            varint::put(&mut b, f.position.1);
+            varint::put(&mut b, f.count);
+            varint::put(&mut b, f.filter.len() as u64);
+            b.extend_from_slice(&f.filter);
         }
         let digest: Hash = Sha256::digest(&b).into();
         b.extend_from_slice(&digest);
@@ -110,7 +149,7 @@ impl StreamIndex {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        const FIXED: usize = 8 + 4 + 16 + 16 + 8;
+        const FIXED: usize = 8 + 4 + 16 + 24;
         if b.len() < FIXED + 32 {
             return Err(DecodeError::new(b.len(), "stream index runs past the end"));
         }
@@ -136,62 +175,55 @@ impl StreamIndex {
             return Err(DecodeError::new(body_end, "stream index checksum mismatch"));
         }
         let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-        let mut idx = StreamIndex {
-            ledger_id: b[12..28].try_into().unwrap(),
-            from: u64_at(28),
-            to: u64_at(36),
-            streams: HashMap::new(),
-        };
-        if idx.from > idx.to {
+        let mut idx = StreamIndex::new(b[12..28].try_into().unwrap(), u64_at(28));
+        let to = u64_at(36);
+        if idx.from > to {
             return Err(DecodeError::new(28, "range starts after it ends"));
         }
         let count = u64_at(44);
-        let mut pos = FIXED;
         let body = &b[..body_end];
-        let var = |pos: &mut usize| varint::get(body, pos);
-        let mut prev: Option<String> = None;
+        let mut pos = FIXED;
         for _ in 0..count {
             let at = pos;
-            let len = var(&mut pos)? as usize;
-            let s = body
-                .get(pos..pos.saturating_add(len))
-                .ok_or_else(|| DecodeError::new(at, "stream id runs past the end"))?;
-            let s = std::str::from_utf8(s)
-                .map_err(|_| DecodeError::new(pos, "stream id is not UTF-8"))?
-                .to_owned();
-            if prev.as_ref().is_some_and(|p| p.as_bytes() >= s.as_bytes()) {
-                return Err(DecodeError::new(at, "streams are not sorted and unique"));
+            let position = (varint::get(body, &mut pos)?, varint::get(body, &mut pos)?);
+            if idx.batches.last().is_some_and(|l| l.position >= position) {
+                return Err(DecodeError::new(at, "batches are not in log order"));
             }
-            pos += len;
-            let last_version = var(&mut pos)?;
+            let n = varint::get(body, &mut pos)?;
+            if n == 0 || n > to - idx.to {
+                return Err(DecodeError::new(
+                    at,
+                    "batch record count does not fit the range",
+                ));
+            }
             let at = pos;
-            let n = var(&mut pos)?;
-            if n == 0 || n > (body_end - pos) as u64 {
-                return Err(DecodeError::new(at, "bad position count"));
+            let len = varint::get(body, &mut pos)?;
+            if len != filter_len(n) {
+                return Err(DecodeError::new(
+                    at,
+                    "filter length does not fit the record count",
+                ));
             }
-            let mut positions = Vec::with_capacity(n as usize);
-            for _ in 0..n {
-                let at = pos;
-                let p = (var(&mut pos)?, var(&mut pos)?);
-                if positions.last().is_some_and(|l| *l >= p) {
-                    return Err(DecodeError::new(at, "positions are not in log order"));
-                }
-                positions.push(p);
-            }
-            idx.streams.insert(
-                s.clone(),
-                StreamEntry {
-                    last_version,
-                    positions,
-                },
-            );
-            prev = Some(s);
+            let filter = body
+                .get(pos..pos + len as usize)
+                .ok_or_else(|| DecodeError::new(at, "filter runs past the end"))?
+                .to_vec();
+            pos += len as usize;
+            idx.push(BatchFilter {
+                position,
+                first_seq: idx.to,
+                count: n,
+                filter,
+            });
+        }
+        if idx.to != to {
+            return Err(DecodeError::new(
+                36,
+                "batch record counts do not add up to the range",
+            ));
         }
         if pos != body_end {
-            return Err(DecodeError::new(
-                pos,
-                "trailing bytes after the last stream",
-            ));
+            return Err(DecodeError::new(pos, "trailing bytes after the last batch"));
         }
         Ok(idx)
     }
@@ -206,22 +238,30 @@ mod tests {
         (
             any::<[u8; 16]>(),
             0u64..1 << 40,
-            proptest::collection::vec(("[a-z0-9-]{1,12}", 0u64..4, 0u64..3), 0..60),
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec("[a-z0-9-]{1,12}", 1..20),
+                    any::<bool>(),
+                ),
+                0..12,
+            ),
         )
-            .prop_map(|(id, from, recs)| {
+            .prop_map(|(id, from, batches)| {
                 let mut idx = StreamIndex::new(id, from);
                 let (mut seg, mut off) = (0u64, 84u64);
-                let mut versions: std::collections::BTreeMap<String, u64> = Default::default();
-                for (i, (stream, new_seg, new_batch)) in recs.into_iter().enumerate() {
-                    if new_seg == 0 {
+                for (streams, new_segment) in batches {
+                    if new_segment {
                         seg += 1;
                         off = 84;
-                    } else if new_batch == 0 {
-                        off += 300;
                     }
-                    let v = versions.entry(stream.clone()).or_insert(0);
-                    *v += 1;
-                    idx.note(from + i as u64, &stream, *v, (seg, off));
+                    let n = streams.len() as u64;
+                    idx.push(BatchFilter::build(
+                        (seg, off),
+                        idx.to,
+                        n,
+                        streams.iter().map(String::as_str),
+                    ));
+                    off += 300 * n;
                 }
                 idx
             })
@@ -248,20 +288,34 @@ mod tests {
             let cut = at.index(b.len());
             prop_assert!(StreamIndex::decode(&b[..cut]).is_err());
         }
+
+        /// No false negatives, ever.
+        #[test]
+        fn a_batch_admits_every_stream_it_holds(streams in proptest::collection::vec("\\PC{0,20}", 1..300)) {
+            let f = BatchFilter::build((0, 84), 0, streams.len() as u64, streams.iter().map(String::as_str));
+            for s in &streams {
+                prop_assert!(f.may_hold(stream_hashes(s)));
+            }
+        }
     }
 
     #[test]
-    fn positions_are_kept_once_per_batch() {
-        let mut idx = StreamIndex::new([1; 16], 10);
-        idx.note(10, "a", 0, (0, 84));
-        idx.note(11, "a", 1, (0, 84));
-        idx.note(12, "b", 0, (0, 84));
-        idx.note(13, "a", 2, (0, 400));
-        assert_eq!(idx.to, 14);
-        assert_eq!(idx.streams["a"].positions, vec![(0, 84), (0, 400)]);
-        assert_eq!(idx.streams["a"].last_version, 2);
-        assert_eq!(idx.streams["b"].positions, vec![(0, 84)]);
-        let e = StreamIndex::decode(b"BILSNAP1").unwrap_err();
-        assert!(e.what.contains("past the end"), "{e}");
+    fn false_positives_are_rare() {
+        let streams: Vec<String> = (0..1000).map(|i| format!("decision-{i:06}")).collect();
+        let f = BatchFilter::build((0, 84), 0, 1000, streams.iter().map(String::as_str));
+        assert_eq!(f.filter.len(), 1250);
+        let fp = (1000..101_000)
+            .filter(|i| f.may_hold(stream_hashes(&format!("decision-{i:06}"))))
+            .count();
+        // 10 bits and 7 probes per stream: about 0.8 % in theory.
+        assert!(fp < 2_000, "{fp} false positives in 100,000");
+    }
+
+    #[test]
+    fn hashes_are_fnv1a() {
+        // FNV-1a 64 test vectors (the empty string and "a").
+        assert_eq!(stream_hashes("").0, 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stream_hashes("a").0, 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(stream_hashes("a").1, 0x8601_ec8c_af63_dc4c | 1);
     }
 }

@@ -356,8 +356,13 @@ pub fn apply_batch(
     for (r, (leaf, mid)) in records.iter().zip(hash_records(&records)) {
         tip.apply(r, mid, leaf)
             .map_err(|what| IntegrityError::new(blob, offset, Some(r.seq), what))?;
-        tip.index_record(r.seq, r.stream, r.stream_version, offset);
     }
+    tip.index_batch(
+        offset,
+        body.first_seq,
+        records.len(),
+        records.iter().map(|r| r.stream),
+    );
     Ok(())
 }
 

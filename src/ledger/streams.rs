@@ -1,7 +1,7 @@
 //! Reading one stream through the stream index blobs that the writer puts
-//! beside each checkpoint: the batches they list, then the log after the
-//! newest of them. A ledger of ten years and millions of entities is not
-//! read whole to show one entity's history.
+//! beside each checkpoint: the batches whose filter admits the stream, then
+//! the log after the newest index. A ledger of ten years and millions of
+//! entities is not read whole to show one entity's history.
 //!
 //! The indexes are a cache. One that is missing, damaged or out of line
 //! ends the indexed part there, and the rest is scanned; records that do
@@ -16,7 +16,7 @@ use super::layout;
 use super::reader::LedgerReader;
 use crate::error::{IntegrityError, Result};
 use crate::format::record::Record;
-use crate::format::stream_index::{Position, StreamIndex};
+use crate::format::stream_index::{stream_hashes, BatchFilter, Position, StreamIndex};
 use crate::format::DecodeError;
 
 impl LedgerReader {
@@ -37,6 +37,7 @@ impl LedgerReader {
         // an index listed (the scan resumes there and skips what it holds).
         let mut covered = 0u64;
         let mut resume: Option<Position> = None;
+        let hashes = stream_hashes(stream);
         let prefix = layout::stream_index_prefix(self.name());
         let mut blobs: Vec<(u64, String)> = self
             .store()
@@ -50,20 +51,14 @@ impl LedgerReader {
             let Some(idx) = self.index_in_line(&blob, size, covered).await? else {
                 break;
             };
-            if let Some(e) = idx.streams.get(stream) {
-                for &at in &e.positions {
-                    let Some(found) = self.stream_in_batch(stream, at, &idx).await? else {
-                        return Ok(None);
-                    };
-                    out.extend(found);
-                }
-                if out.last().map(|r| r.stream_version) != Some(e.last_version) {
-                    warn!(index = %blob, "stream index disagrees with its batches; scanning the log");
+            for batch in idx.batches.iter().filter(|b| b.may_hold(hashes)) {
+                let Some(found) = self.stream_in_batch(stream, batch).await? else {
                     return Ok(None);
-                }
+                };
+                out.extend(found);
             }
             covered = idx.to;
-            resume = idx.last_position().or(resume);
+            resume = idx.batches.last().map(|b| b.position).or(resume);
         }
         let Some((segment, offset)) = resume else {
             return Ok(None); // nothing indexed: the plain scan is the same work
@@ -119,14 +114,14 @@ impl LedgerReader {
         }
     }
 
-    /// `stream`'s records in the batch at `at` that `idx` covers; `None`
-    /// if no whole batch is there.
+    /// `stream`'s records in the batch `batch` describes; `None` if that
+    /// batch is not where the index says.
     async fn stream_in_batch(
         &self,
         stream: &str,
-        (segment, offset): Position,
-        idx: &StreamIndex,
+        batch: &BatchFilter,
     ) -> Result<Option<Vec<Record>>> {
+        let (segment, offset) = batch.position;
         let Some(seg) = self.segments().iter().find(|s| s.index == segment) else {
             return Ok(None);
         };
@@ -142,12 +137,15 @@ impl LedgerReader {
             return Ok(None);
         };
         let body = chunk.frame(0);
+        if (body.first_seq, body.count as u64) != (batch.first_seq, batch.count) {
+            return Ok(None);
+        }
         let mut out = Vec::new();
         for r in body.iter() {
             let r = r.map_err(|e: DecodeError| {
                 IntegrityError::new(&seg.name, offset + e.offset as u64, None, e.what)
             })?;
-            if r.stream == stream && (idx.from..idx.to).contains(&r.seq) {
+            if r.stream == stream {
                 out.push(r.to_owned());
             }
         }

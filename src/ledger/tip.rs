@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use crate::format::merkle::Frontier;
 use crate::format::record::RecordRef;
 use crate::format::snapshot::Snapshot;
-use crate::format::stream_index::StreamIndex;
+use crate::format::stream_index::{BatchFilter, StreamIndex};
 use crate::format::{chain, Hash};
 
 #[derive(Clone, Debug)]
@@ -100,11 +100,21 @@ impl Tip {
         Ok(self.chain_head)
     }
 
-    /// Notes in the stream index that record `r` is in the batch at
-    /// `offset` of the current segment.
-    pub fn index_record(&mut self, seq: u64, stream: &str, version: u64, offset: u64) {
-        self.index
-            .note(seq, stream, version, (self.segment_index, offset));
+    /// Adds the batch at `offset` of the current segment to the stream
+    /// index; `streams` yields its records' streams.
+    pub fn index_batch<'a>(
+        &mut self,
+        offset: u64,
+        first_seq: u64,
+        count: usize,
+        streams: impl Iterator<Item = &'a str>,
+    ) {
+        self.index.push(BatchFilter::build(
+            (self.segment_index, offset),
+            first_seq,
+            count as u64,
+            streams,
+        ));
     }
 
     /// The stream index since the last checkpoint, leaving an empty one

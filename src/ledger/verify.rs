@@ -138,8 +138,13 @@ impl LedgerReader {
                     for (r, mid) in records.iter().zip(mids) {
                         tip.link(r, mid)
                             .map_err(|what| IntegrityError::new(name, offset, Some(r.seq), what))?;
-                        tip.index_record(r.seq, r.stream, r.stream_version, offset);
                     }
+                    tip.index_batch(
+                        offset,
+                        first_seq,
+                        records.len(),
+                        records.iter().map(|r| r.stream),
+                    );
                     for (height, hash) in subtrees {
                         tip.frontier.append_subtree(height, hash).map_err(|e| {
                             IntegrityError::new(name, offset, Some(first_seq), e.to_string())
@@ -279,15 +284,13 @@ async fn check_stream_index(
                 hex(&want.ledger_id)
             )
         } else {
-            let stream = idx
-                .streams
-                .keys()
-                .chain(want.streams.keys())
-                .filter(|s| idx.streams.get(*s) != want.streams.get(*s))
-                .min()
-                .cloned()
-                .unwrap_or_default();
-            format!("stream index differs from the log at stream {stream:?}")
+            match idx.batches.iter().zip(&want.batches).find(|(a, b)| a != b) {
+                Some((a, b)) => format!(
+                    "stream index differs from the log at the batch of sequence number {} (it says segment {} byte {}, the log segment {} byte {})",
+                    b.first_seq, a.position.0, a.position.1, b.position.0, b.position.1
+                ),
+                None => "stream index lists other batches than the log has".to_owned(),
+            }
         };
         return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
     }

@@ -335,11 +335,12 @@ impl Writer {
         self.tip.segment_blocks += 1;
 
         // Index and hash while the block is on its way to the disk.
-        for r in &next.records {
-            self.tip
-                .index
-                .note(r.seq, &r.stream, r.stream_version, (segment, offset));
-        }
+        self.tip.index_batch(
+            offset,
+            next.records[0].seq,
+            next.records.len(),
+            next.records.iter().map(|r| r.stream.as_str()),
+        );
         let leaves: Vec<_> = if next.records.len() >= PARALLEL_HASHING {
             next.records.par_iter().map(Record::leaf_hash).collect()
         } else {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bi_ledger::backend::{BlobStore, StoreError};
+use bi_ledger::format::stream_index::{stream_hashes, StreamIndex};
 use bi_ledger::{ExpectedVersion, Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
@@ -152,6 +153,17 @@ pub async fn stream_reads_use_the_index(s: Arc<dyn BlobStore>) {
     // Round 4 is an unsigned tail; the writer is still open.
     let indexes = s.list("main/streams-").await.unwrap();
     assert_eq!(indexes.len(), 4, "{indexes:?}");
+    // The filters of round 0's batches keep "rare" out; round 1's let it in.
+    let rare = stream_hashes("rare");
+    let index = |i: usize| {
+        let s = s.clone();
+        let name = indexes[i].name.clone();
+        async move { StreamIndex::decode(&s.read_all(&name).await.unwrap()).unwrap() }
+    };
+    let (round0, round1) = (index(0).await, index(1).await);
+    assert_eq!((round0.from, round0.to, round0.batches.len()), (0, 10, 3));
+    assert!(round0.batches.iter().all(|b| !b.may_hold(rare)));
+    assert!(round1.batches.iter().any(|b| b.may_hold(rare)));
     assert!(
         s.list("main/")
             .await
