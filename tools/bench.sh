@@ -36,21 +36,23 @@ target="${CARGO_TARGET_DIR:-$PWD/target}"
 crit="$target/criterion"
 
 if [ "$mode" = azure ]; then
-    # A private Azurite: the benches leave large containers behind (deleting
-    # them stalls Azurite for minutes), so this one is thrown away after.
+    # A private Azurite, started afresh for each bench and thrown away after
+    # it: the blob bench leaves ~500 MB in it (deleting such a container
+    # stalls Azurite for minutes), and a full Azurite drops connections.
     export AZURITE_BLOB_PORT=10100 AZURITE_QUEUE_PORT=10101 AZURITE_TABLE_PORT=10102
     export AZURITE_STATE_DIR="$target/azurite-bench"
-    tools/azurite.sh start
-    trap 'tools/azurite.sh stop' EXIT
-    eval "$(tools/azurite.sh env)"
-    rm -f "$crit"/bi-ledger-latency.json "$crit"/bi-ledger-facts.json
-    azure_benches=()
+    trap 'tools/azurite.sh stop >/dev/null 2>&1 || true' EXIT
+    rm -f "$crit"/bi-ledger-latency.json "$crit"/bi-ledger-facts.json "$target/azure-bench.log"
+    cargo bench --locked --no-run $(for b in benches/azure_*.rs; do echo --bench "$(basename "$b" .rs)"; done)
     for b in benches/azure_*.rs; do
-        azure_benches+=(--bench "$(basename "$b" .rs)")
+        name="$(basename "$b" .rs)"
+        tools/azurite.sh start
+        eval "$(tools/azurite.sh env)"
+        echo "== cargo bench --bench $name (Azurite on 127.0.0.1:$AZURITE_BLOB_PORT-$AZURITE_TABLE_PORT)"
+        cargo bench --locked --bench "$name" 2>&1 | tee -a "$target/azure-bench.log" |
+            grep -E '^azure|time:|thrpt:|LATENCY|FACT'
+        tools/azurite.sh stop
     done
-    echo "== cargo bench ${azure_benches[*]} (Azurite on 127.0.0.1:$AZURITE_BLOB_PORT-$AZURITE_TABLE_PORT)"
-    cargo bench --locked "${azure_benches[@]}" 2>&1 | tee "$target/azure-bench.log" |
-        grep -E '^(azure|Benchmarking .*: Analyzing)|time:|thrpt:|LATENCY|FACT' | grep -v Analyzing
     echo
     echo "== summary (events or operations per second, criterion's middle estimate)"
     grep -E '^[a-z_/0-9]+ +time:|^[a-z_/0-9]+$|thrpt:' "$target/azure-bench.log" |
