@@ -19,25 +19,29 @@ use crate::format::record::Record;
 use crate::format::stream_index::{stream_hashes, BatchFilter, Position, StreamIndex};
 use crate::format::DecodeError;
 
+/// Below this many records per index blob on average, reading the indexes
+/// (one request each) costs about what scanning those records does, so
+/// the log is scanned. A quiet ledger checkpointed every five minutes for
+/// ten years has a million small indexes; scanning its log is cheaper.
+const MIN_RECORDS_PER_INDEX: u64 = 4096;
+
 impl LedgerReader {
     /// One stream's events in version order (the log order is version
-    /// order within a stream).
+    /// order within a stream): through the stream indexes where they pay
+    /// off, else by scanning the log.
     pub async fn read_stream(&self, stream: &str) -> Result<Vec<Record>> {
-        if let Some(out) = self.read_stream_indexed(stream).await? {
-            return Ok(out);
+        let blobs = self.stream_index_blobs().await?;
+        let indexed = blobs.last().map_or(0, |(size, _)| *size);
+        if indexed / (blobs.len() as u64).max(1) >= MIN_RECORDS_PER_INDEX {
+            if let Some(out) = self.read_stream_through(stream, blobs).await? {
+                return Ok(out);
+            }
         }
         self.read_stream_scan(stream).await
     }
 
-    /// [`Self::read_stream`] through the indexes only: `None` when they are
-    /// missing or do not add up, and a full scan is needed.
-    pub async fn read_stream_indexed(&self, stream: &str) -> Result<Option<Vec<Record>>> {
-        let mut out: Vec<Record> = Vec::new();
-        // Where the indexed part ends: the next record, and the last batch
-        // an index listed (the scan resumes there and skips what it holds).
-        let mut covered = 0u64;
-        let mut resume: Option<Position> = None;
-        let hashes = stream_hashes(stream);
+    /// The stream index blobs and the size each covers up to, oldest first.
+    async fn stream_index_blobs(&self) -> Result<Vec<(u64, String)>> {
         let prefix = layout::stream_index_prefix(self.name());
         let mut blobs: Vec<(u64, String)> = self
             .store()
@@ -47,6 +51,27 @@ impl LedgerReader {
             .filter_map(|b| layout::stream_index_size(self.name(), &b.name).map(|s| (s, b.name)))
             .collect();
         blobs.sort();
+        Ok(blobs)
+    }
+
+    /// [`Self::read_stream`] through the indexes, however small: `None`
+    /// when they are missing or do not add up, and a full scan is needed.
+    pub async fn read_stream_indexed(&self, stream: &str) -> Result<Option<Vec<Record>>> {
+        let blobs = self.stream_index_blobs().await?;
+        self.read_stream_through(stream, blobs).await
+    }
+
+    async fn read_stream_through(
+        &self,
+        stream: &str,
+        blobs: Vec<(u64, String)>,
+    ) -> Result<Option<Vec<Record>>> {
+        let mut out: Vec<Record> = Vec::new();
+        // Where the indexed part ends: the next record, and the last batch
+        // an index listed (the scan resumes there and skips what it holds).
+        let mut covered = 0u64;
+        let mut resume: Option<Position> = None;
+        let hashes = stream_hashes(stream);
         for (size, blob) in blobs {
             let Some(idx) = self.index_in_line(&blob, size, covered).await? else {
                 break;
