@@ -137,6 +137,24 @@ pub trait WriterLock: Send + Sync + fmt::Debug {
     }
 }
 
+/// What every store checks of a block before appending it: not empty
+/// (an empty append would move nothing and count a block) and at most
+/// `limit` bytes.
+pub fn validate_block(block: &[u8], limit: usize) -> Result<(), StoreError> {
+    if block.len() > limit {
+        return Err(StoreError::BlockTooLarge {
+            size: block.len(),
+            limit,
+        });
+    }
+    if block.is_empty() {
+        return Err(StoreError::Unsupported(
+            "an empty block cannot be appended".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Names are `/`-separated paths of `[A-Za-z0-9._-]` components, none of
 /// them `.` or `..` or starting with `.`, so they map to file paths and to
 /// Azure blob names alike.

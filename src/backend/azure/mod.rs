@@ -38,7 +38,8 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::{debug, warn};
 
 use super::{
-    validate_name, BlobInfo, BlobStore, StoreError, WriterLock, AZURE_MAX_BLOCKS, DEFAULT_MAX_BLOCK,
+    validate_block, validate_name, BlobInfo, BlobStore, StoreError, WriterLock, AZURE_MAX_BLOCKS,
+    DEFAULT_MAX_BLOCK,
 };
 
 pub mod account;
@@ -554,18 +555,7 @@ impl BlobStore for AzureBlobStore {
         block: &[u8],
     ) -> Result<u64, StoreError> {
         validate_name(name)?;
-        let limit = self.inner.opts.max_block_size;
-        if block.len() > limit {
-            return Err(StoreError::BlockTooLarge {
-                size: block.len(),
-                limit,
-            });
-        }
-        if block.is_empty() {
-            return Err(StoreError::Unsupported(
-                "an empty block cannot be appended".into(),
-            ));
-        }
+        validate_block(block, self.inner.opts.max_block_size)?;
         let blocks = self.blocks_at(name, expected_offset).await?;
         let max_blocks = self.inner.opts.max_blocks;
         if blocks >= max_blocks {

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    validate_name, BlobInfo, BlobStore, StoreError, WriterLock, AZURE_MAX_BLOCKS, DEFAULT_MAX_BLOCK,
+    validate_block, validate_name, BlobInfo, BlobStore, StoreError, WriterLock, AZURE_MAX_BLOCKS,
+    DEFAULT_MAX_BLOCK,
 };
 
 #[derive(Clone, Debug)]
@@ -393,17 +394,7 @@ impl BlobStore for SharedFs {
         expected_offset: u64,
         block: &[u8],
     ) -> Result<u64, StoreError> {
-        if block.len() > self.opts.max_block_size {
-            return Err(StoreError::BlockTooLarge {
-                size: block.len(),
-                limit: self.opts.max_block_size,
-            });
-        }
-        if block.is_empty() {
-            return Err(StoreError::Unsupported(
-                "an empty block cannot be appended".into(),
-            ));
-        }
+        validate_block(block, self.opts.max_block_size)?;
         let (me, name, block) = (self.clone(), name.to_owned(), block.to_vec());
         blocking(move || {
             let blob = me.open_blob(&name)?;
