@@ -47,10 +47,7 @@ pub fn checkpoint(ledger: &str, size: u64) -> String {
 }
 
 pub fn checkpoint_size(ledger: &str, blob: &str) -> Option<u64> {
-    let digits = blob.strip_prefix(&checkpoint_prefix(ledger))?;
-    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
+    size_after(blob, &checkpoint_prefix(ledger))
 }
 
 pub fn snapshot(ledger: &str, size: u64) -> String {
@@ -78,6 +75,8 @@ pub fn stream_index_size(ledger: &str, blob: &str) -> Option<u64> {
     size_after(blob, &stream_index_prefix(ledger))
 }
 
+/// The size in a checkpoint, snapshot or stream index name: exactly 20
+/// decimal digits after `prefix`.
 fn size_after(blob: &str, prefix: &str) -> Option<u64> {
     let digits = blob.strip_prefix(prefix)?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
