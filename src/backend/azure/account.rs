@@ -18,8 +18,6 @@ use azure_identity::{
 };
 
 use super::config::{ConfigError, ConnectionInfo, CONNECTION_STRING_ENV};
-use super::{AzureBlobStore, AzureOptions};
-use crate::backend::StoreError;
 
 /// The blob service URL of an account, e.g.
 /// `https://acct.blob.core.windows.net/` (or Azurite's
@@ -191,34 +189,6 @@ impl AzureAccount {
         match self {
             AzureAccount::Keyed(info) => &info.blob_endpoint,
             AzureAccount::Entra { blob_endpoint, .. } => blob_endpoint,
-        }
-    }
-}
-
-impl AzureBlobStore {
-    /// Opens `container` (creating it if missing) in `account`.
-    pub async fn open(
-        account: &AzureAccount,
-        container: &str,
-        opts: AzureOptions,
-    ) -> Result<AzureBlobStore, StoreError> {
-        match account {
-            AzureAccount::Keyed(info) => {
-                Self::from_connection_info((**info).clone(), container, opts).await
-            }
-            AzureAccount::Entra {
-                blob_endpoint,
-                credential,
-                ..
-            } => {
-                Self::with_token_credential(
-                    blob_endpoint.clone(),
-                    container,
-                    credential.clone(),
-                    opts,
-                )
-                .await
-            }
         }
     }
 }

@@ -214,6 +214,32 @@ impl AzureBlobStore {
         )
     }
 
+    /// Opens `container` (creating it if missing) in `account`.
+    pub async fn open(
+        account: &AzureAccount,
+        container: &str,
+        opts: AzureOptions,
+    ) -> Result<AzureBlobStore, StoreError> {
+        match account {
+            AzureAccount::Keyed(info) => {
+                Self::from_connection_info((**info).clone(), container, opts).await
+            }
+            AzureAccount::Entra {
+                blob_endpoint,
+                credential,
+                ..
+            } => {
+                Self::with_token_credential(
+                    blob_endpoint.clone(),
+                    container,
+                    credential.clone(),
+                    opts,
+                )
+                .await
+            }
+        }
+    }
+
     /// Opens `container` (creating it if missing) with an Entra ID
     /// credential (e.g. `azure_identity`'s managed or workload identity).
     /// `blob_endpoint` is the account's blob service URL (https).
