@@ -9,6 +9,15 @@ use crate::format::snapshot::Snapshot;
 use crate::format::stream_index::{BatchFilter, StreamIndex};
 use crate::format::{chain, Hash};
 
+/// What the chain walk needs of a record besides its stream id.
+pub struct Linked {
+    pub seq: u64,
+    pub timestamp_us: i64,
+    pub stream_version: u64,
+    /// The chain's parallel half: SHA-256 of `CHAIN_TAG || leaf` so far.
+    pub mid: chain::Midstate,
+}
+
 #[derive(Clone, Debug)]
 pub struct Tip {
     pub ledger_id: [u8; 16],
@@ -68,6 +77,20 @@ impl Tip {
     /// subtrees computed in parallel (`verify`); they append the subtrees
     /// before anything reads the frontier.
     pub fn link(&mut self, r: &RecordRef<'_>, link: chain::Midstate) -> Result<Hash, String> {
+        self.link_fields(
+            Linked {
+                seq: r.seq,
+                timestamp_us: r.timestamp_us,
+                stream_version: r.stream_version,
+                mid: link,
+            },
+            r.stream,
+        )
+    }
+
+    /// `link` from the fields the chain walk checks, for callers that
+    /// decoded the record elsewhere (`verify`'s parallel stage).
+    pub fn link_fields(&mut self, r: Linked, stream: &str) -> Result<Hash, String> {
         if r.seq != self.size {
             return Err(format!(
                 "sequence number {} where {} was due",
@@ -81,20 +104,20 @@ impl Tip {
                 crate::time::format_us(self.last_ts)
             ));
         }
-        match self.streams.get_mut(r.stream) {
+        match self.streams.get_mut(stream) {
             Some(v) if r.stream_version == *v + 1 => *v = r.stream_version,
             None if r.stream_version == 0 => {
-                self.streams.insert(r.stream.to_owned(), 0);
+                self.streams.insert(stream.to_owned(), 0);
             }
             current => {
                 let due = current.map_or(0, |v| *v + 1);
                 return Err(format!(
                     "stream {:?} version {} where {due} was due",
-                    r.stream, r.stream_version
+                    stream, r.stream_version
                 ));
             }
         }
-        self.chain_head = link.link(&self.chain_head);
+        self.chain_head = r.mid.link(&self.chain_head);
         self.last_ts = r.timestamp_us;
         self.size += 1;
         Ok(self.chain_head)
@@ -109,12 +132,17 @@ impl Tip {
         count: usize,
         streams: impl Iterator<Item = &'a str>,
     ) {
-        self.index.push(BatchFilter::build(
+        self.push_filter(BatchFilter::build(
             (self.segment_index, offset),
             first_seq,
             count as u64,
             streams,
         ));
+    }
+
+    /// Adds a batch's filter, built by the caller (in parallel, by `verify`).
+    pub fn push_filter(&mut self, filter: BatchFilter) {
+        self.index.push(filter);
     }
 
     /// The stream index since the last checkpoint, leaving an empty one

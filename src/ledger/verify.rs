@@ -1,22 +1,29 @@
 //! Full verification: every CRC, record, chain link, segment header,
 //! checkpoint signature, Merkle root and snapshot, from the first byte.
 //!
-//! Per chunk of batches, decoding and leaf hashing run in parallel (rayon);
-//! the chain walk, which is serial by construction, then costs one SHA-256
-//! compression per record (see `format::chain`).
+//! Per chunk of batches, decoding, leaf hashing, Merkle subtrees and stream
+//! filters run in parallel (rayon); the chain walk, which is serial by
+//! construction, costs one SHA-256 compression per record (see
+//! `format::chain`). The two overlap: while rayon hashes one chunk, the walk
+//! goes over the chunk before, so the serial part hides behind the parallel
+//! one instead of adding to it.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
+use tokio::sync::oneshot;
 
 use super::reader::LedgerReader;
 use super::recover;
+use super::scan::Chunk;
 use super::scan::Scanner;
-use super::tip::Tip;
+use super::tip::{Linked, Tip};
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
-use crate::format::merkle;
 use crate::format::segment::{SegmentHeader, HEADER_LEN};
 use crate::format::snapshot::Snapshot;
-use crate::format::stream_index::StreamIndex;
+use crate::format::stream_index::{BatchFilter, StreamIndex};
+use crate::format::{chain, merkle};
 use crate::format::{hex, Hash};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,78 +90,33 @@ impl LedgerReader {
                 info.size,
                 self.max_body(),
             );
-            while let Some(chunk) = scan.next_chunk().await? {
-                // Parallel part: decode and hash every batch of the chunk.
-                let decoded: Vec<_> = chunk
-                    .frames
-                    .par_iter()
-                    .enumerate()
-                    .map(|(i, range)| {
-                        let offset = chunk.base + range.start as u64;
-                        let body = chunk.frame(i);
-                        let records = body.decode_all().map_err(|e| {
-                            IntegrityError::new(
-                                name,
-                                offset + e.offset as u64,
-                                Some(body.first_seq),
-                                e.what,
-                            )
-                        })?;
-                        let mut leaves = Vec::with_capacity(records.len());
-                        let mids: Vec<_> = records
-                            .iter()
-                            .map(|r| {
-                                let leaf = r.leaf_hash();
-                                leaves.push(leaf);
-                                crate::format::chain::midstate(&leaf)
-                            })
-                            .collect();
-                        let subtrees = merkle::range_subtrees(body.first_seq, &leaves);
-                        Ok::<_, IntegrityError>((
-                            offset,
-                            range.len() as u64,
-                            body.first_seq,
-                            records,
-                            mids,
-                            subtrees,
-                        ))
-                    })
-                    .collect();
-                // Serial part: walk the chain in order.
-                for d in decoded {
-                    let (offset, len, first_seq, records, mids, subtrees) = d?;
-                    if first_seq != tip.size {
-                        return Err(IntegrityError::new(
-                            name,
-                            offset + crate::format::batch::FRAME_HEADER_LEN as u64,
-                            Some(first_seq),
-                            format!(
-                                "batch starts at sequence number {first_seq} where {} was due",
-                                tip.size
-                            ),
-                        )
-                        .into());
+            // A pipeline of three: while rayon decodes and hashes chunk k,
+            // this task walks chunk k-1's chain and then reads chunk k+1.
+            let mut pending: Option<oneshot::Receiver<Hashed>> = None;
+            loop {
+                let read = scan.next_chunk().await;
+                let started = match read {
+                    Ok(Some(chunk)) => Some(spawn_hashing(chunk, name.clone(), *index)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        // Report what the chunks before it hold first.
+                        if let Some(rx) = pending.take() {
+                            let hashed = rx.await.expect("the hashing job answers");
+                            walk(self, name, hashed, &mut tip, &mut next_cp).await?;
+                        }
+                        return Err(e.into());
                     }
-                    for (r, mid) in records.iter().zip(mids) {
-                        tip.link(r, mid)
-                            .map_err(|what| IntegrityError::new(name, offset, Some(r.seq), what))?;
-                    }
-                    tip.index_batch(
-                        offset,
-                        first_seq,
-                        records.len(),
-                        records.iter().map(|r| r.stream),
-                    );
-                    for (height, hash) in subtrees {
-                        tip.frontier.append_subtree(height, hash).map_err(|e| {
-                            IntegrityError::new(name, offset, Some(first_seq), e.to_string())
-                        })?;
-                    }
-                    tip.segment_len = offset + len;
-                    tip.segment_blocks += 1;
-                    check_checkpoints(self, &mut next_cp, &mut tip).await?;
+                };
+                if let Some(rx) = pending.take() {
+                    let hashed = rx.await.expect("the hashing job answers");
+                    let end = hashed.chunk.base + hashed.chunk.data.len() as u64;
+                    walk(self, name, hashed, &mut tip, &mut next_cp).await?;
+                    progress(done_before + end, total);
                 }
-                progress(done_before + chunk.base + chunk.data.len() as u64, total);
+                match started {
+                    Some(rx) => pending = Some(rx),
+                    None => break,
+                }
             }
             if let Some(bad) = scan.bad {
                 let signed = checkpoints.last().map_or(0, |(_, c)| c.size);
@@ -191,6 +153,133 @@ impl LedgerReader {
             unsigned_tail: tip.size - signed,
         })
     }
+}
+
+/// A chunk and what the parallel stage learnt of its batches, owned so it
+/// can cross from rayon to the walk while the next chunk is hashed.
+struct Hashed {
+    chunk: Chunk,
+    batches: Vec<std::result::Result<HashedBatch, IntegrityError>>,
+}
+
+struct HashedBatch {
+    /// Offset of the frame in the segment, and its length.
+    offset: u64,
+    len: u64,
+    first_seq: u64,
+    /// Each record, with its stream id as a range of `chunk.data`.
+    records: Vec<(Linked, Range<usize>)>,
+    subtrees: Vec<(u32, crate::format::Hash)>,
+    filter: BatchFilter,
+}
+
+/// Decodes and hashes every batch of `chunk` on rayon's pool: leaf hashes,
+/// the chain's parallel half (see `format::chain`), the batch's Merkle
+/// subtrees and its stream filter. Everything order-dependent is left to
+/// `walk`.
+fn spawn_hashing(chunk: Chunk, name: String, segment: u64) -> oneshot::Receiver<Hashed> {
+    let (tx, rx) = oneshot::channel();
+    rayon::spawn(move || {
+        let base = chunk.data.as_ptr() as usize;
+        let batches = (0..chunk.frames.len())
+            .into_par_iter()
+            .map(|i| {
+                let range = &chunk.frames[i];
+                let offset = chunk.base + range.start as u64;
+                let body = chunk.frame(i);
+                let records = body.decode_all().map_err(|e| {
+                    IntegrityError::new(
+                        &name,
+                        offset + e.offset as u64,
+                        Some(body.first_seq),
+                        e.what,
+                    )
+                })?;
+                let leaves: Vec<_> = records.iter().map(|r| r.leaf_hash()).collect();
+                let filter = BatchFilter::build(
+                    (segment, offset),
+                    body.first_seq,
+                    records.len() as u64,
+                    records.iter().map(|r| r.stream),
+                );
+                let linked = records
+                    .iter()
+                    .zip(&leaves)
+                    .map(|(r, leaf)| {
+                        // Decoded fields borrow from the chunk's bytes.
+                        let at = (r.stream.as_ptr() as usize)
+                            .checked_sub(base)
+                            .expect("a decoded stream id lies in its chunk");
+                        let fields = Linked {
+                            seq: r.seq,
+                            timestamp_us: r.timestamp_us,
+                            stream_version: r.stream_version,
+                            mid: chain::midstate(leaf),
+                        };
+                        (fields, at..at + r.stream.len())
+                    })
+                    .collect();
+                Ok(HashedBatch {
+                    offset,
+                    len: range.len() as u64,
+                    first_seq: body.first_seq,
+                    records: linked,
+                    subtrees: merkle::range_subtrees(body.first_seq, &leaves),
+                    filter,
+                })
+            })
+            .collect();
+        // The receiver is gone only if verify already failed.
+        let _ = tx.send(Hashed { chunk, batches });
+    });
+    rx
+}
+
+/// The serial stage: walks a hashed chunk's batches in order, linking the
+/// chain, checking sequence numbers, timestamps and stream versions, and
+/// every checkpoint the walk reaches.
+async fn walk<'a, I>(
+    reader: &LedgerReader,
+    name: &str,
+    hashed: Hashed,
+    tip: &mut Tip,
+    next_cp: &mut std::iter::Peekable<I>,
+) -> Result<()>
+where
+    I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
+{
+    let data = &hashed.chunk.data;
+    for b in hashed.batches {
+        let b = b?;
+        if b.first_seq != tip.size {
+            return Err(IntegrityError::new(
+                name,
+                b.offset + crate::format::batch::FRAME_HEADER_LEN as u64,
+                Some(b.first_seq),
+                format!(
+                    "batch starts at sequence number {} where {} was due",
+                    b.first_seq, tip.size
+                ),
+            )
+            .into());
+        }
+        for (fields, stream) in b.records {
+            let seq = fields.seq;
+            let stream = std::str::from_utf8(&data[stream]).expect("decoding checked UTF-8");
+            tip.link_fields(fields, stream)
+                .map_err(|what| IntegrityError::new(name, b.offset, Some(seq), what))?;
+        }
+        tip.push_filter(b.filter);
+        for (height, hash) in b.subtrees {
+            tip.frontier.append_subtree(height, hash).map_err(|e| {
+                IntegrityError::new(name, b.offset, Some(b.first_seq), e.to_string())
+            })?;
+        }
+        tip.segment_len = b.offset + b.len;
+        tip.segment_blocks += 1;
+        check_checkpoints(reader, next_cp, tip).await?;
+    }
+    Ok(())
 }
 
 /// Checks every checkpoint whose size the walk has just reached.
