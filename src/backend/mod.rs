@@ -137,6 +137,22 @@ pub trait WriterLock: Send + Sync + fmt::Debug {
     }
 }
 
+thread_local! {
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one that does nothing but drive a ledger's
+/// writer, where a store may do blocking I/O in place instead of handing it
+/// to a thread pool (see `fs`). Only the writer's own thread calls this.
+pub(crate) fn allow_blocking_here() {
+    MAY_BLOCK.with(|m| m.set(true));
+}
+
+/// Whether the calling thread may block on I/O (see `allow_blocking_here`).
+pub(crate) fn may_block_here() -> bool {
+    MAY_BLOCK.with(|m| m.get())
+}
+
 /// What every store checks of a block before appending it: not empty
 /// (an empty append would move nothing and count a block) and at most
 /// `limit` bytes.

@@ -131,7 +131,7 @@ impl Ledger {
         };
         tip.segment_len = store.append(&seg, 0, &header.encode()).await?;
         tip.segment_blocks = 1;
-        let ledger = Self::start(store, meta, opts, tip, None, lock);
+        let ledger = Self::start(store, meta, opts, tip, None, lock)?;
         // Checkpoint 0 commits to the empty ledger, so even its first tail
         // is covered by the rule "what a checkpoint covers must be there".
         ledger.checkpoint().await?;
@@ -169,7 +169,7 @@ impl Ledger {
             }
             None => None,
         };
-        Ok(Self::start(store, meta, opts, tip, last, lock))
+        Self::start(store, meta, opts, tip, last, lock)
     }
 
     fn start(
@@ -179,7 +179,7 @@ impl Ledger {
         tip: tip::Tip,
         last_checkpoint: Option<CheckpointInfo>,
         lock: Box<dyn crate::backend::WriterLock>,
-    ) -> Ledger {
+    ) -> Result<Ledger> {
         opts.max_batch_bytes = opts.max_batch_bytes.min(store.max_block_size());
         let max_batch = opts.max_batch_bytes;
         let (tx, rx) = mpsc::channel(4096);
@@ -194,13 +194,35 @@ impl Ledger {
             last_checkpoint,
             last_checkpoint_at: Instant::now(),
         };
-        tokio::spawn(w.run(rx));
-        Ledger {
+        // The writer gets a thread (and a small runtime) of its own: its
+        // store may then write in place, without the thread hand-offs that
+        // would otherwise sit between every group commit and its callers
+        // (see `backend::fs`), and the application's runtime never waits
+        // on the writer's I/O or hashing.
+        std::thread::Builder::new()
+            .name(format!("bi-ledger-writer-{}", meta.name))
+            .spawn(move || {
+                crate::backend::allow_blocking_here();
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(w.run(rx)),
+                    // Dropping `rx` answers every caller with `Closed`.
+                    Err(e) => tracing::error!(error = %e, "cannot start the writer's runtime"),
+                }
+            })
+            .map_err(|source| crate::backend::StoreError::Io {
+                op: "start the writer thread of",
+                name: meta.name.clone(),
+                source,
+            })?;
+        Ok(Ledger {
             tx,
             store,
             meta,
             max_batch,
-        }
+        })
     }
 
     pub fn name(&self) -> &str {

@@ -1,22 +1,25 @@
-//! The single writer task. It is pipelined: while one block is being made
-//! durable (`pwrite` + `fdatasync`, or an Azure append), the next batch fills
-//! with every append that arrives meanwhile, and is written the moment the
-//! previous one is acknowledged. So concurrent callers share block writes
-//! (group commit), the disk never idles while callers wait, and each
-//! caller is answered only once its own block is durable.
+//! The single writer task, on a thread of its own (see `Ledger::start`).
+//! While one block is being made durable (`pwrite` + `fdatasync` in place on
+//! this thread, or an Azure append), every append that arrives meanwhile
+//! waits in the channel; the next batch takes all of them the moment the
+//! previous block is acknowledged. So concurrent callers share block writes
+//! (group commit), the disk never idles while callers wait, and each caller
+//! is answered only once its own block is durable.
 //!
-//! A batch's leaf and chain hashes are computed after its write has been
-//! issued: the block's bytes do not depend on them, so hashing overlaps the
+//! A batch's leaf and chain hashes are computed on rayon while its block is
+//! written: the block's bytes do not depend on them, so hashing overlaps the
 //! I/O instead of adding to it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use rayon::prelude::*;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info};
 
 use super::layout::{self, Meta};
@@ -28,6 +31,7 @@ use crate::format::batch::BatchEncoder;
 use crate::format::checkpoint::Checkpoint;
 use crate::format::record::Record;
 use crate::format::segment::{SegmentHeader, HEADER_LEN};
+use crate::format::stream_index::BatchFilter;
 use crate::format::{chain, merkle};
 use crate::model::{NewEvent, Receipt};
 
@@ -63,9 +67,10 @@ pub struct Writer {
 
 type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
 
-/// Batches smaller than this are hashed on the writer's own thread: waking
-/// rayon's workers costs more than hashing a few dozen records, which
-/// overlaps the write anyway (group commit's batches are about this size).
+/// Batches smaller than this are hashed by one rayon thread: splitting a few
+/// dozen records over both costs more than it saves, and one thread's
+/// hashing overlaps the write anyway (group commit's batches are about this
+/// size).
 const PARALLEL_HASHING: usize = 256;
 
 /// Longest a ready batch waits for the callers of the previous one.
@@ -82,12 +87,79 @@ struct Next {
 
 /// A block whose write has been issued.
 struct InFlight {
-    write: JoinHandle<Result<u64, StoreError>>,
+    write: Write,
     segment: u64,
     offset: u64,
     records: Vec<Record>,
     hashes: Vec<crate::format::Hash>,
     callers: Vec<(Reply, usize, usize)>,
+}
+
+/// A batch's hashes and stream filter: everything about it that does not
+/// depend on the chain before it.
+struct HashedBatch {
+    records: Vec<Record>,
+    /// The chain's parallel half for each record (see `format::chain`).
+    mids: Vec<chain::Midstate>,
+    subtrees: Vec<(u32, crate::format::Hash)>,
+    filter: BatchFilter,
+}
+
+fn hash_batch(records: Vec<Record>, position: (u64, u64), first: u64) -> HashedBatch {
+    let leaves: Vec<_> = if records.len() >= PARALLEL_HASHING {
+        records.par_iter().map(Record::leaf_hash).collect()
+    } else {
+        records.iter().map(Record::leaf_hash).collect()
+    };
+    let mids = if leaves.len() >= PARALLEL_HASHING {
+        leaves.par_iter().map(chain::midstate).collect()
+    } else {
+        leaves.iter().map(chain::midstate).collect()
+    };
+    let filter = BatchFilter::build(
+        position,
+        first,
+        records.len() as u64,
+        records.iter().map(|r| r.stream.as_str()),
+    );
+    HashedBatch {
+        subtrees: merkle::range_subtrees(first, &leaves),
+        records,
+        mids,
+        filter,
+    }
+}
+
+/// A block's append, driven by the writer task itself rather than spawned:
+/// a spawned task would wait for the writer to yield, and the fs store's
+/// append completes in place on its first poll.
+struct Write {
+    append: Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send>>,
+    done: Option<Result<u64, StoreError>>,
+}
+
+impl Write {
+    /// Polls the append once, so the store has the block (the fs store's
+    /// blocking thread is writing it) before the writer goes on to hash.
+    async fn start(
+        mut append: Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send>>,
+    ) -> Write {
+        let done = std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await;
+        Write {
+            append,
+            done: match done {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            },
+        }
+    }
+
+    async fn wait(&mut self) -> Result<u64, StoreError> {
+        match self.done.take() {
+            Some(r) => r,
+            None => self.append.as_mut().await,
+        }
+    }
 }
 
 impl Writer {
@@ -108,6 +180,15 @@ impl Writer {
         let mut expect = 0usize;
         let mut hold_until: Option<tokio::time::Instant> = None;
         loop {
+            // Take every append already waiting: a store that writes on this
+            // task's thread (the fs store on a dedicated writer thread) lets
+            // nothing be admitted while it writes.
+            while open && stash.is_none() && barrier.is_none() {
+                match rx.try_recv() {
+                    Ok(cmd) => self.admit(cmd, &mut next, &mut stash, &mut barrier),
+                    Err(_) => break,
+                }
+            }
             if in_flight.is_none() && !next.records.is_empty() {
                 let hold = open
                     && stash.is_none()
@@ -165,15 +246,11 @@ impl Writer {
                 && self.checkpoint_due_in() != Some(Duration::ZERO);
             tokio::select! {
                 biased;
-                done = async { (&mut in_flight.as_mut().unwrap().write).await }, if in_flight.is_some() => {
+                // Wrapped: select! builds the futures of disabled branches too.
+                result = async { in_flight.as_mut().unwrap().write.wait().await }, if in_flight.is_some() => {
                     let f = in_flight.take().unwrap();
                     expect = f.callers.len() + next.callers.len();
                     hold_until = Some(tokio::time::Instant::now() + HOLD);
-                    let result = done.unwrap_or_else(|e| Err(StoreError::Io {
-                        op: "append (task failed)",
-                        name: String::new(),
-                        source: std::io::Error::other(e.to_string()),
-                    }));
                     self.finish(f, result, &mut next);
                 }
                 cmd = rx.recv(), if admitting => match cmd {
@@ -327,39 +404,37 @@ impl Writer {
         }
         let segment = self.tip.segment_index;
         let offset = self.tip.segment_len;
+        let first = next.records[0].seq;
+        // Hash and index on rayon while the block is on its way to the disk:
+        // the block's bytes do not depend on the hashes. The fs store may
+        // write on this very thread (see `backend::fs`), so the hashing
+        // cannot wait for it here.
+        let (tx, rx) = oneshot::channel();
+        let records = next.records;
+        rayon::spawn(move || {
+            let _ = tx.send(hash_batch(records, (segment, offset), first));
+        });
         let name = layout::segment(&self.meta.name, segment);
         let store = self.store.clone();
         let len = block.len() as u64;
-        let write = tokio::spawn(async move { store.append(&name, offset, &block).await });
+        let write = Write::start(Box::pin(async move {
+            store.append(&name, offset, &block).await
+        }))
+        .await;
         self.tip.segment_len += len;
         self.tip.segment_blocks += 1;
 
-        // Index and hash while the block is on its way to the disk.
-        self.tip.index_batch(
-            offset,
-            next.records[0].seq,
-            next.records.len(),
-            next.records.iter().map(|r| r.stream.as_str()),
-        );
-        let leaves: Vec<_> = if next.records.len() >= PARALLEL_HASHING {
-            next.records.par_iter().map(Record::leaf_hash).collect()
-        } else {
-            next.records.iter().map(Record::leaf_hash).collect()
-        };
-        let mids: Vec<_> = if leaves.len() >= PARALLEL_HASHING {
-            leaves.par_iter().map(chain::midstate).collect()
-        } else {
-            leaves.iter().map(chain::midstate).collect()
-        };
-        let hashes = mids
+        let h = rx.await.expect("the hashing job answers");
+        self.tip.push_filter(h.filter);
+        let hashes = h
+            .mids
             .into_iter()
             .map(|m| {
                 self.tip.chain_head = m.link(&self.tip.chain_head);
                 self.tip.chain_head
             })
             .collect();
-        let first = next.records[0].seq;
-        for (height, hash) in merkle::range_subtrees(first, &leaves) {
+        for (height, hash) in h.subtrees {
             self.tip
                 .frontier
                 .append_subtree(height, hash)
@@ -369,7 +444,7 @@ impl Writer {
             write,
             segment,
             offset,
-            records: next.records,
+            records: h.records,
             hashes,
             callers: next.callers,
         })
