@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use bi_ledger::backend::fs::FsStore;
-use bi_ledger::backend::BlobStore;
+use bi_ledger::backend::{BlobInfo, BlobStore, StoreError, WriterLock};
 
 #[path = "suite/ledger.rs"]
 mod ledger;
@@ -143,5 +143,133 @@ async fn verify_reports_the_first_damage_across_chunks() {
         (e.offset, e.seq),
         (early.offset + 12, Some(early.seq + 1)),
         "{e}"
+    );
+}
+
+/// A store whose next checkpoint put lands but answers with an error, as a
+/// put does whose connection drops after the request was sent.
+#[derive(Debug)]
+struct LostAnswer {
+    inner: Arc<dyn BlobStore>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for LostAnswer {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn max_block_size(&self) -> usize {
+        self.inner.max_block_size()
+    }
+    fn max_blocks(&self) -> u64 {
+        self.inner.max_blocks()
+    }
+    async fn create(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.create(name).await
+    }
+    async fn append(&self, name: &str, at: u64, block: &[u8]) -> Result<u64, StoreError> {
+        self.inner.append(name, at, block).await
+    }
+    async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.inner.read(name, offset, len).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn info(&self, name: &str) -> Result<BlobInfo, StoreError> {
+        self.inner.info(name).await
+    }
+    async fn seal(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.seal(name).await
+    }
+    async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(name, data).await?;
+        let checkpoint = name.contains("/checkpoint-");
+        if checkpoint && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                op: "put",
+                name: name.to_owned(),
+                source: std::io::Error::other("connection reset after the request was sent"),
+            });
+        }
+        Ok(())
+    }
+    async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
+        self.inner.truncate(name, len).await
+    }
+    async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
+        self.inner.lock(name).await
+    }
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.delete(name).await
+    }
+}
+
+/// A checkpoint put that landed but reported an error leaves the writer
+/// able to checkpoint: the next attempt finds the same statement stored
+/// and keeps it. A different checkpoint stored at that size is an
+/// integrity error, never overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_whose_answer_was_lost_is_kept() {
+    use bi_ledger::ledger::layout;
+    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let lossy = Arc::new(LostAnswer {
+        inner: store(dir.path()),
+        armed: false.into(),
+    });
+    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[5; 32]));
+    let ledger = Ledger::create(lossy.clone(), "main", opts.clone())
+        .await
+        .unwrap();
+    let events = |n: u64| -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| NewEvent::json("order-1", "Placed", &json!({ "i": i })))
+            .collect()
+    };
+    ledger.append(events(10)).await.unwrap();
+    lossy.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = ledger.checkpoint().await.unwrap_err();
+    assert!(err.to_string().contains("connection reset"), "{err}");
+    let blob = layout::checkpoint("main", 10);
+    let landed = lossy.inner.read_all(&blob).await.unwrap();
+
+    let info = ledger.checkpoint().await.unwrap();
+    assert_eq!(info.checkpoint.size, 10);
+    assert_eq!(info.blob, blob);
+    assert_eq!(
+        info.note.as_bytes(),
+        landed,
+        "the stored note is kept as it is"
+    );
+
+    // Someone else's checkpoint at the next size is refused, and stays.
+    ledger.append(events(5)).await.unwrap();
+    let other = layout::checkpoint("main", 15);
+    lossy.inner.put(&other, &landed).await.unwrap();
+    match ledger.checkpoint().await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_eq!(e.blob, other, "{e}");
+            assert!(e.what.contains("already stored"), "{e}");
+        }
+        r => panic!("a foreign checkpoint at size 15 gave {r:?}"),
+    }
+    assert_eq!(lossy.inner.read_all(&other).await.unwrap(), landed);
+    drop(ledger);
+
+    // Until it is removed, that checkpoint fails verification too.
+    let reader = LedgerReader::open(store(dir.path()), "main").await;
+    let verified = match reader {
+        Ok(r) => r
+            .verify(r.recorded_verifier(), &|_, _| {})
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(
+        verified.is_err(),
+        "a ledger with a foreign checkpoint verified"
     );
 }

@@ -567,7 +567,11 @@ impl Writer {
         self.put_cache(&snap_blob, &self.tip.snapshot().encode())
             .await?;
         let blob = layout::checkpoint(&self.meta.name, cp.size);
-        self.store.put(&blob, note.as_bytes()).await?;
+        let (cp, note) = match self.store.put(&blob, note.as_bytes()).await {
+            Ok(()) => (cp, note),
+            Err(StoreError::AlreadyExists { .. }) => self.adopt_checkpoint(&blob, cp).await?,
+            Err(e) => return Err(e.into()),
+        };
         info!(size = cp.size, checkpoint = %blob, "wrote checkpoint");
         self.prune_snapshots(cp.size).await;
         let info = CheckpointInfo {
@@ -579,6 +583,44 @@ impl Writer {
         self.last_checkpoint_at = Instant::now();
         self.tip.take_index();
         Ok(info)
+    }
+
+    /// A checkpoint of this size is already stored. Its bytes differ from
+    /// ours only by their time if an earlier put of ours landed but its
+    /// answer was lost (a timeout, a dropped connection): then it stands,
+    /// and the writer goes on from it rather than failing every checkpoint
+    /// at this size. Any other checkpoint here is not ours to replace.
+    async fn adopt_checkpoint(&self, blob: &str, ours: Checkpoint) -> Result<(Checkpoint, String)> {
+        let differs = |what: String| -> LedgerError {
+            crate::error::IntegrityError::new(
+                blob,
+                0,
+                Some(ours.size),
+                format!("a checkpoint of this size is already stored, and {what}"),
+            )
+            .into()
+        };
+        let note = String::from_utf8(self.store.read_all(blob).await?)
+            .map_err(|_| differs("it is not UTF-8".into()))?;
+        let stored = Checkpoint::open(&note, &self.meta.verifier)
+            .map_err(|e| differs(format!("it is rejected: {e}")))?;
+        if (
+            stored.origin.as_str(),
+            stored.size,
+            stored.root,
+            stored.chain_head,
+        ) != (ours.origin.as_str(), ours.size, ours.root, ours.chain_head)
+        {
+            return Err(differs(format!(
+                "it differs from the log (its root {} size {}, the log's {} size {})",
+                crate::format::hex(&stored.root),
+                stored.size,
+                crate::format::hex(&ours.root),
+                ours.size
+            )));
+        }
+        info!(size = ours.size, checkpoint = %blob, "checkpoint was already written (an earlier put's answer was lost); keeping it");
+        Ok((stored, note))
     }
 
     /// Puts a cache blob (snapshot, stream index) of a checkpoint about to
