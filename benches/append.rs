@@ -4,19 +4,19 @@
 //!   batch, one fsync) per iteration; events/s.
 //! - `disk/write_1MiB_fdatasync`: the disk's own durable sequential write
 //!   bandwidth in the same directory (1 MiB `pwrite` at the end of a file,
-//!   then `fdatasync`, from a blocking-pool thread like the fs store);
-//!   bytes/s. Compare with `append/batched_1000` ×
-//!   bytes per event (printed once as `FACT append/bytes_per_event`).
+//!   then `fdatasync`, from a blocking-pool thread); bytes/s. Compare with
+//!   `append/batched_1000` × bytes per event (printed once as
+//!   `FACT append/bytes_per_event`).
 //! - `append/group_commit_64`: 64 tasks each appending single events in a
 //!   loop through one `Ledger`; events/s, and p50/p99 of every append.
 //! - `append/single_durable`: one event at a time, each awaited; events/s
 //!   and p50/p99.
-//! - `disk/write_300B_fdatasync`: 300-byte append + `fdatasync` issued
-//!   like the fs store issues it (a blocking-pool thread per operation):
-//!   the floor under `single_durable`; ops/s and p50/p99.
+//! - `disk/write_300B_fdatasync`: 300-byte append + `fdatasync`, each on a
+//!   blocking-pool thread of its own (as the fs store does for callers other
+//!   than a ledger's writer); ops/s and p50/p99.
 //!   `disk/write_300B_fdatasync_same_thread` issues them back to back from
-//!   one thread (on this VM that was sometimes much slower; both are kept
-//!   so the difference is visible).
+//!   one thread, as the ledger's writer thread does: the floor under
+//!   `single_durable`. Both are kept so the cost of the hand-off is visible.
 //!
 //! Latency percentiles go to stderr (`LATENCY ...` lines) and to
 //! `target/criterion/bi-ledger-latency.json`; facts (bytes per event) to

@@ -153,9 +153,9 @@ print(f"group commit, 64 appenders:    {fmt(gc, ' events/s')}, {latency('append/
 sd, _ = throughput("append/single_durable")
 print(f"single durable append:         {fmt(sd, ' events/s')}, {latency('append/single_durable')}")
 fs, _ = throughput("disk/write_300B_fdatasync")
-print(f"  fsync cost (300 B + fdatasync): {fmt(fs, ' ops/s')}, {latency('disk/write_300B_fdatasync')}")
+print(f"  fsync cost (300 B + fdatasync, a pool thread each): {fmt(fs, ' ops/s')}, {latency('disk/write_300B_fdatasync')}")
 fs1, _ = throughput("disk/write_300B_fdatasync_same_thread")
-print(f"    same, back to back on one thread: {fmt(fs1, ' ops/s')}, {latency('disk/write_300B_fdatasync_same_thread')}")
+print(f"    same, back to back on one thread (as the writer): {fmt(fs1, ' ops/s')}, {latency('disk/write_300B_fdatasync_same_thread')}")
 
 rd, _ = throughput("read/sequential_1m")
 print(f"sequential read, 1M events:    {fmt(rd, ' events/s')} (goal 2,000,000){goal(rd >= 2e6 if rd else None)}")
