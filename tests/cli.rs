@@ -1195,13 +1195,23 @@ fn second_writer_is_refused() {
     assert_eq!(r["seq"], 2);
 
     // Dropping the writer (a crash) releases the lock too, once the
-    // writer task has ended.
+    // writer has ended.
     let ledger = library_open(&rt, &f);
     let out = f.append(&line("cli", "T", json!(3)));
     assert_eq!(out.code, 2, "{}", out.describe());
     rt.block_on(ledger.append_one(NewEvent::json("held", "T", &json!(4))))
         .unwrap();
     drop(ledger);
+    // The writer's thread notices, lets go of the lock and ends.
+    let store = FsStore::new(f.data()).unwrap().shared();
+    let released = (0..5000).any(|_| {
+        let lock = rt.block_on(store.lock(&bi_ledger::ledger::layout::lock("main")));
+        lock.is_ok() || {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            false
+        }
+    });
+    assert!(released, "the dropped writer never released its lock");
     drop(rt);
     let r = f.append(&line("cli", "T", json!(5))).ok().json();
     assert_eq!(r["seq"], 4);
