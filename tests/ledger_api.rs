@@ -273,3 +273,52 @@ async fn checkpoint_whose_answer_was_lost_is_kept() {
         "a ledger with a foreign checkpoint verified"
     );
 }
+
+/// Checkpoints by event count keep coming under a load that never lets the
+/// writer's queue run dry: the writer stops taking appends until everything
+/// admitted is durable, checkpoints, and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_checkpoints_are_not_starved_by_load() {
+    use bi_ledger::{Ledger, LedgerOptions, LedgerReader, NewEvent};
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[6; 32]));
+    opts.checkpoint_every_events = Some(200);
+    opts.checkpoint_interval = None;
+    let ledger = Ledger::create(store(dir.path()), "main", opts)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    let e = NewEvent::json(&format!("s-{t}"), "Tick", &json!({ "i": i }));
+                    ledger.append_one(e).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let sizes: Vec<u64> = reader
+        .checkpoints(reader.recorded_verifier())
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, c)| c.size)
+        .collect();
+    // 3,200 events, one checkpoint at least every 200 plus what a batch
+    // admitted before it adds: well over ten before close.
+    assert!(sizes.len() > 10, "checkpoints at {sizes:?}");
+    for w in sizes.windows(2) {
+        assert!(
+            w[1] - w[0] < 200 + 64,
+            "a gap of {} events: {sizes:?}",
+            w[1] - w[0]
+        );
+    }
+    ledger.close().await.unwrap();
+}

@@ -182,8 +182,14 @@ impl Writer {
         loop {
             // Take every append already waiting: a store that writes on this
             // task's thread (the fs store on a dedicated writer thread) lets
-            // nothing be admitted while it writes.
-            while open && stash.is_none() && barrier.is_none() {
+            // nothing be admitted while it writes. Not while a checkpoint is
+            // due: it waits for everything admitted to be durable, so under
+            // a steady load admitting more would put it off for good.
+            while open
+                && stash.is_none()
+                && barrier.is_none()
+                && self.checkpoint_due_in() != Some(Duration::ZERO)
+            {
                 match rx.try_recv() {
                     Ok(cmd) => self.admit(cmd, &mut next, &mut stash, &mut barrier),
                     Err(_) => break,
