@@ -293,7 +293,7 @@ async fn count_checkpoints_are_not_starved_by_load() {
             let ledger = ledger.clone();
             tokio::spawn(async move {
                 for i in 0..100 {
-                    let e = NewEvent::json(&format!("s-{t}"), "Tick", &json!({ "i": i }));
+                    let e = NewEvent::json(format!("s-{t}"), "Tick", &json!({ "i": i }));
                     ledger.append_one(e).await.unwrap();
                 }
             })
