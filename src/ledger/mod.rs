@@ -183,7 +183,20 @@ impl Ledger {
         opts.max_batch_bytes = opts.max_batch_bytes.min(store.max_block_size());
         let max_batch = opts.max_batch_bytes;
         let (tx, rx) = mpsc::channel(4096);
+        let hashers = rayon::ThreadPoolBuilder::new()
+            .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
+            .thread_name({
+                let name = meta.name.clone();
+                move |i| format!("bi-ledger-hash-{name}-{i}")
+            })
+            .build()
+            .map_err(|e| crate::backend::StoreError::Io {
+                op: "start the hashing threads of",
+                name: meta.name.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         let w = writer::Writer {
+            hashers,
             store: store.clone(),
             meta: meta.clone(),
             key: opts.signing_key.clone(),

@@ -6,8 +6,8 @@
 //! (group commit), the disk never idles while callers wait, and each caller
 //! is answered only once its own block is durable.
 //!
-//! A batch's leaf and chain hashes are computed on rayon while its block is
-//! written: the block's bytes do not depend on them, so hashing overlaps the
+//! A batch's leaf and chain hashes are computed on the writer's own rayon
+//! pool while its block is written: the block's bytes do not depend on them, so hashing overlaps the
 //! I/O instead of adding to it.
 
 use std::collections::HashMap;
@@ -60,6 +60,10 @@ pub struct Writer {
     /// taken only when nothing is in flight, when it is all durable.
     pub tip: Tip,
     pub lock: Box<dyn WriterLock>,
+    /// Threads that hash the writer's batches. Its own rather than rayon's
+    /// global pool, so that appends never queue behind an application's
+    /// rayon work or a `verify` in the same process.
+    pub hashers: rayon::ThreadPool,
     pub poisoned: Option<String>,
     pub last_checkpoint: Option<CheckpointInfo>,
     pub last_checkpoint_at: Instant,
@@ -67,7 +71,7 @@ pub struct Writer {
 
 type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
 
-/// Batches smaller than this are hashed by one rayon thread: splitting a few
+/// Batches smaller than this are hashed by one hashing thread: splitting a few
 /// dozen records over both costs more than it saves, and one thread's
 /// hashing overlaps the write anyway (group commit's batches are about this
 /// size).
@@ -411,13 +415,13 @@ impl Writer {
         let segment = self.tip.segment_index;
         let offset = self.tip.segment_len;
         let first = next.records[0].seq;
-        // Hash and index on rayon while the block is on its way to the disk:
-        // the block's bytes do not depend on the hashes. The fs store may
-        // write on this very thread (see `backend::fs`), so the hashing
-        // cannot wait for it here.
+        // Hash and index on the hashing threads while the block is on its
+        // way to the disk: the block's bytes do not depend on the hashes.
+        // The fs store may write on this very thread (see `backend::fs`),
+        // so the hashing cannot wait for it here.
         let (tx, rx) = oneshot::channel();
         let records = next.records;
-        rayon::spawn(move || {
+        self.hashers.spawn(move || {
             let _ = tx.send(hash_batch(records, (segment, offset), first));
         });
         let name = layout::segment(&self.meta.name, segment);
