@@ -143,8 +143,8 @@ struct Write {
 }
 
 impl Write {
-    /// Polls the append once, so the store has the block (the fs store's
-    /// blocking thread is writing it) before the writer goes on to hash.
+    /// Polls the append once, so the store has the block before the writer
+    /// goes on (the fs store on the writer's thread writes it right there).
     async fn start(
         mut append: Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send>>,
     ) -> Write {
@@ -162,6 +162,19 @@ impl Write {
         match self.done.take() {
             Some(r) => r,
             None => self.append.as_mut().await,
+        }
+    }
+
+    /// Waits for `other` while driving the append, which an Azure request
+    /// needs (connecting, sending the body) to make progress meanwhile.
+    async fn alongside<T>(&mut self, other: impl Future<Output = T>) -> T {
+        tokio::pin!(other);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut other => return out,
+                r = self.append.as_mut(), if self.done.is_none() => self.done = Some(r),
+            }
         }
     }
 }
@@ -427,14 +440,14 @@ impl Writer {
         let name = layout::segment(&self.meta.name, segment);
         let store = self.store.clone();
         let len = block.len() as u64;
-        let write = Write::start(Box::pin(async move {
+        let mut write = Write::start(Box::pin(async move {
             store.append(&name, offset, &block).await
         }))
         .await;
         self.tip.segment_len += len;
         self.tip.segment_blocks += 1;
 
-        let h = rx.await.expect("the hashing job answers");
+        let h = write.alongside(rx).await.expect("the hashing job answers");
         self.tip.push_filter(h.filter);
         let hashes = h
             .mids
