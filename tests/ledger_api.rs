@@ -322,3 +322,61 @@ async fn count_checkpoints_are_not_starved_by_load() {
     }
     ledger.close().await.unwrap();
 }
+
+/// The writer hashes on threads of its own: appends complete while every
+/// thread of rayon's global pool is busy (here, blocked until they do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_do_not_wait_for_the_global_rayon_pool() {
+    use bi_ledger::{Ledger, LedgerOptions, NewEvent};
+    use serde_json::json;
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    let gate = Arc::new((Mutex::new((0usize, false)), Condvar::new()));
+    let threads = rayon::current_num_threads();
+    for _ in 0..threads {
+        let gate = gate.clone();
+        rayon::spawn(move || {
+            let (lock, cv) = &*gate;
+            let mut g = lock.lock().unwrap();
+            g.0 += 1;
+            cv.notify_all();
+            // Held until the appends are done (or for a minute at most,
+            // so that a failing run ends).
+            drop(
+                cv.wait_timeout_while(g, Duration::from_secs(60), |g| !g.1)
+                    .unwrap(),
+            );
+        });
+    }
+    {
+        let (lock, cv) = &*gate;
+        let g = lock.lock().unwrap();
+        drop(cv.wait_while(g, |g| g.0 < threads).unwrap());
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[8; 32]));
+    let appended = tokio::time::timeout(Duration::from_secs(20), async {
+        let ledger = Ledger::create(store(dir.path()), "main", opts).await?;
+        // Large enough to be hashed in parallel, then one on its own.
+        let many = (0..1000)
+            .map(|i| NewEvent::json("bulk", "Counted", &json!({ "i": i })))
+            .collect();
+        ledger.append(many).await?;
+        ledger
+            .append_one(NewEvent::json("one", "Counted", &json!({})))
+            .await?;
+        ledger.close().await
+    })
+    .await;
+    {
+        let (lock, cv) = &*gate;
+        lock.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+    let info = appended
+        .expect("appends waited for rayon's global pool")
+        .unwrap();
+    assert_eq!(info.checkpoint.size, 1001);
+}
