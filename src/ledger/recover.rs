@@ -103,6 +103,15 @@ pub async fn latest_checkpoint(
 }
 
 pub async fn read_checkpoint(store: &dyn BlobStore, meta: &Meta, blob: &str) -> Result<Checkpoint> {
+    Ok(read_checkpoint_note(store, meta, blob).await?.0)
+}
+
+/// [`read_checkpoint`], with the note's text as stored.
+pub async fn read_checkpoint_note(
+    store: &dyn BlobStore,
+    meta: &Meta,
+    blob: &str,
+) -> Result<(Checkpoint, String)> {
     let bytes = store.read_all(blob).await?;
     let text = String::from_utf8(bytes).map_err(|e| {
         IntegrityError::new(
@@ -123,7 +132,7 @@ pub async fn read_checkpoint(store: &dyn BlobStore, meta: &Meta, blob: &str) -> 
         )
         .into());
     }
-    Ok(cp)
+    Ok((cp, text))
 }
 
 pub async fn list_segments(store: &dyn BlobStore, ledger: &str) -> Result<Vec<(u64, BlobInfo)>> {

@@ -94,24 +94,19 @@ impl LedgerReader {
             // this task walks chunk k-1's chain and then reads chunk k+1.
             let mut pending: Option<oneshot::Receiver<Hashed>> = None;
             loop {
-                let read = scan.next_chunk().await;
-                let started = match read {
-                    Ok(Some(chunk)) => Some(spawn_hashing(chunk, name.clone(), *index)),
-                    Ok(None) => None,
-                    Err(e) => {
-                        // Report what the chunks before it hold first.
-                        if let Some(rx) = pending.take() {
-                            let hashed = rx.await.expect("the hashing job answers");
-                            walk(self, name, hashed, &mut tip, &mut next_cp).await?;
-                        }
-                        return Err(e.into());
-                    }
+                let (started, failed) = match scan.next_chunk().await {
+                    Ok(chunk) => (chunk.map(|c| spawn_hashing(c, name.clone(), *index)), None),
+                    Err(e) => (None, Some(e)),
                 };
                 if let Some(rx) = pending.take() {
                     let hashed = rx.await.expect("the hashing job answers");
                     let end = hashed.chunk.base + hashed.chunk.data.len() as u64;
                     walk(self, name, hashed, &mut tip, &mut next_cp).await?;
                     progress(done_before + end, total);
+                }
+                // A failed read is reported after what the chunks before it hold.
+                if let Some(e) = failed {
+                    return Err(e.into());
                 }
                 match started {
                     Some(rx) => pending = Some(rx),

@@ -614,33 +614,23 @@ impl Writer {
     /// and the writer goes on from it rather than failing every checkpoint
     /// at this size. Any other checkpoint here is not ours to replace.
     async fn adopt_checkpoint(&self, blob: &str, ours: Checkpoint) -> Result<(Checkpoint, String)> {
-        let differs = |what: String| -> LedgerError {
-            crate::error::IntegrityError::new(
+        let (stored, note) =
+            super::recover::read_checkpoint_note(self.store.as_ref(), &self.meta, blob).await?;
+        if (stored.size, stored.root, stored.chain_head) != (ours.size, ours.root, ours.chain_head)
+        {
+            return Err(crate::error::IntegrityError::new(
                 blob,
                 0,
                 Some(ours.size),
-                format!("a checkpoint of this size is already stored, and {what}"),
+                format!(
+                    "a checkpoint of this size is already stored, and it differs from the log (its root {} size {}, the log's {} size {})",
+                    crate::format::hex(&stored.root),
+                    stored.size,
+                    crate::format::hex(&ours.root),
+                    ours.size
+                ),
             )
-            .into()
-        };
-        let note = String::from_utf8(self.store.read_all(blob).await?)
-            .map_err(|_| differs("it is not UTF-8".into()))?;
-        let stored = Checkpoint::open(&note, &self.meta.verifier)
-            .map_err(|e| differs(format!("it is rejected: {e}")))?;
-        if (
-            stored.origin.as_str(),
-            stored.size,
-            stored.root,
-            stored.chain_head,
-        ) != (ours.origin.as_str(), ours.size, ours.root, ours.chain_head)
-        {
-            return Err(differs(format!(
-                "it differs from the log (its root {} size {}, the log's {} size {})",
-                crate::format::hex(&stored.root),
-                stored.size,
-                crate::format::hex(&ours.root),
-                ours.size
-            )));
+            .into());
         }
         info!(size = ours.size, checkpoint = %blob, "checkpoint was already written (an earlier put's answer was lost); keeping it");
         Ok((stored, note))
