@@ -13,7 +13,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::Hash;
+use super::{sha, Hash};
 
 pub const CHAIN_TAG: [u8; 32] = *b"bi-ledger chain v1\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
 pub const GENESIS_TAG: [u8; 32] = *b"bi-ledger genesis v1\0\0\0\0\0\0\0\0\0\0\0\0";
@@ -25,22 +25,29 @@ pub fn genesis(ledger_id: &[u8; 16]) -> Hash {
     h.finalize().into()
 }
 
-/// The SHA-256 state after `CHAIN_TAG || leaf`, independent of the chain.
-#[derive(Clone)]
-pub struct Midstate(Sha256);
+/// The SHA-256 state after `CHAIN_TAG || leaf`, independent of the chain:
+/// the first of the link's two blocks.
+#[derive(Clone, Copy)]
+pub struct Midstate([u32; 8]);
 
 pub fn midstate(leaf: &Hash) -> Midstate {
-    let mut h = Sha256::new();
-    h.update(CHAIN_TAG);
-    h.update(leaf);
-    Midstate(h)
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(&CHAIN_TAG);
+    block[32..].copy_from_slice(leaf);
+    let mut state = sha::IV;
+    sha::compress(&mut state, &block);
+    Midstate(state)
 }
 
 impl Midstate {
+    /// The second block: `prev` and the padding of the 96-byte message.
     pub fn link(self, prev: &Hash) -> Hash {
-        let mut h = self.0;
-        h.update(prev);
-        h.finalize().into()
+        let mut block = [0u8; 64];
+        block[..32].copy_from_slice(prev);
+        sha::pad(&mut block, 96);
+        let mut state = self.0;
+        sha::compress(&mut state, &block);
+        sha::digest(&state)
     }
 }
 

@@ -9,7 +9,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::Hash;
+use super::{sha, Hash};
 
 /// Why a Merkle tree operation or proof verification failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -53,11 +53,17 @@ pub fn leaf_hash(data: &[u8]) -> Hash {
 
 /// SHA-256(0x01 || left || right): the hash of an interior node.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut h = Sha256::new();
-    h.update([0x01]);
-    h.update(left);
-    h.update(right);
-    h.finalize().into()
+    let mut first = [0u8; 64];
+    first[0] = 0x01;
+    first[1..33].copy_from_slice(left);
+    first[33..].copy_from_slice(&right[..31]);
+    let mut last = [0u8; 64];
+    last[0] = right[31];
+    sha::pad(&mut last, 65);
+    let mut state = sha::IV;
+    sha::compress(&mut state, &first);
+    sha::compress(&mut state, &last);
+    sha::digest(&state)
 }
 
 /// The root of the empty tree, SHA-256 of the empty string.
@@ -460,6 +466,18 @@ mod tests {
             *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
         }
         out
+    }
+
+    proptest! {
+        /// The block-level node hash is SHA-256(0x01 || left || right).
+        #[test]
+        fn node_hash_is_sha256_of_the_node(l in any::<[u8; 32]>(), r in any::<[u8; 32]>()) {
+            let mut h = Sha256::new();
+            h.update([0x01]);
+            h.update(l);
+            h.update(r);
+            prop_assert_eq!(node_hash(&l, &r), <[u8; 32]>::from(h.finalize()));
+        }
     }
 
     /// MTH straight from the RFC text, on raw entries, independent of the

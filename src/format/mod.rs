@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod merkle;
 pub mod record;
 pub mod segment;
+pub mod sha;
 pub mod snapshot;
 pub mod stream_index;
 pub mod varint;

@@ -78,11 +78,12 @@ impl BatchFilter {
     ) -> BatchFilter {
         let bits = filter_len(count) * 8;
         let mut filter = vec![0u8; filter_len(count) as usize];
-        for s in streams {
-            let (h1, h2) = stream_hashes(s);
-            for i in 0..PROBES {
-                let b = h1.wrapping_add(i.wrapping_mul(h2)) % bits;
-                filter[(b / 8) as usize] |= 1 << (b % 8);
+        if bits > 0 {
+            let wrap = wrap_mod(bits);
+            for s in streams {
+                for b in probes(stream_hashes(s), bits, wrap) {
+                    filter[(b / 8) as usize] |= 1 << (b % 8);
+                }
             }
         }
         BatchFilter {
@@ -98,11 +99,39 @@ impl BatchFilter {
     pub fn may_hold(&self, (h1, h2): (u64, u64)) -> bool {
         let bits = self.filter.len() as u64 * 8;
         bits > 0
-            && (0..PROBES).all(|i| {
-                let b = h1.wrapping_add(i.wrapping_mul(h2)) % bits;
-                self.filter[(b / 8) as usize] & (1 << (b % 8)) != 0
-            })
+            && probes((h1, h2), bits, wrap_mod(bits))
+                .all(|b| self.filter[(b / 8) as usize] & (1 << (b % 8)) != 0)
     }
+}
+
+/// 2^64 mod `bits`.
+fn wrap_mod(bits: u64) -> u64 {
+    (u64::MAX % bits + 1) % bits
+}
+
+/// The bit numbers `(h1 + i * h2) mod bits` for `i` in `0..PROBES`, with the
+/// sum wrapping at 2^64 as the format says, but with one division per
+/// stream instead of one per probe: each step adds `h2 mod bits`, less
+/// 2^64 mod `bits` (`wrap`) where the 64-bit sum wrapped. Verify builds a
+/// filter for every batch, and the divisions showed in its profile.
+fn probes((h1, h2): (u64, u64), bits: u64, wrap: u64) -> impl Iterator<Item = u64> {
+    let step = h2 % bits;
+    let unwrap = bits - wrap; // ≡ -2^64 (mod bits)
+    let (mut v, mut r) = (h1, h1 % bits);
+    (0..PROBES).map(move |i| {
+        if i > 0 {
+            let (next, wrapped) = v.overflowing_add(h2);
+            v = next;
+            r += step;
+            if wrapped {
+                r += unwrap;
+            }
+            while r >= bits {
+                r -= bits;
+            }
+        }
+        r
+    })
 }
 
 fn filter_len(count: u64) -> u64 {
@@ -232,6 +261,18 @@ impl StreamIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The incremental probes are the format's formula exactly,
+        /// wrapping sums included.
+        #[test]
+        fn probes_follow_the_formula(h1 in proptest::prelude::any::<u64>(), h2 in proptest::prelude::any::<u64>(), bits in 1u64..1 << 40) {
+            let h2 = h2 | 1;
+            let want: Vec<u64> = (0..PROBES).map(|i| h1.wrapping_add(i.wrapping_mul(h2)) % bits).collect();
+            let got: Vec<u64> = probes((h1, h2), bits, wrap_mod(bits)).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
     use proptest::prelude::*;
 
     fn arb_index() -> impl Strategy<Value = StreamIndex> {
