@@ -835,6 +835,13 @@ pub fn validate_table_name(name: &str) -> Result<(), TableError> {
     Ok(())
 }
 
+/// An entity's address: its table name and both keys.
+pub fn validate_address(table: &str, partition_key: &str, row_key: &str) -> Result<(), TableError> {
+    validate_table_name(table)?;
+    validate_key(KeyKind::PartitionKey, partition_key)?;
+    validate_key(KeyKind::RowKey, row_key)
+}
+
 /// Azure's key rules: at most 1 KiB in UTF-16 (512 units), without `/ \ # ?` or control
 /// characters (U+0000-U+001F, U+007F-U+009F). Empty keys are allowed.
 pub fn validate_key(kind: KeyKind, key: &str) -> Result<(), TableError> {

@@ -25,9 +25,9 @@ use uuid::Uuid;
 
 use super::{blocking, open_db, Corrupt, Reader};
 use crate::backend::table::{
-    truncate_to_tick, validate_batch, validate_entity, validate_key, validate_query,
-    validate_table_name, BatchOp, Continuation, ETag, Entity, IfMatch, KeyKind, Property, Query,
-    QueryPage, TableError, TableStore,
+    truncate_to_tick, validate_address, validate_batch, validate_entity, validate_query,
+    validate_table_name, BatchOp, Continuation, ETag, Entity, IfMatch, Property, Query, QueryPage,
+    TableError, TableStore,
 };
 use crate::time::now_us;
 
@@ -460,9 +460,7 @@ impl TableStore for LocalTableStore {
         partition_key: &str,
         row_key: &str,
     ) -> Result<Option<Entity>, TableError> {
-        validate_table_name(table)?;
-        validate_key(KeyKind::PartitionKey, partition_key)?;
-        validate_key(KeyKind::RowKey, row_key)?;
+        validate_address(table, partition_key, row_key)?;
         let (table, pk, rk) = (
             table.to_owned(),
             partition_key.to_owned(),
@@ -536,8 +534,7 @@ impl TableStore for LocalTableStore {
         row_key: &str,
         if_match: &IfMatch,
     ) -> Result<(), TableError> {
-        validate_key(KeyKind::PartitionKey, partition_key)?;
-        validate_key(KeyKind::RowKey, row_key)?;
+        validate_address(table, partition_key, row_key)?;
         let op = BatchOp::Delete {
             partition_key: partition_key.to_owned(),
             row_key: row_key.to_owned(),

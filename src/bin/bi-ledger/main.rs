@@ -117,8 +117,10 @@ enum Cmd {
     Checkpoint,
     /// Print an inclusion proof (--seq) or a consistency proof (--old-size).
     Prove {
+        /// Sequence number of the record to prove included.
         #[arg(long, conflicts_with = "old_size")]
         seq: Option<u64>,
+        /// Size of an older checkpoint to prove a prefix of the one proven against.
         #[arg(long)]
         old_size: Option<u64>,
         /// Checkpoint size to prove against (default: the newest).

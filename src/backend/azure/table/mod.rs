@@ -22,8 +22,8 @@ use super::auth::Redactor;
 use super::config::ConnectionInfo;
 use super::transport::{code_of, key_policy, status_of, RetrySettings, Service};
 use crate::backend::table::{
-    validate_batch, validate_key, validate_query, validate_table_name, BatchOp, Continuation, ETag,
-    Entity, IfMatch, KeyKind, Query, QueryPage, TableError, TableStore,
+    validate_address, validate_batch, validate_query, validate_table_name, BatchOp, Continuation,
+    ETag, Entity, IfMatch, Query, QueryPage, TableError, TableStore,
 };
 
 mod batch;
@@ -254,9 +254,7 @@ impl TableStore for AzureTableStore {
         partition_key: &str,
         row_key: &str,
     ) -> Result<Option<Entity>, TableError> {
-        validate_table_name(table)?;
-        validate_key(KeyKind::PartitionKey, partition_key)?;
-        validate_key(KeyKind::RowKey, row_key)?;
+        validate_address(table, partition_key, row_key)?;
         let op = "read an entity";
         let path = odata::entity_path(&addr(table), partition_key, row_key);
         let req = self.request(op, Method::Get, &path, None)?;
@@ -323,9 +321,7 @@ impl TableStore for AzureTableStore {
         row_key: &str,
         if_match: &IfMatch,
     ) -> Result<(), TableError> {
-        validate_table_name(table)?;
-        validate_key(KeyKind::PartitionKey, partition_key)?;
-        validate_key(KeyKind::RowKey, row_key)?;
+        validate_address(table, partition_key, row_key)?;
         let op = BatchOp::Delete {
             partition_key: partition_key.to_owned(),
             row_key: row_key.to_owned(),
