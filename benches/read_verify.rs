@@ -12,6 +12,9 @@
 //! - `verify/sha256_2core_limit`: SHA-256 over the same segment bytes, split
 //!   in two halves hashed on two threads: the ceiling to compare with.
 //! - `verify/sha256_1core`: the same on one thread.
+//! - `prove/inclusion_1m`: `LedgerReader::inclusion_proof` of the middle
+//!   record against the whole ledger (a proof hashes every record up to
+//!   the size proven); records per second.
 //!
 //! In criterion's quick test mode (`cargo bench -- --test`) the ledger has
 //! 20,000 events instead, so CI stays fast.
@@ -283,6 +286,33 @@ fn benches(c: &mut Criterion) {
     g.bench_function("sha256_1core", |b| {
         let raw = fx.as_mut().expect("ledger").raw();
         b.iter(|| Sha256::digest(raw))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("prove");
+    g.sampling_mode(SamplingMode::Flat);
+    g.measurement_time(Duration::from_secs(8));
+    g.throughput(Throughput::Elements(events));
+    g.bench_function("inclusion_1m", |b| {
+        let l = fx.as_ref().expect("ledger");
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let p = l
+                        .reader
+                        .inclusion_proof(l.records / 2, l.records)
+                        .await
+                        .expect("prove");
+                    let nodes =
+                        bi_ledger::format::merkle::inclusion_proof_ranges(l.records / 2, l.records)
+                            .expect("proof shape")
+                            .len();
+                    assert_eq!(p.proof.len(), nodes);
+                }
+                t.elapsed()
+            })
+        })
     });
     g.finish();
 }

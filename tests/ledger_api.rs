@@ -380,3 +380,158 @@ async fn appends_do_not_wait_for_the_global_rayon_pool() {
         .unwrap();
     assert_eq!(info.checkpoint.size, 1001);
 }
+
+/// Proofs from the log equal proofs from the whole tree in memory
+/// (`merkle::inclusion_proof` over every leaf hash), for records at batch,
+/// segment and chunk boundaries and for every pair of checkpoints: the
+/// prover hashes chunks in parallel and merges ranges that straddle
+/// batches, segments and chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_equal_the_in_memory_tree_across_batches_segments_and_chunks() {
+    use bi_ledger::format::{hex, merkle};
+    use bi_ledger::{Ledger, LedgerOptions, LedgerReader, NewEvent};
+    use serde_json::json;
+    // Small segments (many rollovers) with small batches, then one segment
+    // larger than a scan chunk (8 MiB) in large batches.
+    for (segment_max_bytes, batches) in [
+        (64 * 1024, vec![1usize, 7, 1, 33, 2, 250, 5, 64, 1, 129, 3]),
+        (1 << 30, vec![4000; 8]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[5; 32]));
+        opts.segment_max_bytes = segment_max_bytes;
+        opts.checkpoint_every_events = None;
+        let ledger = Ledger::create(store(dir.path()), "main", opts)
+            .await
+            .unwrap();
+        let pad = "x".repeat(256);
+        let mut boundaries = vec![0u64];
+        let mut n = 0u64;
+        for round in 0..3 {
+            for (b, &count) in batches.iter().enumerate() {
+                let events = (0..count)
+                    .map(|i| {
+                        NewEvent::json(
+                            format!("s-{}", (n + i as u64) % 13),
+                            "Counted",
+                            &json!({ "round": round, "batch": b, "i": i, "pad": pad }),
+                        )
+                    })
+                    .collect();
+                n += ledger.append(events).await.unwrap().len() as u64;
+                boundaries.push(n);
+            }
+            ledger.checkpoint().await.unwrap();
+        }
+        let verifier = ledger.verifier().clone();
+        ledger.close().await.unwrap();
+
+        let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+        let leaves: Vec<_> = reader
+            .read(0, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.leaf_hash())
+            .collect();
+        assert_eq!(leaves.len() as u64, n);
+        let cps: Vec<_> = reader
+            .checkpoints(&verifier)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        assert_eq!(cps.len(), 4, "checkpoints 0, 3 rounds (close adds none)");
+        if segment_max_bytes < 1 << 20 {
+            assert!(
+                reader.segments().len() > 5,
+                "{} segments",
+                reader.segments().len()
+            );
+        } else {
+            assert!(reader.segments()[0].size > 8 << 20);
+        }
+        for cp in &cps[1..] {
+            let size = cp.size;
+            let mut seqs: Vec<u64> = boundaries
+                .iter()
+                .flat_map(|&b| [b.saturating_sub(1), b, b + 1])
+                .chain([size / 2, size / 3 + 1])
+                .filter(|&s| s < size)
+                .collect();
+            seqs.sort_unstable();
+            seqs.dedup();
+            if seqs.len() > 24 {
+                let step = seqs.len() / 24;
+                seqs = seqs.into_iter().step_by(step).collect();
+            }
+            seqs.push(size - 1);
+            for seq in seqs {
+                let p = reader.inclusion_proof(seq, size).await.unwrap();
+                let want = merkle::inclusion_proof(&leaves[..size as usize], seq).unwrap();
+                assert_eq!(
+                    p.proof,
+                    want.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+                    "inclusion of {seq} in {size}"
+                );
+                assert_eq!(p.verify(cp).unwrap().seq, seq);
+            }
+        }
+        for (i, old) in cps.iter().enumerate() {
+            for new in &cps[i..] {
+                let p = reader.consistency_proof(old.size, new.size).await.unwrap();
+                let want =
+                    merkle::consistency_proof(&leaves[..new.size as usize], old.size).unwrap();
+                assert_eq!(
+                    p.proof,
+                    want.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+                    "consistency {} -> {}",
+                    old.size,
+                    new.size
+                );
+                p.verify(old, new).unwrap();
+            }
+        }
+    }
+}
+
+/// A proof needs every record up to its size: a damaged batch on the way
+/// is an integrity error naming the segment and the batch's offset, never
+/// a proof.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_over_a_damaged_batch_is_an_integrity_error() {
+    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[6; 32]));
+    let ledger = Ledger::create(store(dir.path()), "main", opts)
+        .await
+        .unwrap();
+    let batch = |n: u64| -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| NewEvent::json("s", "Counted", &json!({ "i": i })))
+            .collect()
+    };
+    ledger.append(batch(10)).await.unwrap();
+    let damaged = ledger.append(batch(10)).await.unwrap();
+    ledger.append(batch(10)).await.unwrap();
+    ledger.close().await.unwrap();
+
+    let seg = dir.path().join("main/0000000000.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[damaged[0].offset as usize + 40] ^= 0x55;
+    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    for seq in [0, 15, 29] {
+        match reader.inclusion_proof(seq, 30).await {
+            Err(LedgerError::Integrity(e)) => {
+                assert_eq!(e.blob, "main/0000000000.seg", "{e}");
+                assert_eq!(e.offset, damaged[0].offset, "{e}");
+            }
+            r => panic!("proof of {seq}: wanted an integrity error, got {r:?}"),
+        }
+    }
+}

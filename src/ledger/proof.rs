@@ -2,16 +2,21 @@
 //!
 //! Proof nodes are roots of leaf ranges; the prover computes them in one
 //! streaming pass over the log, so proving never holds all leaf hashes.
+//! That pass hashes every record up to the proven size, in parallel.
 
-use std::ops::ControlFlow;
+use std::sync::Arc;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use super::reader::LedgerReader;
-use crate::error::{LedgerError, Result};
+use super::scan::{Chunk, Scanner};
+use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::Checkpoint;
 use crate::format::merkle::{self, Frontier};
 use crate::format::record::{decode_entry, Record};
+use crate::format::segment::HEADER_LEN;
 use crate::format::{hex, parse_hash_hex, Hash};
 
 /// Proof that one record is in the ledger of `size` records.
@@ -154,6 +159,10 @@ impl LedgerReader {
     /// Merkle roots of the given (disjoint) leaf ranges, in the given
     /// order, from one pass over the log; hands the entry of record `want`
     /// to `found` on the way.
+    ///
+    /// A pipeline as in `verify`: rayon decodes and hashes one chunk, and
+    /// cuts each range's leaves in it into perfect subtrees, while the next
+    /// chunk is read; this task only merges the subtrees, in order.
     async fn range_roots(
         &self,
         ranges: &[(u64, u64)],
@@ -163,42 +172,74 @@ impl LedgerReader {
     ) -> Result<Vec<Hash>> {
         let mut order: Vec<usize> = (0..ranges.len()).collect();
         order.sort_by_key(|&i| ranges[i].0);
+        let sorted: Arc<Vec<(u64, u64)>> = Arc::new(order.iter().map(|&i| ranges[i]).collect());
         let from = ranges.iter().map(|r| r.0).chain(want).min().unwrap_or(0);
-        let mut roots = vec![None; ranges.len()];
-        let mut cur = 0usize;
-        let mut frontier = Frontier::new();
-        let mut entry = Vec::new();
-        let mut seen = from;
-        self.scan(from, Some(size), |r, _| {
-            seen = r.seq + 1;
-            let is_want = want == Some(r.seq);
-            let active = order
-                .get(cur)
-                .map(|&i| ranges[i])
-                .filter(|(a, _)| r.seq >= *a);
-            if !is_want && active.is_none() {
-                return ControlFlow::Continue(());
+        let mut merge = Merge {
+            roots: vec![None; sorted.len()],
+            frontier: Frontier::new(),
+            sorted: sorted.clone(),
+        };
+        let mut reached = from;
+        let segments = self.segments();
+        let first = segments
+            .partition_point(|s| s.first_seq <= from)
+            .saturating_sub(1);
+        let last = segments.len().saturating_sub(1);
+        'segments: for (i, seg) in segments.iter().enumerate().skip(first) {
+            if seg.first_seq >= size {
+                break;
             }
-            entry.clear();
-            r.write_entry(&mut entry);
-            if is_want {
-                found(&entry);
-            }
-            if let Some((_, b)) = active {
-                frontier.push(merkle::leaf_hash(&entry));
-                if r.seq + 1 == b {
-                    roots[order[cur]] = Some(frontier.root());
-                    frontier = Frontier::new();
-                    cur += 1;
+            reached = reached.max(seg.first_seq);
+            let mut scan = Scanner::new(
+                self.store().as_ref(),
+                &seg.name,
+                HEADER_LEN as u64,
+                seg.size,
+                self.max_body(),
+            );
+            let mut pending: Option<oneshot::Receiver<Result<Vec<FramePieces>>>> = None;
+            loop {
+                let (started, failed) = match scan.next_chunk().await {
+                    Ok(chunk) => (
+                        chunk.map(|c| {
+                            spawn_pieces(c, seg.name.clone(), sorted.clone(), want, from, size)
+                        }),
+                        None,
+                    ),
+                    Err(e) => (None, Some(e)),
+                };
+                if let Some(rx) = pending.take() {
+                    for frame in rx.await.expect("the hashing job answers")? {
+                        if let Some(entry) = &frame.entry {
+                            found(entry);
+                        }
+                        merge.add(frame.pieces)?;
+                        reached = reached.max(frame.end);
+                    }
+                    if reached >= size {
+                        break 'segments;
+                    }
+                }
+                if let Some(e) = failed {
+                    return Err(e.into());
+                }
+                match started {
+                    Some(rx) => pending = Some(rx),
+                    None => break,
                 }
             }
-            ControlFlow::Continue(())
-        })
-        .await?;
-        if seen < size {
+            if let Some(bad) = scan.bad {
+                self.bad_frame(seg, i == last, bad, reached).await?;
+            }
+        }
+        if reached < size {
             return Err(LedgerError::InvalidArgument(format!(
-                "the log holds {seen} records, fewer than the {size} asked for"
+                "the log holds {reached} records, fewer than the {size} asked for"
             )));
+        }
+        let mut roots = vec![None; ranges.len()];
+        for (root, &i) in merge.roots.into_iter().zip(&order) {
+            roots[i] = root;
         }
         roots
             .into_iter()
@@ -206,5 +247,111 @@ impl LedgerReader {
                 r.ok_or_else(|| LedgerError::InvalidArgument("proof range outside the log".into()))
             })
             .collect()
+    }
+}
+
+/// One frame's share of the proof: for each range it meets (by index in
+/// the sorted ranges), the perfect subtrees of its leaves there, placed
+/// relative to the range's start, as RFC 9162 hashes the range on its own.
+struct FramePieces {
+    pieces: Vec<(usize, Vec<(u32, Hash)>)>,
+    /// The canonical entry of the record asked for, if the frame holds it.
+    entry: Option<Vec<u8>>,
+    /// Sequence number after the frame's last record.
+    end: u64,
+}
+
+fn spawn_pieces(
+    chunk: Chunk,
+    name: String,
+    sorted: Arc<Vec<(u64, u64)>>,
+    want: Option<u64>,
+    from: u64,
+    to: u64,
+) -> oneshot::Receiver<Result<Vec<FramePieces>>> {
+    let (tx, rx) = oneshot::channel();
+    rayon::spawn(move || {
+        let frames = (0..chunk.frames.len())
+            .into_par_iter()
+            .map(|i| {
+                let body = chunk.frame(i);
+                let end = body.first_seq + u64::from(body.count);
+                let mut out = FramePieces {
+                    pieces: Vec::new(),
+                    entry: None,
+                    end,
+                };
+                if end <= from || body.first_seq >= to {
+                    return Ok(out);
+                }
+                let offset = chunk.base + chunk.frames[i].start as u64;
+                let records = body.decode_all().map_err(|e| {
+                    IntegrityError::new(
+                        &name,
+                        offset + e.offset as u64,
+                        Some(body.first_seq),
+                        e.what,
+                    )
+                })?;
+                // The range each record falls in, if any, and its leaves.
+                let mut cur: Option<(usize, u64, Vec<Hash>)> = None;
+                let mut ri = sorted.partition_point(|r| r.1 <= body.first_seq);
+                let mut entry = Vec::new();
+                for r in &records {
+                    entry.clear();
+                    r.write_entry(&mut entry);
+                    if want == Some(r.seq) {
+                        out.entry = Some(entry.clone());
+                    }
+                    while ri < sorted.len() && sorted[ri].1 <= r.seq {
+                        ri += 1;
+                    }
+                    let inside = ri < sorted.len() && sorted[ri].0 <= r.seq;
+                    if cur.as_ref().is_some_and(|c| !inside || c.0 != ri) {
+                        let (k, start, leaves) = cur.take().unwrap();
+                        out.pieces
+                            .push((k, merkle::range_subtrees(start - sorted[k].0, &leaves)));
+                    }
+                    if inside {
+                        cur.get_or_insert_with(|| (ri, r.seq, Vec::new()))
+                            .2
+                            .push(merkle::leaf_hash(&entry));
+                    }
+                }
+                if let Some((k, start, leaves)) = cur {
+                    out.pieces
+                        .push((k, merkle::range_subtrees(start - sorted[k].0, &leaves)));
+                }
+                Ok(out)
+            })
+            .collect();
+        // The receiver is gone only if the proof already failed.
+        let _ = tx.send(frames);
+    });
+    rx
+}
+
+/// Merges the pieces of the ranges, in log order, into their roots.
+struct Merge {
+    roots: Vec<Option<Hash>>,
+    frontier: Frontier,
+    sorted: Arc<Vec<(u64, u64)>>,
+}
+
+impl Merge {
+    fn add(&mut self, pieces: Vec<(usize, Vec<(u32, Hash)>)>) -> Result<()> {
+        for (k, subtrees) in pieces {
+            let (a, b) = self.sorted[k];
+            for (height, hash) in subtrees {
+                // Pieces come in log order, each placed relative to its
+                // range's start, so they always fit.
+                self.frontier.append_subtree(height, hash)?;
+            }
+            if self.frontier.size() == b - a {
+                self.roots[k] = Some(self.frontier.root());
+                self.frontier = Frontier::new();
+            }
+        }
+        Ok(())
     }
 }

@@ -208,29 +208,40 @@ impl LedgerReader {
                 }
             }
             if let Some(bad) = scan.bad {
-                // A batch being written (or torn by a crash) at the very end
-                // is simply not there yet; anything else is damage.
-                if !(seg.index as usize == last && bad.reaches_end) {
-                    return Err(IntegrityError::new(
-                        &seg.name,
-                        bad.offset,
-                        Some(reached),
-                        bad.error.what,
-                    )
-                    .into());
-                }
-                // ...unless a checkpoint already signed what should be there.
-                let signed = self.newest_checkpoint_size().await?;
-                if signed > reached {
-                    return Err(IntegrityError::new(
-                        &seg.name,
-                        bad.offset,
-                        Some(reached),
-                        format!("{}; a checkpoint covers {signed} records but the log ends at {reached}", bad.error.what),
-                    )
-                    .into());
-                }
+                self.bad_frame(seg, i == last, bad, reached).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Where a scan stopped at a frame it could not read: a batch being
+    /// written (or torn by a crash) at the very end of the log is simply
+    /// not there yet, unless a checkpoint already signed it; anything else
+    /// is damage. `reached` is the sequence number the scan got to.
+    pub(crate) async fn bad_frame(
+        &self,
+        seg: &SegmentRef,
+        is_last: bool,
+        bad: super::scan::BadFrame,
+        reached: u64,
+    ) -> Result<()> {
+        if !(is_last && bad.reaches_end) {
+            return Err(
+                IntegrityError::new(&seg.name, bad.offset, Some(reached), bad.error.what).into(),
+            );
+        }
+        let signed = self.newest_checkpoint_size().await?;
+        if signed > reached {
+            return Err(IntegrityError::new(
+                &seg.name,
+                bad.offset,
+                Some(reached),
+                format!(
+                    "{}; a checkpoint covers {signed} records but the log ends at {reached}",
+                    bad.error.what
+                ),
+            )
+            .into());
         }
         Ok(())
     }
