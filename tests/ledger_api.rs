@@ -535,3 +535,88 @@ async fn a_proof_over_a_damaged_batch_is_an_integrity_error() {
         }
     }
 }
+
+/// A read from a sequence number starts at the batch that holds it, found
+/// through the stream indexes, not at the start of its segment: a damaged
+/// batch before it is not read (a read from 0 stops there). Without the
+/// index, or with one that names the wrong batch, the read scans the
+/// segment as before; it never returns other records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_from_a_sequence_number_seeks_through_the_index() {
+    use bi_ledger::format::stream_index::StreamIndex;
+    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[8; 32]));
+    opts.checkpoint_every_events = None;
+    let ledger = Ledger::create(store(dir.path()), "main", opts)
+        .await
+        .unwrap();
+    let batch = |base: u64, n: u64| -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| {
+                NewEvent::json(
+                    format!("s-{}", (base + i) % 7),
+                    "Counted",
+                    &json!({ "i": base + i }),
+                )
+            })
+            .collect()
+    };
+    let mut receipts = Vec::new();
+    for k in 0..36u64 {
+        receipts.extend(ledger.append(batch(k * 1000, 1000)).await.unwrap());
+        if k % 12 == 11 {
+            ledger.checkpoint().await.unwrap();
+        }
+    }
+    ledger.close().await.unwrap();
+    let from = 30_500u64;
+    let want: Vec<u64> = (from..36_000).collect();
+    let seqs = |records: Vec<bi_ledger::format::record::Record>| -> Vec<u64> {
+        records.iter().map(|r| r.seq).collect()
+    };
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    assert_eq!(reader.segments().len(), 1);
+    assert_eq!(seqs(reader.read(from, None).await.unwrap()), want);
+
+    // An index that names another batch (re-encoded, so it decodes) is
+    // not followed.
+    let blob = dir.path().join("main/streams-00000000000000036000");
+    let mut idx = StreamIndex::decode(&std::fs::read(&blob).unwrap()).unwrap();
+    let original = idx.clone();
+    let i = idx
+        .batches
+        .iter()
+        .position(|b| b.first_seq == 30_000)
+        .unwrap();
+    idx.batches[i].position = idx.batches[i - 3].position;
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&blob, idx.encode()).unwrap();
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    assert_eq!(seqs(reader.read(from, None).await.unwrap()), want);
+    std::fs::write(&blob, original.encode()).unwrap();
+
+    // Damage batch 20,000..21,000, after its frame header.
+    let seg = dir.path().join("main/0000000000.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[receipts[20_000].offset as usize + 40] ^= 0x55;
+    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&seg, &bytes).unwrap();
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    assert_eq!(seqs(reader.read(from, None).await.unwrap()), want);
+    match reader.read(0, None).await {
+        Err(LedgerError::Integrity(e)) => assert_eq!(e.offset, receipts[20_000].offset, "{e}"),
+        r => panic!(
+            "read from 0: wanted an integrity error, got {:?}",
+            r.map(|v| v.len())
+        ),
+    }
+    // Without the index the read scans the segment, and meets the damage.
+    std::fs::remove_file(&blob).unwrap();
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    assert!(matches!(
+        reader.read(from, None).await,
+        Err(LedgerError::Integrity(_))
+    ));
+}

@@ -125,16 +125,15 @@ impl LedgerReader {
     }
 
     /// Calls `f` with each record whose sequence number is in `from..to`
-    /// (`to` = `None`: to the end), in order, until `f` breaks.
+    /// (`to` = `None`: to the end), in order, until `f` breaks. Starts at
+    /// the batch holding `from` where a stream index says where it is
+    /// (see `streams.rs`), so batches before it are not read.
     pub async fn scan<F>(&self, from: u64, to: Option<u64>, f: F) -> Result<()>
     where
         F: FnMut(&RecordRef<'_>, Location) -> ControlFlow<()>,
     {
-        let start = self
-            .segments
-            .partition_point(|s| s.first_seq <= from)
-            .saturating_sub(1);
-        self.scan_at(start, HEADER_LEN as u64, from, to, f).await
+        let (start, offset) = self.seek(from).await?;
+        self.scan_at(start, offset, from, to, f).await
     }
 
     /// [`Self::scan`], starting at byte `offset` (a batch frame) of the

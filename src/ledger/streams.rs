@@ -3,10 +3,15 @@
 //! the log after the newest index. A ledger of ten years and millions of
 //! entities is not read whole to show one entity's history.
 //!
+//! The indexes also list where every batch starts, so a read from a
+//! sequence number starts at the batch that holds it instead of at the
+//! start of its segment (up to 1 GiB before it).
+//!
 //! The indexes are a cache. One that is missing, damaged or out of line
 //! ends the indexed part there, and the rest is scanned; records that do
 //! not come out as versions 0, 1, 2, ... make the read start over as a full
-//! scan (logged). Only `verify` proves an index right.
+//! scan (logged); a batch that is not where an index says is not used.
+//! Only `verify` proves an index right.
 
 use std::ops::ControlFlow;
 
@@ -16,8 +21,14 @@ use super::layout;
 use super::reader::LedgerReader;
 use crate::error::{IntegrityError, Result};
 use crate::format::record::Record;
+use crate::format::segment::HEADER_LEN;
 use crate::format::stream_index::{stream_hashes, BatchFilter, Position, StreamIndex};
 use crate::format::DecodeError;
+
+/// A read that starts fewer records than this after its segment's first
+/// scans from there: one index blob and one batch are two requests, and
+/// about this many records cost as much to scan.
+const MIN_RECORDS_TO_SEEK: u64 = 16_384;
 
 /// Below this many records per index blob on average, reading the indexes
 /// (one request each) costs about what scanning those records does, so
@@ -38,6 +49,71 @@ impl LedgerReader {
             }
         }
         self.read_stream_scan(stream).await
+    }
+
+    /// Where a scan for record `from` starts: (position in
+    /// [`Self::segments`], byte offset of a batch frame). The batch holding
+    /// `from` where a stream index lists it and the log agrees, else the
+    /// start of `from`'s segment.
+    pub(crate) async fn seek(&self, from: u64) -> Result<(usize, u64)> {
+        let segments = self.segments();
+        let start = segments
+            .partition_point(|s| s.first_seq <= from)
+            .saturating_sub(1);
+        let plain = (start, HEADER_LEN as u64);
+        if segments
+            .get(start)
+            .is_none_or(|s| from.saturating_sub(s.first_seq) < MIN_RECORDS_TO_SEEK)
+        {
+            return Ok(plain);
+        }
+        let blobs = self.stream_index_blobs().await?;
+        let Some((size, blob)) = blobs.into_iter().find(|(size, _)| *size > from) else {
+            return Ok(plain); // not indexed yet: the tail after the newest checkpoint
+        };
+        let bytes = match self.store().read_all(&blob).await {
+            Ok(b) => b,
+            Err(crate::backend::StoreError::NotFound { .. }) => return Ok(plain),
+            Err(e) => return Err(e.into()),
+        };
+        let idx = match StreamIndex::decode(&bytes) {
+            Ok(idx) if idx.to == size && idx.from <= from && idx.ledger_id == self.id() => idx,
+            Ok(_) => {
+                warn!(index = %blob, "stream index does not cover what its name says; scanning the segment");
+                return Ok(plain);
+            }
+            Err(e) => {
+                warn!(index = %blob, error = %e, "unreadable stream index; scanning the segment");
+                return Ok(plain);
+            }
+        };
+        let at = idx.batches.partition_point(|b| b.first_seq <= from);
+        let Some(batch) = at.checked_sub(1).map(|i| &idx.batches[i]) else {
+            return Ok(plain);
+        };
+        let (segment, offset) = batch.position;
+        let Some(pos) = segments.iter().position(|s| s.index == segment) else {
+            return Ok(plain);
+        };
+        // The index is a cache: use the position only if that batch is there.
+        let frame = super::scan::read_frame(
+            self.store().as_ref(),
+            &segments[pos].name,
+            offset,
+            segments[pos].size,
+            self.max_body(),
+        )
+        .await?;
+        let there = frame.is_some_and(|chunk| {
+            let body = chunk.frame(0);
+            (body.first_seq, u64::from(body.count)) == (batch.first_seq, batch.count)
+        });
+        if there && from < batch.first_seq + batch.count {
+            Ok((pos, offset))
+        } else {
+            warn!(index = %blob, segment, offset, "stream index names a batch that is not there; scanning the segment");
+            Ok(plain)
+        }
     }
 
     /// The stream index blobs and the size each covers up to, oldest first.
