@@ -67,9 +67,8 @@ impl LedgerReader {
         {
             return Ok(plain);
         }
-        let blobs = self.stream_index_blobs().await?;
-        let Some((size, blob)) = blobs.into_iter().find(|(size, _)| *size > from) else {
-            return Ok(plain); // not indexed yet: the tail after the newest checkpoint
+        let Some((size, blob)) = self.stream_index_after(from).await? else {
+            return Ok(plain); // not indexed (yet), or checkpoints far apart
         };
         let bytes = match self.store().read_all(&blob).await {
             Ok(b) => b,
@@ -114,6 +113,31 @@ impl LedgerReader {
             warn!(index = %blob, segment, offset, "stream index names a batch that is not there; scanning the segment");
             Ok(plain)
         }
+    }
+
+    /// The stream index that covers record `q`: the one with the smallest
+    /// size above `q`, looked for among sizes in the million-record window
+    /// of `q` and the next, by name prefix, so that a ledger of a million
+    /// checkpoints is not listed whole for one read.
+    async fn stream_index_after(&self, q: u64) -> Result<Option<(u64, String)>> {
+        const WINDOW: u64 = 1_000_000; // the last 6 of the name's 20 digits
+        let prefix = layout::stream_index_prefix(self.name());
+        for w in [q / WINDOW, q / WINDOW + 1] {
+            let found = self
+                .store()
+                .list(&format!("{prefix}{w:014}"))
+                .await?
+                .into_iter()
+                .filter_map(|b| {
+                    layout::stream_index_size(self.name(), &b.name).map(|s| (s, b.name))
+                })
+                .filter(|(size, _)| *size > q)
+                .min();
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
     /// The stream index blobs and the size each covers up to, oldest first.
