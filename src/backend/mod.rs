@@ -97,7 +97,9 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     ) -> Result<u64, StoreError>;
     /// Reads exactly `len` bytes at `offset`.
     async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError>;
-    /// Blobs whose names start with `prefix`, sorted by name.
+    /// Blobs whose names start with `prefix`, sorted by name. A blob
+    /// deleted while the listing is taken is listed or left out, never an
+    /// error.
     async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError>;
     async fn info(&self, name: &str) -> Result<BlobInfo, StoreError>;
     /// Makes the blob read-only for good.

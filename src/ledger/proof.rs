@@ -4,6 +4,7 @@
 //! streaming pass over the log, so proving never holds all leaf hashes.
 //! That pass hashes every record up to the proven size, in parallel.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::reader::LedgerReader;
-use super::scan::{Chunk, Scanner};
+use super::scan::{pipelined, Chunk, Scanner};
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::Checkpoint;
 use crate::format::merkle::{self, Frontier};
@@ -185,7 +186,7 @@ impl LedgerReader {
             .partition_point(|s| s.first_seq <= from)
             .saturating_sub(1);
         let last = segments.len().saturating_sub(1);
-        'segments: for (i, seg) in segments.iter().enumerate().skip(first) {
+        for (i, seg) in segments.iter().enumerate().skip(first) {
             if seg.first_seq >= size {
                 break;
             }
@@ -197,36 +198,27 @@ impl LedgerReader {
                 seg.size,
                 self.max_body(),
             );
-            let mut pending: Option<oneshot::Receiver<Result<Vec<FramePieces>>>> = None;
-            loop {
-                let (started, failed) = match scan.next_chunk().await {
-                    Ok(chunk) => (
-                        chunk.map(|c| {
-                            spawn_pieces(c, seg.name.clone(), sorted.clone(), want, from, size)
-                        }),
-                        None,
-                    ),
-                    Err(e) => (None, Some(e)),
-                };
-                if let Some(rx) = pending.take() {
-                    for frame in rx.await.expect("the hashing job answers")? {
+            let flow = pipelined(
+                &mut scan,
+                |c| spawn_pieces(c, seg.name.clone(), sorted.clone(), want, from, size),
+                async |frames: Result<Vec<FramePieces>>| {
+                    for frame in frames? {
                         if let Some(entry) = &frame.entry {
                             found(entry);
                         }
                         merge.add(frame.pieces)?;
                         reached = reached.max(frame.end);
                     }
-                    if reached >= size {
-                        break 'segments;
-                    }
-                }
-                if let Some(e) = failed {
-                    return Err(e.into());
-                }
-                match started {
-                    Some(rx) => pending = Some(rx),
-                    None => break,
-                }
+                    Ok::<_, LedgerError>(if reached >= size {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    })
+                },
+            )
+            .await?;
+            if flow.is_break() {
+                break;
             }
             if let Some(bad) = scan.bad {
                 self.bad_frame(seg, i == last, bad, reached).await?;

@@ -2,7 +2,9 @@
 //! recovery, readers and verification so all three agree on what a
 //! complete frame, a torn tail and a damaged frame are.
 
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
+
+use tokio::sync::oneshot;
 
 use crate::backend::{BlobStore, StoreError};
 use crate::format::batch::{self, Frame};
@@ -26,6 +28,38 @@ impl Chunk {
     /// its CRC is not computed twice).
     pub fn frame(&self, i: usize) -> batch::BatchBody<'_> {
         batch::checked_body(&self.data[self.frames[i].clone()])
+    }
+}
+
+/// Runs a segment's chunks through a pipeline of three: while the job that
+/// `start` spawns for chunk k runs (on rayon), `finish` takes the result of
+/// chunk k-1, and then chunk k+1 is read. A failed read is reported only
+/// after the chunks before it are finished, so the first damage reported is
+/// the first in the log. `finish` may stop the scan early.
+pub async fn pipelined<T, E: From<StoreError>>(
+    scan: &mut Scanner<'_>,
+    mut start: impl FnMut(Chunk) -> oneshot::Receiver<T>,
+    mut finish: impl AsyncFnMut(T) -> Result<ControlFlow<()>, E>,
+) -> Result<ControlFlow<()>, E> {
+    let mut pending: Option<oneshot::Receiver<T>> = None;
+    loop {
+        let (started, failed) = match scan.next_chunk().await {
+            Ok(chunk) => (chunk.map(&mut start), None),
+            Err(e) => (None, Some(e)),
+        };
+        if let Some(rx) = pending.take() {
+            let done = rx.await.expect("the hashing job answers");
+            if finish(done).await?.is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        match started {
+            Some(rx) => pending = Some(rx),
+            None => return Ok(ControlFlow::Continue(())),
+        }
     }
 }
 

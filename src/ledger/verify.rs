@@ -8,15 +8,14 @@
 //! goes over the chunk before, so the serial part hides behind the parallel
 //! one instead of adding to it.
 
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
 
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 
 use super::reader::LedgerReader;
 use super::recover;
-use super::scan::Chunk;
-use super::scan::Scanner;
+use super::scan::{pipelined, Chunk, Scanner};
 use super::tip::{Linked, Tip};
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
@@ -90,29 +89,20 @@ impl LedgerReader {
                 info.size,
                 self.max_body(),
             );
-            // A pipeline of three: while rayon decodes and hashes chunk k,
-            // this task walks chunk k-1's chain and then reads chunk k+1.
-            let mut pending: Option<oneshot::Receiver<Hashed>> = None;
-            loop {
-                let (started, failed) = match scan.next_chunk().await {
-                    Ok(chunk) => (chunk.map(|c| spawn_hashing(c, name.clone(), *index)), None),
-                    Err(e) => (None, Some(e)),
-                };
-                if let Some(rx) = pending.take() {
-                    let hashed = rx.await.expect("the hashing job answers");
+            // While rayon decodes and hashes chunk k, this task walks chunk
+            // k-1's chain and then reads chunk k+1.
+            let flow = pipelined(
+                &mut scan,
+                |c| spawn_hashing(c, name.clone(), *index),
+                async |hashed: Hashed| {
                     let end = hashed.chunk.base + hashed.chunk.data.len() as u64;
                     walk(self, name, hashed, &mut tip, &mut next_cp).await?;
                     progress(done_before + end, total);
-                }
-                // A failed read is reported after what the chunks before it hold.
-                if let Some(e) = failed {
-                    return Err(e.into());
-                }
-                match started {
-                    Some(rx) => pending = Some(rx),
-                    None => break,
-                }
-            }
+                    Ok::<_, LedgerError>(ControlFlow::Continue(()))
+                },
+            )
+            .await?;
+            debug_assert!(flow.is_continue(), "verify reads every chunk");
             if let Some(bad) = scan.bad {
                 let signed = checkpoints.last().map_or(0, |(_, c)| c.size);
                 let what = if *index as usize == last && bad.reaches_end && tip.size >= signed {

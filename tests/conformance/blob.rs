@@ -66,6 +66,7 @@ macro_rules! for_each_check {
             concurrent_appends_across_handles_one_wins,
             truncate_cuts_tail,
             delete_removes_blob,
+            list_while_blobs_are_deleted,
         }
     };
 }
@@ -842,4 +843,37 @@ pub async fn delete_removes_blob(b: &dyn Backend) {
         Err(StoreError::BlockLimit { limit: 3, .. })
     ));
     assert_eq!(contents(ns.open().as_ref(), "d/log").await, b"yyy");
+}
+
+/// A listing taken while blobs are put and deleted (the writer prunes old
+/// snapshots while readers open) lists each blob or not, but never fails
+/// because one went away under it.
+pub async fn list_while_blobs_are_deleted(b: &dyn Backend) {
+    let ns = b.namespace(None);
+    let (s, churn) = (ns.open(), ns.open());
+    for i in 0..20 {
+        s.put(&format!("p/keep-{i:02}"), b"kept").await.unwrap();
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let churner = tokio::spawn(async move {
+        let mut i = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let name = format!("p/gone-{i}");
+            churn.put(&name, b"brief").await.unwrap();
+            churn.delete(&name).await.unwrap();
+            i += 1;
+        }
+        i
+    });
+    for _ in 0..200 {
+        let listed = s.list("p/").await.expect("a listing during deletes");
+        let kept = listed
+            .iter()
+            .filter(|b| b.name.starts_with("p/keep-"))
+            .count();
+        assert_eq!(kept, 20, "{listed:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(churner.await.unwrap() > 0, "the churn ran");
 }

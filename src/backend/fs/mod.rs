@@ -486,9 +486,15 @@ impl BlobStore for SharedFs {
             let mut names = Vec::new();
             walk(&dir, dir_part, &prefix, &mut names).map_err(|e| io("list", &prefix, e))?;
             names.sort();
+            // A blob deleted since the directory was read is simply not
+            // listed, as in Azure's listing: a reader that opens while the
+            // writer prunes a snapshot must not fail.
             names
                 .iter()
-                .map(|name| me.info_sync(name))
+                .filter_map(|name| match me.info_sync(name) {
+                    Err(StoreError::NotFound { .. }) => None,
+                    other => Some(other),
+                })
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
