@@ -605,6 +605,8 @@ async fn read_from_a_sequence_number_seeks_through_the_index() {
     std::fs::write(&seg, &bytes).unwrap();
     let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
     assert_eq!(seqs(reader.read(from, None).await.unwrap()), want);
+    // Counting starts at the newest checkpoint's last batch, too.
+    assert_eq!(reader.len().await.unwrap(), 36_000);
     match reader.read(0, None).await {
         Err(LedgerError::Integrity(e)) => assert_eq!(e.offset, receipts[20_000].offset, "{e}"),
         r => panic!(
@@ -619,4 +621,5 @@ async fn read_from_a_sequence_number_seeks_through_the_index() {
         reader.read(from, None).await,
         Err(LedgerError::Integrity(_))
     ));
+    assert!(matches!(reader.len().await, Err(LedgerError::Integrity(_))));
 }

@@ -296,16 +296,31 @@ impl LedgerReader {
         Ok(out)
     }
 
-    /// Number of records readable now.
+    /// Number of records readable now. Reads the last segment from the
+    /// last batch the newest checkpoint covers, where a stream index says
+    /// where that is (see [`Self::seek`]), else from its start.
     pub async fn len(&self) -> Result<u64> {
         let Some(seg) = self.segments.last() else {
             return Ok(0);
+        };
+        let last = self.segments.len() - 1;
+        let signed = self.newest_checkpoint_size().await?;
+        let (start, offset) = if signed > seg.first_seq {
+            self.seek(signed - 1).await?
+        } else {
+            (last, HEADER_LEN as u64)
+        };
+        // The seek stays in the last segment: it holds record `signed - 1`.
+        let offset = if start == last {
+            offset
+        } else {
+            HEADER_LEN as u64
         };
         let mut n = seg.first_seq;
         let mut scan = Scanner::new(
             self.store.as_ref(),
             &seg.name,
-            HEADER_LEN as u64,
+            offset,
             seg.size,
             self.max_body,
         );
