@@ -623,3 +623,144 @@ async fn read_from_a_sequence_number_seeks_through_the_index() {
     ));
     assert!(matches!(reader.len().await, Err(LedgerError::Integrity(_))));
 }
+
+/// A store whose listings are a while old, as a verifier's are while a
+/// live writer goes on: the newest checkpoints can be missing from the
+/// first checkpoint listing, and a segment can be listed shorter than it is
+/// (on the fs backend, while the writer's `pwrite` copies a block in).
+#[derive(Debug)]
+struct EarlierListing {
+    inner: Arc<dyn BlobStore>,
+    /// How many of the newest checkpoints the first listing leaves out.
+    hide_newest_checkpoints: std::sync::atomic::AtomicUsize,
+    /// A segment and how many of its last bytes listings leave out.
+    short: Option<(String, u64)>,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for EarlierListing {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn max_block_size(&self) -> usize {
+        self.inner.max_block_size()
+    }
+    fn max_blocks(&self) -> u64 {
+        self.inner.max_blocks()
+    }
+    async fn create(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.create(name).await
+    }
+    async fn append(&self, name: &str, at: u64, block: &[u8]) -> Result<u64, StoreError> {
+        self.inner.append(name, at, block).await
+    }
+    async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.inner.read(name, offset, len).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
+        let mut listed = self.inner.list(prefix).await?;
+        if prefix.ends_with("/checkpoint-") {
+            let hide = self
+                .hide_newest_checkpoints
+                .swap(0, std::sync::atomic::Ordering::SeqCst);
+            listed.truncate(listed.len() - hide);
+        }
+        if let Some((name, cut)) = &self.short {
+            for b in listed.iter_mut().filter(|b| &b.name == name) {
+                b.size -= cut;
+            }
+        }
+        Ok(listed)
+    }
+    async fn info(&self, name: &str) -> Result<BlobInfo, StoreError> {
+        self.inner.info(name).await
+    }
+    async fn seal(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.seal(name).await
+    }
+    async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(name, data).await
+    }
+    async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
+        self.inner.truncate(name, len).await
+    }
+    async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
+        self.inner.lock(name).await
+    }
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.delete(name).await
+    }
+}
+
+/// `verify` of a ledger that a writer is appending to and checkpointing:
+/// a batch listed while it was being written is not a torn tail, and the
+/// snapshot of a checkpoint that was newest when verify listed them, pruned
+/// since by a newer checkpoint, is not missing. A tail that stays torn is
+/// still an integrity error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_of_a_ledger_being_written() {
+    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[4; 32]));
+    opts.checkpoint_every_events = None;
+    opts.checkpoint_interval = None;
+    let ledger = Ledger::create(store(dir.path()), "main", opts)
+        .await
+        .unwrap();
+    let events = |n: u64| -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| NewEvent::json("order-1", "Placed", &json!({ "i": i })))
+            .collect()
+    };
+    for _ in 0..3 {
+        ledger.append(events(10)).await.unwrap();
+        ledger.checkpoint().await.unwrap();
+    }
+    // The writer keeps the two newest snapshots: 20 and 30.
+    ledger.append(events(10)).await.unwrap(); // not checkpointed
+    let verifier = ledger.verifier().clone();
+    drop(ledger);
+    std::thread::sleep(std::time::Duration::from_millis(200)); // the writer's thread ends
+    assert!(!dir
+        .path()
+        .join("main/snapshot-00000000000000000010")
+        .exists());
+
+    let view = |hide: usize, short: Option<u64>| EarlierListing {
+        inner: store(dir.path()),
+        hide_newest_checkpoints: hide.into(),
+        short: short.map(|n| ("main/0000000000.seg".to_owned(), n)),
+    };
+    // Verify's listing ends at the checkpoint of 10, whose snapshot two
+    // later checkpoints have pruned since.
+    let reader = LedgerReader::open(Arc::new(view(2, None)), "main")
+        .await
+        .unwrap();
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!((report.records, report.checkpoints), (40, 2));
+
+    // The last batch, listed 10 bytes short: the store shows it whole a
+    // moment later, so verify stops before it without an error.
+    let reader = LedgerReader::open(Arc::new(view(0, Some(10))), "main")
+        .await
+        .unwrap();
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!(report.records, 30);
+
+    // Really cut 10 bytes short: a torn tail, reported.
+    let seg = dir.path().join("main/0000000000.seg");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    match reader.verify(&verifier, &|_, _| {}).await {
+        Err(LedgerError::Integrity(e)) => assert!(e.what.contains("torn"), "{e}"),
+        r => panic!("a torn tail verified: {r:?}"),
+    }
+}

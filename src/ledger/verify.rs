@@ -105,7 +105,22 @@ impl LedgerReader {
             debug_assert!(flow.is_continue(), "verify reads every chunk");
             if let Some(bad) = scan.bad {
                 let signed = checkpoints.last().map_or(0, |(_, c)| c.size);
-                let what = if *index as usize == last && bad.reaches_end && tip.size >= signed {
+                let at_end = *index as usize == last && bad.reaches_end && tip.size >= signed;
+                if at_end && changed_since(store.as_ref(), name, info.size).await? {
+                    // Not torn: a live writer's block, listed while it was
+                    // being copied in (or a torn tail a new writer has cut
+                    // since). What the listing held up to it is verified.
+                    tracing::info!(
+                        segment = %name,
+                        offset = bad.offset,
+                        records = tip.size,
+                        "the last batch was being written while verified; verified up to it"
+                    );
+                    done_before += info.size;
+                    progress(done_before, total);
+                    continue;
+                }
+                let what = if at_end {
                     format!("{} (a torn last batch, as a crash leaves; opening the ledger for writing truncates it)", bad.error.what)
                 } else {
                     bad.error.what
@@ -218,6 +233,25 @@ fn spawn_hashing(chunk: Chunk, name: String, segment: u64) -> oneshot::Receiver<
         let _ = tx.send(Hashed { chunk, batches });
     });
     rx
+}
+
+/// Whether segment `name` is no longer `seen` bytes long, looked at for up
+/// to about 0.2 s. On the fs backend a reader can list a segment while the
+/// writer's `pwrite` is still copying a block in, so a batch in flight looks
+/// like a torn one; a moment later the segment has grown. A torn tail left
+/// by a crash stays as it is. (Azure shows appended blocks whole.)
+async fn changed_since(
+    store: &dyn crate::backend::BlobStore,
+    name: &str,
+    seen: u64,
+) -> Result<bool> {
+    for wait_ms in [0, 5, 20, 50, 100] {
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        if store.info(name).await?.size != seen {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The serial stage: walks a hashed chunk's batches in order, linking the
@@ -384,6 +418,13 @@ async fn check_snapshot(
     let bytes = match reader.store().read_all(&blob).await {
         Ok(b) => b,
         Err(crate::backend::StoreError::NotFound { .. }) if !required => return Ok(()),
+        Err(crate::backend::StoreError::NotFound { .. })
+            if newest_checkpoint(reader).await? > cp.size =>
+        {
+            // Newest when verify listed the checkpoints; a live writer has
+            // checkpointed since and pruned this snapshot.
+            return Ok(());
+        }
         Err(crate::backend::StoreError::NotFound { .. }) => {
             return Err(IntegrityError::new(
                 &blob,
@@ -430,4 +471,14 @@ async fn check_snapshot(
         return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
     }
     Ok(())
+}
+
+/// The size of the newest checkpoint in the store now.
+async fn newest_checkpoint(reader: &LedgerReader) -> Result<u64> {
+    Ok(
+        recover::checkpoint_blobs(reader.store().as_ref(), reader.name())
+            .await?
+            .last()
+            .map_or(0, |(size, _)| *size),
+    )
 }
