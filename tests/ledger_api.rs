@@ -146,45 +146,80 @@ async fn verify_reports_the_first_damage_across_chunks() {
     );
 }
 
-/// A store whose next checkpoint put lands but answers with an error, as a
-/// put does whose connection drops after the request was sent.
-#[derive(Debug)]
-struct LostAnswer {
-    inner: Arc<dyn BlobStore>,
+/// A store that answers as real stores do when things go wrong around
+/// them: a checkpoint put that lands but answers with an error (the
+/// connection dropped after the request was sent), and listings a while
+/// old, as a verifier's are while a live writer goes on (the newest
+/// checkpoints missing from the first checkpoint listing, a segment listed
+/// shorter than it is, as on the fs backend while the writer's `pwrite`
+/// copies a block in).
+#[derive(Debug, Default)]
+struct Faulty {
+    inner: Option<Arc<dyn BlobStore>>,
+    /// The next checkpoint put lands, then fails.
     armed: std::sync::atomic::AtomicBool,
+    /// How many of the newest checkpoints the first listing leaves out.
+    hide_newest_checkpoints: std::sync::atomic::AtomicUsize,
+    /// A segment and how many of its last bytes listings leave out.
+    short: Option<(String, u64)>,
+}
+
+impl Faulty {
+    fn inner(&self) -> &Arc<dyn BlobStore> {
+        self.inner.as_ref().expect("a store to wrap")
+    }
+
+    fn over(inner: Arc<dyn BlobStore>) -> Faulty {
+        Faulty {
+            inner: Some(inner),
+            ..Faulty::default()
+        }
+    }
 }
 
 #[async_trait::async_trait]
-impl BlobStore for LostAnswer {
+impl BlobStore for Faulty {
     fn location(&self) -> String {
-        self.inner.location()
+        self.inner().location()
     }
     fn max_block_size(&self) -> usize {
-        self.inner.max_block_size()
+        self.inner().max_block_size()
     }
     fn max_blocks(&self) -> u64 {
-        self.inner.max_blocks()
+        self.inner().max_blocks()
     }
     async fn create(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.create(name).await
+        self.inner().create(name).await
     }
     async fn append(&self, name: &str, at: u64, block: &[u8]) -> Result<u64, StoreError> {
-        self.inner.append(name, at, block).await
+        self.inner().append(name, at, block).await
     }
     async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        self.inner.read(name, offset, len).await
+        self.inner().read(name, offset, len).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
-        self.inner.list(prefix).await
+        let mut listed = self.inner().list(prefix).await?;
+        if prefix.ends_with("/checkpoint-") {
+            let hide = self
+                .hide_newest_checkpoints
+                .swap(0, std::sync::atomic::Ordering::SeqCst);
+            listed.truncate(listed.len() - hide);
+        }
+        if let Some((name, cut)) = &self.short {
+            for b in listed.iter_mut().filter(|b| &b.name == name) {
+                b.size -= cut;
+            }
+        }
+        Ok(listed)
     }
     async fn info(&self, name: &str) -> Result<BlobInfo, StoreError> {
-        self.inner.info(name).await
+        self.inner().info(name).await
     }
     async fn seal(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.seal(name).await
+        self.inner().seal(name).await
     }
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        self.inner.put(name, data).await?;
+        self.inner().put(name, data).await?;
         let checkpoint = name.contains("/checkpoint-");
         if checkpoint && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::Io {
@@ -196,13 +231,13 @@ impl BlobStore for LostAnswer {
         Ok(())
     }
     async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
-        self.inner.truncate(name, len).await
+        self.inner().truncate(name, len).await
     }
     async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
-        self.inner.lock(name).await
+        self.inner().lock(name).await
     }
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.delete(name).await
+        self.inner().delete(name).await
     }
 }
 
@@ -216,10 +251,7 @@ async fn checkpoint_whose_answer_was_lost_is_kept() {
     use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
-    let lossy = Arc::new(LostAnswer {
-        inner: store(dir.path()),
-        armed: false.into(),
-    });
+    let lossy = Arc::new(Faulty::over(store(dir.path())));
     let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[5; 32]));
     let ledger = Ledger::create(lossy.clone(), "main", opts.clone())
         .await
@@ -234,7 +266,7 @@ async fn checkpoint_whose_answer_was_lost_is_kept() {
     let err = ledger.checkpoint().await.unwrap_err();
     assert!(err.to_string().contains("connection reset"), "{err}");
     let blob = layout::checkpoint("main", 10);
-    let landed = lossy.inner.read_all(&blob).await.unwrap();
+    let landed = lossy.inner().read_all(&blob).await.unwrap();
 
     let info = ledger.checkpoint().await.unwrap();
     assert_eq!(info.checkpoint.size, 10);
@@ -248,7 +280,7 @@ async fn checkpoint_whose_answer_was_lost_is_kept() {
     // Someone else's checkpoint at the next size is refused, and stays.
     ledger.append(events(5)).await.unwrap();
     let other = layout::checkpoint("main", 15);
-    lossy.inner.put(&other, &landed).await.unwrap();
+    lossy.inner().put(&other, &landed).await.unwrap();
     match ledger.checkpoint().await {
         Err(LedgerError::Integrity(e)) => {
             assert_eq!(e.blob, other, "{e}");
@@ -256,7 +288,7 @@ async fn checkpoint_whose_answer_was_lost_is_kept() {
         }
         r => panic!("a foreign checkpoint at size 15 gave {r:?}"),
     }
-    assert_eq!(lossy.inner.read_all(&other).await.unwrap(), landed);
+    assert_eq!(lossy.inner().read_all(&other).await.unwrap(), landed);
     drop(ledger);
 
     // Until it is removed, that checkpoint fails verification too.
@@ -624,74 +656,6 @@ async fn read_from_a_sequence_number_seeks_through_the_index() {
     assert!(matches!(reader.len().await, Err(LedgerError::Integrity(_))));
 }
 
-/// A store whose listings are a while old, as a verifier's are while a
-/// live writer goes on: the newest checkpoints can be missing from the
-/// first checkpoint listing, and a segment can be listed shorter than it is
-/// (on the fs backend, while the writer's `pwrite` copies a block in).
-#[derive(Debug)]
-struct EarlierListing {
-    inner: Arc<dyn BlobStore>,
-    /// How many of the newest checkpoints the first listing leaves out.
-    hide_newest_checkpoints: std::sync::atomic::AtomicUsize,
-    /// A segment and how many of its last bytes listings leave out.
-    short: Option<(String, u64)>,
-}
-
-#[async_trait::async_trait]
-impl BlobStore for EarlierListing {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn max_block_size(&self) -> usize {
-        self.inner.max_block_size()
-    }
-    fn max_blocks(&self) -> u64 {
-        self.inner.max_blocks()
-    }
-    async fn create(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.create(name).await
-    }
-    async fn append(&self, name: &str, at: u64, block: &[u8]) -> Result<u64, StoreError> {
-        self.inner.append(name, at, block).await
-    }
-    async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        self.inner.read(name, offset, len).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
-        let mut listed = self.inner.list(prefix).await?;
-        if prefix.ends_with("/checkpoint-") {
-            let hide = self
-                .hide_newest_checkpoints
-                .swap(0, std::sync::atomic::Ordering::SeqCst);
-            listed.truncate(listed.len() - hide);
-        }
-        if let Some((name, cut)) = &self.short {
-            for b in listed.iter_mut().filter(|b| &b.name == name) {
-                b.size -= cut;
-            }
-        }
-        Ok(listed)
-    }
-    async fn info(&self, name: &str) -> Result<BlobInfo, StoreError> {
-        self.inner.info(name).await
-    }
-    async fn seal(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.seal(name).await
-    }
-    async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        self.inner.put(name, data).await
-    }
-    async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
-        self.inner.truncate(name, len).await
-    }
-    async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
-        self.inner.lock(name).await
-    }
-    async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.delete(name).await
-    }
-}
-
 /// `verify` of a ledger that a writer is appending to and checkpointing:
 /// a batch listed while it was being written is not a torn tail, and the
 /// snapshot of a checkpoint that was newest when verify listed them, pruned
@@ -727,10 +691,10 @@ async fn verify_of_a_ledger_being_written() {
         .join("main/snapshot-00000000000000000010")
         .exists());
 
-    let view = |hide: usize, short: Option<u64>| EarlierListing {
-        inner: store(dir.path()),
+    let view = |hide: usize, short: Option<u64>| Faulty {
         hide_newest_checkpoints: hide.into(),
         short: short.map(|n| ("main/0000000000.seg".to_owned(), n)),
+        ..Faulty::over(store(dir.path()))
     };
     // Verify's listing ends at the checkpoint of 10, whose snapshot two
     // later checkpoints have pruned since.

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::reader::LedgerReader;
 use super::scan::{pipelined, Chunk, Scanner};
-use crate::error::{IntegrityError, LedgerError, Result};
+use crate::error::{LedgerError, Result};
 use crate::format::checkpoint::Checkpoint;
 use crate::format::merkle::{self, Frontier};
 use crate::format::record::{decode_entry, Record};
@@ -276,15 +276,7 @@ fn spawn_pieces(
                 if end <= from || body.first_seq >= to {
                     return Ok(out);
                 }
-                let offset = chunk.base + chunk.frames[i].start as u64;
-                let records = body.decode_all().map_err(|e| {
-                    IntegrityError::new(
-                        &name,
-                        offset + e.offset as u64,
-                        Some(body.first_seq),
-                        e.what,
-                    )
-                })?;
+                let records = chunk.records(i, &name)?;
                 // The range each record falls in, if any, and its leaves.
                 let mut cur: Option<(usize, u64, Vec<Hash>)> = None;
                 let mut ri = sorted.partition_point(|r| r.1 <= body.first_seq);

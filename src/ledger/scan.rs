@@ -7,7 +7,9 @@ use std::ops::{ControlFlow, Range};
 use tokio::sync::oneshot;
 
 use crate::backend::{BlobStore, StoreError};
+use crate::error::IntegrityError;
 use crate::format::batch::{self, Frame};
+use crate::format::record::RecordRef;
 use crate::format::DecodeError;
 
 /// Bytes read per store call: large enough that per-call latency (Azure
@@ -28,6 +30,25 @@ impl Chunk {
     /// its CRC is not computed twice).
     pub fn frame(&self, i: usize) -> batch::BatchBody<'_> {
         batch::checked_body(&self.data[self.frames[i].clone()])
+    }
+
+    /// Offset in the blob of frame `i`.
+    pub fn offset(&self, i: usize) -> u64 {
+        self.base + self.frames[i].start as u64
+    }
+
+    /// Every record of frame `i`, decoded; a record that does not decode
+    /// is an integrity error naming `blob`, its offset and the batch.
+    pub fn records(&self, i: usize, blob: &str) -> Result<Vec<RecordRef<'_>>, IntegrityError> {
+        let body = self.frame(i);
+        body.decode_all().map_err(|e| {
+            IntegrityError::new(
+                blob,
+                self.offset(i) + e.offset as u64,
+                Some(body.first_seq),
+                e.what,
+            )
+        })
     }
 }
 

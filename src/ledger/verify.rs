@@ -185,16 +185,9 @@ fn spawn_hashing(chunk: Chunk, name: String, segment: u64) -> oneshot::Receiver<
             .into_par_iter()
             .map(|i| {
                 let range = &chunk.frames[i];
-                let offset = chunk.base + range.start as u64;
+                let offset = chunk.offset(i);
                 let body = chunk.frame(i);
-                let records = body.decode_all().map_err(|e| {
-                    IntegrityError::new(
-                        &name,
-                        offset + e.offset as u64,
-                        Some(body.first_seq),
-                        e.what,
-                    )
-                })?;
+                let records = chunk.records(i, &name)?;
                 let leaves: Vec<_> = records.iter().map(|r| r.leaf_hash()).collect();
                 let filter = BatchFilter::build(
                     (segment, offset),
