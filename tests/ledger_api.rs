@@ -14,6 +14,24 @@ fn store(dir: &std::path::Path) -> Arc<dyn BlobStore> {
     Arc::new(FsStore::new(dir).unwrap().shared())
 }
 
+/// `n` small events of `stream`, numbered.
+fn counted(stream: &str, n: u64) -> Vec<bi_ledger::NewEvent> {
+    (0..n)
+        .map(|i| bi_ledger::NewEvent::json(stream, "Counted", &serde_json::json!({ "i": i })))
+        .collect()
+}
+
+/// Flips a byte of the batch at `offset` of segment 0, past its frame
+/// header, and returns the segment's path.
+fn damage_batch(dir: &std::path::Path, offset: u64) -> std::path::PathBuf {
+    let seg = dir.join("main/0000000000.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[offset as usize + 40] ^= 0x55;
+    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&seg, &bytes).unwrap();
+    seg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_read_reopen_verify_prove() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,25 +57,16 @@ async fn read_stream_skips_batches_the_index_rules_out() {
     let ledger = Ledger::create(store(dir.path()), "main", opts)
         .await
         .unwrap();
-    let bulk = |n: u64| -> Vec<NewEvent> {
-        (0..n)
-            .map(|i| NewEvent::json("bulk", "Counted", &json!({ "i": i })))
-            .collect()
-    };
-    let a = ledger.append(bulk(1000)).await.unwrap();
+    let a = ledger.append(counted("bulk", 1000)).await.unwrap();
     ledger
         .append_one(NewEvent::json("needle", "Found", &json!({})))
         .await
         .unwrap();
-    ledger.append(bulk(4000)).await.unwrap();
+    ledger.append(counted("bulk", 4000)).await.unwrap();
     ledger.close().await.unwrap();
 
     // Damage batch A (1,000 "bulk" events), after its frame header.
-    let seg = dir.path().join("main/0000000000.seg");
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[a[0].offset as usize + 40] ^= 0x55;
-    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(&seg, &bytes).unwrap();
+    damage_batch(dir.path(), a[0].offset);
 
     let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
     let found = reader.read_stream("needle").await.unwrap();
@@ -533,28 +542,17 @@ async fn proofs_equal_the_in_memory_tree_across_batches_segments_and_chunks() {
 /// a proof.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proof_over_a_damaged_batch_is_an_integrity_error() {
-    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
-    use serde_json::json;
+    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
     let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[6; 32]));
     let ledger = Ledger::create(store(dir.path()), "main", opts)
         .await
         .unwrap();
-    let batch = |n: u64| -> Vec<NewEvent> {
-        (0..n)
-            .map(|i| NewEvent::json("s", "Counted", &json!({ "i": i })))
-            .collect()
-    };
-    ledger.append(batch(10)).await.unwrap();
-    let damaged = ledger.append(batch(10)).await.unwrap();
-    ledger.append(batch(10)).await.unwrap();
+    ledger.append(counted("s", 10)).await.unwrap();
+    let damaged = ledger.append(counted("s", 10)).await.unwrap();
+    ledger.append(counted("s", 10)).await.unwrap();
     ledger.close().await.unwrap();
-
-    let seg = dir.path().join("main/0000000000.seg");
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[damaged[0].offset as usize + 40] ^= 0x55;
-    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(&seg, &bytes).unwrap();
+    damage_batch(dir.path(), damaged[0].offset);
 
     let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
     for seq in [0, 15, 29] {
@@ -630,11 +628,7 @@ async fn read_from_a_sequence_number_seeks_through_the_index() {
     std::fs::write(&blob, original.encode()).unwrap();
 
     // Damage batch 20,000..21,000, after its frame header.
-    let seg = dir.path().join("main/0000000000.seg");
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[receipts[20_000].offset as usize + 40] ^= 0x55;
-    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(&seg, &bytes).unwrap();
+    damage_batch(dir.path(), receipts[20_000].offset);
     let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
     assert_eq!(seqs(reader.read(from, None).await.unwrap()), want);
     // Counting starts at the newest checkpoint's last batch, too.
@@ -663,8 +657,7 @@ async fn read_from_a_sequence_number_seeks_through_the_index() {
 /// still an integrity error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_of_a_ledger_being_written() {
-    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
-    use serde_json::json;
+    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
     let mut opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[4; 32]));
     opts.checkpoint_every_events = None;
@@ -672,17 +665,12 @@ async fn verify_of_a_ledger_being_written() {
     let ledger = Ledger::create(store(dir.path()), "main", opts)
         .await
         .unwrap();
-    let events = |n: u64| -> Vec<NewEvent> {
-        (0..n)
-            .map(|i| NewEvent::json("order-1", "Placed", &json!({ "i": i })))
-            .collect()
-    };
     for _ in 0..3 {
-        ledger.append(events(10)).await.unwrap();
+        ledger.append(counted("order-1", 10)).await.unwrap();
         ledger.checkpoint().await.unwrap();
     }
     // The writer keeps the two newest snapshots: 20 and 30.
-    ledger.append(events(10)).await.unwrap(); // not checkpointed
+    ledger.append(counted("order-1", 10)).await.unwrap(); // not checkpointed
     let verifier = ledger.verifier().clone();
     drop(ledger);
     std::thread::sleep(std::time::Duration::from_millis(200)); // the writer's thread ends
