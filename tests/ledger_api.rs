@@ -716,3 +716,34 @@ async fn verify_of_a_ledger_being_written() {
         r => panic!("a torn tail verified: {r:?}"),
     }
 }
+
+/// A reader sees the log as it was when opened: a proof against a
+/// checkpoint signed after that says so, and a new reader proves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_proves_what_it_saw_when_opened() {
+    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[3; 32]));
+    let ledger = Ledger::create(store(dir.path()), "main", opts)
+        .await
+        .unwrap();
+    ledger.append(counted("s", 10)).await.unwrap();
+    ledger.checkpoint().await.unwrap();
+    let early = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    ledger.append(counted("s", 10)).await.unwrap();
+    let newer = ledger.checkpoint().await.unwrap().checkpoint;
+    assert_eq!(newer.size, 20);
+    match early.inclusion_proof(15, 20).await {
+        Err(LedgerError::InvalidArgument(why)) => {
+            assert!(
+                why.contains("sees 10 records") && why.contains("open a new one"),
+                "{why}"
+            )
+        }
+        r => panic!("a proof beyond the reader's view: {r:?}"),
+    }
+    let now = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let p = now.inclusion_proof(15, 20).await.unwrap();
+    assert_eq!(p.verify(&newer).unwrap().seq, 15);
+    ledger.close().await.unwrap();
+}

@@ -226,7 +226,7 @@ impl LedgerReader {
         }
         if reached < size {
             return Err(LedgerError::InvalidArgument(format!(
-                "the log holds {reached} records, fewer than the {size} asked for"
+                "this reader sees {reached} records, fewer than the {size} asked for (a reader sees the segments as they were when it was opened; open a new one to prove newer records)"
             )));
         }
         let mut roots = vec![None; ranges.len()];

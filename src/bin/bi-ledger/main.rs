@@ -542,6 +542,11 @@ async fn checkpoint_note(reader: &LedgerReader, size: Option<u64>) -> Result<(Ch
 async fn prove(cli: &Cli, seq: Option<u64>, old_size: Option<u64>, size: Option<u64>) -> Outcome {
     let reader = open_reader(cli).await?;
     let (cp, note) = checkpoint_note(&reader, size).await?;
+    // A reader sees the segments as they were when it opened; a live writer
+    // may have appended and signed the checkpoint just chosen since then.
+    // Checkpoints are written after what they cover, so a reader opened
+    // now sees all of it.
+    let reader = open_reader(cli).await?;
     match (seq, old_size) {
         (Some(seq), _) => {
             if seq >= cp.size {
