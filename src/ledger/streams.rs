@@ -19,6 +19,7 @@ use tracing::warn;
 
 use super::layout;
 use super::reader::LedgerReader;
+use super::scan::Chunk;
 use crate::error::{IntegrityError, Result};
 use crate::format::record::Record;
 use crate::format::segment::HEADER_LEN;
@@ -70,48 +71,24 @@ impl LedgerReader {
         let Some((size, blob)) = self.stream_index_after(from).await? else {
             return Ok(plain); // not indexed (yet), or checkpoints far apart
         };
-        let bytes = match self.store().read_all(&blob).await {
-            Ok(b) => b,
-            Err(crate::backend::StoreError::NotFound { .. }) => return Ok(plain),
-            Err(e) => return Err(e.into()),
+        let Some(idx) = self.read_index(&blob).await? else {
+            return Ok(plain);
         };
-        let idx = match StreamIndex::decode(&bytes) {
-            Ok(idx) if idx.to == size && idx.from <= from && idx.ledger_id == self.id() => idx,
-            Ok(_) => {
-                warn!(index = %blob, "stream index does not cover what its name says; scanning the segment");
-                return Ok(plain);
-            }
-            Err(e) => {
-                warn!(index = %blob, error = %e, "unreadable stream index; scanning the segment");
-                return Ok(plain);
-            }
-        };
+        if idx.to != size || idx.from > from {
+            warn!(index = %blob, "stream index does not cover what its name says; scanning the segment");
+            return Ok(plain);
+        }
         let at = idx.batches.partition_point(|b| b.first_seq <= from);
         let Some(batch) = at.checked_sub(1).map(|i| &idx.batches[i]) else {
             return Ok(plain);
         };
-        let (segment, offset) = batch.position;
-        let Some(pos) = segments.iter().position(|s| s.index == segment) else {
-            return Ok(plain);
-        };
-        // The index is a cache: use the position only if that batch is there.
-        let frame = super::scan::read_frame(
-            self.store().as_ref(),
-            &segments[pos].name,
-            offset,
-            segments[pos].size,
-            self.max_body(),
-        )
-        .await?;
-        let there = frame.is_some_and(|chunk| {
-            let body = chunk.frame(0);
-            (body.first_seq, u64::from(body.count)) == (batch.first_seq, batch.count)
-        });
-        if there && from < batch.first_seq + batch.count {
-            Ok((pos, offset))
-        } else {
-            warn!(index = %blob, segment, offset, "stream index names a batch that is not there; scanning the segment");
-            Ok(plain)
+        match self.batch_at(batch).await? {
+            Some((pos, _)) if from < batch.first_seq + batch.count => Ok((pos, batch.position.1)),
+            _ => {
+                let (segment, offset) = batch.position;
+                warn!(index = %blob, segment, offset, "stream index names a batch that is not there; scanning the segment");
+                Ok(plain)
+            }
         }
     }
 
@@ -219,24 +196,60 @@ impl LedgerReader {
         size: u64,
         covered: u64,
     ) -> Result<Option<StreamIndex>> {
+        match self.read_index(blob).await? {
+            Some(idx) if idx.from == covered && idx.to == size => Ok(Some(idx)),
+            Some(_) => {
+                warn!(index = %blob, "stream index out of line with the ones before; scanning from there");
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The stream index in `blob`, if it is there, decodes and is this
+    /// ledger's (else `None`, logged: indexes are a cache).
+    async fn read_index(&self, blob: &str) -> Result<Option<StreamIndex>> {
         let bytes = match self.store().read_all(blob).await {
             Ok(b) => b,
             Err(crate::backend::StoreError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         match StreamIndex::decode(&bytes) {
-            Ok(idx) if idx.from == covered && idx.to == size && idx.ledger_id == self.id() => {
-                Ok(Some(idx))
-            }
+            Ok(idx) if idx.ledger_id == self.id() => Ok(Some(idx)),
             Ok(_) => {
-                warn!(index = %blob, "stream index out of line with the ones before; scanning from there");
+                warn!(index = %blob, "stream index of another ledger; not used");
                 Ok(None)
             }
             Err(e) => {
-                warn!(index = %blob, error = %e, "unreadable stream index; scanning from there");
+                warn!(index = %blob, error = %e, "unreadable stream index; not used");
                 Ok(None)
             }
         }
+    }
+
+    /// The batch an index lists, read where the index says it is: its
+    /// segment's place in [`Self::segments`] and the frame, if a frame
+    /// there starts at the listed record and holds the listed count.
+    async fn batch_at(&self, batch: &BatchFilter) -> Result<Option<(usize, Chunk)>> {
+        let (segment, offset) = batch.position;
+        let Some(pos) = self.segments().iter().position(|s| s.index == segment) else {
+            return Ok(None);
+        };
+        let seg = &self.segments()[pos];
+        let frame = super::scan::read_frame(
+            self.store().as_ref(),
+            &seg.name,
+            offset,
+            seg.size,
+            self.max_body(),
+        )
+        .await?;
+        Ok(frame
+            .filter(|chunk| {
+                let body = chunk.frame(0);
+                (body.first_seq, u64::from(body.count)) == (batch.first_seq, batch.count)
+            })
+            .map(|chunk| (pos, chunk)))
     }
 
     /// `stream`'s records in the batch `batch` describes; `None` if that
@@ -246,25 +259,11 @@ impl LedgerReader {
         stream: &str,
         batch: &BatchFilter,
     ) -> Result<Option<Vec<Record>>> {
-        let (segment, offset) = batch.position;
-        let Some(seg) = self.segments().iter().find(|s| s.index == segment) else {
+        let Some((pos, chunk)) = self.batch_at(batch).await? else {
             return Ok(None);
         };
-        let Some(chunk) = super::scan::read_frame(
-            self.store().as_ref(),
-            &seg.name,
-            offset,
-            seg.size,
-            self.max_body(),
-        )
-        .await?
-        else {
-            return Ok(None);
-        };
+        let (seg, offset) = (&self.segments()[pos], batch.position.1);
         let body = chunk.frame(0);
-        if (body.first_seq, body.count as u64) != (batch.first_seq, batch.count) {
-            return Ok(None);
-        }
         let mut out = Vec::new();
         for r in body.iter() {
             let r = r.map_err(|e: DecodeError| {
