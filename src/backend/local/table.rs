@@ -168,6 +168,17 @@ impl LocalTableStore {
     async fn write_one(&self, table: &str, op: BatchOp) -> Result<Option<ETag>, TableError> {
         Ok(self.write(table, vec![op], false).await?.pop().flatten())
     }
+
+    /// One write of an entity, which always answers with its new ETag.
+    async fn write_entity(&self, table: &str, op: BatchOp) -> Result<ETag, TableError> {
+        if let Some(e) = op.entity() {
+            validate_entity(e)?;
+        }
+        Ok(self
+            .write_one(table, op)
+            .await?
+            .expect("a write of an entity gives an ETag"))
+    }
 }
 
 fn etag(n: u64) -> ETag {
@@ -447,11 +458,8 @@ impl TableStore for LocalTableStore {
     }
 
     async fn insert(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
-        validate_entity(entity)?;
-        let etag = self
-            .write_one(table, BatchOp::Insert(entity.clone()))
-            .await?;
-        Ok(etag.expect("insert gives an ETag"))
+        self.write_entity(table, BatchOp::Insert(entity.clone()))
+            .await
     }
 
     async fn get(
@@ -487,12 +495,8 @@ impl TableStore for LocalTableStore {
         entity: &Entity,
         if_match: &IfMatch,
     ) -> Result<ETag, TableError> {
-        validate_entity(entity)?;
-        let op = BatchOp::Replace(entity.clone(), if_match.clone());
-        Ok(self
-            .write_one(table, op)
-            .await?
-            .expect("replace gives an ETag"))
+        self.write_entity(table, BatchOp::Replace(entity.clone(), if_match.clone()))
+            .await
     }
 
     async fn merge(
@@ -501,30 +505,18 @@ impl TableStore for LocalTableStore {
         entity: &Entity,
         if_match: &IfMatch,
     ) -> Result<ETag, TableError> {
-        validate_entity(entity)?;
-        let op = BatchOp::Merge(entity.clone(), if_match.clone());
-        Ok(self
-            .write_one(table, op)
-            .await?
-            .expect("merge gives an ETag"))
+        self.write_entity(table, BatchOp::Merge(entity.clone(), if_match.clone()))
+            .await
     }
 
     async fn insert_or_replace(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
-        validate_entity(entity)?;
-        let op = BatchOp::InsertOrReplace(entity.clone());
-        Ok(self
-            .write_one(table, op)
-            .await?
-            .expect("upsert gives an ETag"))
+        self.write_entity(table, BatchOp::InsertOrReplace(entity.clone()))
+            .await
     }
 
     async fn insert_or_merge(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
-        validate_entity(entity)?;
-        let op = BatchOp::InsertOrMerge(entity.clone());
-        Ok(self
-            .write_one(table, op)
-            .await?
-            .expect("upsert gives an ETag"))
+        self.write_entity(table, BatchOp::InsertOrMerge(entity.clone()))
+            .await
     }
 
     async fn delete(
