@@ -640,6 +640,17 @@ async fn read_from_a_sequence_number_seeks_through_the_index() {
             r.map(|v| v.len())
         ),
     }
+    // The seek reads the header of the batch holding `from` only: damage
+    // past it is met, and named, by the read that starts there.
+    damage_batch(dir.path(), receipts[30_000].offset);
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    match reader.read(from, None).await {
+        Err(LedgerError::Integrity(e)) => assert_eq!(e.offset, receipts[30_000].offset, "{e}"),
+        r => panic!(
+            "read of a damaged batch: wanted an integrity error, got {:?}",
+            r.map(|v| v.len())
+        ),
+    }
     // Without the index the read scans the segment, and meets the damage.
     std::fs::remove_file(&blob).unwrap();
     let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();

@@ -134,6 +134,27 @@ pub fn frame_length(buf: &[u8]) -> Length {
     }
 }
 
+/// What a frame's first `FRAME_HEADER_LEN + BODY_HEADER_LEN` bytes say,
+/// before its CRC is checked: the whole frame's length, its first sequence
+/// number and its record count. `None` if the header cannot start a frame
+/// of at most `max_body` body bytes. For a reader that already knows what
+/// batch to expect at an offset and will check the frame when it reads it.
+pub fn frame_head(head: &[u8], max_body: usize) -> Option<(usize, u64, u32)> {
+    if head.len() < FRAME_HEADER_LEN + BODY_HEADER_LEN {
+        return None;
+    }
+    let Length::Valid(body_len) = frame_length(head) else {
+        return None;
+    };
+    if !(BODY_HEADER_LEN..=max_body).contains(&body_len) {
+        return None;
+    }
+    let body = &head[FRAME_HEADER_LEN..];
+    let first_seq = u64::from_le_bytes(body[0..8].try_into().unwrap());
+    let count = u32::from_le_bytes(body[8..12].try_into().unwrap());
+    Some((FRAME_HEADER_LEN + body_len, first_seq, count))
+}
+
 /// Whether a whole frame's CRC matches: a corrupt frame whose CRC matches
 /// was written as it is, so it cannot be a torn write.
 pub fn frame_crc_ok(frame: &[u8]) -> bool {
@@ -496,6 +517,23 @@ mod tests {
             let mut longer = frame.clone();
             longer.extend_from_slice(&encode(&next));
             check_round_trip(&b, &longer, frame.len(), MAX_BODY);
+        }
+
+        /// The header alone says what the whole frame does, and a damaged
+        /// length is never taken for one.
+        #[test]
+        fn frame_head_agrees_with_the_frame(b in batch(), flip in 0usize..8, mask in 1u8..=255) {
+            let frame = encode(&b);
+            let head = &frame[..FRAME_HEADER_LEN + BODY_HEADER_LEN];
+            prop_assert_eq!(
+                frame_head(head, MAX_BODY),
+                Some((frame.len(), b.first_seq, b.records.len() as u32))
+            );
+            prop_assert_eq!(frame_head(&head[..head.len() - 1], MAX_BODY), None);
+            prop_assert_eq!(frame_head(head, frame.len() - FRAME_HEADER_LEN - 1), None);
+            let mut bad = head.to_vec();
+            bad[flip] ^= mask;
+            prop_assert_eq!(frame_head(&bad, MAX_BODY), None);
         }
 
         #[test]

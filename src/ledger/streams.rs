@@ -21,6 +21,7 @@ use super::layout;
 use super::reader::LedgerReader;
 use super::scan::Chunk;
 use crate::error::{IntegrityError, Result};
+use crate::format::batch::{BODY_HEADER_LEN, FRAME_HEADER_LEN};
 use crate::format::record::Record;
 use crate::format::segment::HEADER_LEN;
 use crate::format::stream_index::{stream_hashes, BatchFilter, Position, StreamIndex};
@@ -82,8 +83,8 @@ impl LedgerReader {
         let Some(batch) = at.checked_sub(1).map(|i| &idx.batches[i]) else {
             return Ok(plain);
         };
-        match self.batch_at(batch).await? {
-            Some((pos, _)) if from < batch.first_seq + batch.count => Ok((pos, batch.position.1)),
+        match self.batch_starts_at(batch).await? {
+            Some(pos) if from < batch.first_seq + batch.count => Ok((pos, batch.position.1)),
             _ => {
                 let (segment, offset) = batch.position;
                 warn!(index = %blob, segment, offset, "stream index names a batch that is not there; scanning the segment");
@@ -225,6 +226,34 @@ impl LedgerReader {
                 Ok(None)
             }
         }
+    }
+
+    /// Whether a frame that starts at the listed record with the listed
+    /// count lies where an index says `batch` is: the segment's place in
+    /// [`Self::segments`] if so. Reads the frame's header only; the scan
+    /// that starts there reads the frame and checks its CRC.
+    async fn batch_starts_at(&self, batch: &BatchFilter) -> Result<Option<usize>> {
+        let (segment, offset) = batch.position;
+        let Some(pos) = self.segments().iter().position(|s| s.index == segment) else {
+            return Ok(None);
+        };
+        let seg = &self.segments()[pos];
+        let head = (FRAME_HEADER_LEN + BODY_HEADER_LEN) as u64;
+        if offset.saturating_add(head) > seg.size {
+            return Ok(None);
+        }
+        let bytes = self.store().read(&seg.name, offset, head).await?;
+        Ok(
+            match crate::format::batch::frame_head(&bytes, self.max_body()) {
+                Some((len, first_seq, count))
+                    if offset + len as u64 <= seg.size
+                        && (first_seq, u64::from(count)) == (batch.first_seq, batch.count) =>
+                {
+                    Some(pos)
+                }
+                _ => None,
+            },
+        )
     }
 
     /// The batch an index lists, read where the index says it is: its
