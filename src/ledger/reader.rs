@@ -171,6 +171,9 @@ impl LedgerReader {
                 seg.size,
                 self.max_body,
             );
+            if i == start && offset > HEADER_LEN as u64 {
+                scan = scan.starting_small();
+            }
             while let Some(chunk) = scan.next_chunk().await? {
                 for (i, range) in chunk.frames.iter().enumerate() {
                     let body = chunk.frame(i);

@@ -101,8 +101,13 @@ pub struct Scanner<'s> {
     size: u64,
     pos: u64,
     max_body: usize,
+    /// Bytes the next read asks for (at most `CHUNK`).
+    chunk: u64,
     pub bad: Option<BadFrame>,
 }
+
+/// First read of a scan that starts small (see [`Scanner::starting_small`]).
+const FIRST_CHUNK: u64 = 256 * 1024;
 
 impl<'s> Scanner<'s> {
     /// Scans `blob` from `start` up to `size` (the length the caller saw).
@@ -119,8 +124,17 @@ impl<'s> Scanner<'s> {
             size,
             pos: start,
             max_body,
+            chunk: CHUNK,
             bad: None,
         }
+    }
+
+    /// Reads 256 KiB first and doubles each read up to the usual chunk:
+    /// for a read from a sequence number, which often wants a few records
+    /// (one small request on Azure instead of 8 MiB) but may want them all.
+    pub fn starting_small(mut self) -> Self {
+        self.chunk = FIRST_CHUNK;
+        self
     }
 
     /// Offset of the first byte not yet consumed: after the last good frame.
@@ -134,7 +148,8 @@ impl<'s> Scanner<'s> {
         if self.bad.is_some() || self.pos >= self.size {
             return Ok(None);
         }
-        let mut want = CHUNK.min(self.size - self.pos);
+        let mut want = self.chunk.min(self.size - self.pos);
+        self.chunk = (self.chunk * 2).min(CHUNK);
         loop {
             let data = self.store.read(&self.blob, self.pos, want).await?;
             let mut frames = Vec::new();
