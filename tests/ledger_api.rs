@@ -758,3 +758,80 @@ async fn a_reader_proves_what_it_saw_when_opened() {
     assert_eq!(p.verify(&newer).unwrap().seq, 15);
     ledger.close().await.unwrap();
 }
+
+mod expected_versions {
+    use super::store;
+    use bi_ledger::model::ExpectedVersion;
+    use bi_ledger::{Ledger, LedgerError, LedgerOptions, NewEvent};
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn expected() -> impl Strategy<Value = ExpectedVersion> {
+        prop_oneof![
+            Just(ExpectedVersion::Any),
+            Just(ExpectedVersion::NoStream),
+            (0u64..3).prop_map(ExpectedVersion::Exact),
+        ]
+    }
+
+    /// Calls of one to four events on three streams, each with an expected
+    /// version.
+    fn calls() -> impl Strategy<Value = Vec<Vec<(u8, ExpectedVersion)>>> {
+        prop::collection::vec(prop::collection::vec((0u8..3, expected()), 1..5), 1..12)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Against a model: a call whose events all meet their expected
+        /// versions (counting the call's own earlier events) is written
+        /// whole; any other writes nothing and leaves every stream's
+        /// version as it was, so the calls after it see the same head.
+        #[test]
+        fn a_conflict_writes_nothing_of_its_call(calls in calls()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[3; 32]));
+                let ledger = Ledger::create(store(dir.path()), "main", opts).await.unwrap();
+                let mut model: HashMap<u8, u64> = HashMap::new();
+                let mut size = 0u64;
+                for call in &calls {
+                    let mut local = model.clone();
+                    let mut conflict = None;
+                    let mut want = Vec::new();
+                    for (i, (s, exp)) in call.iter().enumerate() {
+                        let current = local.get(s).copied();
+                        if !exp.admits(current) {
+                            conflict = Some((i, current));
+                            break;
+                        }
+                        let v = current.map_or(0, |c| c + 1);
+                        local.insert(*s, v);
+                        want.push((size + want.len() as u64, v));
+                    }
+                    let events = call
+                        .iter()
+                        .map(|(s, exp)| NewEvent::json(format!("s{s}"), "T", &serde_json::json!({})).expect(*exp))
+                        .collect();
+                    match (ledger.append(events).await, conflict) {
+                        (Ok(receipts), None) => {
+                            let got: Vec<_> = receipts.iter().map(|r| (r.seq, r.version)).collect();
+                            prop_assert_eq!(got, want);
+                            size += receipts.len() as u64;
+                            model = local;
+                        }
+                        (Err(LedgerError::VersionConflict { index, current, .. }), Some((i, c))) => {
+                            prop_assert_eq!((index, current), (i, c));
+                        }
+                        (r, c) => prop_assert!(false, "call {:?}: got {:?}, model says conflict {:?}", call, r.map(|v| v.len()), c),
+                    }
+                }
+                ledger.close().await.unwrap();
+                let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main").await.unwrap();
+                prop_assert_eq!(reader.read(0, None).await.unwrap().len() as u64, size);
+                Ok(())
+            })?;
+        }
+    }
+}

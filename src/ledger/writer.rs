@@ -10,7 +10,6 @@
 //! pool while its block is written: the block's bytes do not depend on them, so hashing overlaps the
 //! I/O instead of adding to it.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,7 +31,7 @@ use crate::format::checkpoint::Checkpoint;
 use crate::format::record::Record;
 use crate::format::segment::{SegmentHeader, HEADER_LEN};
 use crate::format::stream_index::BatchFilter;
-use crate::format::{chain, merkle};
+use crate::format::{chain, merkle, Hash};
 use crate::model::{NewEvent, Receipt};
 
 pub enum Command {
@@ -95,31 +94,42 @@ struct InFlight {
     segment: u64,
     offset: u64,
     records: Vec<Record>,
-    hashes: Vec<crate::format::Hash>,
+    hashes: Vec<Hash>,
     callers: Vec<(Reply, usize, usize)>,
 }
 
-/// A batch's hashes and stream filter: everything about it that does not
-/// depend on the chain before it.
+/// A batch's hashes and stream filter.
 struct HashedBatch {
     records: Vec<Record>,
-    /// The chain's parallel half for each record (see `format::chain`).
-    mids: Vec<chain::Midstate>,
-    subtrees: Vec<(u32, crate::format::Hash)>,
+    /// Each record's chain hash; the last is the new chain head.
+    hashes: Vec<Hash>,
+    subtrees: Vec<(u32, Hash)>,
     filter: BatchFilter,
 }
 
-fn hash_batch(records: Vec<Record>, position: (u64, u64), first: u64) -> HashedBatch {
+/// Hashes a batch whose first record follows chain head `head`. Batches
+/// are written one at a time, so the head is final when the job starts,
+/// and the chain's serial half runs here too, beside the block's write,
+/// rather than on the writer after it.
+fn hash_batch(records: Vec<Record>, position: (u64, u64), first: u64, head: Hash) -> HashedBatch {
     let leaves: Vec<_> = if records.len() >= PARALLEL_HASHING {
         records.par_iter().map(Record::leaf_hash).collect()
     } else {
         records.iter().map(Record::leaf_hash).collect()
     };
-    let mids = if leaves.len() >= PARALLEL_HASHING {
+    let mids: Vec<_> = if leaves.len() >= PARALLEL_HASHING {
         leaves.par_iter().map(chain::midstate).collect()
     } else {
         leaves.iter().map(chain::midstate).collect()
     };
+    let mut prev = head;
+    let hashes = mids
+        .into_iter()
+        .map(|m| {
+            prev = m.link(&prev);
+            prev
+        })
+        .collect();
     let filter = BatchFilter::build(
         position,
         first,
@@ -129,7 +139,7 @@ fn hash_batch(records: Vec<Record>, position: (u64, u64), first: u64) -> HashedB
     HashedBatch {
         subtrees: merkle::range_subtrees(first, &leaves),
         records,
-        mids,
+        hashes,
         filter,
     }
 }
@@ -352,16 +362,25 @@ impl Writer {
             });
             return;
         }
-        // Check every expected version first, against the head including
-        // everything admitted before: a conflict writes nothing of the call.
-        let mut local: HashMap<&str, u64> = HashMap::new();
-        let mut versions = Vec::with_capacity(events.len());
+        // Advance each stream's version in the head as its event is
+        // checked (one map lookup per event), and undo those steps on a
+        // conflict: a conflict writes nothing of the call, and leaves the
+        // head as it was.
+        let mut versions: Vec<u64> = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
-            let current = local
-                .get(e.stream.as_str())
-                .copied()
-                .or_else(|| self.tip.streams.get(&e.stream).copied());
+            let slot = self.tip.streams.get_mut(e.stream.as_str());
+            let current = slot.as_deref().copied();
             if !e.expected_version.admits(current) {
+                for (e, v) in events.iter().zip(&versions).rev() {
+                    match v.checked_sub(1) {
+                        Some(prev) => {
+                            *self.tip.streams.get_mut(&e.stream).expect("advanced") = prev
+                        }
+                        None => {
+                            self.tip.streams.remove(&e.stream);
+                        }
+                    }
+                }
                 let _ = reply.send(Err(LedgerError::VersionConflict {
                     index: i,
                     stream: e.stream.clone(),
@@ -371,18 +390,17 @@ impl Writer {
                 return;
             }
             let v = current.map_or(0, |c| c + 1);
-            local.insert(&e.stream, v);
-            versions.push(v);
-        }
-        let ts = crate::time::now_us().max(self.tip.last_ts);
-        let start = next.records.len();
-        for (e, v) in events.into_iter().zip(versions) {
-            match self.tip.streams.get_mut(&e.stream) {
+            match slot {
                 Some(cur) => *cur = v,
                 None => {
                     self.tip.streams.insert(e.stream.clone(), v);
                 }
             }
+            versions.push(v);
+        }
+        let ts = crate::time::now_us().max(self.tip.last_ts);
+        let start = next.records.len();
+        for (e, v) in events.into_iter().zip(versions) {
             next.records.push(Record {
                 seq: self.tip.size,
                 timestamp_us: ts,
@@ -433,9 +451,9 @@ impl Writer {
         // The fs store may write on this very thread (see `backend::fs`),
         // so the hashing cannot wait for it here.
         let (tx, rx) = oneshot::channel();
-        let records = next.records;
+        let (records, head) = (next.records, self.tip.chain_head);
         self.hashers.spawn(move || {
-            let _ = tx.send(hash_batch(records, (segment, offset), first));
+            let _ = tx.send(hash_batch(records, (segment, offset), first, head));
         });
         let name = layout::segment(&self.meta.name, segment);
         let store = self.store.clone();
@@ -449,14 +467,7 @@ impl Writer {
 
         let h = write.alongside(rx).await.expect("the hashing job answers");
         self.tip.push_filter(h.filter);
-        let hashes = h
-            .mids
-            .into_iter()
-            .map(|m| {
-                self.tip.chain_head = m.link(&self.tip.chain_head);
-                self.tip.chain_head
-            })
-            .collect();
+        self.tip.chain_head = *h.hashes.last().expect("a batch holds records");
         for (height, hash) in h.subtrees {
             self.tip
                 .frontier
@@ -468,7 +479,7 @@ impl Writer {
             segment,
             offset,
             records: h.records,
-            hashes,
+            hashes: h.hashes,
             callers: next.callers,
         })
     }
@@ -477,25 +488,28 @@ impl Writer {
     fn finish(&mut self, f: InFlight, result: Result<u64, StoreError>, next: &mut Next) {
         match result {
             Ok(_) => {
-                let mut records = f.records.into_iter();
+                let mut records = f.records;
                 let mut hashes = f.hashes.into_iter();
+                let mut at = 0;
                 for (reply, start, end) in f.callers {
-                    let receipts = records
-                        .by_ref()
-                        .take(end - start)
+                    let receipts = records[at..at + (end - start)]
+                        .iter_mut()
                         .zip(hashes.by_ref())
                         .map(|(r, hash)| Receipt {
                             seq: r.seq,
                             hash,
-                            stream: r.stream,
+                            stream: std::mem::take(&mut r.stream),
                             version: r.stream_version,
                             timestamp_us: r.timestamp_us,
                             segment: f.segment,
                             offset: f.offset,
                         })
                         .collect();
+                    at += end - start;
                     let _ = reply.send(Ok(receipts));
                 }
+                // Freed only now: the callers go on meanwhile.
+                drop(records);
             }
             Err(e) => {
                 self.poison(&e);
