@@ -91,27 +91,31 @@ struct Next {
 /// A block whose write has been issued.
 struct InFlight {
     write: Write,
-    segment: u64,
-    offset: u64,
-    records: Vec<Record>,
-    hashes: Vec<Hash>,
+    /// One per record, for its caller once the block is durable.
+    receipts: Vec<Receipt>,
     callers: Vec<(Reply, usize, usize)>,
 }
 
-/// A batch's hashes and stream filter.
+/// A batch's hashes, stream filter and receipts.
 struct HashedBatch {
-    records: Vec<Record>,
-    /// Each record's chain hash; the last is the new chain head.
-    hashes: Vec<Hash>,
+    receipts: Vec<Receipt>,
     subtrees: Vec<(u32, Hash)>,
     filter: BatchFilter,
 }
 
-/// Hashes a batch whose first record follows chain head `head`. Batches
-/// are written one at a time, so the head is final when the job starts,
-/// and the chain's serial half runs here too, beside the block's write,
-/// rather than on the writer after it.
-fn hash_batch(records: Vec<Record>, position: (u64, u64), first: u64, head: Hash) -> HashedBatch {
+/// Hashes the batch at `position` whose first record follows chain head
+/// `head`, and makes its receipts. Batches are written one at a time, so
+/// the head is final when the job starts, and the chain's serial half runs
+/// here too, beside the block's write, rather than on the writer after it.
+/// The records are freed here as well, after the answer is sent: freeing
+/// thousands of small buffers on the writer once the block lands would
+/// hold up the next batch.
+fn hash_batch(
+    records: Vec<Record>,
+    position: (u64, u64),
+    head: Hash,
+    tx: oneshot::Sender<HashedBatch>,
+) {
     let leaves: Vec<_> = if records.len() >= PARALLEL_HASHING {
         records.par_iter().map(Record::leaf_hash).collect()
     } else {
@@ -122,26 +126,37 @@ fn hash_batch(records: Vec<Record>, position: (u64, u64), first: u64, head: Hash
     } else {
         leaves.iter().map(chain::midstate).collect()
     };
-    let mut prev = head;
-    let hashes = mids
-        .into_iter()
-        .map(|m| {
-            prev = m.link(&prev);
-            prev
-        })
-        .collect();
+    let first = records[0].seq;
     let filter = BatchFilter::build(
         position,
         first,
         records.len() as u64,
         records.iter().map(|r| r.stream.as_str()),
     );
-    HashedBatch {
+    let mut records = records;
+    let mut prev = head;
+    let receipts = records
+        .iter_mut()
+        .zip(mids)
+        .map(|(r, m)| {
+            prev = m.link(&prev);
+            Receipt {
+                seq: r.seq,
+                hash: prev,
+                stream: std::mem::take(&mut r.stream),
+                version: r.stream_version,
+                timestamp_us: r.timestamp_us,
+                segment: position.0,
+                offset: position.1,
+            }
+        })
+        .collect();
+    let _ = tx.send(HashedBatch {
         subtrees: merkle::range_subtrees(first, &leaves),
-        records,
-        hashes,
+        receipts,
         filter,
-    }
+    });
+    drop(records);
 }
 
 /// A block's append, driven by the writer task itself rather than spawned:
@@ -445,16 +460,14 @@ impl Writer {
         }
         let segment = self.tip.segment_index;
         let offset = self.tip.segment_len;
-        let first = next.records[0].seq;
         // Hash and index on the hashing threads while the block is on its
         // way to the disk: the block's bytes do not depend on the hashes.
         // The fs store may write on this very thread (see `backend::fs`),
         // so the hashing cannot wait for it here.
         let (tx, rx) = oneshot::channel();
         let (records, head) = (next.records, self.tip.chain_head);
-        self.hashers.spawn(move || {
-            let _ = tx.send(hash_batch(records, (segment, offset), first, head));
-        });
+        self.hashers
+            .spawn(move || hash_batch(records, (segment, offset), head, tx));
         let name = layout::segment(&self.meta.name, segment);
         let store = self.store.clone();
         let len = block.len() as u64;
@@ -467,7 +480,7 @@ impl Writer {
 
         let h = write.alongside(rx).await.expect("the hashing job answers");
         self.tip.push_filter(h.filter);
-        self.tip.chain_head = *h.hashes.last().expect("a batch holds records");
+        self.tip.chain_head = h.receipts.last().expect("a batch holds records").hash;
         for (height, hash) in h.subtrees {
             self.tip
                 .frontier
@@ -476,10 +489,7 @@ impl Writer {
         }
         Some(InFlight {
             write,
-            segment,
-            offset,
-            records: h.records,
-            hashes: h.hashes,
+            receipts: h.receipts,
             callers: next.callers,
         })
     }
@@ -487,29 +497,15 @@ impl Writer {
     /// Answers the callers of a finished write.
     fn finish(&mut self, f: InFlight, result: Result<u64, StoreError>, next: &mut Next) {
         match result {
+            Ok(_) if f.callers.len() == 1 => {
+                let (reply, _, _) = f.callers.into_iter().next().unwrap();
+                let _ = reply.send(Ok(f.receipts));
+            }
             Ok(_) => {
-                let mut records = f.records;
-                let mut hashes = f.hashes.into_iter();
-                let mut at = 0;
+                let mut receipts = f.receipts.into_iter();
                 for (reply, start, end) in f.callers {
-                    let receipts = records[at..at + (end - start)]
-                        .iter_mut()
-                        .zip(hashes.by_ref())
-                        .map(|(r, hash)| Receipt {
-                            seq: r.seq,
-                            hash,
-                            stream: std::mem::take(&mut r.stream),
-                            version: r.stream_version,
-                            timestamp_us: r.timestamp_us,
-                            segment: f.segment,
-                            offset: f.offset,
-                        })
-                        .collect();
-                    at += end - start;
-                    let _ = reply.send(Ok(receipts));
+                    let _ = reply.send(Ok(receipts.by_ref().take(end - start).collect()));
                 }
-                // Freed only now: the callers go on meanwhile.
-                drop(records);
             }
             Err(e) => {
                 self.poison(&e);
