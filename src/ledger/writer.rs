@@ -111,48 +111,62 @@ struct HashedBatch {
 /// thousands of small buffers on the writer once the block lands would
 /// hold up the next batch.
 fn hash_batch(
-    records: Vec<Record>,
+    mut records: Vec<Record>,
     position: (u64, u64),
     head: Hash,
     tx: oneshot::Sender<HashedBatch>,
 ) {
-    let leaves: Vec<_> = if records.len() >= PARALLEL_HASHING {
-        records.par_iter().map(Record::leaf_hash).collect()
-    } else {
-        records.iter().map(Record::leaf_hash).collect()
+    let parallel = records.len() >= PARALLEL_HASHING;
+    let leaf_and_mid = |r: &Record| {
+        let leaf = r.leaf_hash();
+        (leaf, chain::midstate(&leaf))
     };
-    let mids: Vec<_> = if leaves.len() >= PARALLEL_HASHING {
-        leaves.par_iter().map(chain::midstate).collect()
+    let (leaves, mids): (Vec<_>, Vec<_>) = if parallel {
+        records.par_iter().map(leaf_and_mid).unzip()
     } else {
-        leaves.iter().map(chain::midstate).collect()
+        records.iter().map(leaf_and_mid).unzip()
     };
     let first = records[0].seq;
-    let filter = BatchFilter::build(
-        position,
-        first,
-        records.len() as u64,
-        records.iter().map(|r| r.stream.as_str()),
-    );
-    let mut records = records;
-    let mut prev = head;
+    // The chain is serial; the stream filter and the Merkle subtrees are
+    // not, and go beside it.
+    let link = || {
+        let mut prev = head;
+        mids.into_iter()
+            .map(|m| {
+                prev = m.link(&prev);
+                prev
+            })
+            .collect::<Vec<_>>()
+    };
+    let rest = || {
+        let filter = BatchFilter::build(
+            position,
+            first,
+            records.len() as u64,
+            records.iter().map(|r| r.stream.as_str()),
+        );
+        (filter, merkle::range_subtrees(first, &leaves))
+    };
+    let (hashes, (filter, subtrees)) = if parallel {
+        rayon::join(link, rest)
+    } else {
+        (link(), rest())
+    };
     let receipts = records
         .iter_mut()
-        .zip(mids)
-        .map(|(r, m)| {
-            prev = m.link(&prev);
-            Receipt {
-                seq: r.seq,
-                hash: prev,
-                stream: std::mem::take(&mut r.stream),
-                version: r.stream_version,
-                timestamp_us: r.timestamp_us,
-                segment: position.0,
-                offset: position.1,
-            }
+        .zip(hashes)
+        .map(|(r, hash)| Receipt {
+            seq: r.seq,
+            hash,
+            stream: std::mem::take(&mut r.stream),
+            version: r.stream_version,
+            timestamp_us: r.timestamp_us,
+            segment: position.0,
+            offset: position.1,
         })
         .collect();
     let _ = tx.send(HashedBatch {
-        subtrees: merkle::range_subtrees(first, &leaves),
+        subtrees,
         receipts,
         filter,
     });
