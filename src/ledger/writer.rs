@@ -103,19 +103,16 @@ struct HashedBatch {
     filter: BatchFilter,
 }
 
-/// Hashes the batch at `position` whose first record follows chain head
-/// `head`, and makes its receipts. Batches are written one at a time, so
-/// the head is final when the job starts, and the chain's serial half runs
-/// here too, beside the block's write, rather than on the writer after it.
-/// The records are freed here as well, after the answer is sent: freeing
-/// thousands of small buffers on the writer once the block lands would
-/// hold up the next batch.
-fn hash_batch(
-    mut records: Vec<Record>,
-    position: (u64, u64),
-    head: Hash,
-    tx: oneshot::Sender<HashedBatch>,
-) {
+/// Hashes a batch whose first record follows chain head `head`, and makes
+/// its receipts. Batches are written one at a time, so the head is final
+/// when the job starts, and the chain's serial half runs here too, beside
+/// the block's write, rather than on the writer after it. The job starts
+/// before the writer encodes the block, sharing the records with it; the
+/// batch's position (known after encoding, which may roll the segment
+/// over) is filled in by the writer. The records are freed here as well,
+/// after the answer is sent: freeing thousands of small buffers on the
+/// writer once the block lands would hold up the next batch.
+fn hash_batch(records: Arc<Vec<Record>>, head: Hash, tx: oneshot::Sender<HashedBatch>) {
     let parallel = records.len() >= PARALLEL_HASHING;
     let leaf_and_mid = |r: &Record| {
         let leaf = r.leaf_hash();
@@ -140,7 +137,7 @@ fn hash_batch(
     };
     let rest = || {
         let filter = BatchFilter::build(
-            position,
+            (0, 0),
             first,
             records.len() as u64,
             records.iter().map(|r| r.stream.as_str()),
@@ -152,17 +149,29 @@ fn hash_batch(
     } else {
         (link(), rest())
     };
-    let receipts = records
-        .iter_mut()
-        .zip(hashes)
-        .map(|(r, hash)| Receipt {
-            seq: r.seq,
-            hash,
-            stream: std::mem::take(&mut r.stream),
-            version: r.stream_version,
-            timestamp_us: r.timestamp_us,
-            segment: position.0,
-            offset: position.1,
+    // The writer let go of the records once it encoded them, long before
+    // this; should it not have, the stream ids are copied.
+    let mut owned = Arc::try_unwrap(records);
+    let receipts = hashes
+        .into_iter()
+        .enumerate()
+        .map(|(i, hash)| {
+            let (r, stream) = match &mut owned {
+                Ok(v) => {
+                    let stream = std::mem::take(&mut v[i].stream);
+                    (&v[i], stream)
+                }
+                Err(shared) => (&shared[i], shared[i].stream.clone()),
+            };
+            Receipt {
+                seq: r.seq,
+                hash,
+                stream,
+                version: r.stream_version,
+                timestamp_us: r.timestamp_us,
+                segment: 0,
+                offset: 0,
+            }
         })
         .collect();
     let _ = tx.send(HashedBatch {
@@ -170,7 +179,7 @@ fn hash_batch(
         receipts,
         filter,
     });
-    drop(records);
+    drop(owned);
 }
 
 /// A block's append, driven by the writer task itself rather than spawned:
@@ -462,26 +471,28 @@ impl Writer {
             Self::fail(next.callers, &why);
             return None;
         }
-        let mut enc = BatchEncoder::new(next.records[0].seq, next.records[0].timestamp_us);
-        for r in &next.records {
+        // Hash and index on the hashing threads while the block is encoded
+        // and on its way to the disk: the block's bytes do not depend on the
+        // hashes. The fs store may write on this very thread (see
+        // `backend::fs`), so the hashing cannot wait for it here.
+        let (tx, rx) = oneshot::channel();
+        let records = Arc::new(next.records);
+        let (shared, head) = (records.clone(), self.tip.chain_head);
+        self.hashers.spawn(move || hash_batch(shared, head, tx));
+        let mut enc = BatchEncoder::new(records[0].seq, records[0].timestamp_us);
+        for r in records.iter() {
             enc.push(r);
         }
+        let first = records[0].seq;
+        drop(records);
         let block = enc.finish();
-        if let Err(e) = self.make_room(block.len(), next.records[0].seq).await {
+        if let Err(e) = self.make_room(block.len(), first).await {
             self.poison(&e);
             Self::fail(next.callers, self.poisoned.as_deref().unwrap_or_default());
             return None;
         }
         let segment = self.tip.segment_index;
         let offset = self.tip.segment_len;
-        // Hash and index on the hashing threads while the block is on its
-        // way to the disk: the block's bytes do not depend on the hashes.
-        // The fs store may write on this very thread (see `backend::fs`),
-        // so the hashing cannot wait for it here.
-        let (tx, rx) = oneshot::channel();
-        let (records, head) = (next.records, self.tip.chain_head);
-        self.hashers
-            .spawn(move || hash_batch(records, (segment, offset), head, tx));
         let name = layout::segment(&self.meta.name, segment);
         let store = self.store.clone();
         let len = block.len() as u64;
@@ -492,7 +503,11 @@ impl Writer {
         self.tip.segment_len += len;
         self.tip.segment_blocks += 1;
 
-        let h = write.alongside(rx).await.expect("the hashing job answers");
+        let mut h = write.alongside(rx).await.expect("the hashing job answers");
+        h.filter.position = (segment, offset);
+        for r in &mut h.receipts {
+            (r.segment, r.offset) = (segment, offset);
+        }
         self.tip.push_filter(h.filter);
         self.tip.chain_head = h.receipts.last().expect("a batch holds records").hash;
         for (height, hash) in h.subtrees {
