@@ -171,6 +171,9 @@ struct Faulty {
     hide_newest_checkpoints: std::sync::atomic::AtomicUsize,
     /// A segment and how many of its last bytes listings leave out.
     short: Option<(String, u64)>,
+    /// Segment appends that still succeed; the ones after them fail,
+    /// slowly and without writing (`u64::MAX` by default: none fails).
+    appends_left: std::sync::atomic::AtomicU64,
 }
 
 impl Faulty {
@@ -181,6 +184,7 @@ impl Faulty {
     fn over(inner: Arc<dyn BlobStore>) -> Faulty {
         Faulty {
             inner: Some(inner),
+            appends_left: u64::MAX.into(),
             ..Faulty::default()
         }
     }
@@ -201,6 +205,22 @@ impl BlobStore for Faulty {
         self.inner().create(name).await
     }
     async fn append(&self, name: &str, at: u64, block: &[u8]) -> Result<u64, StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if name.ends_with(".seg")
+            && self
+                .appends_left
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_err()
+        {
+            // Slow to fail, as a device timing out is: callers of the
+            // block before have their receipts meanwhile and queue again.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            return Err(StoreError::Io {
+                op: "append to",
+                name: name.to_owned(),
+                source: std::io::Error::other("injected: device error"),
+            });
+        }
         self.inner().append(name, at, block).await
     }
     async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
@@ -248,6 +268,77 @@ impl BlobStore for Faulty {
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         self.inner().delete(name).await
     }
+}
+
+/// A block write that fails poisons the writer: the callers of that block
+/// and every later one get `Poisoned` (nobody waits for good), and a
+/// reopened ledger holds exactly the acknowledged events, with a chain
+/// that verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_block_write_poisons_the_writer_and_loses_no_receipt() {
+    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader};
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(Faulty::over(store(dir.path())));
+    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[6; 32]));
+    let ledger = Ledger::create(faulty.clone(), "main", opts.clone())
+        .await
+        .unwrap();
+    // Batches large enough to be hashed in parallel, and small ones.
+    ledger.append(counted("big", 600)).await.unwrap();
+    faulty
+        .appends_left
+        .store(5, std::sync::atomic::Ordering::SeqCst);
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for k in 0..50u64 {
+                    let n = if k % 7 == 0 { 300 } else { 1 };
+                    match ledger.append(counted(&format!("s-{t}"), n)).await {
+                        Ok(r) => acked.extend(r.into_iter().map(|r| r.seq)),
+                        Err(LedgerError::Poisoned(why)) => {
+                            assert!(why.contains("injected: device error"), "{why}");
+                            return (acked, true);
+                        }
+                        Err(e) => panic!("task {t}: {e}"),
+                    }
+                }
+                (acked, false)
+            })
+        })
+        .collect();
+    let mut acked: Vec<u64> = (0..600).collect();
+    let mut poisoned = 0;
+    for t in tasks {
+        let (seqs, p) = tokio::time::timeout(std::time::Duration::from_secs(30), t)
+            .await
+            .expect("no caller waits for good")
+            .unwrap();
+        acked.extend(seqs);
+        poisoned += usize::from(p);
+    }
+    assert_eq!(poisoned, 16, "every caller meets the failure");
+    assert!(matches!(
+        ledger.append(counted("late", 1)).await,
+        Err(LedgerError::Poisoned(_))
+    ));
+    drop(ledger);
+
+    acked.sort_unstable();
+    let n = acked.len() as u64;
+    assert_eq!(acked, (0..n).collect::<Vec<_>>(), "receipts are contiguous");
+    let ledger = Ledger::open(store(dir.path()), "main", opts).await.unwrap();
+    let verifier = ledger.verifier().clone();
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    assert_eq!(
+        reader.len().await.unwrap(),
+        n,
+        "exactly the acknowledged events"
+    );
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!(report.records, n);
 }
 
 /// A checkpoint put that landed but reported an error leaves the writer
