@@ -14,6 +14,11 @@ fn store(dir: &std::path::Path) -> Arc<dyn BlobStore> {
     Arc::new(FsStore::new(dir).unwrap().shared())
 }
 
+/// Ledger options with the signing key made of `seed` bytes.
+fn options(seed: u8) -> bi_ledger::LedgerOptions {
+    bi_ledger::LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]))
+}
+
 /// `n` small events of `stream`, numbered.
 fn counted(stream: &str, n: u64) -> Vec<bi_ledger::NewEvent> {
     (0..n)
@@ -50,10 +55,10 @@ async fn stream_reads_use_the_index() {
 /// read (a full scan stops at it; `verify` reports it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_stream_skips_batches_the_index_rules_out() {
-    use bi_ledger::{Ledger, LedgerOptions, LedgerReader, NewEvent};
+    use bi_ledger::{Ledger, LedgerReader, NewEvent};
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
-    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
+    let opts = options(9);
     let ledger = Ledger::create(store(dir.path()), "main", opts)
         .await
         .unwrap();
@@ -82,10 +87,10 @@ async fn read_stream_skips_batches_the_index_rules_out() {
 /// tamperer would), so only the chain walk can see it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_the_first_damage_across_chunks() {
-    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
+    use bi_ledger::{Ledger, LedgerError, LedgerReader, NewEvent};
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
-    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[3; 32]));
+    let opts = options(3);
     let ledger = Ledger::create(store(dir.path()), "main", opts)
         .await
         .unwrap();
@@ -276,10 +281,10 @@ impl BlobStore for Faulty {
 /// that verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_block_write_poisons_the_writer_and_loses_no_receipt() {
-    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader};
+    use bi_ledger::{Ledger, LedgerError, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
     let faulty = Arc::new(Faulty::over(store(dir.path())));
-    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[6; 32]));
+    let opts = options(6);
     let ledger = Ledger::create(faulty.clone(), "main", opts.clone())
         .await
         .unwrap();
@@ -348,11 +353,11 @@ async fn a_failed_block_write_poisons_the_writer_and_loses_no_receipt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_whose_answer_was_lost_is_kept() {
     use bi_ledger::ledger::layout;
-    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
+    use bi_ledger::{Ledger, LedgerError, LedgerReader, NewEvent};
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
     let lossy = Arc::new(Faulty::over(store(dir.path())));
-    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[5; 32]));
+    let opts = options(5);
     let ledger = Ledger::create(lossy.clone(), "main", opts.clone())
         .await
         .unwrap();
@@ -411,10 +416,10 @@ async fn checkpoint_whose_answer_was_lost_is_kept() {
 /// admitted is durable, checkpoints, and goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn count_checkpoints_are_not_starved_by_load() {
-    use bi_ledger::{Ledger, LedgerOptions, LedgerReader, NewEvent};
+    use bi_ledger::{Ledger, LedgerReader, NewEvent};
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[6; 32]));
+    let mut opts = options(6);
     opts.checkpoint_every_events = Some(200);
     opts.checkpoint_interval = None;
     let ledger = Ledger::create(store(dir.path()), "main", opts)
@@ -459,7 +464,7 @@ async fn count_checkpoints_are_not_starved_by_load() {
 /// thread of rayon's global pool is busy (here, blocked until they do).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_do_not_wait_for_the_global_rayon_pool() {
-    use bi_ledger::{Ledger, LedgerOptions, NewEvent};
+    use bi_ledger::{Ledger, NewEvent};
     use serde_json::json;
     use std::sync::{Condvar, Mutex};
     use std::time::Duration;
@@ -488,7 +493,7 @@ async fn appends_do_not_wait_for_the_global_rayon_pool() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[8; 32]));
+    let opts = options(8);
     let appended = tokio::time::timeout(Duration::from_secs(20), async {
         let ledger = Ledger::create(store(dir.path()), "main", opts).await?;
         // Large enough to be hashed in parallel, then one on its own.
@@ -521,7 +526,7 @@ async fn appends_do_not_wait_for_the_global_rayon_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proofs_equal_the_in_memory_tree_across_batches_segments_and_chunks() {
     use bi_ledger::format::{hex, merkle};
-    use bi_ledger::{Ledger, LedgerOptions, LedgerReader, NewEvent};
+    use bi_ledger::{Ledger, LedgerReader, NewEvent};
     use serde_json::json;
     // Small segments (many rollovers) with small batches, then one segment
     // larger than a scan chunk (8 MiB) in large batches.
@@ -530,7 +535,7 @@ async fn proofs_equal_the_in_memory_tree_across_batches_segments_and_chunks() {
         (1 << 30, vec![4000; 8]),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[5; 32]));
+        let mut opts = options(5);
         opts.segment_max_bytes = segment_max_bytes;
         opts.checkpoint_every_events = None;
         let ledger = Ledger::create(store(dir.path()), "main", opts)
@@ -633,9 +638,9 @@ async fn proofs_equal_the_in_memory_tree_across_batches_segments_and_chunks() {
 /// a proof.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proof_over_a_damaged_batch_is_an_integrity_error() {
-    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader};
+    use bi_ledger::{Ledger, LedgerError, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
-    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[6; 32]));
+    let opts = options(6);
     let ledger = Ledger::create(store(dir.path()), "main", opts)
         .await
         .unwrap();
@@ -665,10 +670,10 @@ async fn a_proof_over_a_damaged_batch_is_an_integrity_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_from_a_sequence_number_seeks_through_the_index() {
     use bi_ledger::format::stream_index::StreamIndex;
-    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
+    use bi_ledger::{Ledger, LedgerError, LedgerReader, NewEvent};
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[8; 32]));
+    let mut opts = options(8);
     opts.checkpoint_every_events = None;
     let ledger = Ledger::create(store(dir.path()), "main", opts)
         .await
@@ -759,9 +764,9 @@ async fn read_from_a_sequence_number_seeks_through_the_index() {
 /// still an integrity error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_of_a_ledger_being_written() {
-    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader};
+    use bi_ledger::{Ledger, LedgerError, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[4; 32]));
+    let mut opts = options(4);
     opts.checkpoint_every_events = None;
     opts.checkpoint_interval = None;
     let ledger = Ledger::create(store(dir.path()), "main", opts)
@@ -823,9 +828,9 @@ async fn verify_of_a_ledger_being_written() {
 /// checkpoint signed after that says so, and a new reader proves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_proves_what_it_saw_when_opened() {
-    use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader};
+    use bi_ledger::{Ledger, LedgerError, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
-    let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[3; 32]));
+    let opts = options(3);
     let ledger = Ledger::create(store(dir.path()), "main", opts)
         .await
         .unwrap();
@@ -851,9 +856,9 @@ async fn a_reader_proves_what_it_saw_when_opened() {
 }
 
 mod expected_versions {
-    use super::store;
+    use super::{options, store};
     use bi_ledger::model::ExpectedVersion;
-    use bi_ledger::{Ledger, LedgerError, LedgerOptions, NewEvent};
+    use bi_ledger::{Ledger, LedgerError, NewEvent};
     use proptest::prelude::*;
     use std::collections::HashMap;
 
@@ -883,7 +888,7 @@ mod expected_versions {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
-                let opts = LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[3; 32]));
+                let opts = options(3);
                 let ledger = Ledger::create(store(dir.path()), "main", opts).await.unwrap();
                 let mut model: HashMap<u8, u64> = HashMap::new();
                 let mut size = 0u64;

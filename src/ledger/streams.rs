@@ -18,7 +18,7 @@ use std::ops::ControlFlow;
 use tracing::warn;
 
 use super::layout;
-use super::reader::LedgerReader;
+use super::reader::{LedgerReader, SegmentRef};
 use super::scan::Chunk;
 use crate::error::{IntegrityError, Result};
 use crate::format::batch::{BODY_HEADER_LEN, FRAME_HEADER_LEN};
@@ -166,7 +166,7 @@ impl LedgerReader {
         let Some((segment, offset)) = resume else {
             return Ok(None); // nothing indexed: the plain scan is the same work
         };
-        let Some(start) = self.segments().iter().position(|s| s.index == segment) else {
+        let Some((start, _)) = self.listed_segment(segment) else {
             return Ok(None);
         };
         self.scan_at(start, offset, covered, None, |r, _| {
@@ -228,16 +228,24 @@ impl LedgerReader {
         }
     }
 
+    /// Segment number `index`: its place in [`Self::segments`], and its
+    /// listing.
+    fn listed_segment(&self, index: u64) -> Option<(usize, &SegmentRef)> {
+        self.segments()
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.index == index)
+    }
+
     /// Whether a frame that starts at the listed record with the listed
     /// count lies where an index says `batch` is: the segment's place in
     /// [`Self::segments`] if so. Reads the frame's header only; the scan
     /// that starts there reads the frame and checks its CRC.
     async fn batch_starts_at(&self, batch: &BatchFilter) -> Result<Option<usize>> {
         let (segment, offset) = batch.position;
-        let Some(pos) = self.segments().iter().position(|s| s.index == segment) else {
+        let Some((pos, seg)) = self.listed_segment(segment) else {
             return Ok(None);
         };
-        let seg = &self.segments()[pos];
         let head = (FRAME_HEADER_LEN + BODY_HEADER_LEN) as u64;
         if offset.saturating_add(head) > seg.size {
             return Ok(None);
@@ -261,10 +269,9 @@ impl LedgerReader {
     /// there starts at the listed record and holds the listed count.
     async fn batch_at(&self, batch: &BatchFilter) -> Result<Option<(usize, Chunk)>> {
         let (segment, offset) = batch.position;
-        let Some(pos) = self.segments().iter().position(|s| s.index == segment) else {
+        let Some((pos, seg)) = self.listed_segment(segment) else {
             return Ok(None);
         };
-        let seg = &self.segments()[pos];
         let frame = super::scan::read_frame(
             self.store().as_ref(),
             &seg.name,
