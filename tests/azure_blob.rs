@@ -136,6 +136,14 @@ async fn ledger_stream_reads_use_the_index() {
     ledger::stream_reads_use_the_index(c.dyn_store()).await;
 }
 
+/// `tests/ledger_api.rs` on Azure: proofs through the node caches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_proofs_through_node_caches() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "nodes", AzureOptions::default()).await;
+    ledger::proofs_through_node_caches(c.dyn_store()).await;
+}
+
 /// Many callers at once: group commit batches them into few blocks, and
 /// every acknowledged event is there exactly once, in stream order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

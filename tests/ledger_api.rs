@@ -19,6 +19,15 @@ fn options(seed: u8) -> bi_ledger::LedgerOptions {
     bi_ledger::LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]))
 }
 
+/// A ledger that checkpoints only when asked (and when closed).
+async fn create_checkpointed_on_demand(dir: &std::path::Path, seed: u8) -> bi_ledger::Ledger {
+    let mut opts = options(seed);
+    opts.checkpoint_every_events = None;
+    bi_ledger::Ledger::create(store(dir), "main", opts)
+        .await
+        .unwrap()
+}
+
 /// `n` small events of `stream`, numbered.
 fn counted(stream: &str, n: u64) -> Vec<bi_ledger::NewEvent> {
     (0..n)
@@ -48,6 +57,12 @@ async fn append_read_reopen_verify_prove() {
 async fn stream_reads_use_the_index() {
     let dir = tempfile::tempdir().unwrap();
     ledger::stream_reads_use_the_index(store(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_through_node_caches() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger::proofs_through_node_caches(store(dir.path())).await;
 }
 
 /// `read_stream` goes through the stream index once the indexes are large
@@ -525,7 +540,7 @@ async fn appends_do_not_wait_for_the_global_rayon_pool() {
 /// batches, segments and chunks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proofs_equal_the_in_memory_tree_across_batches_segments_and_chunks() {
-    use bi_ledger::format::{hex, merkle};
+    use bi_ledger::format::merkle;
     use bi_ledger::{Ledger, LedgerReader, NewEvent};
     use serde_json::json;
     // Small segments (many rollovers) with small batches, then one segment
@@ -564,21 +579,8 @@ async fn proofs_equal_the_in_memory_tree_across_batches_segments_and_chunks() {
         ledger.close().await.unwrap();
 
         let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
-        let leaves: Vec<_> = reader
-            .read(0, None)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.leaf_hash())
-            .collect();
+        let (leaves, cps) = ledger::tree(&reader, &verifier).await;
         assert_eq!(leaves.len() as u64, n);
-        let cps: Vec<_> = reader
-            .checkpoints(&verifier)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(_, c)| c)
-            .collect();
         assert_eq!(cps.len(), 4, "checkpoints 0, 3 rounds (close adds none)");
         if segment_max_bytes < 1 << 20 {
             assert!(
@@ -609,7 +611,7 @@ async fn proofs_equal_the_in_memory_tree_across_batches_segments_and_chunks() {
                 let want = merkle::inclusion_proof(&leaves[..size as usize], seq).unwrap();
                 assert_eq!(
                     p.proof,
-                    want.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+                    ledger::hexes(&want),
                     "inclusion of {seq} in {size}"
                 );
                 assert_eq!(p.verify(cp).unwrap().seq, seq);
@@ -622,7 +624,7 @@ async fn proofs_equal_the_in_memory_tree_across_batches_segments_and_chunks() {
                     merkle::consistency_proof(&leaves[..new.size as usize], old.size).unwrap();
                 assert_eq!(
                     p.proof,
-                    want.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+                    ledger::hexes(&want),
                     "consistency {} -> {}",
                     old.size,
                     new.size
@@ -662,6 +664,74 @@ async fn a_proof_over_a_damaged_batch_is_an_integrity_error() {
     }
 }
 
+/// Proofs come from the node caches beside the checkpoints and the few
+/// records around the proven one and the tree's right edge: a damaged batch
+/// elsewhere is not read. A cache with a wrong node (checksum intact) makes
+/// the proof disagree with the signed root, and the prover falls back to
+/// the whole log, which then meets the damage. (What holds on every store,
+/// including `verify` naming the cache, is in `ledger::proofs_through_node_caches`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_read_the_node_caches_not_the_log() {
+    use bi_ledger::format::merkle;
+    use bi_ledger::format::nodes::NodeCache;
+    use bi_ledger::{LedgerError, LedgerReader};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = create_checkpointed_on_demand(dir.path(), 8).await;
+    let mut receipts = Vec::new();
+    for _ in 0..4 {
+        for _ in 0..10 {
+            receipts.extend(ledger.append(counted("s", 1000)).await.unwrap());
+        }
+        ledger.checkpoint().await.unwrap();
+    }
+    let verifier = ledger.verifier().clone();
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let (leaves, cps) = ledger::tree(&reader, &verifier).await;
+    let sizes: Vec<u64> = cps.iter().map(|c| c.size).collect();
+    assert_eq!(sizes, [0, 10_000, 20_000, 30_000, 40_000]);
+
+    let damaged = receipts[15_000].offset;
+    damage_batch(dir.path(), damaged);
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    for (seq, cp) in [
+        (39_500, &cps[4]),
+        (0, &cps[4]),
+        (20_001, &cps[3]),
+        (100, &cps[2]),
+    ] {
+        let p = reader.inclusion_proof(seq, cp.size).await.unwrap();
+        let want = merkle::inclusion_proof(&leaves[..cp.size as usize], seq).unwrap();
+        assert_eq!(
+            p.proof,
+            ledger::hexes(&want),
+            "inclusion of {seq} in {}",
+            cp.size
+        );
+    }
+    let p = reader.consistency_proof(20_000, 40_000).await.unwrap();
+    let want = merkle::consistency_proof(&leaves, 20_000).unwrap();
+    assert_eq!(p.proof, ledger::hexes(&want));
+
+    // A wrong node, under a checksum that fits it.
+    let blob = dir.path().join("main/nodes-00000000000000040000");
+    let mut cache = NodeCache::decode(&std::fs::read(&blob).unwrap()).unwrap();
+    let last = cache.hashes.len() - 1;
+    cache.hashes[last][0] ^= 1;
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&blob, cache.encode()).unwrap();
+    match reader.inclusion_proof(0, 40_000).await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_eq!(
+                (e.blob.as_str(), e.offset),
+                ("main/0000000000.seg", damaged),
+                "{e}"
+            )
+        }
+        r => panic!("wanted the damaged batch, met by proving from the log; got {r:?}"),
+    }
+}
+
 /// A read from a sequence number starts at the batch that holds it, found
 /// through the stream indexes, not at the start of its segment: a damaged
 /// batch before it is not read (a read from 0 stops there). Without the
@@ -670,14 +740,10 @@ async fn a_proof_over_a_damaged_batch_is_an_integrity_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_from_a_sequence_number_seeks_through_the_index() {
     use bi_ledger::format::stream_index::StreamIndex;
-    use bi_ledger::{Ledger, LedgerError, LedgerReader, NewEvent};
+    use bi_ledger::{LedgerError, LedgerReader, NewEvent};
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = options(8);
-    opts.checkpoint_every_events = None;
-    let ledger = Ledger::create(store(dir.path()), "main", opts)
-        .await
-        .unwrap();
+    let ledger = create_checkpointed_on_demand(dir.path(), 8).await;
     let batch = |base: u64, n: u64| -> Vec<NewEvent> {
         (0..n)
             .map(|i| {

@@ -9,6 +9,7 @@
 
 use sha2::{Digest, Sha256};
 
+use super::nodes::Node;
 use super::{sha, Hash};
 
 /// Why a Merkle tree operation or proof verification failed.
@@ -153,6 +154,20 @@ impl Frontier {
     /// The current size must be a multiple of `2^height`, otherwise the
     /// subtree would straddle a boundary of the RFC 9162 tree shape.
     pub fn append_subtree(&mut self, height: u32, hash: Hash) -> Result<(), MerkleError> {
+        self.append_subtree_noting(height, hash, u32::MAX, |_, _| {})
+    }
+
+    /// [`Self::append_subtree`], handing every node of height `note_from`
+    /// or more that it appends or completes to `note`, lowest first. Fed
+    /// with subtrees no higher than `note_from`, it sees every such node of
+    /// the tree (what a node cache holds, `format::nodes`).
+    pub fn append_subtree_noting(
+        &mut self,
+        height: u32,
+        hash: Hash,
+        note_from: u32,
+        mut note: impl FnMut(Node, &Hash),
+    ) -> Result<(), MerkleError> {
         let width = 1u64.checked_shl(height).ok_or(MerkleError::SizeOverflow {
             size: self.size,
             height,
@@ -174,6 +189,18 @@ impl Frontier {
         // subtrees, exactly as the full tree would pair them.
         let mut carry = hash;
         let mut bit = height;
+        let mut noted = |bit: u32, carry: &Hash| {
+            if bit >= note_from {
+                note(
+                    Node {
+                        height: bit,
+                        index: (new_size - 1) >> bit,
+                    },
+                    carry,
+                );
+            }
+        };
+        noted(bit, &carry);
         while bit < 64 && self.size & (1 << bit) != 0 {
             let left = self
                 .nodes
@@ -181,6 +208,7 @@ impl Frontier {
                 .expect("frontier holds one node per 1-bit of its size");
             carry = node_hash(&left, &carry);
             bit += 1;
+            noted(bit, &carry);
         }
         self.nodes.push(carry);
         self.size = new_size;
@@ -209,9 +237,31 @@ impl Frontier {
 ///
 /// If `start + leaves.len()` overflows `u64`.
 pub fn range_subtrees(start: u64, leaves: &[Hash]) -> Vec<(u32, Hash)> {
+    range_subtrees_capped(start, leaves, 63)
+}
+
+/// [`range_subtrees`] with no subtree higher than `max_height`, for a
+/// frontier that notes the nodes from that height up
+/// ([`Frontier::append_subtree_noting`]).
+pub fn range_subtrees_capped(start: u64, leaves: &[Hash], max_height: u32) -> Vec<(u32, Hash)> {
     let end = start
         .checked_add(leaves.len() as u64)
         .expect("leaf range end overflows u64");
+    range_pieces(start, end, max_height)
+        .into_iter()
+        .map(|n| {
+            let offset = ((n.index << n.height) - start) as usize;
+            (
+                n.height,
+                root(&leaves[offset..offset + (1usize << n.height)]),
+            )
+        })
+        .collect()
+}
+
+/// The leaf range `[start, end)` as its maximal aligned perfect subtrees
+/// no higher than `max_height`, left to right.
+pub fn range_pieces(start: u64, end: u64, max_height: u32) -> Vec<Node> {
     let mut out = Vec::new();
     let mut pos = start;
     while pos < end {
@@ -219,11 +269,12 @@ pub fn range_subtrees(start: u64, leaves: &[Hash]) -> Vec<(u32, Hash)> {
         // the range; take the widest that does both.
         let remaining = end - pos;
         let max_by_range = 63 - remaining.leading_zeros();
-        let height = pos.trailing_zeros().min(max_by_range);
-        let width = 1u64 << height;
-        let offset = (pos - start) as usize;
-        out.push((height, root(&leaves[offset..offset + width as usize])));
-        pos += width;
+        let height = pos.trailing_zeros().min(max_by_range).min(max_height);
+        out.push(Node {
+            height,
+            index: pos >> height,
+        });
+        pos += 1u64 << height;
     }
     out
 }

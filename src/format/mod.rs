@@ -8,12 +8,15 @@ pub mod batch;
 pub mod chain;
 pub mod checkpoint;
 pub mod merkle;
+pub mod nodes;
 pub mod record;
 pub mod segment;
 pub mod sha;
 pub mod snapshot;
 pub mod stream_index;
 pub mod varint;
+
+use sha2::Digest;
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
@@ -45,6 +48,65 @@ pub fn parse_hash_hex(s: &str) -> Option<Hash> {
         out[i] = (hi * 16 + lo) as u8;
     }
     Some(out)
+}
+
+/// Starts a cache blob (snapshot, stream index, node cache): its magic,
+/// version 1 and a zero reserved field. [`seal`] ends it.
+pub(crate) fn cache_header(magic: &[u8; 8], capacity: usize) -> Vec<u8> {
+    let mut b = Vec::with_capacity(capacity);
+    b.extend_from_slice(magic);
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&0u16.to_le_bytes());
+    b
+}
+
+/// Appends the SHA-256 of everything before it, which ends a cache blob.
+pub(crate) fn seal(b: &mut Vec<u8>) {
+    let digest: Hash = sha2::Sha256::digest(&b[..]).into();
+    b.extend_from_slice(&digest);
+}
+
+/// Checks what every cache blob shares (at least `fixed` bytes before the
+/// digest, the magic, version 1, the zero reserved field, the SHA-256 at
+/// the end) and returns the bytes before the digest. `what` names the blob
+/// kind in errors.
+pub(crate) fn open_cache<'a>(
+    b: &'a [u8],
+    magic: &[u8; 8],
+    what: &str,
+    fixed: usize,
+) -> Result<&'a [u8], DecodeError> {
+    if b.len() < fixed + 32 {
+        return Err(DecodeError::new(
+            b.len(),
+            format!("{what} runs past the end"),
+        ));
+    }
+    if &b[0..8] != magic {
+        return Err(DecodeError::new(
+            0,
+            format!("not a bi-ledger {what} (bad magic)"),
+        ));
+    }
+    let version = u16::from_le_bytes([b[8], b[9]]);
+    if version != 1 {
+        return Err(DecodeError::new(
+            8,
+            format!("unsupported {what} version {version}"),
+        ));
+    }
+    if b[10..12] != [0, 0] {
+        return Err(DecodeError::new(10, "reserved field is not zero"));
+    }
+    let body_end = b.len() - 32;
+    let digest: Hash = sha2::Sha256::digest(&b[..body_end]).into();
+    if digest[..] != b[body_end..] {
+        return Err(DecodeError::new(
+            body_end,
+            format!("{what} SHA-256 mismatch"),
+        ));
+    }
+    Ok(&b[..body_end])
 }
 
 /// Why a byte string could not be decoded. `offset` is relative to the start

@@ -15,8 +15,6 @@
 //! ```
 //! Streams are sorted by their bytes and unique.
 
-use sha2::{Digest, Sha256};
-
 use super::{varint, DecodeError, Hash};
 
 pub const MAGIC: &[u8; 8] = b"BILSNAP1";
@@ -38,10 +36,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(160 + self.frontier.len() * 32 + self.streams.len() * 32);
-        b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&1u16.to_le_bytes());
-        b.extend_from_slice(&0u16.to_le_bytes());
+        let capacity = 160 + self.frontier.len() * 32 + self.streams.len() * 32;
+        let mut b = super::cache_header(MAGIC, capacity);
         b.extend_from_slice(&self.ledger_id);
         b.extend_from_slice(&self.size.to_le_bytes());
         b.extend_from_slice(&self.chain_head);
@@ -59,35 +55,13 @@ impl Snapshot {
             b.extend_from_slice(s.as_bytes());
             varint::put(&mut b, *v);
         }
-        let digest: Hash = Sha256::digest(&b).into();
-        b.extend_from_slice(&digest);
+        super::seal(&mut b);
         b
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         const FIXED: usize = 8 + 4 + 16 + 8 + 32 + 8 + 24 + 4;
-        if b.len() < FIXED + 8 + 32 {
-            return Err(DecodeError::new(b.len(), "snapshot runs past the end"));
-        }
-        if &b[0..8] != MAGIC {
-            return Err(DecodeError::new(0, "not a bi-ledger snapshot (bad magic)"));
-        }
-        let version = u16::from_le_bytes([b[8], b[9]]);
-        if version != 1 {
-            return Err(DecodeError::new(
-                8,
-                format!("unsupported snapshot version {version}"),
-            ));
-        }
-        if b[10..12] != [0, 0] {
-            return Err(DecodeError::new(10, "reserved field is not zero"));
-        }
-        let body_len = b.len() - 32;
-        let digest: Hash = Sha256::digest(&b[..body_len]).into();
-        if digest[..] != b[body_len..] {
-            return Err(DecodeError::new(body_len, "snapshot SHA-256 mismatch"));
-        }
-        let body = &b[..body_len];
+        let body = super::open_cache(b, MAGIC, "snapshot", FIXED + 8)?;
         let u64_at = |o: usize| u64::from_le_bytes(body[o..o + 8].try_into().unwrap());
         let mut s = Snapshot {
             ledger_id: body[12..28].try_into().unwrap(),

@@ -26,9 +26,7 @@
 //! `0..PROBES`, where `h1` is FNV-1a 64 of `s`'s bytes and `h2` is `h1`
 //! rotated by 32 bits, OR 1. Bit `b` is bit `b % 8` of byte `b / 8`.
 
-use sha2::{Digest, Sha256};
-
-use super::{varint, DecodeError, Hash};
+use super::{varint, DecodeError};
 
 pub const MAGIC: &[u8; 8] = b"BILSIDX1";
 
@@ -157,10 +155,7 @@ impl StreamIndex {
 
     pub fn encode(&self) -> Vec<u8> {
         let filters: usize = self.batches.iter().map(|b| b.filter.len() + 12).sum();
-        let mut b = Vec::with_capacity(92 + filters);
-        b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&1u16.to_le_bytes());
-        b.extend_from_slice(&0u16.to_le_bytes());
+        let mut b = super::cache_header(MAGIC, 92 + filters);
         b.extend_from_slice(&self.ledger_id);
         for v in [self.from, self.to, self.batches.len() as u64] {
             b.extend_from_slice(&v.to_le_bytes());
@@ -172,45 +167,20 @@ impl StreamIndex {
             varint::put(&mut b, f.filter.len() as u64);
             b.extend_from_slice(&f.filter);
         }
-        let digest: Hash = Sha256::digest(&b).into();
-        b.extend_from_slice(&digest);
+        super::seal(&mut b);
         b
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         const FIXED: usize = 8 + 4 + 16 + 24;
-        if b.len() < FIXED + 32 {
-            return Err(DecodeError::new(b.len(), "stream index runs past the end"));
-        }
-        if &b[0..8] != MAGIC {
-            return Err(DecodeError::new(
-                0,
-                "not a bi-ledger stream index (bad magic)",
-            ));
-        }
-        let version = u16::from_le_bytes([b[8], b[9]]);
-        if version != 1 {
-            return Err(DecodeError::new(
-                8,
-                format!("unsupported stream index version {version}"),
-            ));
-        }
-        if b[10..12] != [0, 0] {
-            return Err(DecodeError::new(10, "reserved bytes are not zero"));
-        }
-        let body_end = b.len() - 32;
-        let digest: Hash = Sha256::digest(&b[..body_end]).into();
-        if digest[..] != b[body_end..] {
-            return Err(DecodeError::new(body_end, "stream index checksum mismatch"));
-        }
-        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-        let mut idx = StreamIndex::new(b[12..28].try_into().unwrap(), u64_at(28));
+        let body = super::open_cache(b, MAGIC, "stream index", FIXED)?;
+        let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().unwrap());
+        let mut idx = StreamIndex::new(body[12..28].try_into().unwrap(), u64_at(28));
         let to = u64_at(36);
         if idx.from > to {
             return Err(DecodeError::new(28, "range starts after it ends"));
         }
         let count = u64_at(44);
-        let body = &b[..body_end];
         let mut pos = FIXED;
         for _ in 0..count {
             let at = pos;
@@ -251,7 +221,7 @@ impl StreamIndex {
                 "batch record counts do not add up to the range",
             ));
         }
-        if pos != body_end {
+        if pos != body.len() {
             return Err(DecodeError::new(pos, "trailing bytes after the last batch"));
         }
         Ok(idx)

@@ -75,7 +75,20 @@ pub fn stream_index_size(ledger: &str, blob: &str) -> Option<u64> {
     size_after(blob, &stream_index_prefix(ledger))
 }
 
-/// The size in a checkpoint, snapshot or stream index name: exactly 20
+/// The Merkle node cache of the records up to checkpoint `size`.
+pub fn nodes(ledger: &str, size: u64) -> String {
+    format!("{ledger}/nodes-{size:020}")
+}
+
+pub fn nodes_prefix(ledger: &str) -> String {
+    format!("{ledger}/nodes-")
+}
+
+pub fn nodes_size(ledger: &str, blob: &str) -> Option<u64> {
+    size_after(blob, &nodes_prefix(ledger))
+}
+
+/// The size in a checkpoint, snapshot, stream index or node cache name: exactly 20
 /// decimal digits after `prefix`.
 fn size_after(blob: &str, prefix: &str) -> Option<u64> {
     let digits = blob.strip_prefix(prefix)?;

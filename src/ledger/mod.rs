@@ -17,6 +17,7 @@ use crate::format::segment::SegmentHeader;
 use crate::model::{NewEvent, Receipt};
 
 pub mod layout;
+mod node_cache;
 pub mod proof;
 pub mod reader;
 pub mod recover;

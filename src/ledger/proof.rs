@@ -4,6 +4,7 @@
 //! streaming pass over the log, so proving never holds all leaf hashes.
 //! That pass hashes every record up to the proven size, in parallel.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -11,11 +12,15 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::node_cache::NodeLookup;
 use super::reader::LedgerReader;
 use super::scan::{pipelined, Chunk, Scanner};
+use super::{layout, recover};
+use crate::backend::StoreError;
 use crate::error::{LedgerError, Result};
 use crate::format::checkpoint::Checkpoint;
 use crate::format::merkle::{self, Frontier};
+use crate::format::nodes;
 use crate::format::record::{decode_entry, Record};
 use crate::format::segment::HEADER_LEN;
 use crate::format::{hex, parse_hash_hex, Hash};
@@ -37,6 +42,17 @@ pub struct ConsistencyProof {
     pub old_size: u64,
     pub new_size: u64,
     pub proof: Vec<String>,
+}
+
+/// Records needed by a proof that lie closer than this share one scan;
+/// farther apart, each group is found by a seek (see `streams.rs`).
+const MIN_GAP_TO_SCAN_APART: u64 = 16_384;
+
+fn cache_disagrees(size: u64) {
+    tracing::warn!(
+        size,
+        "a proof built from the node caches does not match the signed checkpoint; proving from the log instead (run verify: a node cache or the log is damaged)"
+    );
 }
 
 fn hashes(v: &[String]) -> Result<Vec<Hash>> {
@@ -128,10 +144,27 @@ impl ConsistencyProof {
 impl LedgerReader {
     pub async fn inclusion_proof(&self, seq: u64, size: u64) -> Result<InclusionProof> {
         let ranges = merkle::inclusion_proof_ranges(seq, size)?;
-        let mut entry = None;
-        let roots = self
-            .range_roots(&ranges, Some(seq), size, |r| entry = Some(r.to_vec()))
-            .await?;
+        let (roots, entry) = match self.signed_root(size).await? {
+            Some(root) => match self.cached_roots(&ranges, Some(seq)).await? {
+                (roots, Some(entry))
+                    if merkle::verify_inclusion(
+                        &merkle::leaf_hash(&entry),
+                        seq,
+                        size,
+                        &roots,
+                        &root,
+                    )
+                    .is_ok() =>
+                {
+                    (roots, Some(entry))
+                }
+                _ => {
+                    cache_disagrees(size);
+                    self.logged_roots(&ranges, Some(seq), size).await?
+                }
+            },
+            None => self.logged_roots(&ranges, Some(seq), size).await?,
+        };
         let entry = entry.ok_or_else(|| {
             LedgerError::InvalidArgument(format!("record {seq} is not in the log"))
         })?;
@@ -149,7 +182,22 @@ impl LedgerReader {
         new_size: u64,
     ) -> Result<ConsistencyProof> {
         let ranges = merkle::consistency_proof_ranges(old_size, new_size)?;
-        let roots = self.range_roots(&ranges, None, new_size, |_| {}).await?;
+        let signed = match self.signed_root(old_size).await? {
+            Some(old) => self.signed_root(new_size).await?.map(|new| (old, new)),
+            None => None,
+        };
+        let roots = match signed {
+            Some((old, new)) => {
+                let (roots, _) = self.cached_roots(&ranges, None).await?;
+                if merkle::verify_consistency(old_size, new_size, &old, &new, &roots).is_ok() {
+                    roots
+                } else {
+                    cache_disagrees(new_size);
+                    self.logged_roots(&ranges, None, new_size).await?.0
+                }
+            }
+            None => self.logged_roots(&ranges, None, new_size).await?.0,
+        };
         Ok(ConsistencyProof {
             old_size,
             new_size,
@@ -157,9 +205,106 @@ impl LedgerReader {
         })
     }
 
+    /// The root of the checkpoint of `size`, if one is stored. Proofs built
+    /// from node caches are checked against it before they are handed out.
+    async fn signed_root(&self, size: u64) -> Result<Option<Hash>> {
+        let blob = layout::checkpoint(self.name(), size);
+        match recover::read_checkpoint_note(self.store().as_ref(), self.meta(), &blob).await {
+            Ok((cp, _)) => Ok(Some(cp.root)),
+            Err(LedgerError::Store(StoreError::NotFound { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Roots of the proof ranges, and the entry of record `want`, from one
+    /// pass over the log up to `size`.
+    async fn logged_roots(
+        &self,
+        ranges: &[(u64, u64)],
+        want: Option<u64>,
+        size: u64,
+    ) -> Result<(Vec<Hash>, Option<Vec<u8>>)> {
+        let mut entry = None;
+        let roots = self
+            .range_roots(ranges, want, size, |r| entry = Some(r.to_vec()))
+            .await?;
+        Ok((roots, entry))
+    }
+
+    /// Roots of the proof ranges from the node caches where they hold the
+    /// subtrees, hashing only the records they do not cover: the leaves
+    /// below 1,024-leaf subtrees on either side of `want` and at the right
+    /// edge of the tree, and anything after the newest cache. Records far
+    /// apart are read by separate scans.
+    async fn cached_roots(
+        &self,
+        ranges: &[(u64, u64)],
+        want: Option<u64>,
+    ) -> Result<(Vec<Hash>, Option<Vec<u8>>)> {
+        let mut lookup = NodeLookup::new(self);
+        let mut pieces = Vec::with_capacity(ranges.len());
+        let mut from_log = Vec::new();
+        for &(a, b) in ranges {
+            let mut range = Vec::new();
+            for node in merkle::range_pieces(a, b, 63) {
+                let known = match node.height >= nodes::MIN_HEIGHT {
+                    true => lookup.get(node).await?,
+                    false => None,
+                };
+                if known.is_none() {
+                    from_log.push((node.index << node.height, node.end().unwrap_or(u64::MAX)));
+                }
+                range.push((node, known));
+            }
+            pieces.push(range);
+        }
+        let mut points: Vec<(u64, u64)> = from_log.clone();
+        points.extend(want.map(|w| (w, w + 1)));
+        points.sort_unstable();
+        let mut hashed = HashMap::new();
+        let mut entry = None;
+        let mut i = 0;
+        while i < points.len() {
+            // Records within a seek's worth of each other share one scan.
+            let mut end = points[i].1;
+            let mut j = i + 1;
+            while j < points.len() && points[j].0 < end.saturating_add(MIN_GAP_TO_SCAN_APART) {
+                end = end.max(points[j].1);
+                j += 1;
+            }
+            let (first, last) = (points[i].0, end);
+            let here: Vec<(u64, u64)> = from_log
+                .iter()
+                .copied()
+                .filter(|r| first <= r.0 && r.1 <= last)
+                .collect();
+            let want_here = want.filter(|w| (first..last).contains(w));
+            let roots = self
+                .range_roots(&here, want_here, last, |r| entry = Some(r.to_vec()))
+                .await?;
+            hashed.extend(here.into_iter().zip(roots));
+            i = j;
+        }
+        let roots = pieces
+            .into_iter()
+            .map(|range| {
+                let mut f = Frontier::new();
+                for (node, known) in range {
+                    let at = (node.index << node.height, node.end().unwrap_or(u64::MAX));
+                    let hash = known.or_else(|| hashed.get(&at).copied());
+                    let hash = hash.expect("every piece not cached was hashed from the log");
+                    f.append_subtree(node.height, hash)?;
+                }
+                Ok(f.root())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((roots, entry))
+    }
+
     /// Merkle roots of the given (disjoint) leaf ranges, in the given
-    /// order, from one pass over the log; hands the entry of record `want`
-    /// to `found` on the way.
+    /// order, from one pass over the log up to record `size`, starting at
+    /// the first range (or `want`); hands the entry of record `want` to
+    /// `found` on the way.
     ///
     /// A pipeline as in `verify`: rayon decodes and hashes one chunk, and
     /// cuts each range's leaves in it into perfect subtrees, while the next
@@ -182,22 +327,28 @@ impl LedgerReader {
         };
         let mut reached = from;
         let segments = self.segments();
-        let first = segments
-            .partition_point(|s| s.first_seq <= from)
-            .saturating_sub(1);
+        let (first, offset) = self.seek(from).await?;
         let last = segments.len().saturating_sub(1);
         for (i, seg) in segments.iter().enumerate().skip(first) {
             if seg.first_seq >= size {
                 break;
             }
             reached = reached.max(seg.first_seq);
+            let start = if i == first {
+                offset
+            } else {
+                HEADER_LEN as u64
+            };
             let mut scan = Scanner::new(
                 self.store().as_ref(),
                 &seg.name,
-                HEADER_LEN as u64,
+                start,
                 seg.size,
                 self.max_body(),
             );
+            if start > HEADER_LEN as u64 {
+                scan = scan.starting_small();
+            }
             let flow = pipelined(
                 &mut scan,
                 |c| spawn_pieces(c, seg.name.clone(), sorted.clone(), want, from, size),

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use crate::format::merkle::Frontier;
+use crate::format::merkle::{Frontier, MerkleError};
+use crate::format::nodes::{self, NodeCache};
 use crate::format::record::RecordRef;
 use crate::format::snapshot::Snapshot;
 use crate::format::stream_index::{BatchFilter, StreamIndex};
@@ -36,6 +37,9 @@ pub struct Tip {
     /// Which batches hold each stream's records since the newest
     /// checkpoint; written beside the next one.
     pub index: StreamIndex,
+    /// The Merkle nodes completed since the newest checkpoint, in node
+    /// cache order (`format::nodes`); written beside the next one.
+    pub nodes: Vec<Hash>,
 }
 
 impl Tip {
@@ -51,6 +55,7 @@ impl Tip {
             segment_len: 0,
             segment_blocks: 0,
             index: StreamIndex::new(ledger_id, 0),
+            nodes: Vec::new(),
         }
     }
 
@@ -69,8 +74,19 @@ impl Tip {
         leaf: Hash,
     ) -> Result<Hash, String> {
         let h = self.link(r, link)?;
-        self.frontier.push(leaf);
+        self.append_subtree(0, leaf).map_err(|e| e.to_string())?;
         Ok(h)
+    }
+
+    /// Appends a perfect subtree to the Merkle frontier, keeping the nodes
+    /// a node cache holds. Callers hand in subtrees no higher than
+    /// `nodes::MIN_HEIGHT` (`merkle::range_subtrees_capped`), so that no
+    /// such node is hidden inside one.
+    pub fn append_subtree(&mut self, height: u32, hash: Hash) -> Result<(), MerkleError> {
+        debug_assert!(height <= nodes::MIN_HEIGHT);
+        let kept = &mut self.nodes;
+        self.frontier
+            .append_subtree_noting(height, hash, nodes::MIN_HEIGHT, |_, h| kept.push(*h))
     }
 
     /// `apply` without the Merkle frontier, for callers that merge whole
@@ -145,10 +161,17 @@ impl Tip {
         self.index.push(filter);
     }
 
-    /// The stream index since the last checkpoint, leaving an empty one
-    /// that starts here.
-    pub fn take_index(&mut self) -> StreamIndex {
-        std::mem::replace(&mut self.index, StreamIndex::new(self.ledger_id, self.size))
+    /// The stream index and node cache since the last checkpoint, leaving
+    /// empty ones that start here.
+    pub fn take_caches(&mut self) -> (StreamIndex, NodeCache) {
+        let index = std::mem::replace(&mut self.index, StreamIndex::new(self.ledger_id, self.size));
+        let nodes = NodeCache {
+            ledger_id: self.ledger_id,
+            from: index.from,
+            to: self.size,
+            hashes: std::mem::take(&mut self.nodes),
+        };
+        (index, nodes)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -181,6 +204,7 @@ impl Tip {
             segment_index: s.segment_index,
             segment_len: s.segment_len,
             segment_blocks: s.segment_blocks,
+            nodes: Vec::new(),
         })
     }
 }

@@ -19,6 +19,7 @@ use super::scan::{pipelined, Chunk, Scanner};
 use super::tip::{Linked, Tip};
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
+use crate::format::nodes::{self, NodeCache};
 use crate::format::segment::{SegmentHeader, HEADER_LEN};
 use crate::format::snapshot::Snapshot;
 use crate::format::stream_index::{BatchFilter, StreamIndex};
@@ -217,7 +218,11 @@ fn spawn_hashing(chunk: Chunk, name: String, segment: u64) -> oneshot::Receiver<
                     len: range.len() as u64,
                     first_seq: body.first_seq,
                     records: linked,
-                    subtrees: merkle::range_subtrees(body.first_seq, &leaves),
+                    subtrees: merkle::range_subtrees_capped(
+                        body.first_seq,
+                        &leaves,
+                        nodes::MIN_HEIGHT,
+                    ),
                     filter,
                 })
             })
@@ -283,7 +288,7 @@ where
         }
         tip.push_filter(b.filter);
         for (height, hash) in b.subtrees {
-            tip.frontier.append_subtree(height, hash).map_err(|e| {
+            tip.append_subtree(height, hash).map_err(|e| {
                 IntegrityError::new(name, b.offset, Some(b.first_seq), e.to_string())
             })?;
         }
@@ -344,7 +349,9 @@ where
             .into());
         }
         check_snapshot(reader, cp, tip, next.len() == 1).await?;
-        check_stream_index(reader, cp, tip.take_index()).await?;
+        let (index, nodes) = tip.take_caches();
+        check_stream_index(reader, cp, index).await?;
+        check_nodes(reader, cp, nodes).await?;
         next.next();
     }
     Ok(())
@@ -394,6 +401,49 @@ async fn check_stream_index(
             }
         };
         return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
+    }
+    Ok(())
+}
+
+/// A checkpoint's node cache, where there is one, must hold exactly the
+/// Merkle nodes completed since the previous checkpoint. A missing one
+/// only makes proofs hash more records.
+async fn check_nodes(reader: &LedgerReader, cp: &Checkpoint, want: NodeCache) -> Result<()> {
+    let blob = super::layout::nodes(reader.name(), cp.size);
+    let bytes = match reader.store().read_all(&blob).await {
+        Ok(b) => b,
+        Err(crate::backend::StoreError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(LedgerError::Store(e)),
+    };
+    let got = NodeCache::decode(&bytes)
+        .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
+    if (got.ledger_id, got.from, got.to) != (want.ledger_id, want.from, want.to) {
+        let what = format!(
+            "node cache covers records {}..{} of ledger {}, the log says {}..{} of {}",
+            got.from,
+            got.to,
+            hex(&got.ledger_id),
+            want.from,
+            want.to,
+            hex(&want.ledger_id)
+        );
+        return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
+    }
+    let nodes = nodes::completed(want.from, want.to);
+    if let Some((i, (node, (a, b)))) = nodes
+        .zip(got.hashes.iter().zip(&want.hashes))
+        .enumerate()
+        .find(|(_, (_, (a, b)))| a != b)
+    {
+        let first = node.index << node.height;
+        let what = format!(
+            "node cache entry {i} (the root of records {first}..{}) is {}, the log gives {}",
+            node.end().unwrap_or(u64::MAX),
+            hex(a),
+            hex(b)
+        );
+        let offset = (nodes::HEADER_LEN + 32 * i) as u64;
+        return Err(IntegrityError::new(&blob, offset, Some(cp.size), what).into());
     }
     Ok(())
 }

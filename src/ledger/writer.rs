@@ -28,6 +28,7 @@ use crate::backend::{BlobStore, StoreError, WriterLock};
 use crate::error::{LedgerError, Result};
 use crate::format::batch::BatchEncoder;
 use crate::format::checkpoint::Checkpoint;
+use crate::format::nodes::{self, NodeCache};
 use crate::format::record::Record;
 use crate::format::segment::{SegmentHeader, HEADER_LEN};
 use crate::format::stream_index::BatchFilter;
@@ -142,7 +143,8 @@ fn hash_batch(records: Arc<Vec<Record>>, head: Hash, tx: oneshot::Sender<HashedB
             records.len() as u64,
             records.iter().map(|r| r.stream.as_str()),
         );
-        (filter, merkle::range_subtrees(first, &leaves))
+        let subtrees = merkle::range_subtrees_capped(first, &leaves, nodes::MIN_HEIGHT);
+        (filter, subtrees)
     };
     let (hashes, (filter, subtrees)) = if parallel {
         rayon::join(link, rest)
@@ -512,7 +514,6 @@ impl Writer {
         self.tip.chain_head = h.receipts.last().expect("a batch holds records").hash;
         for (height, hash) in h.subtrees {
             self.tip
-                .frontier
                 .append_subtree(height, hash)
                 .expect("a batch's subtrees follow the frontier");
         }
@@ -619,11 +620,21 @@ impl Writer {
             self.tip.index.to, self.tip.size,
             "a checkpoint waits for every admitted record"
         );
-        // The stream index and the snapshot go first: a checkpoint must
-        // never exist without them (both are caches the reader relies on).
+        // The stream index, node cache and snapshot go first: a checkpoint
+        // must never exist without them (caches the reader relies on).
         if self.tip.index.to > self.tip.index.from {
             let blob = layout::stream_index(&self.meta.name, cp.size);
             self.put_cache(&blob, &self.tip.index.encode()).await?;
+        }
+        if !self.tip.nodes.is_empty() {
+            let cache = NodeCache {
+                ledger_id: self.meta.id,
+                from: self.tip.index.from,
+                to: cp.size,
+                hashes: self.tip.nodes.clone(),
+            };
+            let blob = layout::nodes(&self.meta.name, cp.size);
+            self.put_cache(&blob, &cache.encode()).await?;
         }
         let snap_blob = layout::snapshot(&self.meta.name, cp.size);
         self.put_cache(&snap_blob, &self.tip.snapshot().encode())
@@ -643,7 +654,7 @@ impl Writer {
         };
         self.last_checkpoint = Some(info.clone());
         self.last_checkpoint_at = Instant::now();
-        self.tip.take_index();
+        self.tip.take_caches();
         Ok(info)
     }
 
@@ -675,7 +686,7 @@ impl Writer {
         Ok((stored, note))
     }
 
-    /// Puts a cache blob (snapshot, stream index) of a checkpoint about to
+    /// Puts a cache blob (snapshot, stream index, node cache) of a checkpoint about to
     /// be written. A crash between it and its checkpoint leaves an orphan of
     /// this name. No checkpoint refers to it (or this one would not be
     /// written), so it is replaced; usually its bytes are the same, but a

@@ -209,3 +209,117 @@ pub async fn stream_reads_use_the_index(s: Arc<dyn BlobStore>) {
     }
     reader.verify(&verifier, &|_, _| {}).await.unwrap();
 }
+
+/// Proofs through the node caches beside the checkpoints equal the ones of
+/// the whole tree in memory; a cache with a wrong node (its checksum made
+/// to fit) does not make a wrong proof (the prover checks each one against
+/// the signed root and falls back to the log) and `verify` names it; with
+/// no cache at all the proofs are the same.
+pub async fn proofs_through_node_caches(s: Arc<dyn BlobStore>) {
+    use bi_ledger::format::merkle;
+    use bi_ledger::format::nodes::NodeCache;
+    let mut opts = ledger_opts();
+    opts.checkpoint_every_events = None;
+    let ledger = Ledger::create(s.clone(), "main", opts).await.unwrap();
+    for batch in 0..5u64 {
+        let events = (0..1000u64)
+            .map(|i| {
+                NewEvent::json(
+                    format!("s-{}", i % 11),
+                    "Counted",
+                    &json!({ "i": batch * 1000 + i }),
+                )
+            })
+            .collect();
+        ledger.append(events).await.unwrap();
+        if batch == 1 {
+            ledger.checkpoint().await.unwrap();
+        }
+    }
+    let verifier = ledger.verifier().clone();
+    ledger.close().await.unwrap();
+    let caches: Vec<String> = s
+        .list("main/nodes-")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(
+        caches,
+        [
+            "main/nodes-00000000000000002000",
+            "main/nodes-00000000000000005000"
+        ]
+    );
+
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
+    let (leaves, cps) = tree(&reader, &verifier).await;
+    assert_eq!(
+        cps.iter().map(|c| c.size).collect::<Vec<_>>(),
+        [0, 2000, 5000]
+    );
+    let check = async |reader: &LedgerReader| {
+        for cp in &cps[1..] {
+            for seq in [0, 1023, 1024, 1999, 2047, 3000, 4095, 4096, 4999]
+                .into_iter()
+                .filter(|&q| q < cp.size)
+            {
+                let p = reader.inclusion_proof(seq, cp.size).await.unwrap();
+                let want = merkle::inclusion_proof(&leaves[..cp.size as usize], seq).unwrap();
+                assert_eq!(p.proof, hexes(&want), "inclusion of {seq} in {}", cp.size);
+                assert_eq!(p.verify(cp).unwrap().seq, seq);
+            }
+        }
+        for old in &cps {
+            let p = reader.consistency_proof(old.size, 5000).await.unwrap();
+            let want = merkle::consistency_proof(&leaves, old.size).unwrap();
+            assert_eq!(p.proof, hexes(&want), "consistency {} -> 5000", old.size);
+            p.verify(old, &cps[2]).unwrap();
+        }
+    };
+    check(&reader).await;
+
+    let blob = "main/nodes-00000000000000005000";
+    let mut cache = NodeCache::decode(&s.read_all(blob).await.unwrap()).unwrap();
+    assert_eq!((cache.from, cache.to, cache.hashes.len()), (2000, 5000, 6));
+    cache.hashes[5][31] ^= 0x80; // the root of records 0..4096
+    s.delete(blob).await.unwrap();
+    s.put(blob, &cache.encode()).await.unwrap();
+    check(&reader).await;
+    match reader.verify(&verifier, &|_, _| {}).await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_eq!((e.blob.as_str(), e.seq), (blob, Some(5000)), "{e}");
+            assert_eq!(e.offset, 44 + 5 * 32, "{e}");
+        }
+        r => panic!("verify: wanted the node cache named, got {r:?}"),
+    }
+
+    for b in &caches {
+        s.delete(b).await.unwrap();
+    }
+    reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    check(&reader).await;
+}
+
+/// Every record's leaf hash and every checkpoint, for proofs to be
+/// compared with the tree in memory.
+pub async fn tree(
+    reader: &LedgerReader,
+    verifier: &bi_ledger::format::checkpoint::Verifier,
+) -> (
+    Vec<bi_ledger::format::Hash>,
+    Vec<bi_ledger::format::checkpoint::Checkpoint>,
+) {
+    let records = reader.read(0, None).await.unwrap();
+    let cps = reader.checkpoints(verifier).await.unwrap();
+    (
+        records.iter().map(|r| r.leaf_hash()).collect(),
+        cps.into_iter().map(|(_, c)| c).collect(),
+    )
+}
+
+/// Hashes as a proof object spells them.
+pub fn hexes(v: &[bi_ledger::format::Hash]) -> Vec<String> {
+    v.iter().map(|h| bi_ledger::format::hex(h)).collect()
+}

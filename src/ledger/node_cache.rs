@@ -1,0 +1,116 @@
+//! Finding Merkle nodes in the node caches the writer puts beside its
+//! checkpoints (`format::nodes`), for proofs.
+//!
+//! A cache is only a hint: one that is missing, unreadable or of another
+//! ledger is skipped (the prover hashes the records instead), and a wrong
+//! hash in one makes the proof fail its check against the signed root,
+//! after which the prover hashes the log. Only `verify` proves a cache
+//! right.
+
+use std::collections::HashMap;
+
+use tracing::warn;
+
+use super::layout;
+use super::reader::LedgerReader;
+use crate::backend::StoreError;
+use crate::error::Result;
+use crate::format::nodes::{Node, NodeCache};
+use crate::format::Hash;
+
+/// Node caches are looked for by name prefix in windows of this many
+/// records (the last 6 of the name's 20 digits), so that a ledger with a
+/// million checkpoints is not listed whole for one proof.
+const WINDOW: u64 = 1_000_000;
+
+/// The node caches one proof has looked at.
+pub(crate) struct NodeLookup<'a> {
+    reader: &'a LedgerReader,
+    /// Cache sizes (`to`) and names, by window; `u64::MAX`: all of them.
+    listed: HashMap<u64, Vec<(u64, String)>>,
+    loaded: HashMap<u64, Option<NodeCache>>,
+}
+
+impl<'a> NodeLookup<'a> {
+    pub fn new(reader: &'a LedgerReader) -> Self {
+        NodeLookup {
+            reader,
+            listed: HashMap::new(),
+            loaded: HashMap::new(),
+        }
+    }
+
+    /// Node `n`'s hash from the cache that holds it, if there is one.
+    pub async fn get(&mut self, n: Node) -> Result<Option<Hash>> {
+        let Some(end) = n.end() else {
+            return Ok(None);
+        };
+        let Some(to) = self.cache_for(end).await? else {
+            return Ok(None);
+        };
+        Ok(self.load(to).await?.and_then(|c| c.get(n)))
+    }
+
+    /// The size of the cache with the smallest `to >= end`: the one that
+    /// holds the nodes completed at `end`, unless it is missing.
+    async fn cache_for(&mut self, end: u64) -> Result<Option<u64>> {
+        for w in [end / WINDOW, end / WINDOW + 1, u64::MAX] {
+            let found = self
+                .list(w)
+                .await?
+                .iter()
+                .map(|(to, _)| *to)
+                .filter(|to| *to >= end)
+                .min();
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn list(&mut self, window: u64) -> Result<&[(u64, String)]> {
+        if !self.listed.contains_key(&window) {
+            let name = self.reader.name();
+            let prefix = layout::nodes_prefix(name);
+            let prefix = if window == u64::MAX {
+                prefix
+            } else {
+                format!("{prefix}{window:014}")
+            };
+            let found = self
+                .reader
+                .store()
+                .list(&prefix)
+                .await?
+                .into_iter()
+                .filter_map(|b| layout::nodes_size(name, &b.name).map(|s| (s, b.name)))
+                .collect();
+            self.listed.insert(window, found);
+        }
+        Ok(&self.listed[&window])
+    }
+
+    async fn load(&mut self, to: u64) -> Result<Option<&NodeCache>> {
+        if !self.loaded.contains_key(&to) {
+            let blob = layout::nodes(self.reader.name(), to);
+            let cache = match self.reader.store().read_all(&blob).await {
+                Ok(bytes) => match NodeCache::decode(&bytes) {
+                    Ok(c) if c.ledger_id == self.reader.id() && c.to == to => Some(c),
+                    Ok(_) => {
+                        warn!(cache = %blob, "node cache is of another ledger or size; hashing records instead");
+                        None
+                    }
+                    Err(e) => {
+                        warn!(cache = %blob, error = %e, "node cache is unreadable; hashing records instead");
+                        None
+                    }
+                },
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            self.loaded.insert(to, cache);
+        }
+        Ok(self.loaded[&to].as_ref())
+    }
+}
