@@ -732,6 +732,29 @@ async fn proofs_read_the_node_caches_not_the_log() {
     }
 }
 
+/// The record right after a cached subtree has a proof made only of cached
+/// nodes: the prover reads that one record for its entry and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_of_only_cached_nodes_still_carries_the_entry() {
+    use bi_ledger::format::merkle;
+    use bi_ledger::LedgerReader;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = create_checkpointed_on_demand(dir.path(), 9).await;
+    ledger.append(counted("s", 2048)).await.unwrap();
+    ledger.append(counted("t", 1)).await.unwrap();
+    let verifier = ledger.verifier().clone();
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let (leaves, cps) = ledger::tree(&reader, &verifier).await;
+    assert_eq!(cps.last().unwrap().size, 2049);
+    let p = reader.inclusion_proof(2048, 2049).await.unwrap();
+    assert_eq!(
+        p.proof,
+        ledger::hexes(&merkle::inclusion_proof(&leaves, 2048).unwrap())
+    );
+    assert_eq!(p.verify(cps.last().unwrap()).unwrap().stream, "t");
+}
+
 /// A read from a sequence number starts at the batch that holds it, found
 /// through the stream indexes, not at the start of its segment: a damaged
 /// batch before it is not read (a read from 0 stops there). Without the
