@@ -614,6 +614,51 @@ fn hand_snapshot(s: &HandSnapshot<'_>) -> Ann {
     a
 }
 
+/// §13.9: the node cache from size 1000 to 2048 of the tree whose entry
+/// `i` is the 8 bytes `u64le(i)`, under the vector ledger's id; by hand, and
+/// checked against the library's encoder and decoder.
+fn node_cache_vector() -> Ann {
+    use bi_ledger::format::nodes::{self, Node, NodeCache};
+    let leaves: Vec<Hash> = (0..2048u64)
+        .map(|i| sha256(&[&[0], &i.to_le_bytes()]))
+        .collect();
+    let mut a = Ann::default();
+    a.put(b"BILNODE1", "magic \"BILNODE1\"");
+    a.put(1u16.to_le_bytes(), "node cache version 1 (u16le)");
+    a.put(0u16.to_le_bytes(), "reserved 0 (u16le)");
+    a.put(LEDGER_ID, "ledger id");
+    a.put(1000u64.to_le_bytes(), "from 1000 (u64le)");
+    a.put(2048u64.to_le_bytes(), "to 2048 (u64le)");
+    for (what, range) in [
+        ("node (10, 0): MTH of entries 0..1024", 0..1024),
+        ("node (10, 1): MTH of entries 1024..2048", 1024..2048),
+        ("node (11, 0): MTH of entries 0..2048", 0..2048),
+    ] {
+        a.put(hand_mth(&leaves[range]), what);
+    }
+    let digest = sha256(&[&a.bytes()]);
+    a.put(digest, "SHA-256 of all preceding bytes");
+    let cache = NodeCache {
+        ledger_id: LEDGER_ID,
+        from: 1000,
+        to: 2048,
+        hashes: nodes::completed(1000, 2048)
+            .map(|n| {
+                let first = (n.index << n.height) as usize;
+                merkle::root(&leaves[first..n.end().unwrap() as usize])
+            })
+            .collect(),
+    };
+    assert_eq!(cache.encode(), a.bytes(), "node cache");
+    let decoded = NodeCache::decode(&a.bytes()).unwrap();
+    let top = Node {
+        height: 11,
+        index: 0,
+    };
+    assert_eq!(decoded.get(top), Some(hand_mth(&leaves)));
+    a
+}
+
 fn hand_key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
     let d = sha256(&[name.as_bytes(), b"\n", &[0x01], public]);
     [d[0], d[1], d[2], d[3]]
@@ -885,6 +930,7 @@ fn build() -> Built {
         proof: proof.iter().map(|h| hex(h)).collect(),
     };
     v.push(Vector::json("consistency-proof", &consistency));
+    v.push(Vector::hex("node-cache", &node_cache_vector()));
 
     Built {
         vectors: v,
