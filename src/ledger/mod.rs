@@ -17,6 +17,7 @@ use crate::format::segment::SegmentHeader;
 use crate::model::{NewEvent, Receipt};
 
 pub mod layout;
+mod log_roots;
 mod node_cache;
 pub mod proof;
 pub mod reader;
