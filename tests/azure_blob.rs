@@ -144,6 +144,14 @@ async fn ledger_proofs_through_node_caches() {
     ledger::proofs_through_node_caches(c.dyn_store()).await;
 }
 
+/// `tests/ledger_api.rs` on Azure: an orphan node cache is only a hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_orphan_node_caches_are_only_hints() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "orphans", AzureOptions::default()).await;
+    ledger::orphan_node_caches_are_only_hints(c.dyn_store()).await;
+}
+
 /// Many callers at once: group commit batches them into few blocks, and
 /// every acknowledged event is there exactly once, in stream order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -65,6 +65,12 @@ async fn proofs_through_node_caches() {
     ledger::proofs_through_node_caches(store(dir.path())).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_node_caches_are_only_hints() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger::orphan_node_caches_are_only_hints(store(dir.path())).await;
+}
+
 /// `read_stream` goes through the stream index once the indexes are large
 /// enough to pay off: a damaged batch that cannot hold the stream is never
 /// read (a full scan stops at it; `verify` reports it).
