@@ -19,15 +19,6 @@ fn options(seed: u8) -> bi_ledger::LedgerOptions {
     bi_ledger::LedgerOptions::new(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]))
 }
 
-/// A ledger that checkpoints only when asked (and when closed).
-async fn create_checkpointed_on_demand(dir: &std::path::Path, seed: u8) -> bi_ledger::Ledger {
-    let mut opts = options(seed);
-    opts.checkpoint_every_events = None;
-    bi_ledger::Ledger::create(store(dir), "main", opts)
-        .await
-        .unwrap()
-}
-
 /// `n` small events of `stream`, numbered.
 fn counted(stream: &str, n: u64) -> Vec<bi_ledger::NewEvent> {
     (0..n)
@@ -682,7 +673,7 @@ async fn proofs_read_the_node_caches_not_the_log() {
     use bi_ledger::format::nodes::NodeCache;
     use bi_ledger::{LedgerError, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
-    let ledger = create_checkpointed_on_demand(dir.path(), 8).await;
+    let ledger = ledger::create_checkpointed_on_demand(store(dir.path()), 8).await;
     let mut receipts = Vec::new();
     for _ in 0..4 {
         for _ in 0..10 {
@@ -745,7 +736,7 @@ async fn a_proof_of_only_cached_nodes_still_carries_the_entry() {
     use bi_ledger::format::merkle;
     use bi_ledger::LedgerReader;
     let dir = tempfile::tempdir().unwrap();
-    let ledger = create_checkpointed_on_demand(dir.path(), 9).await;
+    let ledger = ledger::create_checkpointed_on_demand(store(dir.path()), 9).await;
     ledger.append(counted("s", 2048)).await.unwrap();
     ledger.append(counted("t", 1)).await.unwrap();
     let verifier = ledger.verifier().clone();
@@ -772,7 +763,7 @@ async fn read_from_a_sequence_number_seeks_through_the_index() {
     use bi_ledger::{LedgerError, LedgerReader, NewEvent};
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
-    let ledger = create_checkpointed_on_demand(dir.path(), 8).await;
+    let ledger = ledger::create_checkpointed_on_demand(store(dir.path()), 8).await;
     let batch = |base: u64, n: u64| -> Vec<NewEvent> {
         (0..n)
             .map(|i| {

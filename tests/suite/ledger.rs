@@ -218,9 +218,7 @@ pub async fn stream_reads_use_the_index(s: Arc<dyn BlobStore>) {
 pub async fn proofs_through_node_caches(s: Arc<dyn BlobStore>) {
     use bi_ledger::format::merkle;
     use bi_ledger::format::nodes::NodeCache;
-    let mut opts = ledger_opts();
-    opts.checkpoint_every_events = None;
-    let ledger = Ledger::create(s.clone(), "main", opts).await.unwrap();
+    let ledger = create_checkpointed_on_demand(s.clone(), 42).await;
     for batch in 0..5u64 {
         let events = (0..1000u64)
             .map(|i| {
@@ -332,9 +330,7 @@ pub fn hexes(v: &[bi_ledger::format::Hash]) -> Vec<String> {
 pub async fn orphan_node_caches_are_only_hints(s: Arc<dyn BlobStore>) {
     use bi_ledger::format::merkle;
     use bi_ledger::format::nodes::{self, Node, NodeCache};
-    let mut opts = ledger_opts();
-    opts.checkpoint_every_events = None;
-    let ledger = Ledger::create(s.clone(), "main", opts).await.unwrap();
+    let ledger = create_checkpointed_on_demand(s.clone(), 42).await;
     let events = |n: u64| {
         (0..n)
             .map(|i| NewEvent::json("s", "Counted", &json!({ "i": i })))
@@ -380,4 +376,12 @@ pub async fn orphan_node_caches_are_only_hints(s: Arc<dyn BlobStore>) {
         }
         reader.verify(&verifier, &|_, _| {}).await.unwrap();
     }
+}
+
+/// A ledger named `main` that checkpoints only when asked (and when
+/// closed), signed with a key of `seed` bytes.
+pub async fn create_checkpointed_on_demand(s: Arc<dyn BlobStore>, seed: u8) -> Ledger {
+    let mut opts = LedgerOptions::new(SigningKey::from_bytes(&[seed; 32]));
+    opts.checkpoint_every_events = None;
+    Ledger::create(s, "main", opts).await.unwrap()
 }
