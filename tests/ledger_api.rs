@@ -340,7 +340,12 @@ async fn a_failed_block_write_poisons_the_writer_and_loses_no_receipt() {
         ledger.append(counted("late", 1)).await,
         Err(LedgerError::Poisoned(_))
     ));
-    drop(ledger);
+    // Closing a poisoned writer answers Poisoned once it has given up the
+    // lock (a dropped handle lets the writer go in the background).
+    assert!(matches!(
+        ledger.close().await,
+        Err(LedgerError::Poisoned(_))
+    ));
 
     acked.sort_unstable();
     let n = acked.len() as u64;
@@ -421,6 +426,54 @@ async fn checkpoint_whose_answer_was_lost_is_kept() {
         verified.is_err(),
         "a ledger with a foreign checkpoint verified"
     );
+}
+
+/// A checkpoint put that landed but answered with an error, followed by
+/// more appends before the next checkpoint: that checkpoint exists, so the
+/// caches written beside the next one (stream index, node cache) must
+/// start at it, as `verify` re-derives them; and the writer goes on from
+/// it. (A retry at the same size is `checkpoint_whose_answer_was_lost_is_kept`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_after_a_checkpoint_whose_answer_was_lost() {
+    use bi_ledger::format::nodes::NodeCache;
+    use bi_ledger::format::stream_index::StreamIndex;
+    use bi_ledger::{Ledger, LedgerReader};
+    let dir = tempfile::tempdir().unwrap();
+    let lossy = Arc::new(Faulty::over(store(dir.path())));
+    let mut opts = options(10);
+    opts.checkpoint_every_events = None;
+    let ledger = Ledger::create(lossy.clone(), "main", opts).await.unwrap();
+    ledger.append(counted("a", 1500)).await.unwrap();
+    lossy.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    ledger.checkpoint().await.unwrap_err();
+    ledger.append(counted("b", 1000)).await.unwrap();
+    assert_eq!(ledger.checkpoint().await.unwrap().checkpoint.size, 2500);
+    ledger.append(counted("c", 10)).await.unwrap();
+    ledger.close().await.unwrap();
+
+    let inner = lossy.inner();
+    let idx = StreamIndex::decode(
+        &inner
+            .read_all("main/streams-00000000000000002500")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!((idx.from, idx.to), (1500, 2500));
+    let nodes = NodeCache::decode(
+        &inner
+            .read_all("main/nodes-00000000000000002500")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!((nodes.from, nodes.to, nodes.hashes.len()), (1500, 2500, 2));
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let report = reader
+        .verify(reader.recorded_verifier(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((report.records, report.checkpoints), (2510, 4));
 }
 
 /// Checkpoints by event count keep coming under a load that never lets the

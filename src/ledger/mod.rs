@@ -208,6 +208,7 @@ impl Ledger {
             poisoned: None,
             last_checkpoint,
             last_checkpoint_at: Instant::now(),
+            unanswered: None,
         };
         // The writer gets a thread (and a small runtime) of its own: its
         // store may then write in place, without the thread hand-offs that

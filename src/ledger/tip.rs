@@ -174,6 +174,20 @@ impl Tip {
         (index, nodes)
     }
 
+    /// Drops from the stream index and node cache what a checkpoint at
+    /// `at` covers (one between the last known and now, whose caches were
+    /// put before it), so that they start there.
+    pub fn rebase_caches(&mut self, at: u64) {
+        let from = self.index.from;
+        if at <= from {
+            return;
+        }
+        self.index.batches.retain(|b| b.first_seq >= at);
+        self.index.from = at;
+        let covered = (nodes::count(from, at) as usize).min(self.nodes.len());
+        self.nodes.drain(..covered);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let mut streams: Vec<(String, u64)> =
             self.streams.iter().map(|(k, v)| (k.clone(), *v)).collect();

@@ -67,6 +67,9 @@ pub struct Writer {
     pub poisoned: Option<String>,
     pub last_checkpoint: Option<CheckpointInfo>,
     pub last_checkpoint_at: Instant,
+    /// A checkpoint whose put failed: it may have landed all the same (an
+    /// answer lost on the way back), so the next checkpoint looks first.
+    pub unanswered: Option<(Checkpoint, String)>,
 }
 
 type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
@@ -603,6 +606,7 @@ impl Writer {
         if let Some(p) = &self.poisoned {
             return Err(LedgerError::Poisoned(p.clone()));
         }
+        self.settle_unanswered().await?;
         if let Some(last) = &self.last_checkpoint {
             if last.checkpoint.size == self.tip.size {
                 return Ok(last.clone());
@@ -643,7 +647,10 @@ impl Writer {
         let (cp, note) = match self.store.put(&blob, note.as_bytes()).await {
             Ok(()) => (cp, note),
             Err(StoreError::AlreadyExists { .. }) => self.adopt_checkpoint(&blob, cp).await?,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.unanswered = Some((cp, blob));
+                return Err(e.into());
+            }
         };
         info!(size = cp.size, checkpoint = %blob, "wrote checkpoint");
         self.prune_snapshots(cp.size).await;
@@ -656,6 +663,34 @@ impl Writer {
         self.last_checkpoint_at = Instant::now();
         self.tip.take_caches();
         Ok(info)
+    }
+
+    /// Whether the checkpoint whose put failed is stored after all. If it
+    /// is (and it is ours: `adopt_checkpoint`), it is the newest: its
+    /// stream index and node cache were put before it, so the ones beside
+    /// the next checkpoint start there, as `verify` expects. If the store
+    /// cannot tell, the next checkpoint waits until it can.
+    async fn settle_unanswered(&mut self) -> Result<()> {
+        let Some((ours, blob)) = self.unanswered.take() else {
+            return Ok(());
+        };
+        match self.store.info(&blob).await {
+            Ok(_) => {
+                let (checkpoint, note) = self.adopt_checkpoint(&blob, ours).await?;
+                self.tip.rebase_caches(checkpoint.size);
+                self.last_checkpoint = Some(CheckpointInfo {
+                    blob,
+                    checkpoint,
+                    note,
+                });
+                Ok(())
+            }
+            Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => {
+                self.unanswered = Some((ours, blob));
+                Err(e.into())
+            }
+        }
     }
 
     /// A checkpoint of this size is already stored. Its bytes differ from
