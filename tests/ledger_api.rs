@@ -184,6 +184,9 @@ struct Faulty {
     inner: Option<Arc<dyn BlobStore>>,
     /// The next checkpoint put lands, then fails.
     armed: std::sync::atomic::AtomicBool,
+    /// The next checkpoint put fails without landing, as a crash between
+    /// the caches and the checkpoint leaves them.
+    lose_checkpoint: std::sync::atomic::AtomicBool,
     /// How many of the newest checkpoints the first listing leaves out.
     hide_newest_checkpoints: std::sync::atomic::AtomicUsize,
     /// A segment and how many of its last bytes listings leave out.
@@ -265,8 +268,19 @@ impl BlobStore for Faulty {
         self.inner().seal(name).await
     }
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        self.inner().put(name, data).await?;
         let checkpoint = name.contains("/checkpoint-");
+        if checkpoint
+            && self
+                .lose_checkpoint
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Io {
+                op: "put",
+                name: name.to_owned(),
+                source: std::io::Error::other("injected: lost before it landed"),
+            });
+        }
+        self.inner().put(name, data).await?;
         if checkpoint && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::Io {
                 op: "put",
@@ -474,6 +488,52 @@ async fn appends_after_a_checkpoint_whose_answer_was_lost() {
         .await
         .unwrap();
     assert_eq!((report.records, report.checkpoints), (2510, 4));
+}
+
+/// A stream index whose checkpoint never landed (a crash between the two
+/// puts) is not chained: the next checkpoint's index starts where it does,
+/// and one stream's read still goes through the indexes, reading only the
+/// batches that may hold it (a damaged batch of another stream there is
+/// not read; a scan of the log from the orphan on would meet it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_stream_index_does_not_end_the_indexed_reads() {
+    use bi_ledger::LedgerReader;
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(Faulty::over(store(dir.path())));
+    let ledger = ledger::create_checkpointed_on_demand(faulty.clone(), 11).await;
+    ledger.append(counted("a", 5000)).await.unwrap();
+    ledger.checkpoint().await.unwrap();
+    ledger.append(counted("b", 5000)).await.unwrap();
+    faulty
+        .lose_checkpoint
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    ledger.checkpoint().await.unwrap_err();
+    let damaged = ledger.append(counted("c", 5000)).await.unwrap()[0].offset;
+    ledger.append(counted("a", 10)).await.unwrap();
+    assert_eq!(ledger.checkpoint().await.unwrap().checkpoint.size, 15_010);
+    ledger.close().await.unwrap();
+    let inner = faulty.inner();
+    assert!(inner
+        .info("main/streams-00000000000000010000")
+        .await
+        .is_ok());
+    assert!(inner
+        .info("main/checkpoint-00000000000000010000")
+        .await
+        .is_err());
+
+    damage_batch(dir.path(), damaged);
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let got = reader
+        .read_stream_indexed("a")
+        .await
+        .unwrap()
+        .expect("indexed");
+    assert_eq!(got.len(), 5010);
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r.stream_version == i as u64));
 }
 
 /// Checkpoints by event count keep coming under a load that never lets the

@@ -118,15 +118,25 @@ impl LedgerReader {
         Ok(None)
     }
 
-    /// The stream index blobs and the size each covers up to, oldest first.
+    /// The stream index blobs beside stored checkpoints and the size each
+    /// covers up to, oldest first. An index without its checkpoint was left
+    /// by a crash between the two puts; the one beside the next checkpoint
+    /// starts where it does, so chaining it would end the chain there.
     async fn stream_index_blobs(&self) -> Result<Vec<(u64, String)>> {
         let prefix = layout::stream_index_prefix(self.name());
+        let signed: std::collections::HashSet<u64> =
+            super::recover::checkpoint_blobs(self.store().as_ref(), self.name())
+                .await?
+                .into_iter()
+                .map(|(size, _)| size)
+                .collect();
         let mut blobs: Vec<(u64, String)> = self
             .store()
             .list(&prefix)
             .await?
             .into_iter()
             .filter_map(|b| layout::stream_index_size(self.name(), &b.name).map(|s| (s, b.name)))
+            .filter(|(size, _)| signed.contains(size))
             .collect();
         blobs.sort();
         Ok(blobs)
