@@ -40,6 +40,34 @@ impl<'a> NodeLookup<'a> {
         }
     }
 
+    /// Lists and loads, concurrently, what [`Self::get`] needs for `nodes`:
+    /// a proof's few dozen nodes sit in as many caches, and against a
+    /// remote store one round trip after another would add up.
+    pub async fn prefetch(&mut self, nodes: &[Node]) -> Result<()> {
+        let ends: Vec<u64> = nodes.iter().filter_map(Node::end).collect();
+        let mut windows: Vec<u64> = ends
+            .iter()
+            .flat_map(|e| [e / WINDOW, e / WINDOW + 1])
+            .filter(|w| !self.listed.contains_key(w))
+            .collect();
+        windows.sort_unstable();
+        windows.dedup();
+        let listed =
+            futures::future::try_join_all(windows.iter().map(|&w| list(self.reader, w))).await?;
+        self.listed.extend(windows.into_iter().zip(listed));
+        let mut tos = Vec::new();
+        for end in ends {
+            tos.extend(self.cache_for(end).await?);
+        }
+        tos.sort_unstable();
+        tos.dedup();
+        tos.retain(|to| !self.loaded.contains_key(to));
+        let loaded =
+            futures::future::try_join_all(tos.iter().map(|&to| load(self.reader, to))).await?;
+        self.loaded.extend(tos.into_iter().zip(loaded));
+        Ok(())
+    }
+
     /// Node `n`'s hash from the cache that holds it, if there is one.
     pub async fn get(&mut self, n: Node) -> Result<Option<Hash>> {
         let Some(end) = n.end() else {
@@ -48,16 +76,22 @@ impl<'a> NodeLookup<'a> {
         let Some(to) = self.cache_for(end).await? else {
             return Ok(None);
         };
-        Ok(self.load(to).await?.and_then(|c| c.get(n)))
+        if !self.loaded.contains_key(&to) {
+            let cache = load(self.reader, to).await?;
+            self.loaded.insert(to, cache);
+        }
+        Ok(self.loaded[&to].as_ref().and_then(|c| c.get(n)))
     }
 
     /// The size of the cache with the smallest `to >= end`: the one that
     /// holds the nodes completed at `end`, unless it is missing.
     async fn cache_for(&mut self, end: u64) -> Result<Option<u64>> {
         for w in [end / WINDOW, end / WINDOW + 1, u64::MAX] {
-            let found = self
-                .list(w)
-                .await?
+            if !self.listed.contains_key(&w) {
+                let found = list(self.reader, w).await?;
+                self.listed.insert(w, found);
+            }
+            let found = self.listed[&w]
                 .iter()
                 .map(|(to, _)| *to)
                 .filter(|to| *to >= end)
@@ -68,49 +102,43 @@ impl<'a> NodeLookup<'a> {
         }
         Ok(None)
     }
+}
 
-    async fn list(&mut self, window: u64) -> Result<&[(u64, String)]> {
-        if !self.listed.contains_key(&window) {
-            let name = self.reader.name();
-            let prefix = layout::nodes_prefix(name);
-            let prefix = if window == u64::MAX {
-                prefix
-            } else {
-                format!("{prefix}{window:014}")
-            };
-            let found = self
-                .reader
-                .store()
-                .list(&prefix)
-                .await?
-                .into_iter()
-                .filter_map(|b| layout::nodes_size(name, &b.name).map(|s| (s, b.name)))
-                .collect();
-            self.listed.insert(window, found);
-        }
-        Ok(&self.listed[&window])
-    }
+/// The node caches whose size falls in `window` (`u64::MAX`: all).
+async fn list(reader: &LedgerReader, window: u64) -> Result<Vec<(u64, String)>> {
+    let name = reader.name();
+    let prefix = layout::nodes_prefix(name);
+    let prefix = if window == u64::MAX {
+        prefix
+    } else {
+        format!("{prefix}{window:014}")
+    };
+    Ok(reader
+        .store()
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|b| layout::nodes_size(name, &b.name).map(|s| (s, b.name)))
+        .collect())
+}
 
-    async fn load(&mut self, to: u64) -> Result<Option<&NodeCache>> {
-        if !self.loaded.contains_key(&to) {
-            let blob = layout::nodes(self.reader.name(), to);
-            let cache = match self.reader.store().read_all(&blob).await {
-                Ok(bytes) => match NodeCache::decode(&bytes) {
-                    Ok(c) if c.ledger_id == self.reader.id() && c.to == to => Some(c),
-                    Ok(_) => {
-                        warn!(cache = %blob, "node cache is of another ledger or size; hashing records instead");
-                        None
-                    }
-                    Err(e) => {
-                        warn!(cache = %blob, error = %e, "node cache is unreadable; hashing records instead");
-                        None
-                    }
-                },
-                Err(StoreError::NotFound { .. }) => None,
-                Err(e) => return Err(e.into()),
-            };
-            self.loaded.insert(to, cache);
-        }
-        Ok(self.loaded[&to].as_ref())
-    }
+/// The node cache of size `to`, if it is there, decodes and is this
+/// ledger's (else `None`, logged: caches are hints).
+async fn load(reader: &LedgerReader, to: u64) -> Result<Option<NodeCache>> {
+    let blob = layout::nodes(reader.name(), to);
+    Ok(match reader.store().read_all(&blob).await {
+        Ok(bytes) => match NodeCache::decode(&bytes) {
+            Ok(c) if c.ledger_id == reader.id() && c.to == to => Some(c),
+            Ok(_) => {
+                warn!(cache = %blob, "node cache is of another ledger or size; hashing records instead");
+                None
+            }
+            Err(e) => {
+                warn!(cache = %blob, error = %e, "node cache is unreadable; hashing records instead");
+                None
+            }
+        },
+        Err(StoreError::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    })
 }

@@ -18,7 +18,7 @@ use crate::backend::StoreError;
 use crate::error::{LedgerError, Result};
 use crate::format::checkpoint::Checkpoint;
 use crate::format::merkle::{self, Frontier};
-use crate::format::nodes;
+use crate::format::nodes::{self, Node};
 use crate::format::record::{decode_entry, Record};
 use crate::format::{hex, parse_hash_hex, Hash};
 
@@ -239,6 +239,12 @@ impl LedgerReader {
         want: Option<u64>,
     ) -> Result<(Vec<Hash>, Option<Vec<u8>>)> {
         let mut lookup = NodeLookup::new(self);
+        let cached: Vec<Node> = ranges
+            .iter()
+            .flat_map(|&(a, b)| merkle::range_pieces(a, b, 63))
+            .filter(|n| n.height >= nodes::MIN_HEIGHT)
+            .collect();
+        lookup.prefetch(&cached).await?;
         let mut pieces = Vec::with_capacity(ranges.len());
         let mut from_log = Vec::new();
         for &(a, b) in ranges {
