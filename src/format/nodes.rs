@@ -46,6 +46,11 @@ impl Node {
             .checked_add(1)?
             .checked_mul(1u64.checked_shl(self.height)?)
     }
+
+    /// Its leaves, `[first, end)`, the end capped at `u64::MAX`.
+    pub fn leaves(&self) -> (u64, u64) {
+        (self.index << self.height, self.end().unwrap_or(u64::MAX))
+    }
 }
 
 /// How many cached nodes are completed while the tree grows from `from` to
@@ -181,7 +186,7 @@ mod tests {
     fn the_hashes_are_the_roots_of_those_subtrees() {
         let l = leaves(5000);
         for n in completed(0, 5000) {
-            let (a, b) = (n.index << n.height, n.end().unwrap());
+            let (a, b) = n.leaves();
             assert!(b <= 5000);
             assert_eq!(b - a, 1 << n.height);
         }
@@ -192,9 +197,7 @@ mod tests {
             from: 0,
             to: 4096,
             hashes: completed(0, 4096)
-                .map(|n| {
-                    merkle::root(&l[(n.index << n.height) as usize..n.end().unwrap() as usize])
-                })
+                .map(|n| merkle::root(&l[n.leaves().0 as usize..n.leaves().1 as usize]))
                 .collect(),
         };
         assert_eq!(
@@ -280,7 +283,7 @@ mod tests {
             }
             prop_assert_eq!(frontier.root(), merkle::root(&l));
             let want: Vec<(Node, Hash)> = completed(0, n as u64)
-                .map(|nd| (nd, merkle::root(&l[(nd.index << nd.height) as usize..nd.end().unwrap() as usize])))
+                .map(|nd| (nd, merkle::root(&l[nd.leaves().0 as usize..nd.leaves().1 as usize])))
                 .collect();
             prop_assert_eq!(seen, want);
         }

@@ -45,6 +45,21 @@ pub struct ConsistencyProof {
 /// farther apart, each group is found by a seek (see `streams.rs`).
 const MIN_GAP_TO_SCAN_APART: u64 = 16_384;
 
+/// The leaf ranges `[first, last)` to scan for the given ones: ranges
+/// closer than `MIN_GAP_TO_SCAN_APART` share one scan.
+fn scan_groups(ranges: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = ranges.collect();
+    ranges.sort_unstable();
+    let mut groups: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in ranges {
+        match groups.last_mut() {
+            Some(g) if a < g.1.saturating_add(MIN_GAP_TO_SCAN_APART) => g.1 = g.1.max(b),
+            _ => groups.push((a, b)),
+        }
+    }
+    groups
+}
+
 fn cache_disagrees(size: u64) {
     tracing::warn!(
         size,
@@ -231,51 +246,40 @@ impl LedgerReader {
     /// Roots of the proof ranges from the node caches where they hold the
     /// subtrees, hashing only the records they do not cover: the leaves
     /// below 1,024-leaf subtrees on either side of `want` and at the right
-    /// edge of the tree, and anything after the newest cache. Records far
-    /// apart are read by separate scans.
+    /// edge of the tree, and anything after the newest cache.
     async fn cached_roots(
         &self,
         ranges: &[(u64, u64)],
         want: Option<u64>,
     ) -> Result<(Vec<Hash>, Option<Vec<u8>>)> {
-        let mut lookup = NodeLookup::new(self);
-        let cached: Vec<Node> = ranges
+        let pieces: Vec<Vec<Node>> = ranges
             .iter()
-            .flat_map(|&(a, b)| merkle::range_pieces(a, b, 63))
+            .map(|&(a, b)| merkle::range_pieces(a, b, 63))
+            .collect();
+        let tall: Vec<Node> = pieces
+            .iter()
+            .flatten()
+            .copied()
             .filter(|n| n.height >= nodes::MIN_HEIGHT)
             .collect();
-        lookup.prefetch(&cached).await?;
-        let mut pieces = Vec::with_capacity(ranges.len());
-        let mut from_log = Vec::new();
-        for &(a, b) in ranges {
-            let mut range = Vec::new();
-            for node in merkle::range_pieces(a, b, 63) {
-                let known = match node.height >= nodes::MIN_HEIGHT {
-                    true => lookup.get(node).await?,
-                    false => None,
-                };
-                if known.is_none() {
-                    from_log.push((node.index << node.height, node.end().unwrap_or(u64::MAX)));
-                }
-                range.push((node, known));
+        let mut lookup = NodeLookup::new(self);
+        lookup.prefetch(&tall).await?;
+        let mut known = HashMap::new();
+        for n in tall {
+            if let Some(hash) = lookup.get(n).await? {
+                known.insert(n, hash);
             }
-            pieces.push(range);
         }
-        let mut points: Vec<(u64, u64)> = from_log.clone();
-        points.extend(want.map(|w| (w, w + 1)));
-        points.sort_unstable();
+        let from_log: Vec<(u64, u64)> = pieces
+            .iter()
+            .flatten()
+            .filter(|n| !known.contains_key(n))
+            .map(Node::leaves)
+            .collect();
         let mut hashed = HashMap::new();
         let mut entry = None;
-        let mut i = 0;
-        while i < points.len() {
-            // Records within a seek's worth of each other share one scan.
-            let mut end = points[i].1;
-            let mut j = i + 1;
-            while j < points.len() && points[j].0 < end.saturating_add(MIN_GAP_TO_SCAN_APART) {
-                end = end.max(points[j].1);
-                j += 1;
-            }
-            let (first, last) = (points[i].0, end);
+        let wanted = want.map(|w| (w, w + 1));
+        for (first, last) in scan_groups(from_log.iter().copied().chain(wanted)) {
             let here: Vec<(u64, u64)> = from_log
                 .iter()
                 .copied()
@@ -286,21 +290,37 @@ impl LedgerReader {
                 .range_roots(&here, want_here, last, |r| entry = Some(r.to_vec()))
                 .await?;
             hashed.extend(here.into_iter().zip(roots));
-            i = j;
         }
         let roots = pieces
             .into_iter()
             .map(|range| {
                 let mut f = Frontier::new();
-                for (node, known) in range {
-                    let at = (node.index << node.height, node.end().unwrap_or(u64::MAX));
-                    let hash = known.or_else(|| hashed.get(&at).copied());
+                for n in range {
+                    let hash = known.get(&n).or_else(|| hashed.get(&n.leaves()));
                     let hash = hash.expect("every piece not cached was hashed from the log");
-                    f.append_subtree(node.height, hash)?;
+                    f.append_subtree(n.height, *hash)?;
                 }
                 Ok(f.root())
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((roots, entry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn near_ranges_share_a_scan() {
+        let gap = MIN_GAP_TO_SCAN_APART;
+        let far = [(40_000, 40_001), (0, 10), (10, 20), (20 + gap, 30 + gap)];
+        assert_eq!(
+            scan_groups(far.into_iter()),
+            [(0, 20), (20 + gap, 30 + gap), (40_000, 40_001)]
+        );
+        let near = [(0, 20), (19 + gap, 25 + gap)];
+        assert_eq!(scan_groups(near.into_iter()), [(0, 25 + gap)]);
+        assert_eq!(scan_groups(std::iter::empty()), []);
     }
 }

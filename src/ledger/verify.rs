@@ -435,10 +435,9 @@ async fn check_nodes(reader: &LedgerReader, cp: &Checkpoint, want: NodeCache) ->
         .enumerate()
         .find(|(_, (_, (a, b)))| a != b)
     {
-        let first = node.index << node.height;
+        let (first, end) = node.leaves();
         let what = format!(
-            "node cache entry {i} (the root of records {first}..{}) is {}, the log gives {}",
-            node.end().unwrap_or(u64::MAX),
+            "node cache entry {i} (the root of records {first}..{end}) is {}, the log gives {}",
             hex(a),
             hex(b)
         );

@@ -348,8 +348,7 @@ pub async fn orphan_node_caches_are_only_hints(s: Arc<dyn BlobStore>) {
 
     // An orphan from 2000 to 3500: nodes (10, 1), (11, 0) and (10, 2).
     let orphan = "main/nodes-00000000000000003500";
-    let root_of =
-        |n: Node| merkle::root(&leaves[(n.index << n.height) as usize..n.end().unwrap() as usize]);
+    let root_of = |n: Node| merkle::root(&leaves[n.leaves().0 as usize..n.leaves().1 as usize]);
     let mut cache = NodeCache {
         ledger_id: reader.id(),
         from: 2000,
