@@ -61,7 +61,9 @@ impl LedgerReader {
                 seg.size,
                 self.max_body(),
             );
-            if start > HEADER_LEN as u64 {
+            // A proof's groups of records are often a few hundred KiB; a
+            // long scan doubles its way up to full chunks in a few reads.
+            if i == first {
                 scan = scan.starting_small();
             }
             let flow = pipelined(

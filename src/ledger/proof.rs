@@ -13,8 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use super::node_cache::NodeLookup;
 use super::reader::LedgerReader;
-use super::{layout, recover};
-use crate::backend::StoreError;
 use crate::error::{LedgerError, Result};
 use crate::format::checkpoint::Checkpoint;
 use crate::format::merkle::{self, Frontier};
@@ -220,12 +218,10 @@ impl LedgerReader {
     /// The root of the checkpoint of `size`, if one is stored. Proofs built
     /// from node caches are checked against it before they are handed out.
     async fn signed_root(&self, size: u64) -> Result<Option<Hash>> {
-        let blob = layout::checkpoint(self.name(), size);
-        match recover::read_checkpoint_note(self.store().as_ref(), self.meta(), &blob).await {
-            Ok((cp, _)) => Ok(Some(cp.root)),
-            Err(LedgerError::Store(StoreError::NotFound { .. })) => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self
+            .signed_checkpoint(Some(size))
+            .await?
+            .map(|(_, cp, _)| cp.root))
     }
 
     /// Roots of the proof ranges, and the entry of record `want`, from one

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use super::layout::{self, Meta};
 use super::recover;
 use super::scan::Scanner;
-use crate::backend::BlobStore;
-use crate::error::{IntegrityError, Result};
+use crate::backend::{BlobStore, StoreError};
+use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
 use crate::format::record::{Record, RecordRef};
 use crate::format::segment::{SegmentHeader, HEADER_LEN};
@@ -122,6 +122,42 @@ impl LedgerReader {
             out.push((blob, cp));
         }
         Ok(out)
+    }
+
+    /// The checkpoint of `size`, or the newest when `size` is `None`: its
+    /// blob, its statement (signature and origin checked against the key
+    /// recorded in the ledger, size against the name) and its note text.
+    /// Reads that one blob, however many checkpoints ten years have left.
+    pub async fn signed_checkpoint(
+        &self,
+        size: Option<u64>,
+    ) -> Result<Option<(String, Checkpoint, String)>> {
+        let store = self.store.as_ref();
+        let (size, blob) = match size {
+            Some(s) => (s, layout::checkpoint(&self.meta.name, s)),
+            None => match recover::checkpoint_blobs(store, &self.meta.name)
+                .await?
+                .pop()
+            {
+                Some(newest) => newest,
+                None => return Ok(None),
+            },
+        };
+        let (cp, note) = match recover::read_checkpoint_note(store, &self.meta, &blob).await {
+            Ok(found) => found,
+            Err(LedgerError::Store(StoreError::NotFound { .. })) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if cp.size != size {
+            return Err(IntegrityError::new(
+                &blob,
+                0,
+                None,
+                format!("checkpoint says size {} but is named for {size}", cp.size),
+            )
+            .into());
+        }
+        Ok(Some((blob, cp, note)))
     }
 
     /// Calls `f` with each record whose sequence number is in `from..to`

@@ -522,21 +522,15 @@ fn checkpoint_json(blob: &str, cp: &Checkpoint, note: &str) -> serde_json::Value
 }
 
 async fn checkpoint_note(reader: &LedgerReader, size: Option<u64>) -> Result<(Checkpoint, String)> {
-    let cps = reader.checkpoints(reader.recorded_verifier()).await?;
-    let (blob, cp) = match size {
-        Some(s) => cps.into_iter().find(|(_, c)| c.size == s).ok_or_else(|| {
-            anyhow!(
+    match reader.signed_checkpoint(size).await? {
+        Some((_, cp, note)) => Ok((cp, note)),
+        None => match size {
+            Some(s) => bail!(
                 "no checkpoint of size {s}; `bi-ledger checkpoint` writes one of the current size"
-            )
-        })?,
-        None => cps
-            .into_iter()
-            .last()
-            .ok_or_else(|| anyhow!("the ledger has no checkpoint yet"))?,
-    };
-    let note = String::from_utf8(reader.store().read_all(&blob).await?)
-        .context("checkpoint is not UTF-8")?;
-    Ok((cp, note))
+            ),
+            None => bail!("the ledger has no checkpoint yet"),
+        },
+    }
 }
 
 async fn prove(cli: &Cli, seq: Option<u64>, old_size: Option<u64>, size: Option<u64>) -> Outcome {
@@ -632,8 +626,12 @@ async fn stats(cli: &Cli) -> Outcome {
     let reader = open_reader(cli).await?;
     let records = reader.len().await?;
     let bytes: u64 = reader.segments().iter().map(|s| s.size).sum();
-    let cps = reader.checkpoints(reader.recorded_verifier()).await?;
-    let newest = cps.last().map(|(_, c)| json!({"size": c.size, "time": bi_ledger::time::format_us(c.time_us), "root": hex(&c.root)}));
+    // One listing and the newest checkpoint, not every checkpoint read.
+    let checkpoints =
+        bi_ledger::ledger::recover::checkpoint_blobs(reader.store().as_ref(), reader.name())
+            .await?
+            .len();
+    let newest = reader.signed_checkpoint(None).await?.map(|(_, c, _)| json!({"size": c.size, "time": bi_ledger::time::format_us(c.time_us), "root": hex(&c.root)}));
     print(json!({
         "ledger": reader.name(),
         "id": hex(&reader.id()),
@@ -641,7 +639,7 @@ async fn stats(cli: &Cli) -> Outcome {
         "segments": reader.segments().len(),
         "bytes": bytes,
         "bytes_per_record": if records > 0 { bytes as f64 / records as f64 } else { 0.0 },
-        "checkpoints": cps.len(),
+        "checkpoints": checkpoints,
         "newest_checkpoint": newest,
         "public_key": reader.recorded_verifier().to_vkey(),
     }))?;
