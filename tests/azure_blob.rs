@@ -152,6 +152,14 @@ async fn ledger_orphan_node_caches_are_only_hints() {
     ledger::orphan_node_caches_are_only_hints(c.dyn_store()).await;
 }
 
+/// `tests/ledger_api.rs` on Azure: reading one checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_signed_checkpoint_reads_the_one_asked_for() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "onecp", AzureOptions::default()).await;
+    ledger::signed_checkpoint_reads_the_one_asked_for(c.dyn_store()).await;
+}
+
 /// Many callers at once: group commit batches them into few blocks, and
 /// every acknowledged event is there exactly once, in stream order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

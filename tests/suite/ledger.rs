@@ -384,3 +384,40 @@ pub async fn create_checkpointed_on_demand(s: Arc<dyn BlobStore>, seed: u8) -> L
     opts.checkpoint_every_events = None;
     Ledger::create(s, "main", opts).await.unwrap()
 }
+
+/// `signed_checkpoint` reads the one checkpoint asked for (or the newest),
+/// checked: a checkpoint stored under another size's name is an integrity
+/// error naming it.
+pub async fn signed_checkpoint_reads_the_one_asked_for(s: Arc<dyn BlobStore>) {
+    let ledger = create_checkpointed_on_demand(s.clone(), 12).await;
+    ledger
+        .append(vec![NewEvent::json("a", "X", &json!({}))])
+        .await
+        .unwrap();
+    let one = ledger.checkpoint().await.unwrap();
+    ledger
+        .append(vec![NewEvent::json("a", "X", &json!({}))])
+        .await
+        .unwrap();
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
+    let (blob, cp, note) = reader.signed_checkpoint(None).await.unwrap().unwrap();
+    assert_eq!(
+        (blob.as_str(), cp.size),
+        ("main/checkpoint-00000000000000000002", 2)
+    );
+    assert_eq!(note.as_bytes(), s.read_all(&blob).await.unwrap());
+    let (_, cp, note) = reader.signed_checkpoint(Some(1)).await.unwrap().unwrap();
+    assert_eq!((cp, note), (one.checkpoint, one.note.clone()));
+    assert!(reader.signed_checkpoint(Some(3)).await.unwrap().is_none());
+    s.put("main/checkpoint-00000000000000000007", one.note.as_bytes())
+        .await
+        .unwrap();
+    match reader.signed_checkpoint(Some(7)).await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_eq!(e.blob, "main/checkpoint-00000000000000000007", "{e}");
+            assert!(e.what.contains("named for 7"), "{e}");
+        }
+        r => panic!("a misnamed checkpoint gave {r:?}"),
+    }
+}
