@@ -143,21 +143,11 @@ impl LedgerReader {
                 None => return Ok(None),
             },
         };
-        let (cp, note) = match recover::read_checkpoint_note(store, &self.meta, &blob).await {
-            Ok(found) => found,
-            Err(LedgerError::Store(StoreError::NotFound { .. })) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if cp.size != size {
-            return Err(IntegrityError::new(
-                &blob,
-                0,
-                None,
-                format!("checkpoint says size {} but is named for {size}", cp.size),
-            )
-            .into());
+        match recover::open_checkpoint_note(store, &self.meta, size, &blob).await {
+            Ok((cp, note)) => Ok(Some((blob, cp, note))),
+            Err(LedgerError::Store(StoreError::NotFound { .. })) => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(Some((blob, cp, note)))
     }
 
     /// Calls `f` with each record whose sequence number is in `from..to`

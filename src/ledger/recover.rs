@@ -77,7 +77,17 @@ pub async fn open_checkpoint(
     size: u64,
     blob: &str,
 ) -> Result<Checkpoint> {
-    let cp = read_checkpoint(store, meta, blob).await?;
+    Ok(open_checkpoint_note(store, meta, size, blob).await?.0)
+}
+
+/// [`open_checkpoint`], with the note's text as stored.
+pub async fn open_checkpoint_note(
+    store: &dyn BlobStore,
+    meta: &Meta,
+    size: u64,
+    blob: &str,
+) -> Result<(Checkpoint, String)> {
+    let (cp, note) = read_checkpoint_note(store, meta, blob).await?;
     if cp.size != size {
         return Err(IntegrityError::new(
             blob,
@@ -87,7 +97,7 @@ pub async fn open_checkpoint(
         )
         .into());
     }
-    Ok(cp)
+    Ok((cp, note))
 }
 
 /// The newest checkpoint, its signature checked.
