@@ -164,14 +164,20 @@ impl Tip {
     /// The stream index and node cache since the last checkpoint, leaving
     /// empty ones that start here.
     pub fn take_caches(&mut self) -> (StreamIndex, NodeCache) {
+        let nodes = self.node_cache();
+        self.nodes.clear();
         let index = std::mem::replace(&mut self.index, StreamIndex::new(self.ledger_id, self.size));
-        let nodes = NodeCache {
-            ledger_id: self.ledger_id,
-            from: index.from,
-            to: self.size,
-            hashes: std::mem::take(&mut self.nodes),
-        };
         (index, nodes)
+    }
+
+    /// The node cache of the records since the last checkpoint.
+    pub fn node_cache(&self) -> NodeCache {
+        NodeCache {
+            ledger_id: self.ledger_id,
+            from: self.index.from,
+            to: self.size,
+            hashes: self.nodes.clone(),
+        }
     }
 
     /// Drops from the stream index and node cache what a checkpoint at

@@ -369,13 +369,8 @@ async fn check_stream_index(
         return Ok(());
     }
     let blob = super::layout::stream_index(reader.name(), cp.size);
-    let bytes = match reader.store().read_all(&blob).await {
-        Ok(b) => b,
-        Err(crate::backend::StoreError::NotFound { .. }) => {
-            tracing::debug!(checkpoint = cp.size, "no stream index for this checkpoint");
-            return Ok(());
-        }
-        Err(e) => return Err(LedgerError::Store(e)),
+    let Some(bytes) = read_cache(reader, &blob).await? else {
+        return Ok(());
     };
     let idx = StreamIndex::decode(&bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
@@ -405,15 +400,26 @@ async fn check_stream_index(
     Ok(())
 }
 
+/// A cache blob beside a checkpoint, if there is one (missing ones only
+/// make reads or proofs do more work).
+async fn read_cache(reader: &LedgerReader, blob: &str) -> Result<Option<Vec<u8>>> {
+    match reader.store().read_all(blob).await {
+        Ok(b) => Ok(Some(b)),
+        Err(crate::backend::StoreError::NotFound { .. }) => {
+            tracing::debug!(blob, "no cache blob beside this checkpoint");
+            Ok(None)
+        }
+        Err(e) => Err(LedgerError::Store(e)),
+    }
+}
+
 /// A checkpoint's node cache, where there is one, must hold exactly the
 /// Merkle nodes completed since the previous checkpoint. A missing one
 /// only makes proofs hash more records.
 async fn check_nodes(reader: &LedgerReader, cp: &Checkpoint, want: NodeCache) -> Result<()> {
     let blob = super::layout::nodes(reader.name(), cp.size);
-    let bytes = match reader.store().read_all(&blob).await {
-        Ok(b) => b,
-        Err(crate::backend::StoreError::NotFound { .. }) => return Ok(()),
-        Err(e) => return Err(LedgerError::Store(e)),
+    let Some(bytes) = read_cache(reader, &blob).await? else {
+        return Ok(());
     };
     let got = NodeCache::decode(&bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;

@@ -28,7 +28,7 @@ use crate::backend::{BlobStore, StoreError, WriterLock};
 use crate::error::{LedgerError, Result};
 use crate::format::batch::BatchEncoder;
 use crate::format::checkpoint::Checkpoint;
-use crate::format::nodes::{self, NodeCache};
+use crate::format::nodes;
 use crate::format::record::Record;
 use crate::format::segment::{SegmentHeader, HEADER_LEN};
 use crate::format::stream_index::BatchFilter;
@@ -631,14 +631,9 @@ impl Writer {
             self.put_cache(&blob, &self.tip.index.encode()).await?;
         }
         if !self.tip.nodes.is_empty() {
-            let cache = NodeCache {
-                ledger_id: self.meta.id,
-                from: self.tip.index.from,
-                to: cp.size,
-                hashes: self.tip.nodes.clone(),
-            };
             let blob = layout::nodes(&self.meta.name, cp.size);
-            self.put_cache(&blob, &cache.encode()).await?;
+            self.put_cache(&blob, &self.tip.node_cache().encode())
+                .await?;
         }
         let snap_blob = layout::snapshot(&self.meta.name, cp.size);
         self.put_cache(&snap_blob, &self.tip.snapshot().encode())
