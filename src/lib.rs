@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod error;
 pub mod format;
+pub mod json;
 pub mod keys;
 pub mod ledger;
 pub mod model;

@@ -107,6 +107,18 @@ impl NewEvent {
         self
     }
 
+    /// At least the bytes this event takes in a batch (see
+    /// [`crate::ledger::BATCH_OVERHEAD`]).
+    pub fn stored_len_bound(&self) -> usize {
+        crate::format::record::stored_len_bound_parts(
+            self.stream.len(),
+            self.event_type.len(),
+            self.content_type.len(),
+            self.metadata.iter().map(|(k, v)| (k.len(), v.len())),
+            self.payload.len(),
+        )
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         text_field("stream", &self.stream, MAX_STREAM)?;
@@ -200,37 +212,43 @@ pub struct Event {
     pub hash: Option<Hash>,
 }
 
-/// JSON form of a record for `read` output: JSON payloads inline, others
-/// as base64.
-pub fn record_json(r: &crate::format::record::RecordRef<'_>) -> serde_json::Value {
+/// JSON form of a record for `read` output: JSON payloads inline, exactly
+/// as stored (a parsed value could round their numbers), others as base64.
+/// Fields in alphabetical order.
+#[derive(Serialize)]
+pub struct RecordJson<'a> {
+    content_type: &'a str,
+    metadata: BTreeMap<&'a str, &'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a serde_json::value::RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_base64: Option<String>,
+    schema_version: u32,
+    seq: u64,
+    stream: &'a str,
+    timestamp: String,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    version: u64,
+}
+
+pub fn record_json<'a>(r: &'a crate::format::record::RecordRef<'a>) -> RecordJson<'a> {
     use base64::Engine;
-    let mut o = serde_json::Map::new();
-    o.insert("seq".into(), r.seq.into());
-    o.insert(
-        "timestamp".into(),
-        crate::time::format_us(r.timestamp_us).into(),
-    );
-    o.insert("stream".into(), r.stream.into());
-    o.insert("version".into(), r.stream_version.into());
-    o.insert("type".into(), r.event_type.into());
-    o.insert("schema_version".into(), r.schema_version.into());
-    o.insert("content_type".into(), r.content_type.into());
-    let meta: serde_json::Map<String, serde_json::Value> = r
-        .metadata()
-        .map(|(k, v)| (k.to_owned(), v.into()))
-        .collect();
-    o.insert("metadata".into(), meta.into());
-    let json_payload = (r.content_type == "application/json")
-        .then(|| serde_json::from_slice::<serde_json::Value>(r.payload).ok())
+    let payload = (r.content_type == "application/json")
+        .then(|| serde_json::from_slice::<&serde_json::value::RawValue>(r.payload).ok())
         .flatten();
-    match json_payload {
-        Some(v) => o.insert("payload".into(), v),
-        None => o.insert(
-            "payload_base64".into(),
-            base64::engine::general_purpose::STANDARD
-                .encode(r.payload)
-                .into(),
-        ),
-    };
-    o.into()
+    RecordJson {
+        content_type: r.content_type,
+        metadata: r.metadata().collect(),
+        payload_base64: payload
+            .is_none()
+            .then(|| base64::engine::general_purpose::STANDARD.encode(r.payload)),
+        payload,
+        schema_version: r.schema_version,
+        seq: r.seq,
+        stream: r.stream,
+        timestamp: crate::time::format_us(r.timestamp_us),
+        event_type: r.event_type,
+        version: r.stream_version,
+    }
 }

@@ -134,6 +134,13 @@ impl Verifier {
     /// in either case.
     pub fn from_vkey(s: &str) -> Result<Verifier, CheckpointError> {
         let s = s.trim();
+        // Never echo a signing key, not even in part: errors reach logs.
+        if s.starts_with("PRIVATE+KEY+") {
+            return Err(CheckpointError::VerifierKey {
+                vkey: "\"PRIVATE+KEY+...\"".into(),
+                problem: "this is a private signing key, not a verifier key; give the public key (the .pub file written beside it)".into(),
+            });
+        }
         let problem = |problem: String| CheckpointError::VerifierKey {
             vkey: quote(s),
             problem,
@@ -542,6 +549,16 @@ fn quote(text: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_signing_key_given_as_verifier_key_is_not_echoed() {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let private = crate::keys::encode_signing_key("bi-ledger/main", &k);
+        let secret = private.trim().rsplit('+').next().unwrap().to_owned();
+        let e = Verifier::from_vkey(&private).unwrap_err().to_string();
+        assert!(!e.contains(&secret), "{e}");
+        assert!(e.contains("private signing key"), "{e}");
+    }
 
     const TEST_NAME: &str = "example.com/bi-ledger";
 

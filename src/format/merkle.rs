@@ -26,7 +26,7 @@ pub enum MerkleError {
         "appending a subtree of height {height} to a tree of size {size} overflows the 64-bit tree size"
     )]
     SizeOverflow { size: u64, height: u32 },
-    #[error("proof has wrong length: expected {expected} hashes, got {got}")]
+    #[error("wrong number of hashes: expected {expected}, got {got}")]
     WrongProofLength { expected: usize, got: usize },
     #[error("root mismatch: the inclusion proof does not lead to the expected tree root")]
     RootMismatch,

@@ -12,9 +12,13 @@ use crate::backend::BlobStore;
 use crate::error::{LedgerError, Result};
 use crate::format::batch::{BODY_HEADER_LEN, FRAME_HEADER_LEN};
 use crate::format::checkpoint::{Checkpoint, Verifier};
-use crate::format::record;
 use crate::format::segment::SegmentHeader;
 use crate::model::{NewEvent, Receipt};
+
+/// The bytes of a batch besides its records: an `append` call fits in one
+/// batch if this plus its events' [`NewEvent::stored_len_bound`]s is at
+/// most [`Ledger::max_batch_bytes`].
+pub const BATCH_OVERHEAD: usize = FRAME_HEADER_LEN + BODY_HEADER_LEN;
 
 pub mod layout;
 mod log_roots;
@@ -264,7 +268,7 @@ impl Ledger {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut bytes = FRAME_HEADER_LEN + BODY_HEADER_LEN;
+        let mut bytes = BATCH_OVERHEAD;
         for (index, e) in events.iter().enumerate() {
             e.validate()
                 .map_err(|(field, reason)| LedgerError::InvalidEvent {
@@ -272,13 +276,7 @@ impl Ledger {
                     field,
                     reason,
                 })?;
-            bytes += record::stored_len_bound_parts(
-                e.stream.len(),
-                e.event_type.len(),
-                e.content_type.len(),
-                e.metadata.iter().map(|(k, v)| (k.len(), v.len())),
-                e.payload.len(),
-            );
+            bytes += e.stored_len_bound();
         }
         if bytes > self.max_batch {
             return Err(LedgerError::InvalidArgument(format!(
@@ -297,6 +295,12 @@ impl Ledger {
             .await
             .map_err(|_| LedgerError::Closed)?;
         rx.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// The most bytes the events of one `append` call may take: their
+    /// [`NewEvent::stored_len_bound`]s plus [`BATCH_OVERHEAD`].
+    pub fn max_batch_bytes(&self) -> usize {
+        self.max_batch
     }
 
     pub async fn append_one(&self, event: NewEvent) -> Result<Receipt> {

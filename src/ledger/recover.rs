@@ -37,7 +37,20 @@ pub async fn read_meta(store: &dyn BlobStore, ledger: &str) -> Result<Meta> {
     let bytes = match store.read_all(&blob).await {
         Ok(b) => b,
         Err(crate::backend::StoreError::NotFound { .. }) => {
-            return Err(LedgerError::NotFound(ledger.to_owned()))
+            // A ledger whose segments or checkpoints are there has lost its
+            // identity file: damage, not a ledger that was never created.
+            let segments = list_segments(store, ledger).await?.len();
+            let checkpoints = checkpoint_blobs(store, ledger).await?.len();
+            if segments + checkpoints > 0 {
+                return Err(IntegrityError::new(
+                    &blob,
+                    0,
+                    None,
+                    format!("the ledger's identity file is missing, but {segments} segment(s) and {checkpoints} checkpoint(s) of the ledger exist"),
+                )
+                .into());
+            }
+            return Err(LedgerError::NotFound(ledger.to_owned()));
         }
         Err(e) => return Err(e.into()),
     };
@@ -182,12 +195,17 @@ pub async fn recover(
     let cp_size = tip.size;
     let mut segments = list_segments(store, ledger).await?;
     if segments.is_empty() {
-        if tip.size > 0 {
+        // Checkpoint 0 is written after segment 0's header, so only a
+        // creation cut short before it leaves no segment.
+        if let Some((blob, cp)) = &checkpoint {
             return Err(IntegrityError::new(
                 layout::segment(ledger, 0),
                 0,
                 None,
-                format!("no segments, but a checkpoint covers {} records", tip.size),
+                format!(
+                    "segment is missing, but checkpoint {blob} (of {} records) was written after it",
+                    cp.size
+                ),
             )
             .into());
         }

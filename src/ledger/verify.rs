@@ -53,10 +53,28 @@ impl LedgerReader {
         let meta = self.meta().clone();
         let store = self.store().clone();
         let segments = recover::list_segments(store.as_ref(), &meta.name).await?;
+        // Checkpoint 0 is written after segment 0's header: with a
+        // checkpoint and no segment, the segment is gone. (With neither,
+        // creation was cut short, and opening for writing completes it.)
+        if segments.is_empty() && !checkpoints.is_empty() {
+            let name = super::layout::segment(&meta.name, 0);
+            return Err(IntegrityError::new(
+                &name,
+                0,
+                Some(0),
+                "segment is missing, but the ledger has checkpoints, which are written after it",
+            )
+            .into());
+        }
         let total: u64 = segments.iter().map(|(_, s)| s.size).sum();
         let mut done_before = 0u64;
         let mut tip = Tip::genesis(meta.id);
         let mut next_cp = checkpoints.iter().peekable();
+        let mut since = Since {
+            segment: 0,
+            offset: HEADER_LEN as u64,
+            seq: 0,
+        };
         let last = segments.len().saturating_sub(1);
         for (index, info) in &segments {
             let name = &info.name;
@@ -81,7 +99,7 @@ impl LedgerReader {
             tip.segment_blocks = 1;
             if *index == 0 {
                 // Checkpoint 0 signs the empty ledger.
-                check_checkpoints(self, &mut next_cp, &mut tip).await?;
+                check_checkpoints(self, &mut next_cp, &mut tip, &mut since).await?;
             }
             let mut scan = Scanner::new(
                 store.as_ref(),
@@ -97,7 +115,7 @@ impl LedgerReader {
                 |c| spawn_hashing(c, name.clone(), *index),
                 async |hashed: Hashed| {
                     let end = hashed.chunk.base + hashed.chunk.data.len() as u64;
-                    walk(self, name, hashed, &mut tip, &mut next_cp).await?;
+                    walk(self, name, hashed, &mut tip, &mut next_cp, &mut since).await?;
                     progress(done_before + end, total);
                     Ok::<_, LedgerError>(ControlFlow::Continue(()))
                 },
@@ -154,6 +172,16 @@ impl LedgerReader {
             unsigned_tail: tip.size - signed,
         })
     }
+}
+
+/// Where the records after the last checkpoint checked begin: a root that
+/// does not match the next checkpoint means one of them was changed, and
+/// this is the nearest place the log can name.
+#[derive(Clone, Copy)]
+struct Since {
+    segment: u64,
+    offset: u64,
+    seq: u64,
 }
 
 /// A chunk and what the parallel stage learnt of its batches, owned so it
@@ -261,6 +289,7 @@ async fn walk<'a, I>(
     hashed: Hashed,
     tip: &mut Tip,
     next_cp: &mut std::iter::Peekable<I>,
+    since: &mut Since,
 ) -> Result<()>
 where
     I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
@@ -294,7 +323,7 @@ where
         }
         tip.segment_len = b.offset + b.len;
         tip.segment_blocks += 1;
-        check_checkpoints(reader, next_cp, tip).await?;
+        check_checkpoints(reader, next_cp, tip, since).await?;
     }
     Ok(())
 }
@@ -304,6 +333,7 @@ async fn check_checkpoints<'a, I>(
     reader: &LedgerReader,
     next: &mut std::iter::Peekable<I>,
     tip: &mut Tip,
+    since: &mut Since,
 ) -> Result<()>
 where
     I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
@@ -322,28 +352,33 @@ where
             .into());
         }
         let root = tip.frontier.root();
-        if cp.root != root {
+        let differs = if cp.root != root {
+            Some(format!(
+                "Merkle root {} where the log gives {}",
+                hex(&cp.root),
+                hex(&root)
+            ))
+        } else if cp.chain_head != tip.chain_head {
+            Some(format!(
+                "chain head {} where the log gives {}",
+                hex(&cp.chain_head),
+                hex(&tip.chain_head)
+            ))
+        } else {
+            None
+        };
+        if let Some(differs) = differs {
+            // The checkpoint's signature holds, so the log is what changed,
+            // and the checkpoint before matched: the change lies in the
+            // records between the two, which start here.
+            let segment = super::layout::segment(reader.name(), since.segment);
             return Err(IntegrityError::new(
-                blob,
-                0,
-                Some(cp.size),
+                &segment,
+                since.offset,
+                Some(since.seq),
                 format!(
-                    "Merkle root {} does not match the log's {}",
-                    hex(&cp.root),
-                    hex(&root)
-                ),
-            )
-            .into());
-        }
-        if cp.chain_head != tip.chain_head {
-            return Err(IntegrityError::new(
-                blob,
-                0,
-                Some(cp.size),
-                format!(
-                    "chain head {} does not match the log's {}",
-                    hex(&cp.chain_head),
-                    hex(&tip.chain_head)
+                    "records {}..{} (from this batch on) are not the ones signed by checkpoint {blob}: it has {differs}; a record among them was changed, added or removed",
+                    since.seq, cp.size
                 ),
             )
             .into());
@@ -352,6 +387,11 @@ where
         let (index, nodes) = tip.take_caches();
         check_stream_index(reader, cp, index).await?;
         check_nodes(reader, cp, nodes).await?;
+        *since = Since {
+            segment: tip.segment_index,
+            offset: tip.segment_len,
+            seq: tip.size,
+        };
         next.next();
     }
     Ok(())

@@ -3,65 +3,69 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use bi_ledger::model::canonical_json;
 use bi_ledger::{ExpectedVersion, NewEvent};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Line {
+struct Line<'a> {
     stream: String,
     #[serde(rename = "type")]
     event_type: String,
-    payload: serde_json::Value,
+    /// As written: it is canonicalized from its text (`bi_ledger::json`),
+    /// never through a parsed value that could round its numbers.
+    #[serde(borrow)]
+    payload: &'a RawValue,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
     #[serde(default = "one")]
     schema_version: u32,
     #[serde(default)]
-    expected_version: Option<Expected>,
+    expected_version: Option<serde_json::Value>,
 }
 
 fn one() -> u32 {
     1
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Expected {
-    Number(u64),
-    Word(String),
-}
-
 /// Parses every line before anything is appended, so a bad line anywhere
-/// means nothing is written. Blank lines are skipped.
+/// means nothing is written. Blank lines are skipped, and so is a UTF-8
+/// byte order mark at the start of the input.
 pub fn parse_events(text: &str) -> Result<Vec<(usize, NewEvent)>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
         if raw.trim().is_empty() {
             continue;
         }
+        // serde would also take an array of the fields in order.
+        if !raw.trim_start().starts_with('{') {
+            bail!("line {n}: expected a JSON object {{\"stream\": ..., \"type\": ..., \"payload\": ...}}");
+        }
         let line: Line = match serde_json::from_str(raw) {
             Ok(l) => l,
-            Err(e) => bail!("line {n}: {e}"),
+            Err(e) => bail!("line {n}, column {}: {}", e.column(), without_position(&e)),
         };
-        let expected = match line.expected_version {
+        let expected = match &line.expected_version {
             None => ExpectedVersion::Any,
-            Some(Expected::Number(v)) => ExpectedVersion::Exact(v),
-            Some(Expected::Word(w)) => match w.as_str() {
-                "any" => ExpectedVersion::Any,
-                "no_stream" => ExpectedVersion::NoStream,
-                other => bail!("line {n}: field `expected_version`: expected a number, \"any\" or \"no_stream\", found {other:?}"),
+            Some(v) => match (v.as_u64(), v.as_str()) {
+                (Some(v), _) => ExpectedVersion::Exact(v),
+                (_, Some("any")) => ExpectedVersion::Any,
+                (_, Some("no_stream")) => ExpectedVersion::NoStream,
+                _ => bail!("line {n}: field `expected_version`: expected a version number (0 or more), \"any\" or \"no_stream\", found {v}"),
             },
         };
+        let payload = bi_ledger::json::canonicalize(line.payload.get())
+            .map_err(|e| anyhow::anyhow!("line {n}: field `payload`: {e}"))?;
         let event = NewEvent {
             stream: line.stream,
             event_type: line.event_type,
             schema_version: line.schema_version,
             content_type: "application/json".into(),
             metadata: line.metadata,
-            payload: canonical_json(&line.payload),
+            payload,
             expected_version: expected,
         };
         if let Err((field, reason)) = event.validate() {
@@ -70,6 +74,14 @@ pub fn parse_events(text: &str) -> Result<Vec<(usize, NewEvent)>> {
         out.push((n, event));
     }
     Ok(out)
+}
+
+/// serde_json's message without its " at line L column C": the input line
+/// is named already, and its "line 1" would contradict it.
+fn without_position(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    msg.strip_suffix(&suffix).unwrap_or(&msg).to_owned()
 }
 
 #[cfg(test)]
@@ -85,13 +97,51 @@ mod tests {
         let e = parse_events("\n{\"stream\":\"a\",\"type\":\"t\"}")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("line 2: missing field `payload`"), "{e}");
+        assert!(
+            e.starts_with("line 2, column ") && e.ends_with(": missing field `payload`"),
+            "{e}"
+        );
         let e = parse_events(
             "{\"stream\":\"a\",\"type\":\"t\",\"payload\":1,\"expected_version\":\"latest\"}",
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("expected_version"), "{e}");
+    }
+
+    #[test]
+    fn keeps_the_payload_as_written() {
+        let evs = parse_events(
+            "\u{feff}{\"stream\":\"a\",\"type\":\"t\",\"payload\":{\"n\": 12345678901234567890123, \"d\": 19.990000000000000000001}}",
+        )
+        .unwrap();
+        assert_eq!(
+            evs[0].1.payload,
+            br#"{"d":19.990000000000000000001,"n":12345678901234567890123}"#
+        );
+    }
+
+    #[test]
+    fn rejects_what_would_change_or_misread_the_event() {
+        let dup = "{\"stream\":\"a\",\"type\":\"t\",\"payload\":{\"x\":{\"k\":1,\"k\":2}}}";
+        let e = parse_events(dup).unwrap_err().to_string();
+        assert_eq!(e, "line 1: field `payload`: duplicate key \"k\" at .x");
+        let e = parse_events("[\"a\",\"t\",1]").unwrap_err().to_string();
+        assert!(e.starts_with("line 1: expected a JSON object"), "{e}");
+        for bad in ["-1", "3.0", "\"latest\"", "true"] {
+            let line = format!(
+                "{{\"stream\":\"a\",\"type\":\"t\",\"payload\":1,\"expected_version\":{bad}}}"
+            );
+            let e = parse_events(&line).unwrap_err().to_string();
+            assert!(
+                e.starts_with("line 1: field `expected_version`: expected a version number"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse_events("{\"stream\":\"a\",\"type\":\"t\",\"payload\":{\"a\":1}")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "line 1, column 42: EOF while parsing an object");
     }
 
     #[test]

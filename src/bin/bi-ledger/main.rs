@@ -83,24 +83,28 @@ enum Backend {
 enum Cmd {
     /// Create the ledger (and a signing key unless --signing-key is given).
     Init,
-    /// Write a new ed25519 key pair: FILE (private) and FILE.pub.
+    /// Write a new ed25519 key pair for --ledger: FILE (private) and
+    /// FILE.pub. Checkpoints name their signer `bi-ledger/<ledger>`, so a
+    /// key serves the ledger it was made for.
     Keygen {
+        /// Private key file to write (FILE.pub gets the public key); neither may exist.
         #[arg(long)]
         out: PathBuf,
-        /// Key name, as checkpoints name their signer.
-        #[arg(long)]
-        name: Option<String>,
     },
     /// Append events from JSON lines (FILE or stdin); prints a receipt per event.
-    Append { file: Option<PathBuf> },
+    Append {
+        /// JSON lines file (default, or `-`: stdin).
+        file: Option<PathBuf>,
+    },
     /// Print events as JSON lines.
     Read {
+        /// Only this stream's events.
         #[arg(long)]
         stream: Option<String>,
         /// First sequence number.
         #[arg(long, default_value_t = 0)]
         from: u64,
-        /// Stop before this sequence number.
+        /// Stop before this sequence number (exclusive).
         #[arg(long)]
         to: Option<u64>,
         /// Only events at or before this time (RFC 3339): the ledger as it was then.
@@ -113,7 +117,8 @@ enum Cmd {
         #[arg(long, env = "BI_LEDGER_PUBLIC_KEY")]
         public_key: Option<PathBuf>,
     },
-    /// Write a signed checkpoint now and print it.
+    /// Sign a checkpoint of the ledger as it is now and print it (the newest
+    /// checkpoint, if it already covers every record).
     Checkpoint,
     /// Print an inclusion proof (--seq) or a consistency proof (--old-size).
     Prove {
@@ -129,8 +134,10 @@ enum Cmd {
     },
     /// Check a proof printed by `prove` (FILE or stdin) against a public key.
     VerifyProof {
+        /// Trusted public key file (verifier key).
         #[arg(long, env = "BI_LEDGER_PUBLIC_KEY")]
         public_key: PathBuf,
+        /// Proof file (default, or `-`: stdin).
         file: Option<PathBuf>,
     },
     /// Print counts and sizes.
@@ -141,7 +148,7 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         stories: u64,
         /// Concurrent appenders (their events share block writes).
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
         writers: u64,
     },
 }
@@ -157,6 +164,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -179,23 +187,50 @@ fn main() -> ExitCode {
             // An integrity error that surfaced through `?` is still exit 1.
             if let Some(le) = e.downcast_ref::<LedgerError>() {
                 if le.is_integrity() {
-                    eprintln!("integrity failure: {e:#}");
+                    eprintln!("integrity failure: {}", one_line(&e));
                     return ExitCode::from(1);
                 }
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
 }
 
+/// The error and its causes on one line. Most of our errors already
+/// spell out their cause (`"reading X: {source}"`), so a cause the line
+/// ends with is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 type Outcome = Result<std::result::Result<(), Integrity>>;
 
-async fn store(cli: &Cli) -> Result<Arc<dyn BlobStore>> {
+/// The store, for a command that may create a ledger (`create`) or only
+/// works on an existing one: those must not leave an empty data directory
+/// behind when it was mistyped.
+async fn store(cli: &Cli, create: bool) -> Result<Arc<dyn BlobStore>> {
     match cli.backend {
         Backend::Fs => {
+            if !create && !cli.data.is_dir() {
+                bail!(
+                    "data directory {} does not exist (--data, BI_LEDGER_DATA)",
+                    cli.data.display()
+                );
+            }
             let s = FsStore::new(&cli.data)
-                .with_context(|| format!("opening data directory {}", cli.data.display()))?;
+                .map_err(|e| anyhow!("opening data directory {}: {e}", cli.data.display()))?;
             Ok(Arc::new(s.shared()))
         }
         Backend::Azure => {
@@ -225,13 +260,22 @@ fn load_key(cli: &Cli) -> Result<SigningKey> {
     let path = key_path(cli);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
-            "reading signing key {} (pass --signing-key FILE, or run `bi-ledger init` first)",
+            "reading signing key {} (give --signing-key FILE; `bi-ledger init` makes DATA/LEDGER.key only for a new ledger)",
             path.display()
         )
     })?;
-    Ok(keys::decode_signing_key(&text)
-        .with_context(|| format!("in {}", path.display()))?
-        .1)
+    let (name, key) =
+        keys::decode_signing_key(&text).with_context(|| format!("in {}", path.display()))?;
+    let want = Meta::key_name(&cli.ledger);
+    if name != want {
+        bail!(
+            "signing key {} is named {name:?}, but ledger {:?} signs its checkpoints as {want:?}; make its key with `bi-ledger --ledger {} keygen --out FILE`",
+            path.display(),
+            cli.ledger,
+            cli.ledger
+        );
+    }
+    Ok(key)
 }
 
 fn load_verifier(path: &Path) -> Result<Verifier> {
@@ -257,19 +301,36 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes FILE and FILE.pub, neither of which may exist; on failure
+/// neither is left behind.
 fn write_key_pair(path: &Path, name: &str) -> Result<(SigningKey, Verifier, PathBuf)> {
+    let mut pub_path = path.as_os_str().to_owned();
+    pub_path.push(".pub");
+    let pub_path = PathBuf::from(pub_path);
+    if pub_path.exists() {
+        bail!("{} exists already; not overwriting it", pub_path.display());
+    }
     let key = keys::generate()?;
     write_private(path, &keys::encode_signing_key(name, &key))?;
     let verifier = Verifier {
         name: name.to_owned(),
         key: key.verifying_key(),
     };
-    let mut pub_path = path.as_os_str().to_owned();
-    pub_path.push(".pub");
-    let pub_path = PathBuf::from(pub_path);
-    std::fs::write(&pub_path, format!("{}\n", verifier.to_vkey()))
-        .with_context(|| format!("writing {}", pub_path.display()))?;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&pub_path)
+        .and_then(|mut f| f.write_all(format!("{}\n", verifier.to_vkey()).as_bytes()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(path);
+        return Err(anyhow!("writing {}: {e}", pub_path.display()));
+    }
     Ok((key, verifier, pub_path))
+}
+
+fn remove_key_pair(path: &Path, pub_path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(pub_path);
 }
 
 fn print(v: serde_json::Value) -> Result<()> {
@@ -295,27 +356,34 @@ fn read_input(file: Option<&Path>) -> Result<String> {
 }
 
 async fn open_writer(cli: &Cli) -> Result<Ledger> {
+    let store = store(cli, false).await?;
     let key = load_key(cli)?;
-    Ledger::open(store(cli).await?, &cli.ledger, LedgerOptions::new(key))
+    let at = store.location();
+    Ledger::open(store, &cli.ledger, LedgerOptions::new(key))
         .await
-        .with_context(|| format!("opening ledger {:?} for writing", cli.ledger))
+        .with_context(|| format!("opening ledger {:?} in {at} for writing", cli.ledger))
 }
 
 async fn open_reader(cli: &Cli) -> Result<LedgerReader> {
-    LedgerReader::open(store(cli).await?, &cli.ledger)
+    let store = store(cli, false).await?;
+    let at = store.location();
+    LedgerReader::open(store, &cli.ledger)
         .await
-        .with_context(|| format!("opening ledger {:?}", cli.ledger))
+        .with_context(|| format!("opening ledger {:?} in {at}", cli.ledger))
 }
 
 async fn run(cli: Cli) -> Outcome {
     match &cli.cmd {
         Cmd::Init => init(&cli).await,
-        Cmd::Keygen { out, name } => {
-            let name = name.clone().unwrap_or_else(|| Meta::key_name(&cli.ledger));
-            let (_, verifier, pub_path) = write_key_pair(out, &name)?;
-            print(
-                json!({"key_file": out, "public_key_file": pub_path, "public_key": verifier.to_vkey()}),
-            )?;
+        Cmd::Keygen { out } => {
+            bi_ledger::ledger::layout::validate_ledger_name(&cli.ledger)?;
+            let (_, verifier, pub_path) = write_key_pair(out, &Meta::key_name(&cli.ledger))?;
+            print(json!({
+                "ledger": cli.ledger,
+                "key_file": out,
+                "public_key_file": pub_path,
+                "public_key": verifier.to_vkey(),
+            }))?;
             Ok(Ok(()))
         }
         Cmd::Append { file } => append(&cli, file.as_deref()).await,
@@ -345,18 +413,38 @@ async fn run(cli: Cli) -> Outcome {
 }
 
 async fn init(cli: &Cli) -> Outcome {
-    let name = Meta::key_name(&cli.ledger);
-    let (key, key_file) = match &cli.signing_key {
-        Some(p) => (load_key(cli)?, p.clone()),
+    // Everything that can be checked is, before a key file is written.
+    bi_ledger::ledger::layout::validate_ledger_name(&cli.ledger)?;
+    let store = store(cli, true).await?;
+    if store
+        .info(&bi_ledger::ledger::layout::meta(&cli.ledger))
+        .await
+        .is_ok()
+    {
+        return Err(LedgerError::AlreadyExists(cli.ledger.clone()).into());
+    }
+    let (key, key_file, made) = match &cli.signing_key {
+        Some(p) => (load_key(cli)?, p.clone(), None),
         None => {
             let p = key_path(cli);
-            let (k, _, _) = write_key_pair(&p, &name)?;
-            (k, p)
+            let (k, _, pub_path) = write_key_pair(&p, &Meta::key_name(&cli.ledger))?;
+            (k, p.clone(), Some((p, pub_path)))
         }
     };
-    let ledger = Ledger::create(store(cli).await?, &cli.ledger, LedgerOptions::new(key))
-        .await
-        .with_context(|| format!("creating ledger {:?} in {}", cli.ledger, cli.data.display()))?;
+    let ledger = match Ledger::create(store, &cli.ledger, LedgerOptions::new(key)).await {
+        Ok(l) => l,
+        Err(e) => {
+            // A key for a ledger that was not created would only mislead.
+            if let Some((k, p)) = &made {
+                remove_key_pair(k, p);
+            }
+            return Err(anyhow!(e).context(format!(
+                "creating ledger {:?} in {}",
+                cli.ledger,
+                cli.data.display()
+            )));
+        }
+    };
     let vkey = ledger.verifier().to_vkey();
     ledger.close().await?;
     print(json!({
@@ -375,50 +463,62 @@ async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
         return Ok(Ok(()));
     }
     let ledger = open_writer(cli).await?;
-    // One append call is atomic; inputs larger than one batch are split,
-    // and the error then says which lines were written.
-    let budget = bi_ledger::backend::DEFAULT_MAX_BLOCK / 2;
-    let mut chunk = Vec::new();
-    let mut chunk_bytes = 0;
+    // One append call is one batch, and atomic. An input that fits in one
+    // batch goes in one call; a larger one is split into calls that each
+    // fill a batch, and an error then says which lines were written.
+    let max = ledger.max_batch_bytes();
+    let mut calls: Vec<Vec<(usize, bi_ledger::NewEvent)>> = vec![Vec::new()];
+    let mut bytes = bi_ledger::ledger::BATCH_OVERHEAD;
+    for (line, e) in events {
+        let len = e.stored_len_bound();
+        let call = calls.last_mut().expect("one call at least");
+        if !call.is_empty() && bytes + len > max {
+            calls.push(Vec::new());
+            bytes = bi_ledger::ledger::BATCH_OVERHEAD;
+        }
+        bytes += len;
+        calls.last_mut().expect("one call at least").push((line, e));
+    }
     let mut written_upto = 0usize;
-    let mut lines = Vec::new();
-    let total = events.len();
-    for (i, (line, e)) in events.into_iter().enumerate() {
-        chunk_bytes += e.payload.len() + e.stream.len() + 64;
-        chunk.push(e);
-        lines.push(line);
-        if chunk_bytes >= budget || i + 1 == total {
-            match ledger.append(std::mem::take(&mut chunk)).await {
-                Ok(receipts) => {
-                    for r in receipts {
-                        print(r.to_json())?;
-                    }
-                    written_upto = *lines.last().unwrap();
-                }
-                Err(e) => {
-                    let first = lines[0];
-                    let hint = if written_upto == 0 {
-                        "nothing was appended".to_owned()
-                    } else {
-                        format!("lines up to {written_upto} were appended")
-                    };
-                    let e = match e {
-                        LedgerError::VersionConflict { index, stream, expected, current } => anyhow!(
-                            "line {}: stream {stream:?} expected {expected}, current version is {}; {hint}",
-                            lines[index],
-                            current.map_or("none".into(), |v| v.to_string())
-                        ),
-                        LedgerError::InvalidEvent { index, field, reason } => {
-                            anyhow!("line {}: field `{field}` {reason}; {hint}", lines[index])
-                        }
-                        other => anyhow!(other).context(format!("appending lines {first}..; {hint}")),
-                    };
-                    let _ = ledger.close().await;
-                    return Err(e);
-                }
+    for call in calls {
+        let (lines, events): (Vec<usize>, Vec<_>) = call.into_iter().unzip();
+        let hint = |upto: usize| {
+            if upto == 0 {
+                "nothing was appended".to_owned()
+            } else {
+                format!("lines up to {upto} were appended")
             }
-            chunk_bytes = 0;
-            lines.clear();
+        };
+        let receipts = match ledger.append(events).await {
+            Ok(r) => r,
+            Err(e) => {
+                let hint = hint(written_upto);
+                let e = match e {
+                    LedgerError::VersionConflict { index, stream, expected, current } => anyhow!(
+                        "line {}: stream {stream:?} expected {expected}, current version is {}; {hint}",
+                        lines[index],
+                        current.map_or("none".into(), |v| v.to_string())
+                    ),
+                    LedgerError::InvalidEvent { index, field, reason } => {
+                        anyhow!("line {}: field `{field}` {reason}; {hint}", lines[index])
+                    }
+                    other => anyhow!(other).context(format!("appending lines {}..; {hint}", lines[0])),
+                };
+                let _ = ledger.close().await;
+                return Err(e);
+            }
+        };
+        written_upto = *lines.last().expect("a call has lines");
+        // The events are durable now, receipts or not: a reader that went
+        // away (a closed pipe) stops the input here, and is told so.
+        let printed = receipts.iter().try_for_each(|r| print(r.to_json()));
+        if let Err(e) = printed {
+            let close = ledger.close().await;
+            let mut msg = format!("writing receipts: {e}; {}, and no more", hint(written_upto));
+            if let Err(c) = close {
+                msg.push_str(&format!(" (closing the ledger also failed: {c})"));
+            }
+            bail!(msg);
         }
     }
     ledger.close().await?;
@@ -438,6 +538,11 @@ async fn read(
         })?),
         None => None,
     };
+    if let Some(to) = to.filter(|&to| to < from) {
+        bail!(
+            "--to {to} is before --from {from} (--to is exclusive: --from 5 --to 7 reads 5 and 6)"
+        );
+    }
     let reader = open_reader(cli).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
@@ -471,7 +576,15 @@ async fn read(
 }
 
 async fn verify(cli: &Cli, public_key: Option<&Path>) -> Outcome {
-    let reader = open_reader(cli).await?;
+    // Damage found while opening (the LEDGER file, a segment header, the
+    // segment listing) is reported like damage found later.
+    let reader = match LedgerReader::open(store(cli, false).await?, &cli.ledger).await {
+        Ok(r) => r,
+        Err(LedgerError::Integrity(e)) => return integrity_json(e),
+        Err(e) => {
+            return Err(anyhow!(e).context(format!("opening ledger {:?}", cli.ledger)));
+        }
+    };
     let verifier = match public_key {
         Some(p) => load_verifier(p)?,
         None => {
@@ -500,14 +613,16 @@ async fn verify(cli: &Cli, public_key: Option<&Path>) -> Outcome {
             }))?;
             Ok(Ok(()))
         }
-        Err(LedgerError::Integrity(e)) => {
-            print(
-                json!({"valid": false, "blob": e.blob, "offset": e.offset, "seq": e.seq, "error": e.what}),
-            )?;
-            Ok(Err(Integrity(e.to_string())))
-        }
+        Err(LedgerError::Integrity(e)) => integrity_json(e),
         Err(e) => Err(e.into()),
     }
+}
+
+fn integrity_json(e: bi_ledger::error::IntegrityError) -> Outcome {
+    print(
+        json!({"valid": false, "blob": e.blob, "offset": e.offset, "seq": e.seq, "error": e.what}),
+    )?;
+    Ok(Err(Integrity(e.to_string())))
 }
 
 fn checkpoint_json(blob: &str, cp: &Checkpoint, note: &str) -> serde_json::Value {
@@ -578,9 +693,15 @@ fn verify_proof(public_key: &Path, file: Option<&Path>) -> Outcome {
             Ok(Checkpoint::open(field(name)?, &verifier)
                 .map_err(|e| Integrity(format!("{name}: {e}"))))
         };
+    // A checkpoint that does not open is a failed proof like any other:
+    // it is reported on stdout as well.
+    let failed = |e: Integrity| -> Outcome {
+        print(json!({"valid": false, "error": e.0}))?;
+        Ok(Err(e))
+    };
     let cp = match open("checkpoint")? {
         Ok(c) => c,
-        Err(e) => return Ok(Err(e)),
+        Err(e) => return failed(e),
     };
     let proof = v
         .get("proof")
@@ -601,7 +722,7 @@ fn verify_proof(public_key: &Path, file: Option<&Path>) -> Outcome {
         "consistency" => {
             let old = match open("old_checkpoint")? {
                 Ok(c) => c,
-                Err(e) => return Ok(Err(e)),
+                Err(e) => return failed(e),
             };
             let p: ConsistencyProof =
                 serde_json::from_value(proof).context("proof: bad consistency proof")?;
@@ -631,7 +752,16 @@ async fn stats(cli: &Cli) -> Outcome {
         bi_ledger::ledger::recover::checkpoint_blobs(reader.store().as_ref(), reader.name())
             .await?
             .len();
-    let newest = reader.signed_checkpoint(None).await?.map(|(_, c, _)| json!({"size": c.size, "time": bi_ledger::time::format_us(c.time_us), "root": hex(&c.root)}));
+    let newest = reader.signed_checkpoint(None).await?;
+    if let Some((blob, c, _)) = newest.as_ref().filter(|(_, c, _)| c.size > records) {
+        tracing::warn!(
+            checkpoint = %blob,
+            signed = c.size,
+            records,
+            "the log holds fewer records than its newest checkpoint signs; run `bi-ledger verify`"
+        );
+    }
+    let newest = newest.map(|(_, c, _)| json!({"size": c.size, "time": bi_ledger::time::format_us(c.time_us), "root": hex(&c.root)}));
     print(json!({
         "ledger": reader.name(),
         "id": hex(&reader.id()),
@@ -647,20 +777,26 @@ async fn stats(cli: &Cli) -> Outcome {
 }
 
 async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
-    let store = store(cli).await?;
+    let store = store(cli, true).await?;
     let key_file = key_path(cli);
     let ledger = if key_file.exists() {
         open_writer(cli).await?
     } else {
-        let (key, _, _) = write_key_pair(&key_file, &Meta::key_name(&cli.ledger))?;
+        bi_ledger::ledger::layout::validate_ledger_name(&cli.ledger)?;
+        let (key, _, pub_path) = write_key_pair(&key_file, &Meta::key_name(&cli.ledger))?;
         match Ledger::create(store.clone(), &cli.ledger, LedgerOptions::new(key.clone())).await {
             Ok(l) => l,
-            Err(LedgerError::AlreadyExists(_)) => bail!(
-                "ledger {:?} exists but its key {} does not; pass --signing-key",
-                cli.ledger,
-                key_file.display()
-            ),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                remove_key_pair(&key_file, &pub_path);
+                if let LedgerError::AlreadyExists(_) = e {
+                    bail!(
+                        "ledger {:?} exists but its key {} does not; pass --signing-key",
+                        cli.ledger,
+                        key_file.display()
+                    );
+                }
+                return Err(e.into());
+            }
         }
     };
     eprintln!(
@@ -718,7 +854,7 @@ async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
         .await?;
     proof.verify(&cp.checkpoint)?;
     eprintln!(
-        "demo: verified {} records ({} bytes, {} segments, {} checkpoints) in {:.2} s; inclusion proof for record {} checks out",
+        "demo: verified {} records ({} bytes, {} segment(s), {} checkpoints) in {:.2} s; inclusion proof for record {} checks out",
         report.records,
         report.bytes,
         report.segments,
@@ -741,4 +877,26 @@ async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
 
 fn cp_verifier(reader: &LedgerReader) -> Verifier {
     reader.recorded_verifier().clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let io = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(bi_ledger::backend::StoreError::Io {
+            op: "append to",
+            name: "main/0000000000.seg".into(),
+            source: io,
+        })
+        .context("appending lines 1..");
+        assert_eq!(
+            one_line(&e),
+            "appending lines 1..: append to main/0000000000.seg: disk full"
+        );
+        let e = anyhow!("inner").context("outer");
+        assert_eq!(one_line(&e), "outer: inner");
+    }
 }

@@ -1,0 +1,292 @@
+//! Canonical JSON of a JSON text, keeping what the text says exactly.
+//!
+//! A payload read from JSON text is signed into the ledger for good, so it
+//! must say what its author wrote. Going through `serde_json::Value` does
+//! not: an integer beyond 64 bits becomes a rounded float, a decimal with
+//! more digits than an `f64` holds is rounded, and of two equal keys the
+//! last silently wins. [`canonicalize`] instead sorts object keys and drops
+//! insignificant white space (as [`crate::model::canonical_json`] does for
+//! a `Value`), re-escapes strings the way serde_json writes them, keeps
+//! every number literal byte for byte, and rejects duplicate keys.
+//! Pure: no I/O.
+
+use serde::de::IgnoredAny;
+
+/// Why a text has no canonical form. `path` is where, as `.key` and `[i]`
+/// steps from the top (empty for the top itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}{}", if path.is_empty() { String::new() } else { format!(" at {path}") })]
+pub struct JsonError {
+    pub path: String,
+    pub what: String,
+}
+
+/// The canonical form of JSON text `text`: object members sorted by key
+/// (bytewise, as UTF-8), no white space between tokens, strings as
+/// serde_json escapes them, numbers, `true`, `false` and `null` as written.
+/// For text without duplicate keys whose numbers serde_json reads exactly,
+/// this equals `canonical_json` of the parsed value.
+pub fn canonicalize(text: &str) -> Result<Vec<u8>, JsonError> {
+    // The syntax is checked first, so the walk below only has to follow
+    // the structure of text known to be JSON.
+    serde_json::from_str::<IgnoredAny>(text).map_err(|e| JsonError {
+        path: String::new(),
+        what: e.to_string(),
+    })?;
+    let mut w = Walk {
+        text,
+        s: text.as_bytes(),
+        i: 0,
+    };
+    let mut out = Vec::with_capacity(text.len());
+    w.value(&mut out, &mut String::new())?;
+    Ok(out)
+}
+
+struct Walk<'a> {
+    text: &'a str,
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Walk<'_> {
+    fn skip_ws(&mut self) {
+        while matches!(self.s.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&mut self, path: &str) -> Result<u8, JsonError> {
+        self.skip_ws();
+        self.s.get(self.i).copied().ok_or_else(|| JsonError {
+            path: path.to_owned(),
+            what: "unexpected end of JSON".into(),
+        })
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, path: &mut String) -> Result<(), JsonError> {
+        match self.peek(path)? {
+            b'{' => self.object(out, path),
+            b'[' => self.array(out, path),
+            b'"' => {
+                let s = self.string(path)?;
+                write_string(out, &s);
+                Ok(())
+            }
+            _ => {
+                // A number or a literal: copied as written.
+                let start = self.i;
+                while self.s.get(self.i).is_some_and(|b| {
+                    !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                }) {
+                    self.i += 1;
+                }
+                out.extend_from_slice(&self.s[start..self.i]);
+                Ok(())
+            }
+        }
+    }
+
+    fn object(&mut self, out: &mut Vec<u8>, path: &mut String) -> Result<(), JsonError> {
+        self.i += 1; // '{'
+        let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+        loop {
+            match self.peek(path)? {
+                b'}' => {
+                    self.i += 1;
+                    break;
+                }
+                b',' => self.i += 1,
+                _ => {
+                    let key = self.string(path)?;
+                    if self.peek(path)? != b':' {
+                        return Err(self.unexpected(path));
+                    }
+                    self.i += 1;
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(&key);
+                    let mut v = Vec::new();
+                    self.value(&mut v, path)?;
+                    path.truncate(len);
+                    members.push((key, v));
+                }
+            }
+        }
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(pair) = members.windows(2).find(|p| p[0].0 == p[1].0) {
+            return Err(JsonError {
+                path: path.clone(),
+                what: format!("duplicate key {:?}", pair[0].0),
+            });
+        }
+        out.push(b'{');
+        for (n, (key, v)) in members.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            write_string(out, key);
+            out.push(b':');
+            out.extend_from_slice(v);
+        }
+        out.push(b'}');
+        Ok(())
+    }
+
+    fn array(&mut self, out: &mut Vec<u8>, path: &mut String) -> Result<(), JsonError> {
+        self.i += 1; // '['
+        out.push(b'[');
+        let mut n = 0usize;
+        loop {
+            match self.peek(path)? {
+                b']' => {
+                    self.i += 1;
+                    break;
+                }
+                b',' => self.i += 1,
+                _ => {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    let len = path.len();
+                    path.push_str(&format!("[{n}]"));
+                    self.value(out, path)?;
+                    path.truncate(len);
+                    n += 1;
+                }
+            }
+        }
+        out.push(b']');
+        Ok(())
+    }
+
+    /// The string token at the cursor, unescaped.
+    fn string(&mut self, path: &str) -> Result<String, JsonError> {
+        if self.peek(path)? != b'"' {
+            return Err(self.unexpected(path));
+        }
+        let start = self.i;
+        self.i += 1;
+        loop {
+            match self.s.get(self.i) {
+                Some(b'\\') => self.i += 2,
+                Some(b'"') => {
+                    self.i += 1;
+                    break;
+                }
+                Some(_) => self.i += 1,
+                None => return Err(self.unexpected(path)),
+            }
+        }
+        serde_json::from_str(&self.text[start..self.i]).map_err(|e| JsonError {
+            path: path.to_owned(),
+            what: e.to_string(),
+        })
+    }
+
+    fn unexpected(&self, path: &str) -> JsonError {
+        JsonError {
+            path: path.to_owned(),
+            what: format!("unexpected JSON at byte {}", self.i),
+        }
+    }
+}
+
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::canonical_json;
+    use proptest::prelude::*;
+
+    fn canon(s: &str) -> String {
+        String::from_utf8(canonicalize(s).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sorts_keys_and_drops_white_space() {
+        assert_eq!(
+            canon(" { \"b\" : [1, {\"z\":null,\"a\":true}] ,\n\"a\":\"x\" } "),
+            r#"{"a":"x","b":[1,{"a":true,"z":null}]}"#
+        );
+        assert_eq!(canon("[]"), "[]");
+        assert_eq!(canon("{}"), "{}");
+        assert_eq!(canon(" 7 "), "7");
+    }
+
+    #[test]
+    fn keeps_numbers_as_written() {
+        assert_eq!(
+            canon(
+                r#"{"big":12345678901234567890123,"e":1e2,"pi":3.14159265358979323846264,"neg":-0.0}"#
+            ),
+            r#"{"big":12345678901234567890123,"e":1e2,"neg":-0.0,"pi":3.14159265358979323846264}"#
+        );
+    }
+
+    #[test]
+    fn re_escapes_strings_and_sorts_by_unescaped_key() {
+        assert_eq!(
+            canon(r#"{"\u0062":"\u0041\/\n","a":"é"}"#),
+            "{\"a\":\"é\",\"b\":\"A/\\n\"}"
+        );
+    }
+
+    #[test]
+    fn rejects_duplicate_keys_naming_where() {
+        let e = canonicalize(r#"{"a":{"x":[{"dup":1,"dup":2}]}}"#).unwrap_err();
+        assert_eq!(e.path, ".a.x[0]");
+        assert_eq!(e.what, "duplicate key \"dup\"");
+        // Equal after unescaping is equal.
+        assert!(canonicalize(r#"{"a":1,"\u0061":2}"#).is_err());
+    }
+
+    #[test]
+    fn rejects_what_is_not_json() {
+        for bad in ["", "{", "{\"a\":}", "[1,]", "01", "nul", "\"\\x\"", "1 2"] {
+            assert!(canonicalize(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| n.into()),
+            any::<u64>().prop_map(|n| n.into()),
+            "\\PC{0,8}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map("\\PC{0,6}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Without floats or duplicate keys, the text's canonical form is
+        /// the value's, however the text is laid out.
+        #[test]
+        fn agrees_with_the_value_form(v in arb_json(), pretty in any::<bool>()) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&v).unwrap()
+            } else {
+                serde_json::to_string(&v).unwrap()
+            };
+            prop_assert_eq!(canonicalize(&text).unwrap(), canonical_json(&v));
+        }
+
+        /// Canonical text is its own canonical form.
+        #[test]
+        fn is_idempotent(v in arb_json()) {
+            let once = canonicalize(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
+            let twice = canonicalize(std::str::from_utf8(&once).unwrap()).unwrap();
+            prop_assert_eq!(once, twice);
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The `bi-ledger` binary under the mistakes and accidents of real use:
+//! payloads that must be kept as written, inputs that must go in whole or
+//! not at all, keys for the wrong ledger, a closed stdout, mistyped data
+//! directories, and damage that verify must name precisely.
+
+use std::fs;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+#[path = "support/cli.rs"]
+mod cli_support;
+use cli_support::*;
+
+fn stats(f: &Fixture) -> Value {
+    f.run(&["stats"]).ok().json()
+}
+
+#[test]
+fn payloads_are_kept_as_written_or_refused() {
+    let (f, _) = Fixture::init();
+    let exact = r#"{"stream":"p","type":"T","payload":{"big": 12345678901234567890123, "amount": 19.990000000000000000001, "e": 1e2}}"#;
+    let receipt = f.append(exact).ok().json();
+    let events = f.read(&["--stream", "p"]);
+    assert_eq!(events.len(), 1);
+    // The payload is printed as the canonical text that was signed.
+    let out = f.run(&["read", "--stream", "p"]).ok();
+    assert!(
+        out.stdout.contains(
+            r#"{"amount":19.990000000000000000001,"big":12345678901234567890123,"e":1e2}"#
+        ),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(receipt["seq"], 0);
+
+    let before = stats(&f)["records"].clone();
+    for (bad, says) in [
+        (
+            r#"{"stream":"p","type":"T","payload":{"dup":1,"dup":2}}"#,
+            "line 1: field `payload`: duplicate key \"dup\"",
+        ),
+        (r#"["p","T",1]"#, "line 1: expected a JSON object"),
+        (
+            r#"{"stream":"p","type":"T","payload":1,"expected_version":-1}"#,
+            "line 1: field `expected_version`",
+        ),
+    ] {
+        let out = f.append(&format!("{}\n{bad}\n", line("q", "T", json!(1))));
+        assert_eq!(out.code, 2, "{}", out.describe());
+        let says = says.replace("line 1", "line 2");
+        assert!(
+            out.stderr.contains(&says),
+            "wanted {says:?}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            stats(&f)["records"],
+            before,
+            "nothing of the input is appended"
+        );
+    }
+}
+
+#[test]
+fn an_input_that_fits_one_batch_is_atomic() {
+    let (f, _) = Fixture::init();
+    // About 3.1 MB: more than half a batch, less than one. A conflict on
+    // the last line must leave nothing of it.
+    let mut input = String::new();
+    for i in 0..3000 {
+        input.push_str(&line("big", "T", json!({"pad": "x".repeat(1000), "i": i})));
+        input.push('\n');
+    }
+    let conflicting = json!({"stream": "big", "type": "T", "payload": 1, "expected_version": 0});
+    let out = f.append(&format!("{input}{conflicting}\n"));
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("line 3001") && out.stderr.contains("nothing was appended"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(stats(&f)["records"], 0);
+    // Without the conflict it goes in, as one batch.
+    let receipts = f.append(&input).ok().json_lines();
+    assert_eq!(receipts.len(), 3000);
+    assert!(receipts
+        .iter()
+        .all(|r| r["offset"] == receipts[0]["offset"]));
+}
+
+#[test]
+fn a_closed_stdout_stops_the_append_and_says_what_was_written() {
+    let (f, _) = Fixture::init();
+    // Two batches' worth, so that what was written is a strict prefix.
+    let mut input = String::new();
+    for i in 0..6000 {
+        input.push_str(&line("s", "T", json!({"pad": "x".repeat(1000), "i": i})));
+        input.push('\n');
+    }
+    let path = f.dir.path().join("input.jsonl");
+    fs::write(&path, input).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
+        .arg("--data")
+        .arg(f.data())
+        .arg("append")
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first receipt
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let upto: usize = stderr
+        .split("lines up to ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("names the lines written: {stderr}"));
+    assert!(stderr.contains("and no more"), "{stderr}");
+    let s = stats(&f);
+    assert_eq!(s["records"], upto as u64, "{s}");
+    assert!(upto > 0 && upto < 6000, "{upto}");
+    // Closed cleanly: what was written is signed.
+    assert_eq!(s["newest_checkpoint"]["size"], upto as u64, "{s}");
+    f.verify().ok();
+}
+
+#[test]
+fn keys_serve_the_ledger_they_were_made_for() {
+    let f = Fixture::new();
+    fs::create_dir_all(f.data()).unwrap();
+    let key = f.dir.path().join("prod.key");
+    let key = key.to_str().unwrap();
+    let made = f
+        .run(&["--ledger", "prod", "keygen", "--out", key])
+        .ok()
+        .json();
+    assert!(made["public_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("bi-ledger/prod+"));
+    f.run(&["--ledger", "prod", "--signing-key", key, "init"])
+        .ok();
+    let pubkey = format!("{key}.pub");
+    f.run(&["--ledger", "prod", "verify", "--public-key", &pubkey])
+        .ok();
+
+    // The same key for another ledger is refused before anything is made.
+    let out = f.run(&["--ledger", "test", "--signing-key", key, "init"]);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("\"bi-ledger/prod\"") && out.stderr.contains("keygen"),
+        "{}",
+        out.describe()
+    );
+    assert!(!f.path("test").exists());
+
+    // keygen overwrites neither file, and leaves nothing half made.
+    let other = f.dir.path().join("other.key");
+    fs::write(f.dir.path().join("other.key.pub"), "precious\n").unwrap();
+    let out = f.run(&["keygen", "--out", other.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(!other.exists());
+    assert_eq!(
+        fs::read_to_string(f.dir.path().join("other.key.pub")).unwrap(),
+        "precious\n"
+    );
+
+    // A private key given as the public one is named, never printed.
+    let secret = fs::read_to_string(key).unwrap();
+    let secret = secret.trim().rsplit('+').next().unwrap();
+    let out = f.run(&["--ledger", "prod", "verify", "--public-key", key]);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("private signing key"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains(secret) && !out.stdout.contains(secret));
+}
+
+#[test]
+fn a_refused_init_leaves_no_key_and_reads_create_nothing() {
+    let f = Fixture::new();
+    for name in ["../escape", "UPPER", "a/b"] {
+        let out = f.run(&["--ledger", name, "init"]);
+        assert_eq!(out.code, 2, "{name}: {}", out.describe());
+    }
+    assert!(!f.dir.path().join("escape.key").exists());
+    assert!(!f.data().exists() || fs::read_dir(f.data()).unwrap().next().is_none());
+
+    // A mistyped data directory is not created by commands that only read.
+    let g = Fixture::new();
+    for cmd in [
+        &["read"][..],
+        &["stats"],
+        &["verify"],
+        &["prove", "--seq", "0"],
+    ] {
+        let out = g.run(cmd);
+        assert_eq!(out.code, 2, "{cmd:?}: {}", out.describe());
+        assert!(out.stderr.contains("does not exist"), "{}", out.describe());
+    }
+    assert!(!g.data().exists());
+
+    // init over an existing ledger writes no key either.
+    let (h, _) = Fixture::init();
+    fs::rename(h.path("main.key"), h.path("saved.key")).unwrap();
+    fs::rename(h.path("main.key.pub"), h.path("saved.key.pub")).unwrap();
+    let out = h.run(&["init"]);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(!h.path("main.key").exists() && !h.path("main.key.pub").exists());
+}
+
+#[test]
+fn read_refuses_a_range_that_ends_before_it_starts() {
+    let (f, _) = Fixture::init();
+    let out = f.run(&["read", "--from", "5", "--to", "2"]);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("--to is exclusive"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// A ledger of three checkpointed appends (2, 3 and 2 records).
+fn three_appends() -> Fixture {
+    let (f, _) = Fixture::init();
+    for n in [2, 3, 2] {
+        let lines: Vec<String> = (0..n).map(|i| line("s", "T", json!({"b": i}))).collect();
+        f.append(&lines.join("\n")).ok();
+    }
+    f
+}
+
+#[test]
+fn a_changed_record_with_a_good_crc_is_named_by_segment_and_records() {
+    let f = three_appends();
+    // The second append's batch is checkpoint 2..5. Change its last
+    // record's payload and mend the CRC, as a careful forger would.
+    let receipts = f.read(&[]);
+    assert_eq!(receipts.len(), 7);
+    let mut seg = fs::read(f.path(SEG)).unwrap();
+    let start = HEADER_LEN + frame_len(&seg, HEADER_LEN);
+    let end = start + frame_len(&seg, start);
+    let body = &seg[start + 12..end];
+    let at = start
+        + 12
+        + body
+            .windows(5)
+            .rposition(|w| w == br#""b":2"#)
+            .expect("the payload is in the batch");
+    seg[at + 4] = b'7';
+    let mut crc_input = seg[start..start + 4].to_vec();
+    crc_input.extend_from_slice(&seg[start + 12..end]);
+    let crc = crc32c::crc32c(&crc_input);
+    seg[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    writable(&f.path(SEG));
+    fs::write(f.path(SEG), &seg).unwrap();
+
+    let out = f.verify();
+    assert_eq!(out.code, 1, "{}", out.describe());
+    let v = out.json();
+    assert_eq!(v["blob"], SEG, "{v}");
+    assert_eq!(v["offset"], start as u64, "{v}");
+    assert_eq!(v["seq"], 2, "{v}");
+    let what = v["error"].as_str().unwrap();
+    assert!(
+        what.contains("records 2..5") && what.contains("checkpoint-00000000000000000005"),
+        "{what}"
+    );
+}
+
+fn frame_len(seg: &[u8], at: usize) -> usize {
+    12 + u32::from_le_bytes(seg[at..at + 4].try_into().unwrap()) as usize
+}
+
+fn writable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[test]
+fn missing_files_are_integrity_failures_that_name_them() {
+    let f = three_appends();
+    let ledger = f.path("main/LEDGER");
+    let saved = fs::read(&ledger).unwrap();
+    fs::remove_file(&ledger).unwrap();
+    let out = f.verify();
+    assert_eq!(out.code, 1, "{}", out.describe());
+    assert_eq!(out.json()["blob"], "main/LEDGER", "{}", out.describe());
+    fs::write(&ledger, saved).unwrap();
+    f.verify().ok();
+
+    fs::remove_file(f.path(SEG)).unwrap();
+    let out = f.verify();
+    assert_eq!(out.code, 1, "{}", out.describe());
+    let v = out.json();
+    assert_eq!(v["blob"], SEG, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("missing"), "{v}");
+    // Opening for writing refuses too, rather than starting afresh.
+    let out = f.append(&line("s", "T", json!(1)));
+    assert_eq!(out.code, 1, "{}", out.describe());
+    assert!(!f.path(SEG).exists());
+}

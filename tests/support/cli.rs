@@ -1,0 +1,190 @@
+//! Running the `bi-ledger` binary in tests: each `Fixture` is a temporary
+//! data directory, and `Out` is what one run printed and returned.
+#![allow(dead_code)] // each test crate uses its own share of these
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+pub const SEG: &str = "main/0000000000.seg";
+pub const HEADER_LEN: usize = 84;
+
+// ---------------------------------------------------------------------------
+// Running the binary
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// stdout as JSON lines.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l:?}"))
+            })
+            .collect()
+    }
+
+    pub fn json(&self) -> Value {
+        let mut v = self.json_lines();
+        assert_eq!(v.len(), 1, "expected one JSON line: {}", self.describe());
+        v.remove(0)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success: {}", self.describe());
+        self
+    }
+}
+
+/// Removes ANSI colour sequences (the log formatter may emit them).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Runs `bi-ledger --data DATA ARGS` with `stdin` (or an empty stdin).
+pub fn run_in(data: &Path, args: &[&str], stdin: Option<&str>) -> Out {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bi-ledger"));
+    cmd.arg("--data").arg(data).args(args);
+    cmd_out(cmd, stdin, &[])
+}
+
+/// Runs `cmd` with no `BI_LEDGER_*` variables but `env`.
+pub fn cmd_out(mut cmd: Command, stdin: Option<&str>, env: &[(&str, &str)]) -> Out {
+    for var in [
+        "BI_LEDGER_DATA",
+        "BI_LEDGER_LEDGER",
+        "BI_LEDGER_SIGNING_KEY",
+        "BI_LEDGER_PUBLIC_KEY",
+        "BI_LEDGER_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.env("NO_COLOR", "1")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn bi-ledger");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        // The binary may exit before reading everything (usage errors).
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let out = child.wait_with_output().expect("wait for bi-ledger");
+    Out {
+        code: out.status.code().expect("bi-ledger was killed by a signal"),
+        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        stderr: strip_ansi(&String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// A temporary data directory and the commands run against it.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A fixture with an initialised ledger `main`.
+    pub fn init() -> (Self, Value) {
+        let f = Fixture::new();
+        let out = f.run(&["init"]).ok();
+        let v = out.json();
+        (f, v)
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn path(&self, blob: &str) -> PathBuf {
+        self.data().join(blob)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        run_in(&self.data(), args, None)
+    }
+
+    pub fn run_stdin(&self, args: &[&str], stdin: &str) -> Out {
+        run_in(&self.data(), args, Some(stdin))
+    }
+
+    pub fn append(&self, lines: &str) -> Out {
+        self.run_stdin(&["append"], lines)
+    }
+
+    pub fn read(&self, args: &[&str]) -> Vec<Value> {
+        let mut a = vec!["read"];
+        a.extend_from_slice(args);
+        self.run(&a).ok().json_lines()
+    }
+
+    pub fn verify(&self) -> Out {
+        let key = self.path("main.key.pub");
+        self.run(&["verify", "--public-key", key.to_str().unwrap()])
+    }
+
+    pub fn seg_len(&self) -> u64 {
+        fs::metadata(self.path(SEG)).unwrap().len()
+    }
+
+    /// Names of the checkpoint files, sorted.
+    pub fn checkpoints(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.path("main"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("checkpoint-"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+pub fn line(stream: &str, ty: &str, payload: Value) -> String {
+    json!({"stream": stream, "type": ty, "payload": payload}).to_string()
+}
