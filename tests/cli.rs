@@ -499,11 +499,6 @@ fn location(out: &Out) -> Option<(String, u64, Option<u64>)> {
     Some((blob.to_owned(), digits.parse().ok()?, seq))
 }
 
-/// Makes a finished (read-only) file writable.
-fn writable(path: &Path) {
-    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
-}
-
 /// Changes byte `i` of `path` by each of `masks(i)` in turn, runs `verify`
 /// on each, hands the result to `check`, and restores the file. Returns
 /// the flips that verified as valid (`check` sees them first).

@@ -281,11 +281,6 @@ fn frame_len(seg: &[u8], at: usize) -> usize {
     12 + u32::from_le_bytes(seg[at..at + 4].try_into().unwrap()) as usize
 }
 
-fn writable(path: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
-}
-
 #[test]
 fn missing_files_are_integrity_failures_that_name_them() {
     let f = three_appends();

@@ -1136,3 +1136,53 @@ mod expected_versions {
         }
     }
 }
+
+/// A record changed with its CRC mended (the careful forger) leaves every
+/// frame whole; only the checkpoint's root disagrees. Verify names the
+/// first batch after the previous checkpoint, here at the start of the
+/// segment the writer rolled over to, and the records in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_record_is_placed_between_two_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(6);
+    opts.segment_max_blocks = 3; // header and two batches a segment
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", opts.clone())
+        .await
+        .unwrap();
+    ledger.append(counted("a", 3)).await.unwrap();
+    ledger.append(counted("b", 3)).await.unwrap();
+    ledger.checkpoint().await.unwrap(); // size 6, the end of segment 0
+    let r = ledger.append(counted("c", 4)).await.unwrap();
+    ledger.close().await.unwrap(); // size 10
+    assert_eq!(r[0].segment, 1, "the third batch opens segment 1");
+    let seg = dir.path().join("main/0000000001.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = r[0].offset as usize;
+    let end = at + 12 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let i = at
+        + bytes[at..end]
+            .windows(5)
+            .rposition(|w| w == br#""i":3"#)
+            .expect("the last record's payload");
+    bytes[i + 4] = b'9';
+    let mut crc_input = bytes[at..at + 4].to_vec();
+    crc_input.extend_from_slice(&bytes[at + 12..end]);
+    bytes[at + 8..at + 12].copy_from_slice(&crc32c::crc32c(&crc_input).to_le_bytes());
+    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")
+        .await
+        .unwrap();
+    let verifier = reader.recorded_verifier().clone();
+    let e = match reader.verify(&verifier, &|_, _| {}).await {
+        Err(bi_ledger::LedgerError::Integrity(e)) => e,
+        other => panic!("expected an integrity error, got {other:?}"),
+    };
+    assert_eq!(
+        (e.blob.as_str(), e.offset, e.seq),
+        ("main/0000000001.seg", r[0].offset, Some(6)),
+        "{e}"
+    );
+    assert!(e.what.contains("records 6..10"), "{e}");
+}

@@ -309,6 +309,12 @@ where
             )
             .into());
         }
+        if b.first_seq == since.seq {
+            // The first batch after the last checkpoint checked, wherever
+            // it is (a new segment may have begun since).
+            since.segment = tip.segment_index;
+            since.offset = b.offset;
+        }
         for (fields, stream) in b.records {
             let seq = fields.seq;
             let stream = std::str::from_utf8(&data[stream]).expect("decoding checked UTF-8");

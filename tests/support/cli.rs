@@ -188,3 +188,9 @@ pub fn seqs(events: &[Value]) -> Vec<u64> {
 pub fn line(stream: &str, ty: &str, payload: Value) -> String {
     json!({"stream": stream, "type": ty, "payload": payload}).to_string()
 }
+
+/// Makes a finished (read-only) file writable.
+pub fn writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+}
