@@ -24,8 +24,10 @@ pub struct JsonError {
 /// The canonical form of JSON text `text`: object members sorted by key
 /// (bytewise, as UTF-8), no white space between tokens, strings as
 /// serde_json escapes them, numbers, `true`, `false` and `null` as written.
-/// For text without duplicate keys whose numbers serde_json reads exactly,
-/// this equals `canonical_json` of the parsed value.
+/// For text without duplicate keys whose numbers are all integers that fit
+/// in 64 bits, this equals `canonical_json` of the parsed value; other
+/// number literals stay as written, where serde_json would write `1e2` as
+/// `100.0` and `1.50` as `1.5`.
 pub fn canonicalize(text: &str) -> Result<Vec<u8>, JsonError> {
     // The syntax is checked first, so the walk below only has to follow
     // the structure of text known to be JSON.

@@ -58,7 +58,10 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// An event whose payload is `value` as canonical JSON: object keys
-    /// sorted, no insignificant white space.
+    /// sorted, no insignificant white space, numbers as serde_json writes
+    /// them (`1e2` parsed into a `Value` is written `100.0`). To keep JSON
+    /// text exactly as written, numbers and all, canonicalize the text with
+    /// [`crate::json::canonicalize`] instead, as `bi-ledger append` does.
     pub fn json(
         stream: impl Into<String>,
         event_type: impl Into<String>,
@@ -202,14 +205,6 @@ impl Receipt {
             "offset": self.offset,
         })
     }
-}
-
-/// A stored event as readers return it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub record: Record,
-    /// Chain hash, where the reader computed it.
-    pub hash: Option<Hash>,
 }
 
 /// JSON form of a record for `read` output: JSON payloads inline, exactly

@@ -200,6 +200,10 @@ struct Faulty {
     /// Segment appends that still succeed; the ones after them fail,
     /// slowly and without writing (`u64::MAX` by default: none fails).
     appends_left: std::sync::atomic::AtomicU64,
+    /// Every put fails without landing while this is set (a full disk).
+    puts_fail: std::sync::atomic::AtomicBool,
+    /// Puts tried, landed or not.
+    puts: std::sync::atomic::AtomicU64,
 }
 
 impl Faulty {
@@ -274,6 +278,15 @@ impl BlobStore for Faulty {
         self.inner().seal(name).await
     }
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.puts.fetch_add(1, SeqCst);
+        if self.puts_fail.load(SeqCst) {
+            return Err(StoreError::Io {
+                op: "put",
+                name: name.to_owned(),
+                source: std::io::Error::other("injected: no space left on device"),
+            });
+        }
         let checkpoint = name.contains("/checkpoint-");
         if checkpoint
             && self
@@ -1185,4 +1198,114 @@ async fn a_forged_record_is_placed_between_two_checkpoints() {
         "{e}"
     );
     assert!(e.what.contains("records 6..10"), "{e}");
+}
+
+/// While checkpoints cannot be written (a full disk, a store outage),
+/// appends go on and are answered: a due checkpoint is retried with a
+/// growing pause, not in a loop that admits nothing. Once the store
+/// recovers, the next checkpoint lands and covers everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_go_on_while_checkpoints_fail() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(Faulty::over(store(dir.path())));
+    let mut opts = options(7);
+    opts.checkpoint_every_events = Some(10);
+    let ledger = bi_ledger::Ledger::create(faulty.clone(), "main", opts)
+        .await
+        .unwrap();
+    faulty.puts_fail.store(true, SeqCst);
+    let puts_before = faulty.puts.load(SeqCst);
+    for i in 0..20 {
+        let appended = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            ledger.append(counted(&format!("s{i}"), 5)),
+        )
+        .await
+        .expect("an append is answered while checkpoints fail");
+        appended.unwrap();
+    }
+    // A checkpoint was due after the second append; a loop without a
+    // pause would have tried it thousands of times by now.
+    let tries = faulty.puts.load(SeqCst) - puts_before;
+    assert!((1..=5).contains(&tries), "{tries} puts while failing");
+    let e = ledger.checkpoint().await.unwrap_err();
+    assert!(e.to_string().contains("no space left"), "{e}");
+
+    faulty.puts_fail.store(false, SeqCst);
+    let cp = ledger.close().await.unwrap();
+    assert_eq!(cp.checkpoint.size, 100);
+    let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")
+        .await
+        .unwrap();
+    let verifier = reader.recorded_verifier().clone();
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!((report.records, report.unsigned_tail), (100, 0));
+}
+
+/// Batches cut out of the log at frame boundaries leave every remaining
+/// frame whole; a read must still refuse the gap rather than return a
+/// shorter log. Here a middle batch is spliced out of segment 1, and the
+/// last batch of (sealed) segment 0 is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_refuse_batches_cut_out_at_frame_boundaries() {
+    use std::ops::ControlFlow;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(8);
+    opts.segment_max_blocks = 4; // header and three batches a segment
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", opts)
+        .await
+        .unwrap();
+    let mut firsts = Vec::new();
+    for i in 0..6 {
+        firsts.push(ledger.append(counted(&format!("s{i}"), 2)).await.unwrap()[0].clone());
+    }
+    ledger.close().await.unwrap();
+    assert_eq!((firsts[2].segment, firsts[3].segment), (0, 1));
+    let read_all = || async {
+        let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")
+            .await
+            .unwrap();
+        let mut seqs = Vec::new();
+        reader
+            .scan(0, None, |r, _| {
+                seqs.push(r.seq);
+                ControlFlow::Continue(())
+            })
+            .await
+            .map(|()| seqs)
+    };
+    assert_eq!(read_all().await.unwrap(), (0..12).collect::<Vec<_>>());
+
+    let writable = |p: &std::path::Path| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap()
+    };
+    let seg1 = dir.path().join("main/0000000001.seg");
+    let original = std::fs::read(&seg1).unwrap();
+    let mut bytes = original.clone();
+    let (a, b) = (firsts[4].offset as usize, firsts[5].offset as usize);
+    bytes.drain(a..b);
+    writable(&seg1);
+    std::fs::write(&seg1, &bytes).unwrap();
+    let e = read_all().await.unwrap_err().to_string();
+    assert!(
+        e.contains("main/0000000001.seg")
+            && e.contains(&format!("at byte {a}"))
+            && e.contains("batch starts at sequence number 10 where 8 was due"),
+        "{e}"
+    );
+
+    std::fs::write(&seg1, &original).unwrap();
+    let seg0 = dir.path().join("main/0000000000.seg");
+    writable(&seg0);
+    let f = std::fs::OpenOptions::new().write(true).open(&seg0).unwrap();
+    f.set_len(firsts[2].offset).unwrap();
+    // Sealed again (read-only, on this store), as the writer left it.
+    std::fs::set_permissions(&seg0, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let e = read_all().await.unwrap_err().to_string();
+    assert!(
+        e.contains("main/0000000001.seg")
+            && e.contains("segment starts at sequence number 6 but the one before it ends at 4"),
+        "{e}"
+    );
 }

@@ -235,6 +235,11 @@ pub fn parse_frame(buf: &[u8], max_body: usize) -> Frame<'_> {
     }
 }
 
+/// The fewest bytes a stored record takes: flags, timestamp delta, stream
+/// version, schema version, content type code and payload length, one byte
+/// each, with the stream id and event type elided and nothing else (§6.1).
+const MIN_STORED_RECORD: usize = 6;
+
 /// The body of a frame that `parse_frame` has already accepted.
 ///
 /// # Panics
@@ -275,7 +280,10 @@ impl<'a> BatchBody<'a> {
     /// Decodes every record, checking that the count and the byte length
     /// agree. Error offsets are relative to the start of the frame.
     pub fn decode_all(&self) -> Result<Vec<RecordRef<'a>>, DecodeError> {
-        let mut out = Vec::with_capacity(self.count as usize);
+        // The count is only as trustworthy as the CRC, which anyone can
+        // recompute: reserve no more records than the bytes can hold.
+        let fit = self.records.len() / MIN_STORED_RECORD + 1;
+        let mut out = Vec::with_capacity((self.count as usize).min(fit));
         for r in self.iter() {
             out.push(r?);
         }
@@ -341,6 +349,27 @@ mod tests {
     use proptest::sample::Index;
 
     use super::*;
+
+    /// A frame whose CRC was recomputed over a count of four billion
+    /// records and no record bytes decodes to an error, without reserving
+    /// memory for the count (that would abort the process).
+    #[test]
+    fn a_forged_count_is_an_error_not_an_allocation() {
+        let mut body = Vec::new();
+        body.extend_from_slice(&7u64.to_le_bytes());
+        body.extend_from_slice(&u32::MAX.to_le_bytes());
+        body.extend_from_slice(&0i64.to_le_bytes());
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&(!(body.len() as u32)).to_le_bytes());
+        frame.extend_from_slice(&frame_crc(body.len() as u32, &body).to_le_bytes());
+        frame.extend_from_slice(&body);
+        let Frame::Complete { body, .. } = parse_frame(&frame, 1 << 20) else {
+            panic!("the CRC holds, so the frame parses");
+        };
+        assert_eq!(body.count, u32::MAX);
+        assert!(body.decode_all().is_err());
+    }
     use crate::format::record::CONTENT_TYPES;
 
     /// A large bound, so that a grown length reads as "incomplete" rather

@@ -133,7 +133,9 @@ fn probes((h1, h2): (u64, u64), bits: u64, wrap: u64) -> impl Iterator<Item = u6
 }
 
 fn filter_len(count: u64) -> u64 {
-    (BITS_PER_RECORD * count).div_ceil(8)
+    // Saturating: a count read from a damaged index must give a length
+    // that fails the checks after it, not an overflow.
+    BITS_PER_RECORD.saturating_mul(count).div_ceil(8)
 }
 
 impl StreamIndex {

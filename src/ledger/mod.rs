@@ -212,6 +212,7 @@ impl Ledger {
             poisoned: None,
             last_checkpoint,
             last_checkpoint_at: Instant::now(),
+            checkpoint_retry: None,
             unanswered: None,
         };
         // The writer gets a thread (and a small runtime) of its own: its

@@ -180,6 +180,10 @@ impl LedgerReader {
             return Ok(());
         }
         let last = self.segments.len().saturating_sub(1);
+        // The sequence number the next batch must start with, once known: a
+        // gap (a segment cut at a frame boundary, say) is damage, never a
+        // shorter log.
+        let mut due: Option<u64> = None;
         for (i, seg) in self.segments.iter().enumerate().skip(start) {
             if seg.first_seq >= to {
                 break;
@@ -190,6 +194,25 @@ impl LedgerReader {
             } else {
                 HEADER_LEN as u64
             };
+            // Only a sealed segment's listed length is final: a listing
+            // taken while the writer rolled over may show the one before
+            // the new segment shorter than it ended.
+            let prev_final = i > start && self.segments[i - 1].sealed;
+            match due {
+                Some(d) if prev_final && d != seg.first_seq => {
+                    return Err(IntegrityError::new(
+                        &seg.name,
+                        0,
+                        Some(d),
+                        format!(
+                            "segment starts at sequence number {} but the one before it ends at {d}",
+                            seg.first_seq
+                        ),
+                    )
+                    .into());
+                }
+                _ => due = (begin == HEADER_LEN as u64).then_some(seg.first_seq),
+            }
             let mut scan = Scanner::new(
                 self.store.as_ref(),
                 &seg.name,
@@ -203,7 +226,21 @@ impl LedgerReader {
             while let Some(chunk) = scan.next_chunk().await? {
                 for (i, range) in chunk.frames.iter().enumerate() {
                     let body = chunk.frame(i);
+                    if due.is_some_and(|d| d != body.first_seq) {
+                        return Err(IntegrityError::new(
+                            &seg.name,
+                            chunk.base + range.start as u64,
+                            due,
+                            format!(
+                                "batch starts at sequence number {} where {} was due",
+                                body.first_seq,
+                                due.unwrap_or_default()
+                            ),
+                        )
+                        .into());
+                    }
                     reached = body.first_seq + body.count as u64;
+                    due = Some(reached);
                     if body.first_seq + body.count as u64 <= from {
                         continue;
                     }

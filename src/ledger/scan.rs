@@ -191,7 +191,8 @@ impl<'s> Scanner<'s> {
                         // damage, and must never be cut off as if torn.
                         let start = self.pos + at as u64;
                         let header = batch::FRAME_HEADER_LEN as u64;
-                        let one_frame = self.size - start <= header + self.max_body as u64;
+                        let one_frame =
+                            self.size - start <= header.saturating_add(self.max_body as u64);
                         let reaches_end = one_frame
                             && match batch::frame_length(&data[at..]) {
                                 batch::Length::Unwritten => true,

@@ -61,7 +61,7 @@ impl Tip {
 
     /// The version a stream's next event gets.
     pub fn next_version(&self, stream: &str) -> u64 {
-        self.streams.get(stream).map_or(0, |v| v + 1)
+        self.streams.get(stream).map_or(0, |v| v.saturating_add(1))
     }
 
     /// Checks that `r` may follow the current head and advances over it.
@@ -121,12 +121,12 @@ impl Tip {
             ));
         }
         match self.streams.get_mut(stream) {
-            Some(v) if r.stream_version == *v + 1 => *v = r.stream_version,
+            Some(v) if v.checked_add(1) == Some(r.stream_version) => *v = r.stream_version,
             None if r.stream_version == 0 => {
                 self.streams.insert(stream.to_owned(), 0);
             }
             current => {
-                let due = current.map_or(0, |v| *v + 1);
+                let due = current.map_or(0, |v| v.saturating_add(1));
                 return Err(format!(
                     "stream {:?} version {} where {due} was due",
                     stream, r.stream_version

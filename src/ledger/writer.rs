@@ -67,6 +67,10 @@ pub struct Writer {
     pub poisoned: Option<String>,
     pub last_checkpoint: Option<CheckpointInfo>,
     pub last_checkpoint_at: Instant,
+    /// After a due checkpoint failed: when to try again, and the pause
+    /// that led there (doubling, up to `MAX_CHECKPOINT_RETRY`). Without
+    /// it a failing store would be retried in a loop that admits nothing.
+    pub checkpoint_retry: Option<(Instant, Duration)>,
     /// A checkpoint whose put failed: it may have landed all the same (an
     /// answer lost on the way back), so the next checkpoint looks first.
     pub unanswered: Option<(Checkpoint, String)>,
@@ -79,6 +83,10 @@ type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
 /// hashing overlaps the write anyway (group commit's batches are about this
 /// size).
 const PARALLEL_HASHING: usize = 256;
+
+/// Pauses between tries of a due checkpoint that fails.
+const FIRST_CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
+const MAX_CHECKPOINT_RETRY: Duration = Duration::from_secs(60);
 
 /// Longest a ready batch waits for the callers of the previous one.
 const HOLD: Duration = Duration::from_micros(300);
@@ -354,21 +362,36 @@ impl Writer {
         if self.tip.size == covered || self.poisoned.is_some() {
             return None;
         }
-        if self
+        let due = if self
             .opts
             .checkpoint_every_events
             .is_some_and(|n| self.tip.size - covered >= n)
         {
-            return Some(Duration::ZERO);
+            Some(Duration::ZERO)
+        } else {
+            self.opts
+                .checkpoint_interval
+                .map(|i| i.saturating_sub(self.last_checkpoint_at.elapsed()))
+        };
+        match self.checkpoint_retry {
+            Some((at, _)) => due.map(|d| d.max(at.saturating_duration_since(Instant::now()))),
+            None => due,
         }
-        self.opts
-            .checkpoint_interval
-            .map(|i| i.saturating_sub(self.last_checkpoint_at.elapsed()))
     }
 
     async fn timed_checkpoint(&mut self) {
         if let Err(e) = self.checkpoint().await {
-            error!(error = %e, "periodic checkpoint failed");
+            let pause = self
+                .checkpoint_retry
+                .map_or(FIRST_CHECKPOINT_RETRY, |(_, p)| {
+                    (p * 2).min(MAX_CHECKPOINT_RETRY)
+                });
+            self.checkpoint_retry = Some((Instant::now() + pause, pause));
+            error!(
+                error = %e,
+                retry_in_s = pause.as_secs(),
+                "periodic checkpoint failed; appends go on, unsigned until one lands"
+            );
         }
     }
 
@@ -413,7 +436,10 @@ impl Writer {
         for (i, e) in events.iter().enumerate() {
             let slot = self.tip.streams.get_mut(e.stream.as_str());
             let current = slot.as_deref().copied();
-            if !e.expected_version.admits(current) {
+            // A stream at version u64::MAX (only a forged snapshot can say
+            // so) has no next version: refused like a conflict.
+            let next_version = current.map_or(Some(0), |c| c.checked_add(1));
+            if !e.expected_version.admits(current) || next_version.is_none() {
                 for (e, v) in events.iter().zip(&versions).rev() {
                     match v.checked_sub(1) {
                         Some(prev) => {
@@ -432,7 +458,7 @@ impl Writer {
                 }));
                 return;
             }
-            let v = current.map_or(0, |c| c + 1);
+            let v = next_version.expect("checked above");
             match slot {
                 Some(cur) => *cur = v,
                 None => {
@@ -656,6 +682,7 @@ impl Writer {
         };
         self.last_checkpoint = Some(info.clone());
         self.last_checkpoint_at = Instant::now();
+        self.checkpoint_retry = None;
         self.tip.take_caches();
         Ok(info)
     }

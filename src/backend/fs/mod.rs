@@ -227,7 +227,21 @@ fn append_locked(
     if let Err(e) = written {
         // Whatever reached the file is past the length the ledger
         // knows; put the length back so a retry starts clean.
-        let _ = b.file.set_len(expected_offset);
+        if let Err(cut) = b
+            .file
+            .set_len(expected_offset)
+            .and_then(|()| b.file.sync_data())
+        {
+            // The block may then stay, CRC and all, and the next open take
+            // it in although this append failed: say so where an operator
+            // will look.
+            tracing::error!(
+                blob = %name,
+                offset = expected_offset,
+                error = %cut,
+                "could not cut a failed append back off; the block may reappear when the ledger is next opened"
+            );
+        }
         return Err(io("append to", &name, e));
     }
     b.block_count += 1;
