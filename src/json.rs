@@ -83,7 +83,19 @@ impl Walk<'_> {
                 }) {
                     self.i += 1;
                 }
-                out.extend_from_slice(&self.s[start..self.i]);
+                let token = &self.text[start..self.i];
+                // Kept as written, but one that no double can hold would be
+                // unreadable to most JSON readers (serde_json's `Value`
+                // among them), and so to every projection built from it.
+                if token.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9'])
+                    && token.parse::<f64>().map_or(true, f64::is_infinite)
+                {
+                    return Err(JsonError {
+                        path: path.clone(),
+                        what: format!("number {token} is out of range"),
+                    });
+                }
+                out.extend_from_slice(token.as_bytes());
                 Ok(())
             }
         }
@@ -227,6 +239,16 @@ mod tests {
             ),
             r#"{"big":12345678901234567890123,"e":1e2,"neg":-0.0,"pi":3.14159265358979323846264}"#
         );
+    }
+
+    #[test]
+    fn refuses_numbers_no_double_can_hold() {
+        let e = canonicalize(r#"{"a":[1,-1e400]}"#).unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.what.as_str()),
+            (".a[1]", "number -1e400 is out of range")
+        );
+        assert_eq!(canon("[1e308,-0,1e-400]"), "[1e308,-0,1e-400]");
     }
 
     #[test]
