@@ -212,6 +212,9 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
     /// delete fails (a crash, or another consumer received the message again
     /// meanwhile) the message may reach the poison queue twice. Poison
     /// queues are for people to inspect, so a duplicate there is harmless.
+    /// A move that fails is logged and tried again when the message comes
+    /// back; the healthy messages are returned all the same (the error only
+    /// when there are none).
     async fn receive_with_poison(
         &self,
         queue: &str,
@@ -222,6 +225,10 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
         let poison = poison_queue_name(queue)?;
         let mut healthy = Vec::new();
         let mut poison_created = false;
+        // A move that fails must not take the healthy messages of the same
+        // receive with it: they are hidden and counted already, and would
+        // come back only after their timeout, one count nearer to poison.
+        let mut failed: Option<QueueError> = None;
         for m in self
             .receive(queue, max_messages, visibility_timeout)
             .await?
@@ -230,32 +237,48 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
                 healthy.push(m);
                 continue;
             }
-            if !poison_created {
-                self.create_queue(&poison).await?;
-                poison_created = true;
+            let moved = async {
+                if !poison_created {
+                    self.create_queue(&poison).await?;
+                    poison_created = true;
+                }
+                let opts = SendOptions {
+                    visibility_delay: None,
+                    ttl: Some(MessageTtl::Never),
+                };
+                self.send(&poison, &m.body, &opts).await?;
+                tracing::warn!(
+                    queue,
+                    id = %m.id,
+                    dequeue_count = m.dequeue_count,
+                    max = policy.max_dequeue_count,
+                    "message moved to poison queue {poison}"
+                );
+                match self.delete(queue, &m.id, &m.pop_receipt).await {
+                    // Someone else holds or removed it: it will be moved
+                    // again or was handled; either way it is not ours to
+                    // deliver.
+                    Ok(())
+                    | Err(QueueError::PopReceiptMismatch { .. })
+                    | Err(QueueError::MessageNotFound { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
             }
-            let opts = SendOptions {
-                visibility_delay: None,
-                ttl: Some(MessageTtl::Never),
-            };
-            self.send(&poison, &m.body, &opts).await?;
-            tracing::warn!(
-                queue,
-                id = %m.id,
-                dequeue_count = m.dequeue_count,
-                max = policy.max_dequeue_count,
-                "message moved to poison queue {poison}"
-            );
-            match self.delete(queue, &m.id, &m.pop_receipt).await {
-                // Someone else holds or removed it: it will be moved again
-                // or was handled; either way it is not ours to deliver.
-                Ok(())
-                | Err(QueueError::PopReceiptMismatch { .. })
-                | Err(QueueError::MessageNotFound { .. }) => {}
-                Err(e) => return Err(e),
+            .await;
+            if let Err(e) = moved {
+                tracing::error!(
+                    queue,
+                    id = %m.id,
+                    error = %e,
+                    "could not move a message to poison queue {poison}; it stays hidden until its timeout and is tried again"
+                );
+                failed.get_or_insert(e);
             }
         }
-        Ok(healthy)
+        match failed {
+            Some(e) if healthy.is_empty() => Err(e),
+            _ => Ok(healthy),
+        }
     }
 }
 
@@ -500,5 +523,119 @@ mod tests {
         assert!(validate_receive(1, s(0)).is_err());
         assert!(validate_receive(1, MAX_VISIBILITY + s(1)).is_err());
         validate_update_visibility(s(0)).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod poison_tests {
+    use super::*;
+    use crate::backend::local::LocalQueueStore;
+
+    /// The local store, except that nothing can be sent to a poison queue
+    /// (a credential scoped to the one queue, say).
+    #[derive(Debug)]
+    struct NoPoison(LocalQueueStore);
+
+    #[async_trait]
+    impl QueueStore for NoPoison {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        async fn create_queue(&self, queue: &str) -> Result<(), QueueError> {
+            self.0.create_queue(queue).await
+        }
+        async fn delete_queue(&self, queue: &str) -> Result<(), QueueError> {
+            self.0.delete_queue(queue).await
+        }
+        async fn send(
+            &self,
+            queue: &str,
+            body: &str,
+            opts: &SendOptions,
+        ) -> Result<SentMessage, QueueError> {
+            if queue.ends_with("-poison") {
+                return Err(QueueError::Backend {
+                    op: "send",
+                    source: "injected: not authorized".into(),
+                });
+            }
+            self.0.send(queue, body, opts).await
+        }
+        async fn receive(
+            &self,
+            queue: &str,
+            max_messages: u32,
+            visibility_timeout: Duration,
+        ) -> Result<Vec<ReceivedMessage>, QueueError> {
+            self.0
+                .receive(queue, max_messages, visibility_timeout)
+                .await
+        }
+        async fn update_visibility(
+            &self,
+            queue: &str,
+            id: &str,
+            pop_receipt: &str,
+            timeout: Duration,
+        ) -> Result<VisibilityUpdate, QueueError> {
+            self.0
+                .update_visibility(queue, id, pop_receipt, timeout)
+                .await
+        }
+        async fn delete(&self, queue: &str, id: &str, pop_receipt: &str) -> Result<(), QueueError> {
+            self.0.delete(queue, id, pop_receipt).await
+        }
+        async fn peek(
+            &self,
+            queue: &str,
+            max_messages: u32,
+        ) -> Result<Vec<PeekedMessage>, QueueError> {
+            self.0.peek(queue, max_messages).await
+        }
+        async fn approximate_len(&self, queue: &str) -> Result<u64, QueueError> {
+            self.0.approximate_len(queue).await
+        }
+    }
+
+    /// A poison message that cannot be moved does not take the healthy
+    /// messages received with it; with none of those, the error is returned.
+    #[tokio::test]
+    async fn a_failed_move_keeps_the_healthy_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = NoPoison(LocalQueueStore::open(dir.path()).await.unwrap());
+        let policy = PoisonPolicy {
+            max_dequeue_count: 1,
+        };
+        let second = Duration::from_secs(1);
+        let long = Duration::from_secs(60);
+        for (queue, with_good) in [("work", true), ("alone", false)] {
+            s.create_queue(queue).await.unwrap();
+            s.send(queue, "bad", &SendOptions::default()).await.unwrap();
+            // Received once and let go at once: one more makes it poison.
+            let first = s.receive(queue, 1, second).await.unwrap();
+            s.update_visibility(queue, &first[0].id, &first[0].pop_receipt, Duration::ZERO)
+                .await
+                .unwrap();
+            if with_good {
+                s.send(queue, "good", &SendOptions::default())
+                    .await
+                    .unwrap();
+            }
+            let got = s.receive_with_poison(queue, 32, long, &policy).await;
+            if with_good {
+                let got = got.unwrap();
+                let bodies: Vec<_> = got.iter().map(|m| m.body.as_str()).collect();
+                assert_eq!(bodies, ["good"]);
+            } else {
+                let e = got.unwrap_err().to_string();
+                assert!(e.contains("injected: not authorized"), "{e}");
+            }
+            // The poison message was not lost: it is hidden until its
+            // timeout, to be moved when it comes back.
+            assert_eq!(
+                s.approximate_len(queue).await.unwrap(),
+                1 + with_good as u64
+            );
+        }
     }
 }

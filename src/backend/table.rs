@@ -81,6 +81,8 @@ impl fmt::Display for KeyKind {
 pub enum TableError {
     #[error("invalid table name {name:?}: {why}")]
     InvalidTableName { name: String, why: &'static str },
+    #[error("invalid ETag {etag:?}: it holds a control character")]
+    InvalidETag { etag: String },
     #[error("table {table} does not exist")]
     TableNotFound { table: String },
     #[error("entity ({partition_key:?}, {row_key:?}) is not in table {table}")]
@@ -725,6 +727,16 @@ impl BatchOp {
         }
     }
 
+    /// The operation's `If-Match` condition, where it has one.
+    pub fn condition(&self) -> Option<&IfMatch> {
+        match self {
+            BatchOp::Replace(_, m) | BatchOp::Merge(_, m) | BatchOp::Delete { if_match: m, .. } => {
+                Some(m)
+            }
+            _ => None,
+        }
+    }
+
     pub fn entity(&self) -> Option<&Entity> {
         match self {
             BatchOp::Insert(e)
@@ -1052,6 +1064,17 @@ pub fn validate_batch(ops: &[BatchOp]) -> Result<(), TableError> {
             op: op.name(),
             source: Box::new(source),
         };
+        // An ETag goes into a sub-request's header lines as it is: a line
+        // break in one would add headers of its own.
+        if let Some(IfMatch::ETag(ETag(tag))) = op.condition() {
+            if tag.chars().any(char::is_control) {
+                return Err(TableError::BatchOperationFailed {
+                    index,
+                    op: op.name(),
+                    source: Box::new(TableError::InvalidETag { etag: tag.clone() }),
+                });
+            }
+        }
         match op.entity() {
             Some(e) => total += validate_entity(e).map_err(fail)?,
             None => {
@@ -1088,6 +1111,28 @@ pub fn validate_batch(ops: &[BatchOp]) -> Result<(), TableError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_refuses_an_etag_that_would_add_header_lines() {
+        let sneaky = IfMatch::ETag(ETag("W/\"1\"\r\nIf-Match: *".into()));
+        let ops = [BatchOp::Merge(Entity::new("p", "r"), sneaky)];
+        match validate_batch(&ops) {
+            Err(TableError::BatchOperationFailed {
+                index: 0, source, ..
+            }) => {
+                assert!(
+                    matches!(*source, TableError::InvalidETag { .. }),
+                    "{source}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let fine = [BatchOp::Merge(
+            Entity::new("p", "r"),
+            IfMatch::ETag(ETag("W/\"1\"".into())),
+        )];
+        validate_batch(&fine).unwrap();
+    }
 
     fn s(v: &str) -> Property {
         Property::String(v.into())

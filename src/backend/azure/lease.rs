@@ -35,6 +35,9 @@ pub(super) struct Lease {
     /// well before the lease could have expired and passed to another.
     max_age: Duration,
     renewer: tokio::task::JoinHandle<()>,
+    /// Transport errors name the request URL, which carries a SAS token
+    /// when the account uses one: every error logged goes through this.
+    redactor: Redactor,
 }
 
 impl Lease {
@@ -56,11 +59,12 @@ impl Lease {
             renewed_at: Mutex::new(acquired_at),
         });
         let renewer = tokio::spawn({
-            let (client, state, id, name) = (
+            let (client, state, id, name, redactor) = (
                 client.clone(),
                 state.clone(),
                 lease_id.clone(),
                 name.clone(),
+                redactor.clone(),
             );
             async move {
                 loop {
@@ -92,6 +96,7 @@ impl Lease {
             state,
             max_age: duration.saturating_sub(renew_every),
             renewer,
+            redactor,
         }
     }
 }
@@ -154,15 +159,16 @@ impl Drop for Lease {
             return;
         };
         let in_flight = InFlight::new(&self.key);
-        let (client, id, name) = (
+        let (client, id, name, redactor) = (
             self.client.clone(),
             self.lease_id.clone(),
             self.name.clone(),
+            self.redactor.clone(),
         );
         rt.spawn(async move {
             match client.release_lease(id, None).await {
                 Ok(_) => debug!(lock = %name, "released writer lease"),
-                Err(e) => debug!(lock = %name, error = %describe(&e), "could not release writer lease; it will expire"),
+                Err(e) => debug!(lock = %name, error = %redactor.redact(&describe(&e)), "could not release writer lease; it will expire"),
             }
             // Also dropped, and so counted off, if the runtime shuts down
             // before the release ran.

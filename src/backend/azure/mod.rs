@@ -620,7 +620,23 @@ impl BlobStore for AzureBlobStore {
         let lost_track = || {
             self.inner.blocks.lock().unwrap().remove(name);
         };
-        match (status_of(&e), code_of(&e)) {
+        // Whatever the retry was told, a first attempt whose answer was lost
+        // may have landed: a block limit or seal met by the retry can be the
+        // landed block's own doing.
+        let (status, code) = (status_of(&e), code_of(&e));
+        if a.uncertain
+            && matches!(
+                (status, code),
+                (Some(409), Some("BlockCountExceedsLimit" | "BlobIsSealed"))
+            )
+        {
+            lost_track();
+            if let Some(end) = self.resolve_append(name, expected_offset, block).await? {
+                debug!(blob = %name, offset = expected_offset, "an append retried after an unknown outcome had landed");
+                return Ok(end);
+            }
+        }
+        match (status, code) {
             (Some(412), Some("AppendPositionConditionNotMet")) => {
                 lost_track();
                 if a.uncertain {
@@ -752,6 +768,13 @@ impl BlobStore for AzureBlobStore {
             }
             let p = item.properties.unwrap_or_default();
             if matches!(p.blob_type, Some(BlobType::AppendBlob)) {
+                // Another tool's blob with a name this store would not
+                // write cannot be asked about by name; it is no blob of
+                // ours, and must not make the whole listing fail.
+                if validate_name(&name).is_err() {
+                    debug!(blob = %name, "listing skips an append blob with a name outside this store's rules");
+                    continue;
+                }
                 appendable.push(name);
                 continue;
             }

@@ -9,7 +9,7 @@ use super::errors::{self, backend, entity_error, AzureTableError};
 use super::{addr, batch, odata, AzureTableStore};
 use crate::backend::azure::transport::status_of;
 use crate::backend::table::{
-    validate_entity, validate_table_name, BatchOp, ETag, TableError, TableStore,
+    validate_entity, validate_table_name, BatchOp, ETag, IfMatch, TableError, TableStore,
 };
 
 impl AzureTableStore {
@@ -94,6 +94,13 @@ impl AzureTableStore {
             let tag = match (op, now) {
                 (BatchOp::Delete { .. }, None) => None,
                 (BatchOp::Delete { .. }, Some(_)) | (_, None) => return None,
+                // A conditional merge answered "condition not met" may have
+                // landed, but the entity's ETag now may also cover another
+                // writer's change made after it: handing that ETag back
+                // would let the caller's next conditional write undo that
+                // change. It stays a failed condition; a re-read shows what
+                // landed.
+                (BatchOp::Merge(_, IfMatch::ETag(_)), Some(_)) => return None,
                 (BatchOp::Merge(e, _) | BatchOp::InsertOrMerge(e), Some(now)) => {
                     let all = e
                         .properties
