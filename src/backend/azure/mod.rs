@@ -352,6 +352,28 @@ impl AzureBlobStore {
                 Ok(())
             }
             Err(e) if code_of(&e) == Some("ContainerAlreadyExists") => Ok(()),
+            // A SAS scoped to the container cannot create one, and is
+            // refused even when it exists; listing one blob tells whether
+            // it does (and whether the SAS can be used at all).
+            Err(e) if status_of(&e) == Some(403) => {
+                let probe = self
+                    .inner
+                    .retrying
+                    .list_blobs(Some(BlobContainerClientListBlobsOptions {
+                        maxresults: Some(1),
+                        ..Default::default()
+                    }))
+                    .map_err(|e| self.err("list", &self.inner.container, &e))?
+                    .try_next()
+                    .await;
+                match probe {
+                    Ok(_) => {
+                        debug!(container = %self.inner.container, "no right to create the container, but it exists");
+                        Ok(())
+                    }
+                    Err(_) => Err(self.err("create container", &self.inner.container, &e)),
+                }
+            }
             Err(e) => Err(self.err("create container", &self.inner.container, &e)),
         }
     }
