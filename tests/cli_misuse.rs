@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 #[path = "support/cli.rs"]
 mod cli_support;
 use cli_support::*;
+#[path = "support/forge.rs"]
+mod forge;
 
 fn stats(f: &Fixture) -> Value {
     f.run(&["stats"]).ok().json()
@@ -247,20 +249,8 @@ fn a_changed_record_with_a_good_crc_is_named_by_segment_and_records() {
     let receipts = f.read(&[]);
     assert_eq!(receipts.len(), 7);
     let mut seg = fs::read(f.path(SEG)).unwrap();
-    let start = HEADER_LEN + frame_len(&seg, HEADER_LEN);
-    let end = start + frame_len(&seg, start);
-    let body = &seg[start + 12..end];
-    let at = start
-        + 12
-        + body
-            .windows(5)
-            .rposition(|w| w == br#""b":2"#)
-            .expect("the payload is in the batch");
-    seg[at + 4] = b'7';
-    let mut crc_input = seg[start..start + 4].to_vec();
-    crc_input.extend_from_slice(&seg[start + 12..end]);
-    let crc = crc32c::crc32c(&crc_input);
-    seg[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    let start = HEADER_LEN + forge::frame_len(&seg, HEADER_LEN);
+    forge::forge_in_frame(&mut seg, start, br#""b":2"#, br#""b":7"#);
     writable(&f.path(SEG));
     fs::write(f.path(SEG), &seg).unwrap();
 
@@ -275,10 +265,6 @@ fn a_changed_record_with_a_good_crc_is_named_by_segment_and_records() {
         what.contains("records 2..5") && what.contains("checkpoint-00000000000000000005"),
         "{what}"
     );
-}
-
-fn frame_len(seg: &[u8], at: usize) -> usize {
-    12 + u32::from_le_bytes(seg[at..at + 4].try_into().unwrap()) as usize
 }
 
 #[test]

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use bi_ledger::backend::fs::FsStore;
 use bi_ledger::backend::{BlobInfo, BlobStore, StoreError, WriterLock};
 
+#[path = "support/forge.rs"]
+mod forge;
 #[path = "suite/ledger.rs"]
 mod ledger;
 
@@ -1170,17 +1172,7 @@ async fn a_forged_record_is_placed_between_two_checkpoints() {
     assert_eq!(r[0].segment, 1, "the third batch opens segment 1");
     let seg = dir.path().join("main/0000000001.seg");
     let mut bytes = std::fs::read(&seg).unwrap();
-    let at = r[0].offset as usize;
-    let end = at + 12 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-    let i = at
-        + bytes[at..end]
-            .windows(5)
-            .rposition(|w| w == br#""i":3"#)
-            .expect("the last record's payload");
-    bytes[i + 4] = b'9';
-    let mut crc_input = bytes[at..at + 4].to_vec();
-    crc_input.extend_from_slice(&bytes[at + 12..end]);
-    bytes[at + 8..at + 12].copy_from_slice(&crc32c::crc32c(&crc_input).to_le_bytes());
+    forge::forge_in_frame(&mut bytes, r[0].offset as usize, br#""i":3"#, br#""i":9"#);
     std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&seg, &bytes).unwrap();
 
