@@ -39,16 +39,23 @@ pub fn canonicalize(text: &str) -> Result<Vec<u8>, JsonError> {
         text,
         s: text.as_bytes(),
         i: 0,
+        depth: 0,
     };
     let mut out = Vec::with_capacity(text.len());
     w.value(&mut out, &mut String::new())?;
     Ok(out)
 }
 
+/// Deepest nesting accepted, as serde_json's own parser allows: the walk
+/// recurses, and a payload of 100,000 brackets must be an error, not a
+/// stack overflow.
+pub const MAX_DEPTH: usize = 128;
+
 struct Walk<'a> {
     text: &'a str,
     s: &'a [u8],
     i: usize,
+    depth: usize,
 }
 
 impl Walk<'_> {
@@ -68,8 +75,20 @@ impl Walk<'_> {
 
     fn value(&mut self, out: &mut Vec<u8>, path: &mut String) -> Result<(), JsonError> {
         match self.peek(path)? {
-            b'{' => self.object(out, path),
-            b'[' => self.array(out, path),
+            b'{' | b'[' if self.depth == MAX_DEPTH => Err(JsonError {
+                path: path.clone(),
+                what: format!("nested more than {MAX_DEPTH} levels deep"),
+            }),
+            open @ (b'{' | b'[') => {
+                self.depth += 1;
+                let done = if open == b'{' {
+                    self.object(out, path)
+                } else {
+                    self.array(out, path)
+                };
+                self.depth -= 1;
+                done
+            }
             b'"' => {
                 let s = self.string(path)?;
                 write_string(out, &s);
@@ -118,8 +137,7 @@ impl Walk<'_> {
                     }
                     self.i += 1;
                     let len = path.len();
-                    path.push('.');
-                    path.push_str(&key);
+                    push_key(path, &key);
                     let mut v = Vec::new();
                     self.value(&mut v, path)?;
                     path.truncate(len);
@@ -192,9 +210,15 @@ impl Walk<'_> {
                 None => return Err(self.unexpected(path)),
             }
         }
-        serde_json::from_str(&self.text[start..self.i]).map_err(|e| JsonError {
-            path: path.to_owned(),
-            what: e.to_string(),
+        serde_json::from_str(&self.text[start..self.i]).map_err(|e| {
+            // serde_json's position is within this string token, not the
+            // input: left out.
+            let msg = e.to_string();
+            let at = format!(" at line {} column {}", e.line(), e.column());
+            JsonError {
+                path: path.to_owned(),
+                what: msg.strip_suffix(&at).unwrap_or(&msg).to_owned(),
+            }
         })
     }
 
@@ -203,6 +227,21 @@ impl Walk<'_> {
             path: path.to_owned(),
             what: format!("unexpected JSON at byte {}", self.i),
         }
+    }
+}
+
+/// `.key` for a plain key; `["key"]`, escaped, for any other, so that a
+/// path is one line of plain text and `a.b` is not a nested `b`.
+fn push_key(path: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if plain {
+        path.push('.');
+        path.push_str(key);
+    } else {
+        path.push_str(&format!("[{key:?}]"));
     }
 }
 
@@ -239,6 +278,31 @@ mod tests {
             ),
             r#"{"big":12345678901234567890123,"e":1e2,"neg":-0.0,"pi":3.14159265358979323846264}"#
         );
+    }
+
+    #[test]
+    fn refuses_deep_nesting_without_overflowing_the_stack() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(
+            canonicalize(&deep(MAX_DEPTH)).unwrap(),
+            deep(MAX_DEPTH).into_bytes()
+        );
+        for n in [MAX_DEPTH + 1, 100_000] {
+            let e = canonicalize(&deep(n)).unwrap_err();
+            assert!(e.what.contains("nested more than 128"), "{e}");
+        }
+        let objects = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+        assert!(canonicalize(&objects).is_err());
+    }
+
+    #[test]
+    fn paths_are_one_plain_line() {
+        let e = canonicalize(r#"{"a\nb\u001b[31m":{"a.b":{"c":1e999}}}"#).unwrap_err();
+        assert_eq!(e.path, r#"["a\nb\u{1b}[31m"]["a.b"].c"#, "{e}");
+        let text = e.to_string();
+        assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text}");
+        let e = canonicalize(r#"{"k":"\ud83d"}"#).unwrap_err();
+        assert!(!e.what.contains("line 1"), "{e}");
     }
 
     #[test]

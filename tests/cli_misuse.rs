@@ -83,6 +83,17 @@ fn an_input_that_fits_one_batch_is_atomic() {
         out.describe()
     );
     assert_eq!(stats(&f)["records"], 0);
+    // An event too large for any batch is found before anything is
+    // written, wherever it is in the input.
+    let huge = line("big", "T", json!("x".repeat(5 << 20)));
+    let out = f.append(&format!("{input}{input}{huge}\n"));
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("line 6001") && out.stderr.contains("nothing was appended"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(stats(&f)["records"], 0);
     // Without the conflict it goes in, as one batch.
     let receipts = f.append(&input).ok().json_lines();
     assert_eq!(receipts.len(), 3000);
@@ -285,7 +296,13 @@ fn missing_files_are_integrity_failures_that_name_them() {
     let v = out.json();
     assert_eq!(v["blob"], SEG, "{v}");
     assert!(v["error"].as_str().unwrap().contains("missing"), "{v}");
-    // Opening for writing refuses too, rather than starting afresh.
+    // Reading, and opening for writing, refuse too: the log is gone, not
+    // empty, and is not started afresh.
+    for cmd in [&["read"][..], &["stats"]] {
+        let out = f.run(cmd);
+        assert_eq!(out.code, 1, "{cmd:?}: {}", out.describe());
+        assert!(out.stderr.contains(SEG), "{}", out.describe());
+    }
     let out = f.append(&line("s", "T", json!(1)));
     assert_eq!(out.code, 1, "{}", out.describe());
     assert!(!f.path(SEG).exists());

@@ -135,7 +135,9 @@ impl Verifier {
     pub fn from_vkey(s: &str) -> Result<Verifier, CheckpointError> {
         let s = s.trim();
         // Never echo a signing key, not even in part: errors reach logs.
-        if s.starts_with("PRIVATE+KEY+") {
+        // (Anywhere in the text: after a byte order mark, a comment line,
+        // or a public key pasted before it.)
+        if s.contains("PRIVATE+KEY+") {
             return Err(CheckpointError::VerifierKey {
                 vkey: "\"PRIVATE+KEY+...\"".into(),
                 problem: "this is a private signing key, not a verifier key; give the public key (the .pub file written beside it)".into(),
@@ -555,9 +557,15 @@ mod tests {
         let k = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
         let private = crate::keys::encode_signing_key("bi-ledger/main", &k);
         let secret = private.trim().rsplit('+').next().unwrap().to_owned();
-        let e = Verifier::from_vkey(&private).unwrap_err().to_string();
-        assert!(!e.contains(&secret), "{e}");
-        assert!(e.contains("private signing key"), "{e}");
+        for text in [
+            private.clone(),
+            format!("\u{feff}{private}"),
+            format!("# my key\n{private}"),
+        ] {
+            let e = Verifier::from_vkey(&text).unwrap_err().to_string();
+            assert!(!e.contains(&secret[..8]), "{e}");
+            assert!(e.contains("private signing key"), "{e}");
+        }
     }
 
     const TEST_NAME: &str = "example.com/bi-ledger";

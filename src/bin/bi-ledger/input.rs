@@ -17,12 +17,14 @@ struct Line<'a> {
     /// never through a parsed value that could round its numbers.
     #[serde(borrow)]
     payload: &'a RawValue,
-    #[serde(default)]
-    metadata: BTreeMap<String, String>,
+    /// Raw too: a map would keep the last of two equal keys silently.
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
     #[serde(default = "one")]
     schema_version: u32,
-    #[serde(default)]
-    expected_version: Option<serde_json::Value>,
+    /// Raw, so that an error can quote it as written.
+    #[serde(default, borrow)]
+    expected_version: Option<&'a RawValue>,
 }
 
 fn one() -> u32 {
@@ -48,14 +50,30 @@ pub fn parse_events(text: &str) -> Result<Vec<(usize, NewEvent)>> {
             Ok(l) => l,
             Err(e) => bail!("line {n}, column {}: {}", e.column(), without_position(&e)),
         };
-        let expected = match &line.expected_version {
+        let expected = match line.expected_version.map(RawValue::get) {
             None => ExpectedVersion::Any,
-            Some(v) => match (v.as_u64(), v.as_str()) {
-                (Some(v), _) => ExpectedVersion::Exact(v),
-                (_, Some("any")) => ExpectedVersion::Any,
-                (_, Some("no_stream")) => ExpectedVersion::NoStream,
-                _ => bail!("line {n}: field `expected_version`: expected a version number (0 or more), \"any\" or \"no_stream\", found {v}"),
+            Some(raw) => match (
+                serde_json::from_str::<u64>(raw),
+                serde_json::from_str::<&str>(raw),
+            ) {
+                (Ok(v), _) => ExpectedVersion::Exact(v),
+                (_, Ok("any")) => ExpectedVersion::Any,
+                (_, Ok("no_stream")) => ExpectedVersion::NoStream,
+                _ => bail!("line {n}: field `expected_version`: expected a version number (0 or more), \"any\" or \"no_stream\", found {raw}"),
             },
+        };
+        let metadata = match line.metadata.map(RawValue::get) {
+            None | Some("null") => BTreeMap::new(),
+            Some(raw) => {
+                bi_ledger::json::canonicalize(raw)
+                    .map_err(|e| anyhow::anyhow!("line {n}: field `metadata`: {e}"))?;
+                serde_json::from_str(raw).map_err(|e| {
+                    anyhow::anyhow!(
+                        "line {n}: field `metadata`: expected an object of strings: {}",
+                        without_position(&e)
+                    )
+                })?
+            }
         };
         let payload = bi_ledger::json::canonicalize(line.payload.get())
             .map_err(|e| anyhow::anyhow!("line {n}: field `payload`: {e}"))?;
@@ -64,7 +82,7 @@ pub fn parse_events(text: &str) -> Result<Vec<(usize, NewEvent)>> {
             event_type: line.event_type,
             schema_version: line.schema_version,
             content_type: "application/json".into(),
-            metadata: line.metadata,
+            metadata,
             payload,
             expected_version: expected,
         };
@@ -126,15 +144,30 @@ mod tests {
         let dup = "{\"stream\":\"a\",\"type\":\"t\",\"payload\":{\"x\":{\"k\":1,\"k\":2}}}";
         let e = parse_events(dup).unwrap_err().to_string();
         assert_eq!(e, "line 1: field `payload`: duplicate key \"k\" at .x");
+        let e = parse_events(
+            "{\"stream\":\"a\",\"type\":\"t\",\"payload\":1,\"metadata\":{\"k\":\"1\",\"k\":\"2\"}}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "line 1: field `metadata`: duplicate key \"k\"");
+        let e =
+            parse_events("{\"stream\":\"a\",\"type\":\"t\",\"payload\":1,\"metadata\":{\"k\":1}}")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.starts_with("line 1: field `metadata`: expected an object of strings"),
+            "{e}"
+        );
         let e = parse_events("[\"a\",\"t\",1]").unwrap_err().to_string();
         assert!(e.starts_with("line 1: expected a JSON object"), "{e}");
-        for bad in ["-1", "3.0", "\"latest\"", "true"] {
+        for bad in ["-1", "3.0", "\"latest\"", "true", "18446744073709551616"] {
             let line = format!(
                 "{{\"stream\":\"a\",\"type\":\"t\",\"payload\":1,\"expected_version\":{bad}}}"
             );
             let e = parse_events(&line).unwrap_err().to_string();
             assert!(
-                e.starts_with("line 1: field `expected_version`: expected a version number"),
+                e.starts_with("line 1: field `expected_version`: expected a version number")
+                    && e.ends_with(&format!("found {bad}")),
                 "{bad}: {e}"
             );
         }

@@ -471,6 +471,13 @@ async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
     let mut bytes = bi_ledger::ledger::BATCH_OVERHEAD;
     for (line, e) in events {
         let len = e.stored_len_bound();
+        // Found before anything is written, like every other bad line.
+        if bi_ledger::ledger::BATCH_OVERHEAD + len > max {
+            let _ = ledger.close().await;
+            bail!(
+                "line {line}: the event takes up to {len} bytes in a batch, and a batch holds at most {max}: nothing was appended (store a payload this large elsewhere and append a reference)"
+            );
+        }
         let call = calls.last_mut().expect("one call at least");
         if !call.is_empty() && bytes + len > max {
             calls.push(Vec::new());
