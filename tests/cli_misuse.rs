@@ -307,3 +307,23 @@ fn missing_files_are_integrity_failures_that_name_them() {
     assert_eq!(out.code, 1, "{}", out.describe());
     assert!(!f.path(SEG).exists());
 }
+
+#[test]
+fn a_deleted_checkpoint_is_named() {
+    let f = three_appends();
+    let cps = f.checkpoints();
+    assert_eq!(cps.len(), 4, "{cps:?}");
+    let middle = f.path(&format!("main/{}", cps[2]));
+    assert!(middle.ends_with("checkpoint-00000000000000000005"));
+    fs::remove_file(middle).unwrap();
+    let out = f.verify();
+    assert_eq!(out.code, 1, "{}", out.describe());
+    let v = out.json();
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("follows a checkpoint of size 5, which is missing"),
+        "{v}"
+    );
+}

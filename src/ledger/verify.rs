@@ -424,13 +424,17 @@ async fn check_stream_index(
         let what = if (idx.from, idx.to) != (want.from, want.to) || idx.ledger_id != want.ledger_id
         {
             format!(
-                "stream index covers records {}..{} of ledger {}, the log says {}..{} of {}",
+                "stream index covers records {}..{} of ledger {}, the log says {}..{} of {}{}",
                 idx.from,
                 idx.to,
                 hex(&idx.ledger_id),
                 want.from,
                 want.to,
-                hex(&want.ledger_id)
+                hex(&want.ledger_id),
+                missing_checkpoint(
+                    (idx.ledger_id, idx.from, idx.to),
+                    (want.ledger_id, want.from, want.to)
+                )
             )
         } else {
             match idx.batches.iter().zip(&want.batches).find(|(a, b)| a != b) {
@@ -444,6 +448,21 @@ async fn check_stream_index(
         return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
     }
     Ok(())
+}
+
+/// A cache beside a checkpoint starts where the checkpoint before it was
+/// written. One that starts later than the previous checkpoint verify
+/// found was written after a checkpoint that is gone: say so, since that
+/// is the damage, not the cache.
+fn missing_checkpoint(cache: ([u8; 16], u64, u64), log: ([u8; 16], u64, u64)) -> String {
+    let ((cache_id, cache_from, cache_to), (log_id, log_from, log_to)) = (cache, log);
+    if cache_id == log_id && cache_to == log_to && cache_from > log_from {
+        format!(
+            "; it follows a checkpoint of size {cache_from}, which is missing (checkpoints are never deleted)"
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// A cache blob beside a checkpoint, if there is one (missing ones only
@@ -471,13 +490,17 @@ async fn check_nodes(reader: &LedgerReader, cp: &Checkpoint, want: NodeCache) ->
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
     if (got.ledger_id, got.from, got.to) != (want.ledger_id, want.from, want.to) {
         let what = format!(
-            "node cache covers records {}..{} of ledger {}, the log says {}..{} of {}",
+            "node cache covers records {}..{} of ledger {}, the log says {}..{} of {}{}",
             got.from,
             got.to,
             hex(&got.ledger_id),
             want.from,
             want.to,
-            hex(&want.ledger_id)
+            hex(&want.ledger_id),
+            missing_checkpoint(
+                (got.ledger_id, got.from, got.to),
+                (want.ledger_id, want.from, want.to)
+            )
         );
         return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
     }
