@@ -8,7 +8,6 @@
 //! `BI_LEDGER_SKIP_AZURE=1`. Every test works in a container of its own,
 //! deleted when it ends.
 
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -579,15 +578,10 @@ async fn unknown_append_outcome_is_resolved_by_reading_back() {
     let verifier = ledger.verifier().clone();
     ledger.close().await.unwrap();
     let reader = LedgerReader::open(s.clone(), "lossy").await.unwrap();
-    let mut seqs = Vec::new();
-    reader
-        .scan(0, None, |r, _| {
-            seqs.push(r.seq);
-            ControlFlow::Continue(())
-        })
-        .await
-        .unwrap();
-    assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        ledger::seqs(&reader).await.unwrap(),
+        (0..10).collect::<Vec<_>>()
+    );
     reader.verify(&verifier, &|_, _| {}).await.unwrap();
 }
 

@@ -1241,7 +1241,6 @@ async fn appends_go_on_while_checkpoints_fail() {
 /// last batch of (sealed) segment 0 is cut off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_refuse_batches_cut_out_at_frame_boundaries() {
-    use std::ops::ControlFlow;
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options(8);
     opts.segment_max_blocks = 4; // header and three batches a segment
@@ -1258,14 +1257,7 @@ async fn reads_refuse_batches_cut_out_at_frame_boundaries() {
         let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")
             .await
             .unwrap();
-        let mut seqs = Vec::new();
-        reader
-            .scan(0, None, |r, _| {
-                seqs.push(r.seq);
-                ControlFlow::Continue(())
-            })
-            .await
-            .map(|()| seqs)
+        ledger::seqs(&reader).await
     };
     assert_eq!(read_all().await.unwrap(), (0..12).collect::<Vec<_>>());
 

@@ -1068,11 +1068,7 @@ pub fn validate_batch(ops: &[BatchOp]) -> Result<(), TableError> {
         // break in one would add headers of its own.
         if let Some(IfMatch::ETag(ETag(tag))) = op.condition() {
             if tag.chars().any(char::is_control) {
-                return Err(TableError::BatchOperationFailed {
-                    index,
-                    op: op.name(),
-                    source: Box::new(TableError::InvalidETag { etag: tag.clone() }),
-                });
+                return Err(fail(TableError::InvalidETag { etag: tag.clone() }));
             }
         }
         match op.entity() {

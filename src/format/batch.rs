@@ -349,6 +349,7 @@ mod tests {
     use proptest::sample::Index;
 
     use super::*;
+    use crate::format::record::CONTENT_TYPES;
 
     /// A frame whose CRC was recomputed over a count of four billion
     /// records and no record bytes decodes to an error, without reserving
@@ -370,7 +371,6 @@ mod tests {
         assert_eq!(body.count, u32::MAX);
         assert!(body.decode_all().is_err());
     }
-    use crate::format::record::CONTENT_TYPES;
 
     /// A large bound, so that a grown length reads as "incomplete" rather
     /// than "out of range", as it does for a real reader.

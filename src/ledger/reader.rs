@@ -69,21 +69,13 @@ impl LedgerReader {
                 sealed: info.sealed,
             });
         }
-        // Checkpoint 0 is written after segment 0's header: with a
-        // checkpoint and no segment to read, the log is gone, not empty.
         if segments.is_empty() {
             if let Some((size, blob)) = recover::checkpoint_blobs(store.as_ref(), name)
                 .await?
                 .into_iter()
                 .next()
             {
-                return Err(IntegrityError::new(
-                    layout::segment(name, 0),
-                    0,
-                    Some(0),
-                    format!("segment is missing, but checkpoint {blob} (of {size} records) was written after it"),
-                )
-                .into());
+                return Err(recover::segment_zero_missing(name, &blob, size));
             }
         }
         let max_body = store.max_block_size();

@@ -32,6 +32,21 @@ pub fn hash_records(records: &[RecordRef<'_>]) -> Vec<(Hash, chain::Midstate)> {
     }
 }
 
+/// Segment 0 gone while checkpoint `blob` of `size` records exists:
+/// checkpoint 0 is written after segment 0's header, so the log is lost,
+/// not empty (only a creation cut short leaves neither).
+pub fn segment_zero_missing(ledger: &str, blob: &str, size: u64) -> LedgerError {
+    IntegrityError::new(
+        layout::segment(ledger, 0),
+        0,
+        Some(0),
+        format!(
+            "segment is missing, but checkpoint {blob} (of {size} records) was written after it"
+        ),
+    )
+    .into()
+}
+
 pub async fn read_meta(store: &dyn BlobStore, ledger: &str) -> Result<Meta> {
     let blob = layout::meta(ledger);
     let bytes = match store.read_all(&blob).await {
@@ -195,19 +210,8 @@ pub async fn recover(
     let cp_size = tip.size;
     let mut segments = list_segments(store, ledger).await?;
     if segments.is_empty() {
-        // Checkpoint 0 is written after segment 0's header, so only a
-        // creation cut short before it leaves no segment.
         if let Some((blob, cp)) = &checkpoint {
-            return Err(IntegrityError::new(
-                layout::segment(ledger, 0),
-                0,
-                None,
-                format!(
-                    "segment is missing, but checkpoint {blob} (of {} records) was written after it",
-                    cp.size
-                ),
-            )
-            .into());
+            return Err(segment_zero_missing(ledger, blob, cp.size));
         }
         let name = layout::segment(ledger, 0);
         store.create(&name).await?;

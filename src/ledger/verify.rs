@@ -53,18 +53,10 @@ impl LedgerReader {
         let meta = self.meta().clone();
         let store = self.store().clone();
         let segments = recover::list_segments(store.as_ref(), &meta.name).await?;
-        // Checkpoint 0 is written after segment 0's header: with a
-        // checkpoint and no segment, the segment is gone. (With neither,
-        // creation was cut short, and opening for writing completes it.)
-        if segments.is_empty() && !checkpoints.is_empty() {
-            let name = super::layout::segment(&meta.name, 0);
-            return Err(IntegrityError::new(
-                &name,
-                0,
-                Some(0),
-                "segment is missing, but the ledger has checkpoints, which are written after it",
-            )
-            .into());
+        // Opening the reader checked this too; the segments may have
+        // gone since.
+        if let (true, Some((blob, cp))) = (segments.is_empty(), checkpoints.first()) {
+            return Err(recover::segment_zero_missing(&meta.name, blob, cp.size));
         }
         let total: u64 = segments.iter().map(|(_, s)| s.size).sum();
         let mut done_before = 0u64;
@@ -393,11 +385,8 @@ where
         let (index, nodes) = tip.take_caches();
         check_stream_index(reader, cp, index).await?;
         check_nodes(reader, cp, nodes).await?;
-        *since = Since {
-            segment: tip.segment_index,
-            offset: tip.segment_len,
-            seq: tip.size,
-        };
+        // The walk fills in where the next batch is when it gets there.
+        since.seq = tip.size;
         next.next();
     }
     Ok(())

@@ -17,6 +17,18 @@ fn ledger_opts() -> LedgerOptions {
 /// reopen through another handle (as another process would), append, read,
 /// verify, checkpoints, snapshot pruning, proofs. `s` and `other` are two
 /// independent handles on the same (empty) namespace.
+/// Every record's sequence number, in log order, as `scan` reads them.
+pub async fn seqs(reader: &LedgerReader) -> bi_ledger::Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    reader
+        .scan(0, None, |r, _| {
+            seqs.push(r.seq);
+            std::ops::ControlFlow::Continue(())
+        })
+        .await
+        .map(|()| seqs)
+}
+
 pub async fn append_read_reopen_verify_prove(s: Arc<dyn BlobStore>, other: Arc<dyn BlobStore>) {
     let ledger = Ledger::create(s.clone(), "main", ledger_opts())
         .await

@@ -11,21 +11,20 @@ use azure_core::http::Method;
 use uuid::Uuid;
 
 use super::odata::{entity_body, entity_path};
-use crate::backend::table::BatchOp;
+use crate::backend::table::{BatchOp, IfMatch};
 
 /// How one operation travels: method, whether it names the entity in the
 /// URL (all but insert), and its `If-Match`.
 pub(super) fn http_parts(op: &BatchOp) -> (Method, bool, Option<&str>) {
-    match op {
-        BatchOp::Insert(_) => (Method::Post, false, None),
-        BatchOp::Replace(_, m) => (Method::Put, true, Some(m.header_value())),
+    let (method, addressed) = match op {
+        BatchOp::Insert(_) => (Method::Post, false),
+        BatchOp::Replace(..) | BatchOp::InsertOrReplace(_) => (Method::Put, true),
         // PATCH is the Table service's merge (as MERGE is, which HTTP
         // libraries do not all allow).
-        BatchOp::Merge(_, m) => (Method::Patch, true, Some(m.header_value())),
-        BatchOp::InsertOrReplace(_) => (Method::Put, true, None),
-        BatchOp::InsertOrMerge(_) => (Method::Patch, true, None),
-        BatchOp::Delete { if_match, .. } => (Method::Delete, true, Some(if_match.header_value())),
-    }
+        BatchOp::Merge(..) | BatchOp::InsertOrMerge(_) => (Method::Patch, true),
+        BatchOp::Delete { .. } => (Method::Delete, true),
+    };
+    (method, addressed, op.condition().map(IfMatch::header_value))
 }
 
 /// The URL path (below the service endpoint) an operation goes to.
