@@ -183,9 +183,20 @@ impl<'a> RecordRef<'a> {
             self.schema_version,
             self.content_type,
             self.metadata_count as u32,
-            self.metadata().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+            self.metadata_bytes(),
             self.payload,
         )
+    }
+
+    /// The metadata pairs as bytes, for hashing: decoding checked that
+    /// they are UTF-8, so a leaf hash need not check every string again.
+    fn metadata_bytes(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
+        let (buf, mut pos) = (self.metadata_raw, 0);
+        (0..self.metadata_count).map_while(move |_| {
+            let k = get_bytes(buf, &mut pos, "metadata key").ok()?;
+            let v = get_bytes(buf, &mut pos, "metadata value").ok()?;
+            Some((k, v))
+        })
     }
 
     pub fn leaf_hash(&self) -> Hash {

@@ -4,18 +4,18 @@
 //! Per chunk of batches, decoding, leaf hashing, Merkle subtrees and stream
 //! filters run in parallel (rayon); the chain walk, which is serial by
 //! construction, costs one SHA-256 compression per record (see
-//! `format::chain`). The two overlap: while rayon hashes one chunk, the walk
-//! goes over the chunk before, so the serial part hides behind the parallel
-//! one instead of adding to it.
+//! `format::chain`). The two overlap: one rayon job hashes a chunk and walks
+//! the chunk before, so the serial part hides behind the parallel one
+//! instead of adding to it (see `walk_segment`).
 
-use std::ops::{ControlFlow, Range};
+use std::ops::Range;
 
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 
 use super::reader::LedgerReader;
 use super::recover;
-use super::scan::{pipelined, Chunk, Scanner};
+use super::scan::{Chunk, Scanner};
 use super::tip::{Linked, Tip};
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
@@ -60,12 +60,14 @@ impl LedgerReader {
         }
         let total: u64 = segments.iter().map(|(_, s)| s.size).sum();
         let mut done_before = 0u64;
-        let mut tip = Tip::genesis(meta.id);
         let mut next_cp = checkpoints.iter().peekable();
-        let mut since = Since {
-            segment: 0,
-            offset: HEADER_LEN as u64,
-            seq: 0,
+        let mut w = Walker {
+            tip: Tip::genesis(meta.id),
+            since: Since {
+                segment: 0,
+                offset: HEADER_LEN as u64,
+                seq: 0,
+            },
         };
         let last = segments.len().saturating_sub(1);
         for (index, info) in &segments {
@@ -77,21 +79,22 @@ impl LedgerReader {
                 return Err(IntegrityError::new(
                     name,
                     info.size,
-                    Some(tip.size),
+                    Some(w.tip.size),
                     "segment header is incomplete",
                 )
                 .into());
             }
             let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
-            let h = SegmentHeader::decode(&bytes)
-                .map_err(|e| IntegrityError::new(name, e.offset as u64, Some(tip.size), e.what))?;
-            recover::check_header(name, &h, &meta, *index, &tip)?;
-            tip.segment_index = *index;
-            tip.segment_len = HEADER_LEN as u64;
-            tip.segment_blocks = 1;
+            let h = SegmentHeader::decode(&bytes).map_err(|e| {
+                IntegrityError::new(name, e.offset as u64, Some(w.tip.size), e.what)
+            })?;
+            recover::check_header(name, &h, &meta, *index, &w.tip)?;
+            w.tip.segment_index = *index;
+            w.tip.segment_len = HEADER_LEN as u64;
+            w.tip.segment_blocks = 1;
             if *index == 0 {
                 // Checkpoint 0 signs the empty ledger.
-                check_checkpoints(self, &mut next_cp, &mut tip, &mut since).await?;
+                check_checkpoints(self, &mut next_cp, &mut w.tip, &mut w.since).await?;
             }
             let mut scan = Scanner::new(
                 store.as_ref(),
@@ -100,23 +103,14 @@ impl LedgerReader {
                 info.size,
                 self.max_body(),
             );
-            // While rayon decodes and hashes chunk k, this task walks chunk
-            // k-1's chain and then reads chunk k+1.
-            let flow = pipelined(
-                &mut scan,
-                |c| spawn_hashing(c, name.clone(), *index),
-                async |hashed: Hashed| {
-                    let end = hashed.chunk.base + hashed.chunk.data.len() as u64;
-                    walk(self, name, hashed, &mut tip, &mut next_cp, &mut since).await?;
-                    progress(done_before + end, total);
-                    Ok::<_, LedgerError>(ControlFlow::Continue(()))
-                },
-            )
+            let at = done_before;
+            w = walk_segment(self, &mut scan, name, *index, w, &mut next_cp, &|end| {
+                progress(at + end, total)
+            })
             .await?;
-            debug_assert!(flow.is_continue(), "verify reads every chunk");
             if let Some(bad) = scan.bad {
                 let signed = checkpoints.last().map_or(0, |(_, c)| c.size);
-                let at_end = *index as usize == last && bad.reaches_end && tip.size >= signed;
+                let at_end = *index as usize == last && bad.reaches_end && w.tip.size >= signed;
                 if at_end && changed_since(store.as_ref(), name, info.size).await? {
                     // Not torn: a live writer's block, listed while it was
                     // being copied in (or a torn tail a new writer has cut
@@ -124,7 +118,7 @@ impl LedgerReader {
                     tracing::info!(
                         segment = %name,
                         offset = bad.offset,
-                        records = tip.size,
+                        records = w.tip.size,
                         "the last batch was being written while verified; verified up to it"
                     );
                     done_before += info.size;
@@ -136,7 +130,7 @@ impl LedgerReader {
                 } else {
                     bad.error.what
                 };
-                return Err(IntegrityError::new(name, bad.offset, Some(tip.size), what).into());
+                return Err(IntegrityError::new(name, bad.offset, Some(w.tip.size), what).into());
             }
             done_before += info.size;
             progress(done_before, total);
@@ -145,23 +139,23 @@ impl LedgerReader {
             return Err(IntegrityError::new(
                 blob,
                 0,
-                Some(tip.size),
+                Some(w.tip.size),
                 format!(
                     "checkpoint covers {} records but the log holds only {}",
-                    cp.size, tip.size
+                    cp.size, w.tip.size
                 ),
             )
             .into());
         }
         let signed = checkpoints.last().map_or(0, |(_, c)| c.size);
         Ok(VerifyReport {
-            records: tip.size,
+            records: w.tip.size,
             segments: segments.len() as u64,
             bytes: total,
             checkpoints: checkpoints.len() as u64,
-            chain_head: tip.chain_head,
-            root: tip.frontier.root(),
-            unsigned_tail: tip.size - signed,
+            chain_head: w.tip.chain_head,
+            root: w.tip.frontier.root(),
+            unsigned_tail: w.tip.size - signed,
         })
     }
 }
@@ -176,11 +170,27 @@ struct Since {
     seq: u64,
 }
 
-/// A chunk and what the parallel stage learnt of its batches, owned so it
-/// can cross from rayon to the walk while the next chunk is hashed.
-struct Hashed {
-    chunk: Chunk,
-    batches: Vec<std::result::Result<HashedBatch, IntegrityError>>,
+/// The walk's state. It moves into each rayon job that advances the walk
+/// and comes back with the job's answer.
+struct Walker {
+    tip: Tip,
+    since: Since,
+}
+
+/// A hashed chunk, part-way through the walk: what the parallel stage
+/// learnt of each batch, owned so it can cross from one job to the next.
+struct Walking {
+    data: Vec<u8>,
+    /// Offset in the segment of the chunk's end.
+    end: u64,
+    batches: std::vec::IntoIter<std::result::Result<HashedBatch, IntegrityError>>,
+}
+
+/// What one job did: hashed the next chunk, walked the one before.
+struct Step {
+    hashed: Option<Walking>,
+    walked: Option<(Walking, std::result::Result<bool, IntegrityError>)>,
+    walker: Walker,
 }
 
 struct HashedBatch {
@@ -194,63 +204,153 @@ struct HashedBatch {
     filter: BatchFilter,
 }
 
-/// Decodes and hashes every batch of `chunk` on rayon's pool: leaf hashes,
-/// the chain's parallel half (see `format::chain`), the batch's Merkle
-/// subtrees and its stream filter. Everything order-dependent is left to
-/// `walk`.
-fn spawn_hashing(chunk: Chunk, name: String, segment: u64) -> oneshot::Receiver<Hashed> {
+/// Verifies a segment's batches as a pipeline: one rayon job hashes chunk
+/// k+1 and walks chunk k, while this task reads chunk k+2.
+///
+/// The walk runs inside the job rather than on this task: on 2 cores a
+/// third busy thread is preempted by rayon's two, the serial walk falls
+/// behind, and the pool it feeds runs dry (`perf` saw rayon's workers sleep
+/// about twice per chunk, with 1.65 CPUs busy). Within one `rayon::join`,
+/// the worker that finishes the walk steals hashing instead.
+async fn walk_segment<'a, I>(
+    reader: &LedgerReader,
+    scan: &mut Scanner<'_>,
+    name: &str,
+    segment: u64,
+    mut w: Walker,
+    next_cp: &mut std::iter::Peekable<I>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Walker>
+where
+    I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
+{
+    let mut read = scan.next_chunk().await;
+    let mut hashed: Option<Walking> = None;
+    loop {
+        // A failed read is reported after the chunks before it are walked,
+        // so the first damage reported is the first in the log.
+        let (chunk, failed) = match read {
+            Ok(chunk) => (chunk, None),
+            Err(e) => (None, Some(e)),
+        };
+        if chunk.is_none() && hashed.is_none() {
+            return match failed {
+                Some(e) => Err(e.into()),
+                None => Ok(w),
+            };
+        }
+        let more = chunk.is_some();
+        let stop = next_cp.peek().map(|(_, cp)| cp.size);
+        let job = spawn_step(chunk, hashed.take(), w, name.to_owned(), segment, stop);
+        let reading = async {
+            if more {
+                scan.next_chunk().await
+            } else {
+                Ok(None)
+            }
+        };
+        let (next_read, step) = tokio::join!(reading, job);
+        let step = step.expect("the verify job answers");
+        w = step.walker;
+        if let Some((mut walking, reached)) = step.walked {
+            let mut reached = reached?;
+            while reached {
+                check_checkpoints(reader, next_cp, &mut w.tip, &mut w.since).await?;
+                let stop = next_cp.peek().map(|(_, cp)| cp.size);
+                reached = walk_until(name, &mut walking, &mut w, stop)?;
+            }
+            progress(walking.end);
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        hashed = step.hashed;
+        read = next_read;
+    }
+}
+
+fn spawn_step(
+    chunk: Option<Chunk>,
+    walking: Option<Walking>,
+    mut w: Walker,
+    name: String,
+    segment: u64,
+    stop: Option<u64>,
+) -> oneshot::Receiver<Step> {
     let (tx, rx) = oneshot::channel();
     rayon::spawn(move || {
-        let base = chunk.data.as_ptr() as usize;
-        let batches = (0..chunk.frames.len())
-            .into_par_iter()
-            .map(|i| {
-                let range = &chunk.frames[i];
-                let offset = chunk.offset(i);
-                let body = chunk.frame(i);
-                let records = chunk.records(i, &name)?;
-                let leaves: Vec<_> = records.iter().map(|r| r.leaf_hash()).collect();
-                let filter = BatchFilter::build(
-                    (segment, offset),
-                    body.first_seq,
-                    records.len() as u64,
-                    records.iter().map(|r| r.stream),
-                );
-                let linked = records
-                    .iter()
-                    .zip(&leaves)
-                    .map(|(r, leaf)| {
-                        // Decoded fields borrow from the chunk's bytes.
-                        let at = (r.stream.as_ptr() as usize)
-                            .checked_sub(base)
-                            .expect("a decoded stream id lies in its chunk");
-                        let fields = Linked {
-                            seq: r.seq,
-                            timestamp_us: r.timestamp_us,
-                            stream_version: r.stream_version,
-                            mid: chain::midstate(leaf),
-                        };
-                        (fields, at..at + r.stream.len())
-                    })
-                    .collect();
-                Ok(HashedBatch {
-                    offset,
-                    len: range.len() as u64,
-                    first_seq: body.first_seq,
-                    records: linked,
-                    subtrees: merkle::range_subtrees_capped(
-                        body.first_seq,
-                        &leaves,
-                        nodes::MIN_HEIGHT,
-                    ),
-                    filter,
+        // The walk first: it is the serial path, and the hashing splits.
+        let (walked, hashed) = rayon::join(
+            || {
+                walking.map(|mut k| {
+                    let reached = walk_until(&name, &mut k, &mut w, stop);
+                    (k, reached)
                 })
-            })
-            .collect();
+            },
+            || chunk.map(|c| hash_chunk(c, &name, segment)),
+        );
         // The receiver is gone only if verify already failed.
-        let _ = tx.send(Hashed { chunk, batches });
+        let _ = tx.send(Step {
+            hashed,
+            walked,
+            walker: w,
+        });
     });
     rx
+}
+
+/// Decodes and hashes every batch of `chunk`, in parallel: leaf hashes,
+/// the chain's parallel half (see `format::chain`), the batch's Merkle
+/// subtrees and its stream filter. Everything order-dependent is left to
+/// `walk_until`.
+fn hash_chunk(chunk: Chunk, name: &str, segment: u64) -> Walking {
+    let base = chunk.data.as_ptr() as usize;
+    let batches: Vec<_> = (0..chunk.frames.len())
+        .into_par_iter()
+        .map(|i| {
+            let range = &chunk.frames[i];
+            let offset = chunk.offset(i);
+            let body = chunk.frame(i);
+            let records = chunk.records(i, name)?;
+            let leaves: Vec<_> = records.iter().map(|r| r.leaf_hash()).collect();
+            let filter = BatchFilter::build(
+                (segment, offset),
+                body.first_seq,
+                records.len() as u64,
+                records.iter().map(|r| r.stream),
+            );
+            let linked = records
+                .iter()
+                .zip(&leaves)
+                .map(|(r, leaf)| {
+                    // Decoded fields borrow from the chunk's bytes.
+                    let at = (r.stream.as_ptr() as usize)
+                        .checked_sub(base)
+                        .expect("a decoded stream id lies in its chunk");
+                    let fields = Linked {
+                        seq: r.seq,
+                        timestamp_us: r.timestamp_us,
+                        stream_version: r.stream_version,
+                        mid: chain::midstate(leaf),
+                    };
+                    (fields, at..at + r.stream.len())
+                })
+                .collect();
+            Ok(HashedBatch {
+                offset,
+                len: range.len() as u64,
+                first_seq: body.first_seq,
+                records: linked,
+                subtrees: merkle::range_subtrees_capped(body.first_seq, &leaves, nodes::MIN_HEIGHT),
+                filter,
+            })
+        })
+        .collect();
+    Walking {
+        end: chunk.base + chunk.data.len() as u64,
+        data: chunk.data,
+        batches: batches.into_iter(),
+    }
 }
 
 /// Whether segment `name` is no longer `seen` bytes long, looked at for up
@@ -273,21 +373,21 @@ async fn changed_since(
 }
 
 /// The serial stage: walks a hashed chunk's batches in order, linking the
-/// chain, checking sequence numbers, timestamps and stream versions, and
-/// every checkpoint the walk reaches.
-async fn walk<'a, I>(
-    reader: &LedgerReader,
+/// chain and checking sequence numbers, timestamps and stream versions. It
+/// stops after the batch that brings the log to `stop` records (the next
+/// checkpoint's size), so that the caller can check that checkpoint: true
+/// if it stopped there, false at the end of the chunk.
+fn walk_until(
     name: &str,
-    hashed: Hashed,
-    tip: &mut Tip,
-    next_cp: &mut std::iter::Peekable<I>,
-    since: &mut Since,
-) -> Result<()>
-where
-    I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
-{
-    let data = &hashed.chunk.data;
-    for b in hashed.batches {
+    k: &mut Walking,
+    w: &mut Walker,
+    stop: Option<u64>,
+) -> std::result::Result<bool, IntegrityError> {
+    let (tip, since, data) = (&mut w.tip, &mut w.since, &k.data);
+    while stop.is_none_or(|s| tip.size < s) {
+        let Some(b) = k.batches.next() else {
+            return Ok(false);
+        };
         let b = b?;
         if b.first_seq != tip.size {
             return Err(IntegrityError::new(
@@ -298,8 +398,7 @@ where
                     "batch starts at sequence number {} where {} was due",
                     b.first_seq, tip.size
                 ),
-            )
-            .into());
+            ));
         }
         if b.first_seq == since.seq {
             // The first batch after the last checkpoint checked, wherever
@@ -321,9 +420,8 @@ where
         }
         tip.segment_len = b.offset + b.len;
         tip.segment_blocks += 1;
-        check_checkpoints(reader, next_cp, tip, since).await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Checks every checkpoint whose size the walk has just reached.
