@@ -376,11 +376,30 @@ fn version_conflicts_append_nothing() {
             2,
             vec!["\"fresh\""],
         ),
-        // An earlier line of the same input moved the stream on.
+        // An earlier line of the same input moved the stream on: the
+        // version given counts it, and the message says so.
         (
             format!("{}\n{}", ev("a", json!(1)), ev("a", json!(1))),
             2,
-            vec!["\"a\"", "2"],
+            vec![
+                "\"a\"",
+                "2",
+                ", counting line 1 of this input; nothing was appended",
+            ],
+        ),
+        (
+            format!(
+                "{}\n{}\n{}\n{}",
+                ev("a", json!(1)),
+                ok("z"),
+                ok("a"),
+                ev("a", json!(2))
+            ),
+            4,
+            vec![
+                "current version is 3",
+                "counting 2 earlier lines of this input",
+            ],
         ),
     ];
     for (input, n, words) in &cases {

@@ -489,6 +489,9 @@ async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
     let mut written_upto = 0usize;
     for call in calls {
         let (lines, events): (Vec<usize>, Vec<_>) = call.into_iter().unzip();
+        // For a conflict's message: the version it gives counts this
+        // call's earlier events, which were not written.
+        let streams: Vec<String> = events.iter().map(|e| e.stream.clone()).collect();
         let hint = |upto: usize| {
             if upto == 0 {
                 "nothing was appended".to_owned()
@@ -501,15 +504,39 @@ async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
             Err(e) => {
                 let hint = hint(written_upto);
                 let e = match e {
-                    LedgerError::VersionConflict { index, stream, expected, current } => anyhow!(
-                        "line {}: stream {stream:?} expected {expected}, current version is {}; {hint}",
-                        lines[index],
-                        current.map_or("none".into(), |v| v.to_string())
-                    ),
-                    LedgerError::InvalidEvent { index, field, reason } => {
+                    LedgerError::VersionConflict {
+                        index,
+                        stream,
+                        expected,
+                        current,
+                    } => {
+                        let earlier: Vec<usize> = (0..index)
+                            .filter(|&i| streams[i] == stream)
+                            .map(|i| lines[i])
+                            .collect();
+                        let counting = match earlier.as_slice() {
+                            [] => String::new(),
+                            [one] => format!(", counting line {one} of this input"),
+                            many => {
+                                format!(", counting {} earlier lines of this input", many.len())
+                            }
+                        };
+                        anyhow!(
+                            "line {}: stream {stream:?} expected {expected}, current version is {}{counting}; {hint}",
+                            lines[index],
+                            current.map_or("none".into(), |v| v.to_string())
+                        )
+                    }
+                    LedgerError::InvalidEvent {
+                        index,
+                        field,
+                        reason,
+                    } => {
                         anyhow!("line {}: field `{field}` {reason}; {hint}", lines[index])
                     }
-                    other => anyhow!(other).context(format!("appending lines {}..; {hint}", lines[0])),
+                    other => {
+                        anyhow!(other).context(format!("appending lines {}..; {hint}", lines[0]))
+                    }
                 };
                 let _ = ledger.close().await;
                 return Err(e);
