@@ -309,6 +309,40 @@ fn missing_files_are_integrity_failures_that_name_them() {
 }
 
 #[test]
+fn a_deleted_newest_checkpoint_leaves_caches_that_verify_reports() {
+    let f = three_appends();
+    let v = f.verify().ok().json();
+    assert_eq!(v["caches_without_checkpoint"], json!([]), "{v}");
+    let cps = f.checkpoints();
+    let newest = cps.last().unwrap();
+    assert!(
+        newest.ends_with("checkpoint-00000000000000000007"),
+        "{cps:?}"
+    );
+    fs::remove_file(f.path(&format!("main/{newest}"))).unwrap();
+    // The log still matches every checkpoint left; the records after the
+    // previous one are reported unsigned, and the deleted one's caches
+    // are named.
+    let out = f.verify();
+    assert_eq!(out.code, 0, "{}", out.describe());
+    let v = out.json();
+    assert_eq!(v["unsigned_tail"], 2, "{v}");
+    assert_eq!(
+        v["caches_without_checkpoint"],
+        json!([
+            "main/snapshot-00000000000000000007",
+            "main/streams-00000000000000000007"
+        ]),
+        "{v}"
+    );
+    assert!(
+        out.stderr.contains("caches without a checkpoint"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
 fn a_deleted_checkpoint_is_named() {
     let f = three_appends();
     let cps = f.checkpoints();
