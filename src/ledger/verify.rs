@@ -37,10 +37,11 @@ pub struct VerifyReport {
     /// Records after the newest checkpoint: intact, but not yet signed.
     pub unsigned_tail: u64,
     /// Caches (snapshots, stream indexes, node caches) of a size that no
-    /// checkpoint has, by blob name. A writer that stops between writing a
-    /// checkpoint's caches and the checkpoint leaves them, and so does a
-    /// deleted checkpoint: the log cannot tell which, so they are reported,
-    /// not failed. The newest checkpoint's deletion shows only here.
+    /// checkpoint has, by blob name. A checkpoint that a writer did not
+    /// finish (a crash or a failed write after its caches were put) leaves
+    /// them, and so does a deleted checkpoint: the log cannot tell which,
+    /// so they are reported, not failed. The newest checkpoint's deletion
+    /// shows only here.
     pub caches_without_checkpoint: Vec<String>,
 }
 
@@ -158,7 +159,7 @@ impl LedgerReader {
         if !orphans.is_empty() {
             tracing::warn!(
                 caches = ?orphans,
-                "caches without a checkpoint of their size: a writer stopped (or is) between writing them and their checkpoint, or the checkpoint was deleted"
+                "caches without a checkpoint of their size: left by a checkpoint a writer did not finish (a crash, a failed write) or is writing now, or by a deleted checkpoint"
             );
         }
         Ok(VerifyReport {
