@@ -509,6 +509,39 @@ async fn appends_after_a_checkpoint_whose_answer_was_lost() {
         .await
         .unwrap();
     assert_eq!((report.records, report.checkpoints), (2510, 4));
+    assert_eq!(report.caches_without_checkpoint, Vec::<String>::new());
+}
+
+/// A checkpoint whose put failed leaves the caches put before it. Verify
+/// names them (a deleted checkpoint would leave the same), and still
+/// passes: the log matches every checkpoint there is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_the_caches_a_failed_checkpoint_left() {
+    use bi_ledger::LedgerReader;
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(Faulty::over(store(dir.path())));
+    let ledger = ledger::create_checkpointed_on_demand(faulty.clone(), 13).await;
+    ledger.append(counted("a", 1500)).await.unwrap();
+    faulty
+        .lose_checkpoint
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    ledger.checkpoint().await.unwrap_err();
+    ledger.append(counted("b", 10)).await.unwrap();
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let report = reader
+        .verify(reader.recorded_verifier(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((report.records, report.checkpoints), (1510, 2));
+    assert_eq!(
+        report.caches_without_checkpoint,
+        [
+            "main/nodes-00000000000000001500",
+            "main/snapshot-00000000000000001500",
+            "main/streams-00000000000000001500",
+        ]
+    );
 }
 
 /// A stream index whose checkpoint never landed (a crash between the two
