@@ -509,7 +509,7 @@ async fn appends_after_a_checkpoint_whose_answer_was_lost() {
         .await
         .unwrap();
     assert_eq!((report.records, report.checkpoints), (2510, 4));
-    assert_eq!(report.caches_without_checkpoint, Vec::<String>::new());
+    assert_eq!(report.caches_without_checkpoint, Some(vec![]));
 }
 
 /// A checkpoint whose put failed leaves the caches put before it. Verify
@@ -535,7 +535,7 @@ async fn verify_names_the_caches_a_failed_checkpoint_left() {
         .unwrap();
     assert_eq!((report.records, report.checkpoints), (1510, 2));
     assert_eq!(
-        report.caches_without_checkpoint,
+        report.caches_without_checkpoint.unwrap(),
         [
             "main/nodes-00000000000000001500",
             "main/snapshot-00000000000000001500",

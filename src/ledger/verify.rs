@@ -41,8 +41,9 @@ pub struct VerifyReport {
     /// finish (a crash or a failed write after its caches were put) leaves
     /// them, and so does a deleted checkpoint: the log cannot tell which,
     /// so they are reported, not failed. The newest checkpoint's deletion
-    /// shows only here.
-    pub caches_without_checkpoint: Vec<String>,
+    /// shows only here. `None` if the caches could not be listed (the
+    /// log's verification stands; a warning says why).
+    pub caches_without_checkpoint: Option<Vec<String>>,
 }
 
 impl LedgerReader {
@@ -155,8 +156,13 @@ impl LedgerReader {
             .into());
         }
         let signed = checkpoints.last().map_or(0, |(_, c)| c.size);
-        let orphans = caches_without_checkpoint(self, &checkpoints).await?;
-        if !orphans.is_empty() {
+        // After the whole log checked out, a failed listing must not undo
+        // that: it is reported as not known.
+        let orphans = caches_without_checkpoint(self, &checkpoints)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "could not list the caches to look for ones without a checkpoint"))
+            .ok();
+        if let Some(orphans) = orphans.as_ref().filter(|o| !o.is_empty()) {
             tracing::warn!(
                 caches = ?orphans,
                 "caches without a checkpoint of their size: left by a checkpoint a writer did not finish (a crash, a failed write) or is writing now, or by a deleted checkpoint"

@@ -101,7 +101,7 @@ pub async fn append_read_reopen_verify_prove(s: Arc<dyn BlobStore>, other: Arc<d
     let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
     assert_eq!(report.records, 3);
     assert_eq!(report.unsigned_tail, 0);
-    assert_eq!(report.caches_without_checkpoint, Vec::<String>::new());
+    assert_eq!(report.caches_without_checkpoint, Some(vec![]));
 
     let cps = reader.checkpoints(&verifier).await.unwrap();
     assert_eq!(
