@@ -206,6 +206,29 @@ struct Faulty {
     puts_fail: std::sync::atomic::AtomicBool,
     /// Puts tried, landed or not.
     puts: std::sync::atomic::AtomicU64,
+    /// The writer lock reports itself lost once this is set (a lease that
+    /// expired or was broken).
+    lock_lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A writer lock that can be lost on demand.
+#[derive(Debug)]
+struct LosableLock {
+    _inner: Box<dyn WriterLock>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WriterLock for LosableLock {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                op: "hold the writer lock on",
+                name: "main".into(),
+                source: std::io::Error::other("injected: lost"),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Faulty {
@@ -315,11 +338,55 @@ impl BlobStore for Faulty {
         self.inner().truncate(name, len).await
     }
     async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
-        self.inner().lock(name).await
+        Ok(Box::new(LosableLock {
+            _inner: self.inner().lock(name).await?,
+            lost: self.lock_lost.clone(),
+        }))
     }
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         self.inner().delete(name).await
     }
+}
+
+/// A writer whose lock is lost writes nothing more: no block, and no
+/// checkpoint or cache of one (on Azure another writer may hold the lease
+/// by then, and a checkpoint replaces caches of its size). What it wrote
+/// before stays, intact and unsigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_lost_its_lock_puts_nothing_more() {
+    use bi_ledger::{LedgerError, LedgerReader};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(Faulty::over(store(dir.path())));
+    let ledger = ledger::create_checkpointed_on_demand(faulty.clone(), 14).await;
+    ledger.append(counted("a", 1500)).await.unwrap();
+    let puts = faulty.puts.load(SeqCst);
+    faulty.lock_lost.store(true, SeqCst);
+    let lost = |r: &Result<_, LedgerError>| matches!(r, Err(LedgerError::Poisoned(why)) if why.contains("writer lock lost"));
+    let cp = ledger.checkpoint().await;
+    assert!(lost(&cp), "{cp:?}");
+    let more = ledger.append(counted("a", 1)).await;
+    assert!(matches!(more, Err(LedgerError::Poisoned(_))), "{more:?}");
+    let close = ledger.close().await;
+    assert!(lost(&close), "{close:?}");
+    assert_eq!(
+        faulty.puts.load(SeqCst),
+        puts,
+        "a put after the lock was lost"
+    );
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let report = reader
+        .verify(reader.recorded_verifier(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.records,
+            report.unsigned_tail,
+            report.caches_without_checkpoint
+        ),
+        (1500, 1500, Some(vec![]))
+    );
 }
 
 /// A block write that fails poisons the writer: the callers of that block

@@ -632,6 +632,7 @@ impl Writer {
         if let Some(p) = &self.poisoned {
             return Err(LedgerError::Poisoned(p.clone()));
         }
+        self.check_lock()?;
         self.settle_unanswered().await?;
         if let Some(last) = &self.last_checkpoint {
             if last.checkpoint.size == self.tip.size {
@@ -657,13 +658,16 @@ impl Writer {
             self.put_cache(&blob, &self.tip.index.encode()).await?;
         }
         if !self.tip.nodes.is_empty() {
+            self.check_lock()?;
             let blob = layout::nodes(&self.meta.name, cp.size);
             self.put_cache(&blob, &self.tip.node_cache().encode())
                 .await?;
         }
+        self.check_lock()?;
         let snap_blob = layout::snapshot(&self.meta.name, cp.size);
         self.put_cache(&snap_blob, &self.tip.snapshot().encode())
             .await?;
+        self.check_lock()?;
         let blob = layout::checkpoint(&self.meta.name, cp.size);
         let (cp, note) = match self.store.put(&blob, note.as_bytes()).await {
             Ok(()) => (cp, note),
@@ -685,6 +689,20 @@ impl Writer {
         self.checkpoint_retry = None;
         self.tip.take_caches();
         Ok(info)
+    }
+
+    /// A writer whose lock is gone (on Azure, a lease that expired or was
+    /// broken) must write nothing more: another writer may hold the ledger
+    /// now, and `put_cache` replaces a cache of the checkpoint's size on
+    /// the belief that no checkpoint refers to it. Appends check in
+    /// `start_write`; a checkpoint checks before each put.
+    fn check_lock(&mut self) -> Result<()> {
+        if let Err(e) = self.lock.check() {
+            let why = format!("writer lock lost: {e}");
+            self.poisoned = Some(why.clone());
+            return Err(LedgerError::Poisoned(why));
+        }
+        Ok(())
     }
 
     /// Whether the checkpoint whose put failed is stored after all. If it
