@@ -430,12 +430,8 @@ async fn unsealed_older_segments_are_sealed() {
 
 /// A rollover interrupted after `create`, and the ledger closed right after
 /// recovery, before any new event: the final checkpoint then signs a state
-/// whose position is the start of the new segment.
-///
-/// Ignored: fails today. `recover` leaves the tip at (new segment, header
-/// end, 1 block) and `close()` snapshots that, while `verify` compares each
-/// checkpoint's snapshot with its own position at the end of the previous
-/// segment, and reports "position differs from the log".
+/// whose position is the start of the new segment, which `verify` accepts
+/// as the same state as the end of the previous one (format §11).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollover_interrupted_then_closed_without_appending() {
     let c = build(3, &[1, 1, 1, 1, 1], None).await;
@@ -531,13 +527,9 @@ async fn snapshot_without_its_checkpoint() {
 /// Two crashes: one between snapshot and checkpoint (so the snapshot at
 /// that size stays behind), then, after reopening, one inside the rollover
 /// that the next append started. Closing right after the second recovery
-/// must write the checkpoint the first crash lost.
-///
-/// Ignored: fails today, for the same reason as
-/// `rollover_interrupted_then_closed_without_appending`: the tip's position
-/// after the recovered rollover differs from the orphan snapshot's, so
-/// `checkpoint()` finds a snapshot with other bytes and fails with
-/// `AlreadyExists`, and keeps failing until the next append.
+/// must write the checkpoint the first crash lost. The tip's position after
+/// the recovered rollover differs from the orphan snapshot's, so the
+/// checkpoint replaces that snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_snapshot_then_interrupted_rollover_then_close() {
     // Segment 1 is full after 4 batches; checkpoint at that size.
@@ -607,9 +599,10 @@ async fn flipped_byte_in_a_non_last_batch() {
     }
 }
 
-/// The same for a flipped bit of the length field: a grown length makes
-/// the batch appear to run past the end of the segment, like a torn write,
-/// and recovery truncates it with every acknowledged batch after it.
+/// The same for a flipped bit of the length field. A grown length would
+/// make the batch appear to run past the end of the segment, like a torn
+/// write; but the length carries its complement (format §5.1), so every
+/// single-bit flip is damage, and nothing after it is cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_length_in_a_non_last_batch() {
     let c = build(100, &[2, 1, 1, 1], None).await;
@@ -666,8 +659,6 @@ async fn flipped_byte_in_a_segment_header() {
         bad[at] ^= 0x01;
         let want = SegmentHeader::decode(&bad).unwrap_err().offset as u64;
         let e = open_err(dir.path(), 3).await;
-        // The sequence number is not named for header damage (recover
-        // passes None); the segment and offset are.
         assert_eq!((e.blob.as_str(), e.offset), (seg_name(1).as_str(), want));
     }
 }

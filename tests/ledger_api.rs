@@ -206,6 +206,9 @@ struct Faulty {
     puts_fail: std::sync::atomic::AtomicBool,
     /// Puts tried, landed or not.
     puts: std::sync::atomic::AtomicU64,
+    /// The next segment append lands, durably, then answers with an error
+    /// (a crash, or a lost answer, between the write and the replies).
+    landed_append_fails: std::sync::atomic::AtomicBool,
     /// The writer lock reports itself lost once this is set (a lease that
     /// expired or was broken).
     lock_lost: Arc<std::sync::atomic::AtomicBool>,
@@ -276,7 +279,15 @@ impl BlobStore for Faulty {
                 source: std::io::Error::other("injected: device error"),
             });
         }
-        self.inner().append(name, at, block).await
+        let end = self.inner().append(name, at, block).await?;
+        if name.ends_with(".seg") && self.landed_append_fails.swap(false, SeqCst) {
+            return Err(StoreError::Io {
+                op: "append to",
+                name: name.to_owned(),
+                source: std::io::Error::other("injected: answer lost after the write"),
+            });
+        }
+        Ok(end)
     }
     async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         self.inner().read(name, offset, len).await
@@ -346,6 +357,62 @@ impl BlobStore for Faulty {
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         self.inner().delete(name).await
     }
+}
+
+/// Life of an event, step 4: a batch durable in the log whose callers got
+/// no receipt (the write's answer was lost). The callers get an error, not
+/// a receipt; the batch is kept on reopening, whole and verified, like any
+/// other; and a caller that retries with an exact expected version gets a
+/// conflict instead of a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_batch_whose_answer_was_lost_is_kept_and_not_duplicated() {
+    use bi_ledger::{ExpectedVersion, Ledger, LedgerError, LedgerReader, NewEvent};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(Faulty::over(store(dir.path())));
+    let ledger = ledger::create_checkpointed_on_demand(faulty.clone(), 15).await;
+    ledger.append(counted("a", 5)).await.unwrap();
+    let retry = || {
+        vec![
+            NewEvent::json("a", "Counted", &serde_json::json!({ "i": 5 }))
+                .expect(ExpectedVersion::Exact(4)),
+            NewEvent::json("b", "Opened", &serde_json::json!({})).expect(ExpectedVersion::NoStream),
+        ]
+    };
+    faulty.landed_append_fails.store(true, SeqCst);
+    let lost = ledger.append(retry()).await;
+    assert!(matches!(lost, Err(LedgerError::Poisoned(_))), "{lost:?}");
+    drop(ledger);
+
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let all = reader.read(0, None).await.unwrap();
+    assert_eq!(all.len(), 7, "the unanswered batch is in the log");
+    assert_eq!((all[5].stream.as_str(), all[5].stream_version), ("a", 5));
+    assert_eq!((all[6].stream.as_str(), all[6].stream_version), ("b", 0));
+    let report = reader
+        .verify(reader.recorded_verifier(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((report.records, report.unsigned_tail), (7, 7));
+
+    let ledger = Ledger::open(store(dir.path()), "main", options(15))
+        .await
+        .unwrap();
+    match ledger.append(retry()).await {
+        Err(LedgerError::VersionConflict {
+            index: 0,
+            current: Some(5),
+            ..
+        }) => {}
+        other => panic!("a retry must conflict: {other:?}"),
+    }
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    assert_eq!(
+        reader.read(0, None).await.unwrap().len(),
+        7,
+        "nothing duplicated"
+    );
 }
 
 /// A writer whose lock is lost writes nothing more: no block, and no
