@@ -127,6 +127,21 @@ async fn ledger_append_read_reopen_verify_prove() {
     ledger::append_read_reopen_verify_prove(s, c.dyn_store()).await;
 }
 
+/// `tests/ledger_api.rs` on Azure: a rollover cut short before the new
+/// segment's header, and before the full segment's seal (README, life of
+/// an event, steps 5a and 5b).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_rollover_interrupted_before_header_and_before_seal() {
+    let account = account_or_skip!();
+    for (stop, name) in [
+        (ledger::RolloverStop::BeforeHeader, "roll5a"),
+        (ledger::RolloverStop::BeforeSeal, "roll5b"),
+    ] {
+        let c = Container::new(&account, name, AzureOptions::default()).await;
+        ledger::rollover_interrupted(c.dyn_store(), stop).await;
+    }
+}
+
 /// `tests/ledger_api.rs` on Azure: stream reads through the stream index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_stream_reads_use_the_index() {

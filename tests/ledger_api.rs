@@ -47,6 +47,17 @@ async fn append_read_reopen_verify_prove() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_interrupted_before_header_and_before_seal() {
+    for stop in [
+        ledger::RolloverStop::BeforeHeader,
+        ledger::RolloverStop::BeforeSeal,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        ledger::rollover_interrupted(store(dir.path()), stop).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_reads_use_the_index() {
     let dir = tempfile::tempdir().unwrap();
     ledger::stream_reads_use_the_index(store(dir.path())).await;

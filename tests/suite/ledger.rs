@@ -434,3 +434,161 @@ pub async fn signed_checkpoint_reads_the_one_asked_for(s: Arc<dyn BlobStore>) {
         r => panic!("a misnamed checkpoint gave {r:?}"),
     }
 }
+
+/// Where `Interrupted` stops a rollover.
+#[derive(Clone, Copy, Debug)]
+pub enum RolloverStop {
+    /// After `create` of the next segment: it is empty, the full one is
+    /// not sealed (life of an event, step 5a).
+    BeforeHeader,
+    /// After the next segment's header: the full one is not sealed (5b).
+    BeforeSeal,
+}
+
+/// A store that stops the writer's first rollover part-way, as a crash
+/// there would: the next call fails and the writer is poisoned.
+#[derive(Debug)]
+struct Interrupted {
+    inner: Arc<dyn BlobStore>,
+    stop: RolloverStop,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for Interrupted {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn max_block_size(&self) -> usize {
+        self.inner.max_block_size()
+    }
+    fn max_blocks(&self) -> u64 {
+        self.inner.max_blocks()
+    }
+    async fn create(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.create(name).await
+    }
+    async fn append(&self, name: &str, at: u64, block: &[u8]) -> Result<u64, StoreError> {
+        let header_of_next =
+            at == 0 && name.ends_with(".seg") && !name.ends_with("/0000000000.seg");
+        if header_of_next && matches!(self.stop, RolloverStop::BeforeHeader) {
+            return Err(StoreError::Io {
+                op: "append to",
+                name: name.to_owned(),
+                source: std::io::Error::other("injected: crashed before the header"),
+            });
+        }
+        self.inner.append(name, at, block).await
+    }
+    async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.inner.read(name, offset, len).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<bi_ledger::backend::BlobInfo>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn info(&self, name: &str) -> Result<bi_ledger::backend::BlobInfo, StoreError> {
+        self.inner.info(name).await
+    }
+    async fn seal(&self, name: &str) -> Result<(), StoreError> {
+        if matches!(self.stop, RolloverStop::BeforeSeal) {
+            return Err(StoreError::Io {
+                op: "seal",
+                name: name.to_owned(),
+                source: std::io::Error::other("injected: crashed before the seal"),
+            });
+        }
+        self.inner.seal(name).await
+    }
+    async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(name, data).await
+    }
+    async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
+        self.inner.truncate(name, len).await
+    }
+    async fn lock(
+        &self,
+        name: &str,
+    ) -> Result<Box<dyn bi_ledger::backend::WriterLock>, StoreError> {
+        self.inner.lock(name).await
+    }
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.delete(name).await
+    }
+}
+
+/// Life of an event, step 5: a rollover cut short after `create` of the
+/// next segment (5a) or after its header (5b). The next `open` writes the
+/// header if it is missing, byte for byte the one the writer would have
+/// written, seals the full segment, and appends right after the header;
+/// nothing acknowledged is lost and the log verifies.
+pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
+    let opts = || {
+        let mut o = ledger_opts();
+        o.checkpoint_every_events = None;
+        o.segment_max_blocks = 3; // the header and two batches
+        o
+    };
+    let cut: Arc<dyn BlobStore> = Arc::new(Interrupted {
+        inner: s.clone(),
+        stop,
+    });
+    let ledger = Ledger::create(cut, "main", opts()).await.unwrap();
+    for i in 0..2 {
+        let r = ledger
+            .append(vec![NewEvent::json("s", "T", &json!({ "i": i }))])
+            .await
+            .unwrap();
+        assert_eq!(r[0].segment, 0);
+    }
+    let e = ledger
+        .append(vec![NewEvent::json("s", "T", &json!({ "i": 2 }))])
+        .await;
+    assert!(
+        matches!(e, Err(LedgerError::Poisoned(_))),
+        "{stop:?}: {e:?}"
+    );
+    // A poisoned writer writes no checkpoint, but `close` still releases
+    // the writer lock (on Azure, the lease) before it answers.
+    let closed = ledger.close().await;
+    assert!(
+        matches!(closed, Err(LedgerError::Poisoned(_))),
+        "{closed:?}"
+    );
+    let (seg0, seg1) = ("main/0000000000.seg", "main/0000000001.seg");
+    let left = s.info(seg1).await.unwrap();
+    let header_len = bi_ledger::format::segment::HEADER_LEN as u64;
+    match stop {
+        RolloverStop::BeforeHeader => assert_eq!(left.size, 0, "{left:?}"),
+        RolloverStop::BeforeSeal => assert_eq!(left.size, header_len, "{left:?}"),
+    }
+    assert!(!s.info(seg0).await.unwrap().sealed, "{stop:?}");
+
+    let ledger = Ledger::open(s.clone(), "main", opts()).await.unwrap();
+    assert!(
+        s.info(seg0).await.unwrap().sealed,
+        "{stop:?}: open seals the full segment"
+    );
+    let r = ledger
+        .append(vec![NewEvent::json("s", "T", &json!({ "i": 2 }))])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r[0].seq, r[0].segment, r[0].offset),
+        (2, 1, header_len),
+        "{stop:?}"
+    );
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
+    let report = reader
+        .verify(reader.recorded_verifier(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((report.records, report.segments), (3, 2), "{stop:?}");
+    let versions: Vec<u64> = reader
+        .read_stream("s")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.stream_version)
+        .collect();
+    assert_eq!(versions, [0, 1, 2]);
+}
