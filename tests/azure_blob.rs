@@ -142,6 +142,15 @@ async fn ledger_rollover_interrupted_before_header_and_before_seal() {
     }
 }
 
+/// `tests/ledger_api.rs` on Azure: a checkpoint cut short after its
+/// caches, which verify names and the next checkpoint keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_checkpoint_interrupted_after_its_caches() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "cpcut", AzureOptions::default()).await;
+    ledger::checkpoint_interrupted_after_its_caches(c.dyn_store()).await;
+}
+
 /// `tests/ledger_api.rs` on Azure: stream reads through the stream index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_stream_reads_use_the_index() {

@@ -58,6 +58,12 @@ async fn rollover_interrupted_before_header_and_before_seal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_interrupted_after_its_caches() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger::checkpoint_interrupted_after_its_caches(store(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_reads_use_the_index() {
     let dir = tempfile::tempdir().unwrap();
     ledger::stream_reads_use_the_index(store(dir.path())).await;

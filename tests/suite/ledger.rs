@@ -445,12 +445,14 @@ pub enum RolloverStop {
     BeforeSeal,
 }
 
-/// A store that stops the writer's first rollover part-way, as a crash
-/// there would: the next call fails and the writer is poisoned.
+/// A store that stops the writer part-way, as a crash there would: the
+/// first rollover (the next call fails and the writer is poisoned), or the
+/// put of the next checkpoint (it fails without landing, after the caches).
 #[derive(Debug)]
 struct Interrupted {
     inner: Arc<dyn BlobStore>,
-    stop: RolloverStop,
+    stop: Option<RolloverStop>,
+    lose_checkpoint: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -470,7 +472,7 @@ impl BlobStore for Interrupted {
     async fn append(&self, name: &str, at: u64, block: &[u8]) -> Result<u64, StoreError> {
         let header_of_next =
             at == 0 && name.ends_with(".seg") && !name.ends_with("/0000000000.seg");
-        if header_of_next && matches!(self.stop, RolloverStop::BeforeHeader) {
+        if header_of_next && matches!(self.stop, Some(RolloverStop::BeforeHeader)) {
             return Err(StoreError::Io {
                 op: "append to",
                 name: name.to_owned(),
@@ -489,7 +491,7 @@ impl BlobStore for Interrupted {
         self.inner.info(name).await
     }
     async fn seal(&self, name: &str) -> Result<(), StoreError> {
-        if matches!(self.stop, RolloverStop::BeforeSeal) {
+        if matches!(self.stop, Some(RolloverStop::BeforeSeal)) {
             return Err(StoreError::Io {
                 op: "seal",
                 name: name.to_owned(),
@@ -499,6 +501,17 @@ impl BlobStore for Interrupted {
         self.inner.seal(name).await
     }
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        if name.contains("/checkpoint-")
+            && self
+                .lose_checkpoint
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Io {
+                op: "put",
+                name: name.to_owned(),
+                source: std::io::Error::other("injected: crashed before the checkpoint"),
+            });
+        }
         self.inner.put(name, data).await
     }
     async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
@@ -529,7 +542,8 @@ pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
     };
     let cut: Arc<dyn BlobStore> = Arc::new(Interrupted {
         inner: s.clone(),
-        stop,
+        stop: Some(stop),
+        lose_checkpoint: false.into(),
     });
     let ledger = Ledger::create(cut, "main", opts()).await.unwrap();
     for i in 0..2 {
@@ -591,4 +605,61 @@ pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
         .map(|r| r.stream_version)
         .collect();
     assert_eq!(versions, [0, 1, 2]);
+}
+
+/// Life of an event, step 6: a checkpoint cut short after its caches (its
+/// own put failed without landing). The caches are left without a
+/// checkpoint, and `verify` names them; the next checkpoint of that size
+/// (here, the one `close` writes) finds them with the same bytes and keeps
+/// them, and then nothing is left over.
+pub async fn checkpoint_interrupted_after_its_caches(s: Arc<dyn BlobStore>) {
+    let cut = Arc::new(Interrupted {
+        inner: s.clone(),
+        stop: None,
+        lose_checkpoint: false.into(),
+    });
+    let ledger = create_checkpointed_on_demand(cut.clone(), 16).await;
+    let events: Vec<NewEvent> = (0..1100)
+        .map(|i| NewEvent::json(format!("s{}", i % 7), "T", &json!({ "i": i })))
+        .collect();
+    ledger.append(events).await.unwrap();
+    cut.lose_checkpoint
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    ledger.checkpoint().await.unwrap_err();
+    let orphans: Vec<String> = ["nodes", "snapshot", "streams"]
+        .iter()
+        .map(|k| format!("main/{k}-{:020}", 1100))
+        .collect();
+    let mut kept = Vec::new();
+    for blob in &orphans {
+        kept.push(s.read_all(blob).await.unwrap());
+    }
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
+    let report = reader
+        .verify(reader.recorded_verifier(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.caches_without_checkpoint, Some(orphans.clone()));
+
+    let info = ledger.close().await.unwrap();
+    assert_eq!(info.checkpoint.size, 1100);
+    for (blob, bytes) in orphans.iter().zip(&kept) {
+        assert_eq!(
+            &s.read_all(blob).await.unwrap(),
+            bytes,
+            "{blob} kept as it was"
+        );
+    }
+    let report = reader
+        .verify(reader.recorded_verifier(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.records,
+            report.unsigned_tail,
+            report.caches_without_checkpoint
+        ),
+        (1100, 0, Some(vec![]))
+    );
 }
