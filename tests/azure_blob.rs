@@ -151,6 +151,15 @@ async fn ledger_checkpoint_interrupted_after_its_caches() {
     ledger::checkpoint_interrupted_after_its_caches(c.dyn_store()).await;
 }
 
+/// `tests/ledger_api.rs` on Azure: a partial last frame is damage there
+/// (an Append Block cannot tear), refused by `open`, not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_a_partial_last_frame_is_refused() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "torn", AzureOptions::default()).await;
+    ledger::a_partial_last_frame(c.dyn_store(), false).await;
+}
+
 /// `tests/ledger_api.rs` on Azure: stream reads through the stream index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_stream_reads_use_the_index() {

@@ -64,6 +64,12 @@ async fn checkpoint_interrupted_after_its_caches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_last_frame_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger::a_partial_last_frame(store(dir.path()), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_reads_use_the_index() {
     let dir = tempfile::tempdir().unwrap();
     ledger::stream_reads_use_the_index(store(dir.path())).await;

@@ -134,7 +134,7 @@ impl LedgerReader {
                     continue;
                 }
                 let what = if at_end {
-                    format!("{} (a torn last batch, as a crash leaves; opening the ledger for writing truncates it)", bad.error.what)
+                    format!("{} (a torn last batch, as a crash leaves on a file system, where opening the ledger for writing truncates it; on Azure, where an append cannot tear, it is damage)", bad.error.what)
                 } else {
                     bad.error.what
                 };

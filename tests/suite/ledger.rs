@@ -663,3 +663,68 @@ pub async fn checkpoint_interrupted_after_its_caches(s: Arc<dyn BlobStore>) {
         (1100, 0, Some(vec![]))
     );
 }
+
+/// A last frame that runs, incomplete, to the end of the last segment.
+/// On a file system that is what a crash leaves (`truncates`): `open` cuts
+/// it and goes on. On Azure an Append Block cannot tear, so it is damage:
+/// `open` refuses with the store's answer, naming the segment and offset,
+/// and cuts nothing. `verify` names it either way.
+pub async fn a_partial_last_frame(s: Arc<dyn BlobStore>, truncates: bool) {
+    let ledger = create_checkpointed_on_demand(s.clone(), 17).await;
+    let mut offsets = Vec::new();
+    for i in 0..2 {
+        let r = ledger
+            .append(vec![NewEvent::json("s", "T", &json!({ "i": i }))])
+            .await
+            .unwrap();
+        offsets.push(r[0].offset);
+    }
+    ledger.close().await.unwrap();
+    let seg = "main/0000000000.seg";
+    let size = s.info(seg).await.unwrap().size;
+    let frame = s
+        .read(seg, offsets[0], offsets[1] - offsets[0])
+        .await
+        .unwrap();
+    s.append(seg, size, &frame[..frame.len() / 2])
+        .await
+        .unwrap();
+    let torn = size + (frame.len() / 2) as u64;
+
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
+    match reader.verify(reader.recorded_verifier(), &|_, _| {}).await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_eq!((e.blob.as_str(), e.offset), (seg, size), "{e}");
+            assert!(e.what.contains("torn last batch"), "{e}");
+        }
+        other => panic!("verify of a torn tail gave {other:?}"),
+    }
+    let opts = LedgerOptions::new(SigningKey::from_bytes(&[17; 32]));
+    let opened = Ledger::open(s.clone(), "main", opts).await;
+    if truncates {
+        let ledger = opened.unwrap();
+        assert_eq!(s.info(seg).await.unwrap().size, size, "cut back");
+        let r = ledger
+            .append(vec![NewEvent::json("s", "T", &json!({ "i": 2 }))])
+            .await
+            .unwrap();
+        assert_eq!((r[0].seq, r[0].offset), (2, size));
+        ledger.close().await.unwrap();
+        let report = reader
+            .verify(reader.recorded_verifier(), &|_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(report.records, 3);
+    } else {
+        match opened {
+            Err(LedgerError::Store(StoreError::Unsupported(why))) => {
+                assert!(
+                    why.contains(seg) && why.contains(&size.to_string()),
+                    "{why}"
+                )
+            }
+            other => panic!("open over a torn-looking tail gave {other:?}"),
+        }
+        assert_eq!(s.info(seg).await.unwrap().size, torn, "nothing cut");
+    }
+}
