@@ -69,6 +69,43 @@ async fn a_partial_last_frame_is_cut() {
     ledger::a_partial_last_frame(store(dir.path()), true).await;
 }
 
+/// A frame is at most one 4 MiB block, its 12-byte header included
+/// (format §5.1): a body length of 4 MiB − 11 is out of range, before any
+/// of it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_length_past_the_largest_frame_is_out_of_range() {
+    use bi_ledger::{LedgerError, LedgerReader};
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let ledger = ledger::create_checkpointed_on_demand(s.clone(), 18).await;
+    ledger.append(counted("a", 1)).await.unwrap();
+    ledger.close().await.unwrap();
+    let seg = "main/0000000000.seg";
+    let size = s.info(seg).await.unwrap().size;
+    for (len, out_of_range) in [(4_194_292u32, false), (4_194_293, true)] {
+        let path = dir.path().join(seg);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(size as usize);
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&(!len).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+        match reader.verify(reader.recorded_verifier(), &|_, _| {}).await {
+            Err(LedgerError::Integrity(e)) => {
+                assert_eq!(e.offset, size, "{e}");
+                assert_eq!(
+                    e.what.contains("out of range (20..=4194292)"),
+                    out_of_range,
+                    "body length {len}: {e}"
+                );
+            }
+            other => panic!("body length {len}: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_reads_use_the_index() {
     let dir = tempfile::tempdir().unwrap();

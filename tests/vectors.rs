@@ -614,6 +614,63 @@ fn hand_snapshot(s: &HandSnapshot<'_>) -> Ann {
     a
 }
 
+/// The Bloom filter of §11.3 for a batch of `count` records whose streams
+/// are `streams` (repeats allowed), from the document's rules alone.
+fn hand_filter(count: u64, streams: &[&str]) -> Vec<u8> {
+    let len = (10 * count).div_ceil(8);
+    let bits = len * 8;
+    let mut f = vec![0u8; len as usize];
+    for s in streams {
+        let mut h1: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in s.bytes() {
+            h1 ^= u64::from(b);
+            h1 = h1.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let h2 = h1.rotate_left(32) | 1;
+        for i in 0..7u64 {
+            let bit = h1.wrapping_add(i.wrapping_mul(h2)) % bits;
+            f[(bit / 8) as usize] |= 1 << (bit % 8);
+        }
+    }
+    f
+}
+
+/// §11.3 by hand: the stream index of records `from..to`, whose batches
+/// are (frame offset in segment 0, record count, the records' streams).
+fn hand_stream_index(from: u64, to: u64, batches: &[(u64, u64, Vec<&str>)]) -> Ann {
+    let mut a = Ann::default();
+    a.put(b"BILSIDX1", "magic \"BILSIDX1\"");
+    a.put(1u16.to_le_bytes(), "stream index version 1 (u16le)");
+    a.put(0u16.to_le_bytes(), "reserved 0 (u16le)");
+    a.put(LEDGER_ID, "ledger id");
+    a.put(from.to_le_bytes(), format!("from {from} (u64le)"));
+    a.put(to.to_le_bytes(), format!("to {to} (u64le)"));
+    a.put(
+        (batches.len() as u64).to_le_bytes(),
+        format!("batch count {} (u64le)", batches.len()),
+    );
+    for (offset, count, streams) in batches {
+        let filter = hand_filter(*count, streams);
+        a.put(varint_ref(0), "  segment index 0 (varint)");
+        a.put(
+            varint_ref(*offset),
+            format!("  frame offset {offset} (varint)"),
+        );
+        a.put(
+            varint_ref(*count),
+            format!("  record count {count} (varint)"),
+        );
+        a.put(
+            varint_ref(filter.len() as u64),
+            format!("  filter length {} (varint)", filter.len()),
+        );
+        a.put(&filter, format!("  filter of {}", streams.join(", ")));
+    }
+    let digest = sha256(&[&a.bytes()]);
+    a.put(digest, "SHA-256 of all preceding bytes");
+    a
+}
+
 /// §13.9: the node cache from size 1000 to 2048 of the tree whose entry
 /// `i` is the 8 bytes `u64le(i)`, under the vector ledger's id; by hand, and
 /// checked against the library's encoder and decoder.
@@ -687,6 +744,7 @@ struct Built {
     segment: Vec<u8>,
     checkpoints: Vec<(u64, String)>,
     snapshots: Vec<(u64, Vec<u8>)>,
+    stream_indexes: Vec<(u64, Vec<u8>)>,
     meta_text: String,
 }
 
@@ -834,6 +892,8 @@ fn build() -> Built {
     tip.segment_blocks = 1;
     let mut checkpoints = Vec::new();
     let mut snapshots = Vec::new();
+    let mut stream_indexes = Vec::new();
+    let mut batch_lens: Vec<u64> = Vec::new();
     let mut pos = header.len();
     let mut pending = CHECKPOINTS.iter().peekable();
     loop {
@@ -889,6 +949,23 @@ fn build() -> Built {
             );
             v.push(Vector::text(format!("checkpoint-{size}"), &note));
             checkpoints.push((size, note));
+
+            // The stream index beside it, re-derived as verify does. There
+            // is none for checkpoint 0 (no records since the one before).
+            let (index, _) = tip.take_caches();
+            if size > 0 {
+                let b0 = HEADER_LEN as u64;
+                let b1 = b0 + batch_lens[0];
+                let batches = match size {
+                    2 => vec![(b0, 2, vec!["decision-1", "decision-1"])],
+                    _ => vec![(b1, 2, vec!["decision-1-files", "decision-1-files"])],
+                };
+                let from = size - 2;
+                let hand = hand_stream_index(from, size, &batches);
+                assert_eq!(index.encode(), hand.bytes(), "stream index {size}");
+                v.push(Vector::hex(format!("streams-{size}"), &hand));
+                stream_indexes.push((size, index.encode()));
+            }
         }
         if pos == segment.len() {
             break;
@@ -896,10 +973,18 @@ fn build() -> Built {
         let Frame::Complete { len, body } = batch::parse_frame(&segment[pos..], 1 << 22) else {
             panic!("frame at {pos}");
         };
-        for r in body.decode_all().unwrap() {
+        let records = body.decode_all().unwrap();
+        tip.index_batch(
+            pos as u64,
+            body.first_seq,
+            records.len(),
+            records.iter().map(|r| r.stream),
+        );
+        for r in &records {
             let leaf = r.leaf_hash();
-            tip.apply(&r, chain::midstate(&leaf), leaf).unwrap();
+            tip.apply(r, chain::midstate(&leaf), leaf).unwrap();
         }
+        batch_lens.push(len as u64);
         pos += len;
         tip.segment_len = pos as u64;
         tip.segment_blocks += 1;
@@ -937,6 +1022,7 @@ fn build() -> Built {
         segment,
         checkpoints,
         snapshots,
+        stream_indexes,
         meta_text,
     }
 }
@@ -1428,6 +1514,12 @@ fn write_ledger(root: &std::path::Path, doc: &BTreeMap<String, Vec<u8>>) -> std:
             layout::snapshot(LEDGER_NAME, size),
             &doc[&format!("snapshot-{size}")],
         );
+        if size > 0 {
+            put(
+                layout::stream_index(LEDGER_NAME, size),
+                &doc[&format!("streams-{size}")],
+            );
+        }
     }
     root.join(layout::segment(LEDGER_NAME, 0))
 }
@@ -1468,6 +1560,9 @@ async fn document_ledger_verifies() {
     for (size, snap) in &built.snapshots {
         assert_eq!(&doc[&format!("snapshot-{size}")], snap);
     }
+    for (size, index) in &built.stream_indexes {
+        assert_eq!(&doc[&format!("streams-{size}")], index);
+    }
 
     let s = store(dir.path());
     let verifier = Verifier::from_vkey(&doc_str(&doc, "verifier-key")).unwrap();
@@ -1480,7 +1575,11 @@ async fn document_ledger_verifies() {
     assert_eq!(report.bytes, built.segment.len() as u64);
     assert_eq!(report.chain_head, doc_hash(&doc, "chain-3"));
     assert_eq!(report.root, doc_hash(&doc, "root-4"));
+    assert_eq!(report.caches_without_checkpoint, Some(vec![]));
     assert_eq!(reader.read(0, None).await.unwrap(), records());
+    // A stream read goes through the document's stream indexes.
+    let files: Vec<_> = reader.read_stream("decision-1-files").await.unwrap();
+    assert_eq!(files, records()[2..].to_vec());
 
     // `prove` over the files gives the document's proofs.
     let p = reader

@@ -160,7 +160,11 @@ impl Ledger {
                 expected: meta.verifier.to_vkey(),
             });
         }
-        let max_body = opts.max_batch_bytes.max(store.max_block_size());
+        // A frame is one block, its 12-byte header included (format §5.1).
+        let max_body = opts
+            .max_batch_bytes
+            .max(store.max_block_size())
+            .saturating_sub(crate::format::batch::FRAME_HEADER_LEN);
         let (tip, cp) = recover::recover(store.as_ref(), &meta, max_body).await?;
         let last = match cp {
             Some(checkpoint) => {
