@@ -1190,9 +1190,15 @@ fn torn_tail_is_cut_on_reopen() {
             continue;
         }
         let logged = a.stderr.contains("WARN") && a.stderr.contains("torn");
-        if torn && !(logged && a.stderr.contains(&format!("offset={start}"))) {
+        // What was cut: where, how many bytes, from which sequence number.
+        let fields = [
+            format!("offset={start}"),
+            format!("bytes_cut={}", cut - start),
+            "first_lost_seq=3".to_owned(),
+        ];
+        if torn && !(logged && fields.iter().all(|f| a.stderr.contains(f))) {
             fail(
-                "truncation not logged at warn level with its offset".into(),
+                format!("truncation not logged at warn level with {fields:?}"),
                 &a,
             );
         }

@@ -480,7 +480,76 @@ async fn create_interrupted() {
     }
 }
 
+/// A crash inside `put LEDGER` (before its link) leaves only the hidden
+/// temp file: there is no ledger, `open` says so, and `create` makes one,
+/// removing the temp file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_interrupted_inside_put_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_dir = dir.path().join(NAME);
+    std::fs::create_dir_all(&ledger_dir).unwrap();
+    let tmp = ledger_dir.join(".LEDGER.tmp-5f0c2a");
+    std::fs::write(&tmp, b"bi-ledger ledger v1\nname ma").unwrap();
+    match Ledger::open(store(dir.path()), NAME, opts(3)).await {
+        Err(LedgerError::NotFound(name)) => assert_eq!(name, NAME),
+        other => panic!("open over a half-put LEDGER gave {other:?}"),
+    }
+    let ledger = Ledger::create(store(dir.path()), NAME, opts(3))
+        .await
+        .unwrap();
+    assert!(!tmp.exists(), "the temp file is removed");
+    ledger.append(vec![event(0)]).await.unwrap();
+    ledger.close().await.unwrap();
+    assert_eq!(verify(dir.path()).await.records, 1);
+}
+
 // --------------------------------------------- crashes during checkpoint
+
+/// A crash while pruning snapshots leaves more than the two newest. Nothing
+/// needs them and nothing minds them: `verify` checks each against the log,
+/// and the next checkpoint's pruning removes the extra one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_while_pruning_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let ledger = Ledger::create(s.clone(), NAME, opts(100)).await.unwrap();
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        ledger.append(vec![event(i)]).await.unwrap();
+        let cp = ledger.checkpoint().await.unwrap();
+        let snap = layout::snapshot(NAME, cp.checkpoint.size);
+        kept.push((snap.clone(), s.read_all(&snap).await.unwrap()));
+    }
+    let snapshots = || async {
+        let mut names: Vec<String> = s
+            .list(&layout::snapshot_prefix(NAME))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(snapshots().await, [kept[1].0.clone(), kept[2].0.clone()]);
+    // The delete of the oldest did not happen.
+    s.put(&kept[0].0, &kept[0].1).await.unwrap();
+    ledger.close().await.unwrap();
+    let report = verify(dir.path()).await;
+    assert_eq!((report.records, report.checkpoints), (3, 4));
+
+    let ledger = Ledger::open(s.clone(), NAME, opts(100)).await.unwrap();
+    ledger.append(vec![event(3)]).await.unwrap();
+    let cp = ledger.close().await.unwrap();
+    assert_eq!(
+        snapshots().await,
+        [
+            kept[2].0.clone(),
+            layout::snapshot(NAME, cp.checkpoint.size)
+        ]
+    );
+    assert_eq!(verify(dir.path()).await.records, 4);
+}
 
 /// Step "checkpoint": the snapshot is put, then the checkpoint. A crash
 /// between the two leaves the snapshot alone; `open` ignores it (it goes by
