@@ -480,6 +480,29 @@ async fn create_interrupted() {
     }
 }
 
+/// The block-count side file is advisory and not fsynced: a crash may
+/// leave it short, here empty. The writer counts a full segment's blocks
+/// itself on recovery (the header and one per batch) and rolls over at its
+/// own count, not at the store's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_block_count_side_file_does_not_move_the_rollover() {
+    // Segment 0 is full: its header and two batches, at 3 blocks a segment.
+    let c = build(3, &[1, 1], None).await;
+    let dir = c.copy();
+    let side = dir.path().join(NAME).join(".0000000000.seg.blocks");
+    assert!(side.exists(), "{side:?}");
+    std::fs::write(&side, b"").unwrap();
+    let ledger = open_recovered(dir.path(), 3, &c.records).await;
+    continues(
+        ledger,
+        dir.path(),
+        &c.records,
+        Some((1, HEADER_LEN as u64)),
+        true,
+    )
+    .await;
+}
+
 /// A crash inside `put LEDGER` (before its link) leaves only the hidden
 /// temp file: there is no ledger, `open` says so, and `create` makes one,
 /// removing the temp file.
