@@ -17,6 +17,13 @@ fn ledger_opts() -> LedgerOptions {
 /// reopen through another handle (as another process would), append, read,
 /// verify, checkpoints, snapshot pruning, proofs. `s` and `other` are two
 /// independent handles on the same (empty) namespace.
+/// `verify` against the key the ledger records (a test's own key).
+pub async fn verified(
+    reader: &LedgerReader,
+) -> bi_ledger::Result<bi_ledger::ledger::verify::VerifyReport> {
+    reader.verify(reader.recorded_verifier(), &|_, _| {}).await
+}
+
 /// Every record's sequence number, in log order, as `scan` reads them.
 pub async fn seqs(reader: &LedgerReader) -> bi_ledger::Result<Vec<u64>> {
     let mut seqs = Vec::new();
@@ -449,10 +456,21 @@ pub enum RolloverStop {
 /// first rollover (the next call fails and the writer is poisoned), or the
 /// put of the next checkpoint (it fails without landing, after the caches).
 #[derive(Debug)]
-struct Interrupted {
-    inner: Arc<dyn BlobStore>,
+pub struct Interrupted {
+    pub inner: Arc<dyn BlobStore>,
     stop: Option<RolloverStop>,
-    lose_checkpoint: std::sync::atomic::AtomicBool,
+    pub lose_checkpoint: std::sync::atomic::AtomicBool,
+}
+
+impl Interrupted {
+    /// Stops nothing until `lose_checkpoint` is set.
+    pub fn losing_a_checkpoint(inner: Arc<dyn BlobStore>) -> Interrupted {
+        Interrupted {
+            inner,
+            stop: None,
+            lose_checkpoint: false.into(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -592,10 +610,7 @@ pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
     );
     ledger.close().await.unwrap();
     let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
-    let report = reader
-        .verify(reader.recorded_verifier(), &|_, _| {})
-        .await
-        .unwrap();
+    let report = verified(&reader).await.unwrap();
     assert_eq!((report.records, report.segments), (3, 2), "{stop:?}");
     let versions: Vec<u64> = reader
         .read_stream("s")
@@ -613,11 +628,7 @@ pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
 /// (here, the one `close` writes) finds them with the same bytes and keeps
 /// them, and then nothing is left over.
 pub async fn checkpoint_interrupted_after_its_caches(s: Arc<dyn BlobStore>) {
-    let cut = Arc::new(Interrupted {
-        inner: s.clone(),
-        stop: None,
-        lose_checkpoint: false.into(),
-    });
+    let cut = Arc::new(Interrupted::losing_a_checkpoint(s.clone()));
     let ledger = create_checkpointed_on_demand(cut.clone(), 16).await;
     let events: Vec<NewEvent> = (0..1100)
         .map(|i| NewEvent::json(format!("s{}", i % 7), "T", &json!({ "i": i })))
@@ -635,10 +646,7 @@ pub async fn checkpoint_interrupted_after_its_caches(s: Arc<dyn BlobStore>) {
         kept.push(s.read_all(blob).await.unwrap());
     }
     let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
-    let report = reader
-        .verify(reader.recorded_verifier(), &|_, _| {})
-        .await
-        .unwrap();
+    let report = verified(&reader).await.unwrap();
     assert_eq!(report.caches_without_checkpoint, Some(orphans.clone()));
 
     let info = ledger.close().await.unwrap();
@@ -650,10 +658,7 @@ pub async fn checkpoint_interrupted_after_its_caches(s: Arc<dyn BlobStore>) {
             "{blob} kept as it was"
         );
     }
-    let report = reader
-        .verify(reader.recorded_verifier(), &|_, _| {})
-        .await
-        .unwrap();
+    let report = verified(&reader).await.unwrap();
     assert_eq!(
         (
             report.records,
@@ -692,7 +697,7 @@ pub async fn a_partial_last_frame(s: Arc<dyn BlobStore>, truncates: bool) {
     let torn = size + (frame.len() / 2) as u64;
 
     let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
-    match reader.verify(reader.recorded_verifier(), &|_, _| {}).await {
+    match verified(&reader).await {
         Err(LedgerError::Integrity(e)) => {
             assert_eq!((e.blob.as_str(), e.offset), (seg, size), "{e}");
             assert!(e.what.contains("torn last batch"), "{e}");
@@ -710,10 +715,7 @@ pub async fn a_partial_last_frame(s: Arc<dyn BlobStore>, truncates: bool) {
             .unwrap();
         assert_eq!((r[0].seq, r[0].offset), (2, size));
         ledger.close().await.unwrap();
-        let report = reader
-            .verify(reader.recorded_verifier(), &|_, _| {})
-            .await
-            .unwrap();
+        let report = verified(&reader).await.unwrap();
         assert_eq!(report.records, 3);
     } else {
         match opened {
