@@ -75,6 +75,12 @@ pub struct CheckpointInfo {
 /// Call [`Ledger::close`] to write the final checkpoint; dropping every
 /// handle stops the writer like a crash would (all acknowledged events are
 /// durable, the next open reads the tail after the last checkpoint).
+///
+/// The writer lock is released when the writer thread stops, which after a
+/// drop happens a moment later, in the background: an `open` of the same
+/// ledger right after a drop may still be refused with `Locked` (on Azure,
+/// until the lease is released). `close` returns only once the lock is
+/// released, also when it fails, so reopen after `close`.
 #[derive(Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<writer::Command>,
