@@ -376,7 +376,7 @@ impl LedgerReader {
 
     /// Number of records readable now. Reads the last segment from the
     /// last batch the newest checkpoint covers, where a stream index says
-    /// where that is (see [`Self::seek`]), else from its start.
+    /// where that is (see `Self::seek`), else from its start.
     pub async fn len(&self) -> Result<u64> {
         let Some(seg) = self.segments.last() else {
             return Ok(0);

@@ -18,7 +18,7 @@ use super::auth::{Redactor, SasPolicy, SharedKeyPolicy};
 use super::config::Credential;
 
 /// How transient failures (timeouts, connection failures, 408, 429, 5xx)
-/// are retried, by the pipeline or by a store's own loop ([`attempt`]).
+/// are retried, by the pipeline or by a store's own loop (`attempt`).
 #[derive(Clone, Debug)]
 pub struct RetrySettings {
     /// Retries after the first attempt.

@@ -76,7 +76,7 @@ fn config_err(why: String) -> TableError {
 }
 
 impl AzureTableStore {
-    /// The account [`CONNECTION_STRING_ENV`] names. No I/O: tables are
+    /// The account [`crate::backend::azure::config::CONNECTION_STRING_ENV`] names. No I/O: tables are
     /// created with [`TableStore::create_table`].
     pub fn from_env(opts: AzureTableOptions) -> Result<Self, TableError> {
         let info = ConnectionInfo::from_env().map_err(|e| config_err(e.to_string()))?;
