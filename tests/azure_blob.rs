@@ -551,6 +551,61 @@ async fn unavailable_is_retried_without_duplicates() {
     assert!(all.iter().enumerate().all(|(i, r)| r.seq == i as u64));
 }
 
+/// Life of an event, step 3, when the service stays unavailable: the
+/// append's retries give up, the writer is poisoned (this group's callers
+/// and every later one get `Poisoned`; `close` fails but releases the
+/// lease), and a reopened ledger holds exactly the acknowledged events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_retries_give_up_poisons_the_writer() {
+    let account = account_or_skip!();
+    let (c, faults) = proxied(&account, "faultgiveup").await;
+    let s = c.dyn_store();
+    let ledger = Ledger::create(s.clone(), "down", ledger_opts())
+        .await
+        .unwrap();
+    for i in 0..3u64 {
+        ledger
+            .append_one(NewEvent::json("s", "E", &json!({ "i": i })))
+            .await
+            .unwrap();
+    }
+    // More 503s than the pipeline retries (6 after the first try).
+    faults.add("comp=appendblock", Fault::Unavailable, 100);
+    let failed = ledger
+        .append_one(NewEvent::json("s", "E", &json!({ "i": 3 })))
+        .await;
+    assert!(
+        matches!(failed, Err(LedgerError::Poisoned(_))),
+        "{failed:?}"
+    );
+    let tries = faults.injected.load(Ordering::Relaxed);
+    assert_eq!(tries, 7, "the first try and 6 retries");
+    let later = ledger
+        .append_one(NewEvent::json("s", "E", &json!({ "i": 4 })))
+        .await;
+    assert!(matches!(later, Err(LedgerError::Poisoned(_))), "{later:?}");
+    assert_eq!(
+        faults.injected.load(Ordering::Relaxed),
+        tries,
+        "no more writes"
+    );
+    assert!(ledger.close().await.is_err());
+    faults.rules.lock().unwrap().clear();
+
+    let ledger = Ledger::open(s.clone(), "down", ledger_opts())
+        .await
+        .unwrap();
+    let r = ledger
+        .append_one(NewEvent::json("s", "E", &json!({ "i": 3 })))
+        .await
+        .unwrap();
+    assert_eq!((r.seq, r.version), (3, 3));
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(s.clone(), "down").await.unwrap();
+    let report = ledger::verified(&reader).await.unwrap();
+    assert_eq!((report.records, report.unsigned_tail), (4, 0));
+}
+
 /// The connection drops after the service applied an append: the client
 /// retries, finds its own block at the end, and reports success. The
 /// block is there once, and nothing is lost.
