@@ -496,9 +496,7 @@ impl Writer {
             Self::fail(next.callers, &p);
             return None;
         }
-        if let Err(e) = self.lock.check() {
-            let why = format!("writer lock lost: {e}");
-            self.poisoned = Some(why.clone());
+        if let Err(LedgerError::Poisoned(why)) = self.check_lock() {
             Self::fail(next.callers, &why);
             return None;
         }
@@ -695,7 +693,8 @@ impl Writer {
     /// broken) must write nothing more: another writer may hold the ledger
     /// now, and `put_cache` replaces a cache of the checkpoint's size on
     /// the belief that no checkpoint refers to it. Appends check in
-    /// `start_write`; a checkpoint checks before each put.
+    /// `start_write`; a checkpoint checks before each put. The only error
+    /// is `Poisoned`.
     fn check_lock(&mut self) -> Result<()> {
         if let Err(e) = self.lock.check() {
             let why = format!("writer lock lost: {e}");
