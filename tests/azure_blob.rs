@@ -484,6 +484,139 @@ async fn lost_lease_stops_the_writer() {
     drop(ledger);
 }
 
+/// Set in the child process of `a_writer_that_dies_holding_its_lease`: the
+/// container it writes in.
+const DYING_WRITER_ENV: &str = "BI_LEDGER_TEST_DYING_WRITER_CONTAINER";
+/// Events the dying writer appends (each acknowledged) before it waits to be
+/// killed.
+const DYING_WRITER_EVENTS: u64 = 25;
+
+fn short_lease() -> AzureOptions {
+    AzureOptions {
+        lease_duration: Duration::from_secs(15),
+        lease_renew_interval: Duration::from_secs(1),
+        ..AzureOptions::default()
+    }
+}
+
+/// Life of an event, step 7, when the writer's process dies: it never
+/// releases its lease. Another process is refused (`Locked`) until the
+/// lease expires, then opens the ledger with every acknowledged event and
+/// writes on. The writer is a child process (this test binary, running
+/// `dying_writer`), killed with SIGKILL while it holds the lease and renews
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_dies_holding_its_lease() {
+    use std::io::BufRead;
+    let account = account_or_skip!();
+    let c = Container::new(&account, "dying", short_lease()).await;
+    /// Kills the child if the test fails before it does.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Child(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "dying_writer", "--ignored", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env(DYING_WRITER_ENV, &c.name)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let acked = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "the child ended early"
+            );
+            // After libtest's "test dying_writer ... ", on the same line.
+            if let Some((_, n)) = line.trim().split_once("ACKED ") {
+                return n.parse::<u64>().unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(acked, DYING_WRITER_EVENTS);
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let killed = std::time::Instant::now();
+
+    // The lease outlives its holder: refused, and nothing is written.
+    let Err(err) = Ledger::open(c.dyn_store(), "l", ledger_opts()).await else {
+        panic!("a dead writer's lease did not refuse a new writer");
+    };
+    assert!(
+        matches!(&err, LedgerError::Store(StoreError::Locked { what }) if what == "l/writer"),
+        "{err}"
+    );
+    // Until it expires: at most 15 s after its last renewal.
+    let next = loop {
+        match Ledger::open(c.dyn_store(), "l", ledger_opts()).await {
+            Ok(l) => break l,
+            Err(LedgerError::Store(StoreError::Locked { .. })) => {
+                assert!(
+                    killed.elapsed() < Duration::from_secs(30),
+                    "the lease did not expire"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // Renewed every second, the lease had 14 to 15 s left.
+    let took = killed.elapsed();
+    assert!(took > Duration::from_secs(10), "taken over after {took:?}");
+    eprintln!("taken over {took:?} after the kill");
+    let reader = next.reader().await.unwrap();
+    let all = reader.read(0, None).await.unwrap();
+    assert_eq!(all.len() as u64, DYING_WRITER_EVENTS);
+    assert!(all.iter().enumerate().all(|(i, r)| r.seq == i as u64));
+    let r = next
+        .append_one(NewEvent::json("s", "E", &json!({"after": "takeover"})))
+        .await
+        .unwrap();
+    assert_eq!(r.seq, DYING_WRITER_EVENTS);
+    next.close().await.unwrap();
+    let reader = LedgerReader::open(c.dyn_store(), "l").await.unwrap();
+    let verifier = reader.recorded_verifier().clone();
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!(report.records, DYING_WRITER_EVENTS + 1);
+}
+
+/// The child process of `a_writer_that_dies_holding_its_lease`, not a test
+/// of its own (without the variable it fails at once): appends
+/// `DYING_WRITER_EVENTS`, says so, and holds the ledger open until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of a_writer_that_dies_holding_its_lease"]
+async fn dying_writer() {
+    use std::io::Write;
+    let container = std::env::var(DYING_WRITER_ENV).expect("run by its parent test");
+    let account = azure_env::account().expect("an account");
+    let store: Arc<dyn BlobStore> =
+        Arc::new(AzureBlobStore::new(account, &container, short_lease()).unwrap());
+    let ledger = Ledger::create(store, "l", ledger_opts()).await.unwrap();
+    for i in 0..DYING_WRITER_EVENTS {
+        ledger
+            .append_one(NewEvent::json("s", "E", &json!({"i": i})))
+            .await
+            .unwrap();
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ACKED {DYING_WRITER_EVENTS}").unwrap();
+    out.flush().unwrap();
+    drop(out);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    panic!("not killed");
+}
+
 // ------------------------------------------------------- injected faults
 
 /// A store whose requests go through a fault-injecting proxy, with short
