@@ -160,6 +160,15 @@ async fn ledger_a_partial_last_frame_is_refused() {
     ledger::a_partial_last_frame(c.dyn_store(), false).await;
 }
 
+/// `tests/ledger_api.rs` on Azure: a dropped ledger releases its lease, and
+/// an open in the same process waits for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_right_after_a_drop() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "dropped", AzureOptions::default()).await;
+    ledger::reopen_right_after_a_drop(c.dyn_store(), 10).await;
+}
+
 /// `tests/ledger_api.rs` on Azure: stream reads through the stream index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_stream_reads_use_the_index() {

@@ -64,6 +64,12 @@ async fn checkpoint_interrupted_after_its_caches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_right_after_a_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger::reopen_right_after_a_drop(store(dir.path()), 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_last_frame_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     ledger::a_partial_last_frame(store(dir.path()), true).await;

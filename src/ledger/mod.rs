@@ -1,6 +1,6 @@
 //! The ledger: `Ledger` is the single writer, `LedgerReader` reads, verifies
-//! and proves. The append path is `Ledger::append` → `writer::Writer::commit`
-//! → `BlobStore::append`.
+//! and proves. The append path is `Ledger::append` → `writer::Writer::run`
+//! (`admit`, then `start_write`) → `BlobStore::append`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ mod node_cache;
 pub mod proof;
 pub mod reader;
 pub mod recover;
+mod running;
 pub mod scan;
 mod streams;
 pub mod tip;
@@ -77,16 +78,19 @@ pub struct CheckpointInfo {
 /// durable, the next open reads the tail after the last checkpoint).
 ///
 /// The writer lock is released when the writer thread stops, which after a
-/// drop happens a moment later, in the background: an `open` of the same
-/// ledger right after a drop may still be refused with `Locked` (on Azure,
-/// until the lease is released). `close` returns only once the lock is
-/// released, also when it fails, so reopen after `close`.
+/// drop happens a moment later, in the background (the block in flight is
+/// finished first). An `open` of the same ledger in the same process waits
+/// for that (up to 10 s) rather than being refused with `Locked`; another
+/// process may be refused in that moment. `close` returns only once the
+/// lock is released, also when it fails.
 #[derive(Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<writer::Command>,
     store: Arc<dyn BlobStore>,
     meta: layout::Meta,
     max_batch: usize,
+    /// Tells an `open` in this process whether this writer is still in use.
+    _handles: Arc<running::Handles>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -94,6 +98,26 @@ impl std::fmt::Debug for Ledger {
         f.debug_struct("Ledger")
             .field("name", &self.meta.name)
             .finish()
+    }
+}
+
+/// Longest an `open` waits for a writer of this process whose handles were
+/// all dropped to stop.
+const STOPPING_WRITER_WAIT: Duration = Duration::from_secs(10);
+
+/// The writer lock; if a writer of this process whose handles are gone
+/// still holds it, once that writer has stopped.
+async fn take_lock(
+    store: &dyn BlobStore,
+    name: &str,
+) -> Result<Box<dyn crate::backend::WriterLock>> {
+    match store.lock(&layout::lock(name)).await {
+        Err(crate::backend::StoreError::Locked { .. })
+            if running::wait_if_stopping(&store.location(), name, STOPPING_WRITER_WAIT).await =>
+        {
+            Ok(store.lock(&layout::lock(name)).await?)
+        }
+        r => Ok(r?),
     }
 }
 
@@ -105,7 +129,7 @@ impl Ledger {
         opts: LedgerOptions,
     ) -> Result<Ledger> {
         layout::validate_ledger_name(name)?;
-        let lock = store.lock(&layout::lock(name)).await?;
+        let lock = take_lock(store.as_ref(), name).await?;
         match store.info(&layout::meta(name)).await {
             Ok(_) => return Err(LedgerError::AlreadyExists(name.to_owned())),
             Err(crate::backend::StoreError::NotFound { .. }) => {}
@@ -158,7 +182,7 @@ impl Ledger {
         opts: LedgerOptions,
     ) -> Result<Ledger> {
         layout::validate_ledger_name(name)?;
-        let lock = store.lock(&layout::lock(name)).await?;
+        let lock = take_lock(store.as_ref(), name).await?;
         let meta = recover::read_meta(store.as_ref(), name).await?;
         if meta.verifier.key != opts.signing_key.verifying_key() {
             return Err(LedgerError::KeyMismatch {
@@ -230,6 +254,7 @@ impl Ledger {
         // would otherwise sit between every group commit and its callers
         // (see `backend::fs`), and the application's runtime never waits
         // on the writer's I/O or hashing.
+        let (handles, running) = running::register(&store.location(), &meta.name);
         std::thread::Builder::new()
             .name(format!("bi-ledger-writer-{}", meta.name))
             .spawn(move || {
@@ -242,6 +267,8 @@ impl Ledger {
                     // Dropping `rx` answers every caller with `Closed`.
                     Err(e) => tracing::error!(error = %e, "cannot start the writer's runtime"),
                 }
+                // Only now, with the writer and its lock gone.
+                drop(running);
             })
             .map_err(|source| crate::backend::StoreError::Io {
                 op: "start the writer thread of",
@@ -253,6 +280,7 @@ impl Ledger {
             store,
             meta,
             max_batch,
+            _handles: handles,
         })
     }
 

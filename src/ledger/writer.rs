@@ -308,7 +308,13 @@ impl Writer {
                 }
                 if !open {
                     // Every handle dropped without close(): stop as a crash
-                    // would, with the log durable and no final checkpoint.
+                    // would, with the log durable and no final checkpoint,
+                    // but let go of the lock here, on this runtime: a
+                    // release left to the lock's drop (an Azure lease's
+                    // Release call) would die with the runtime, and the
+                    // lease would hold the ledger until it expired.
+                    let Writer { lock, .. } = self;
+                    lock.release().await;
                     return;
                 }
                 if self.checkpoint_due_in() == Some(Duration::ZERO) {

@@ -1,0 +1,92 @@
+//! The writers running in this process, by store location and ledger name.
+//!
+//! A writer thread holds the writer lock until it stops, and after the last
+//! handle of a `Ledger` is dropped it stops a moment later, in the
+//! background (it finishes the block in flight first). An `open` in that
+//! moment would be refused with `Locked` by a writer that is already on its
+//! way out. With this registry the `open` tells the two cases apart: a
+//! writer that still has handles refuses at once; one that has none is
+//! waited for.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Held by every handle of a `Ledger` (clones share it).
+#[derive(Debug)]
+pub(crate) struct Handles;
+
+/// Held by the writer thread; dropping it, after the writer and its lock,
+/// says the writer has stopped.
+pub(crate) struct Running {
+    key: String,
+    stopped: watch::Sender<bool>,
+}
+
+struct Entry {
+    handles: Weak<Handles>,
+    stopped: watch::Receiver<bool>,
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Entry>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<String, Entry>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+fn key(location: &str, ledger: &str) -> String {
+    format!("{location}\n{ledger}")
+}
+
+/// Registers a writer that has just taken the lock of `ledger` at
+/// `location`.
+pub(crate) fn register(location: &str, ledger: &str) -> (Arc<Handles>, Running) {
+    let key = key(location, ledger);
+    let handles = Arc::new(Handles);
+    let (stopped, rx) = watch::channel(false);
+    registry().lock().unwrap_or_else(|p| p.into_inner()).insert(
+        key.clone(),
+        Entry {
+            handles: Arc::downgrade(&handles),
+            stopped: rx,
+        },
+    );
+    (handles, Running { key, stopped })
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut map = registry().lock().unwrap_or_else(|p| p.into_inner());
+        // Remove the entry only if it is this writer's.
+        if map
+            .get(&self.key)
+            .is_some_and(|e| e.stopped.same_channel(&self.stopped.subscribe()))
+        {
+            map.remove(&self.key);
+        }
+        drop(map);
+        self.stopped.send_replace(true);
+    }
+}
+
+/// After `lock` was refused: whether to try it once more. A writer of this
+/// process still in use: no, at once. One whose handles are all gone: yes,
+/// once it has stopped (waiting at most `limit`). None here: yes, since a
+/// writer of this process may have stopped between the refusal and now
+/// (else the holder is another process, and the second try says so).
+pub(crate) async fn wait_if_stopping(location: &str, ledger: &str, limit: Duration) -> bool {
+    let mut stopped = {
+        let map = registry().lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&key(location, ledger)) {
+            None => return true,
+            Some(e) if e.handles.strong_count() > 0 => return false,
+            Some(e) => e.stopped.clone(),
+        }
+    };
+    let stopped_in_time = matches!(
+        tokio::time::timeout(limit, stopped.wait_for(|s| *s)).await,
+        Ok(Ok(_))
+    );
+    stopped_in_time
+}
