@@ -1045,7 +1045,8 @@ fn second_writer_is_refused() {
         let out = f.run_stdin(args, &line("cli", "T", json!(1)));
         assert_eq!(out.code, 2, "{args:?}: {}", out.describe());
         assert!(
-            out.stderr.contains("locked by another writer"),
+            out.stderr.contains("locked by another writer")
+                && out.stderr.contains("another process has it open for writing"),
             "{args:?}: {}",
             out.describe()
         );

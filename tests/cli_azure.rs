@@ -153,6 +153,10 @@ fn every_command_on_azure() {
         let o = run(d, &container, &["append"], Some(stale));
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         if err.contains("locked by another writer") {
+            assert!(
+                err.contains("the lease of a writer that died expires within 60 s"),
+                "{err}"
+            );
             refused = true;
             break;
         }

@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bi_ledger::backend::azure::account::{AccountSettings, ACCOUNT_URL_ENV};
 use bi_ledger::backend::azure::{AzureAccount, AzureBlobStore, AzureOptions};
 use bi_ledger::backend::fs::FsStore;
-use bi_ledger::backend::BlobStore;
+use bi_ledger::backend::{BlobStore, StoreError};
 use bi_ledger::format::checkpoint::{Checkpoint, Verifier};
 use bi_ledger::format::hex;
 use bi_ledger::ledger::layout::Meta;
@@ -359,9 +359,23 @@ async fn open_writer(cli: &Cli) -> Result<Ledger> {
     let store = store(cli, false).await?;
     let key = load_key(cli)?;
     let at = store.location();
-    Ledger::open(store, &cli.ledger, LedgerOptions::new(key))
-        .await
-        .with_context(|| format!("opening ledger {:?} in {at} for writing", cli.ledger))
+    match Ledger::open(store, &cli.ledger, LedgerOptions::new(key)).await {
+        Ok(l) => Ok(l),
+        Err(e @ LedgerError::Store(StoreError::Locked { .. })) => {
+            // What an operator wants to know next: can the holder be dead?
+            let hint = match cli.backend {
+                Backend::Fs => "another process has it open for writing (the lock of a process that died is gone with it)",
+                Backend::Azure => "another writer holds its lease (the lease of a writer that died expires within 60 s)",
+            };
+            Err(anyhow::anyhow!(
+                "opening ledger {:?} in {at} for writing: {e}: {hint}",
+                cli.ledger
+            ))
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("opening ledger {:?} in {at} for writing", cli.ledger))
+        }
+    }
 }
 
 async fn open_reader(cli: &Cli) -> Result<LedgerReader> {
