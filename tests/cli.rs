@@ -1046,7 +1046,9 @@ fn second_writer_is_refused() {
         assert_eq!(out.code, 2, "{args:?}: {}", out.describe());
         assert!(
             out.stderr.contains("locked by another writer")
-                && out.stderr.contains("another process has it open for writing"),
+                && out
+                    .stderr
+                    .contains("another process has it open for writing"),
             "{args:?}: {}",
             out.describe()
         );
