@@ -90,3 +90,61 @@ pub(crate) async fn wait_if_stopping(location: &str, ledger: &str, limit: Durati
     );
     stopped_in_time
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_writer_in_use_refuses_and_one_without_handles_is_waited_for() {
+        let (handles, running) = register("mem://t1", "l");
+        // In use: no second try, and no wait.
+        let t = std::time::Instant::now();
+        assert!(!wait_if_stopping("mem://t1", "l", LIMIT).await);
+        assert!(t.elapsed() < LIMIT);
+        // Another ledger, or another store: nothing of ours holds it.
+        assert!(wait_if_stopping("mem://t1", "other", LIMIT).await);
+        assert!(wait_if_stopping("mem://t2", "l", LIMIT).await);
+        // Handles gone, writer still stopping: waited for until it stops.
+        drop(handles);
+        let stop = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(running);
+        });
+        let t = std::time::Instant::now();
+        assert!(wait_if_stopping("mem://t1", "l", LIMIT).await);
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
+        stop.await.unwrap();
+        // Stopped: its entry is gone.
+        assert!(!registry()
+            .lock()
+            .unwrap()
+            .contains_key(&key("mem://t1", "l")));
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_never_stops_is_waited_for_no_longer_than_the_limit() {
+        let (handles, _running) = register("mem://t3", "l");
+        drop(handles);
+        let t = std::time::Instant::now();
+        assert!(!wait_if_stopping("mem://t3", "l", Duration::from_millis(50)).await);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_stopping_writer_does_not_remove_its_successors_entry() {
+        let (old_handles, old) = register("mem://t4", "l");
+        drop(old_handles);
+        // A new writer registered (say, after the old one lost its lease).
+        let (new_handles, _new) = register("mem://t4", "l");
+        drop(old);
+        assert!(!wait_if_stopping("mem://t4", "l", LIMIT).await);
+        drop(new_handles);
+    }
+}
