@@ -558,7 +558,7 @@ async fn a_writer_that_dies_holding_its_lease() {
     child.0.wait().unwrap();
     let killed = std::time::Instant::now();
 
-    // The lease outlives its holder: refused, and nothing is written.
+    // The lease outlives its holder: a new writer is refused.
     let Err(err) = Ledger::open(c.dyn_store(), "l", ledger_opts()).await else {
         panic!("a dead writer's lease did not refuse a new writer");
     };
