@@ -309,6 +309,27 @@ fn missing_files_are_integrity_failures_that_name_them() {
 }
 
 #[test]
+fn a_deleted_stream_index_is_named_by_verify_and_reads_scan_instead() {
+    let f = three_appends();
+    let v = f.verify().ok().json();
+    assert_eq!(v["missing_caches"], json!([]), "{v}");
+    let before = f.run(&["read", "--stream", "s"]).ok().stdout;
+    let blob = "main/streams-00000000000000000007";
+    fs::remove_file(f.path(blob)).unwrap();
+    let out = f.verify();
+    assert_eq!(out.code, 0, "{}", out.describe());
+    let v = out.json();
+    assert_eq!(v["missing_caches"], json!([blob]), "{v}");
+    assert!(
+        out.stderr
+            .contains("without their stream index or node cache"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(f.run(&["read", "--stream", "s"]).ok().stdout, before);
+}
+
+#[test]
 fn a_deleted_newest_checkpoint_leaves_caches_that_verify_reports() {
     let f = three_appends();
     let v = f.verify().ok().json();

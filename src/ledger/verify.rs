@@ -44,6 +44,12 @@ pub struct VerifyReport {
     /// shows only here. `None` if the caches could not be listed (the
     /// log's verification stands; a warning says why).
     pub caches_without_checkpoint: Option<Vec<String>>,
+    /// Stream indexes and node caches that a checkpoint should have and
+    /// does not, by blob name. A writer puts them before the checkpoint and
+    /// never deletes them, so one is missing only if it was deleted. The
+    /// ledger is intact without them (stream reads scan, proofs hash the
+    /// log), so they are reported, not failed.
+    pub missing_caches: Vec<String>,
 }
 
 impl LedgerReader {
@@ -76,6 +82,7 @@ impl LedgerReader {
                 offset: HEADER_LEN as u64,
                 seq: 0,
             },
+            missing_caches: Vec::new(),
         };
         let last = segments.len().saturating_sub(1);
         for (index, info) in &segments {
@@ -102,7 +109,7 @@ impl LedgerReader {
             w.tip.segment_blocks = 1;
             if *index == 0 {
                 // Checkpoint 0 signs the empty ledger.
-                check_checkpoints(self, &mut next_cp, &mut w.tip, &mut w.since).await?;
+                check_checkpoints(self, &mut next_cp, &mut w).await?;
             }
             let mut scan = Scanner::new(
                 store.as_ref(),
@@ -168,6 +175,12 @@ impl LedgerReader {
                 "caches without a checkpoint of their size: left by a checkpoint a writer did not finish (a crash, a failed write) or is writing now, or by a deleted checkpoint"
             );
         }
+        if !w.missing_caches.is_empty() {
+            tracing::warn!(
+                caches = ?w.missing_caches,
+                "checkpoints without their stream index or node cache: a writer never deletes them, so these were deleted; stream reads and proofs over their records read the log instead"
+            );
+        }
         Ok(VerifyReport {
             records: w.tip.size,
             segments: segments.len() as u64,
@@ -177,6 +190,7 @@ impl LedgerReader {
             root: w.tip.frontier.root(),
             unsigned_tail: w.tip.size - signed,
             caches_without_checkpoint: orphans,
+            missing_caches: w.missing_caches,
         })
     }
 }
@@ -232,6 +246,8 @@ struct Since {
 struct Walker {
     tip: Tip,
     since: Since,
+    /// See `VerifyReport::missing_caches`.
+    missing_caches: Vec<String>,
 }
 
 /// A hashed chunk, part-way through the walk: what the parallel stage
@@ -312,7 +328,7 @@ where
         if let Some((mut walking, reached)) = step.walked {
             let mut reached = reached?;
             while reached {
-                check_checkpoints(reader, next_cp, &mut w.tip, &mut w.since).await?;
+                check_checkpoints(reader, next_cp, &mut w).await?;
                 let stop = next_cp.peek().map(|(_, cp)| cp.size);
                 reached = walk_until(name, &mut walking, &mut w, stop)?;
             }
@@ -485,12 +501,16 @@ fn walk_until(
 async fn check_checkpoints<'a, I>(
     reader: &LedgerReader,
     next: &mut std::iter::Peekable<I>,
-    tip: &mut Tip,
-    since: &mut Since,
+    w: &mut Walker,
 ) -> Result<()>
 where
     I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
 {
+    let Walker {
+        tip,
+        since,
+        missing_caches,
+    } = w;
     while let Some((blob, cp)) = next.peek() {
         if cp.size > tip.size {
             break;
@@ -538,8 +558,8 @@ where
         }
         check_snapshot(reader, cp, tip, next.len() == 1).await?;
         let (index, nodes) = tip.take_caches();
-        check_stream_index(reader, cp, index).await?;
-        check_nodes(reader, cp, nodes).await?;
+        missing_caches.extend(check_stream_index(reader, cp, index).await?);
+        missing_caches.extend(check_nodes(reader, cp, nodes).await?);
         // The walk fills in where the next batch is when it gets there.
         since.seq = tip.size;
         next.next();
@@ -549,18 +569,19 @@ where
 
 /// A checkpoint's stream index, where there is one, must list exactly the
 /// batches that hold each stream's records since the previous checkpoint.
-/// It is a cache: a missing one only makes stream reads scan.
+/// It is a cache: a missing one only makes stream reads scan, and is
+/// returned to be reported.
 async fn check_stream_index(
     reader: &LedgerReader,
     cp: &Checkpoint,
     want: StreamIndex,
-) -> Result<()> {
+) -> Result<Option<String>> {
     if want.from == want.to {
-        return Ok(());
+        return Ok(None);
     }
     let blob = super::layout::stream_index(reader.name(), cp.size);
     let Some(bytes) = read_cache(reader, &blob).await? else {
-        return Ok(());
+        return Ok(Some(blob));
     };
     let idx = StreamIndex::decode(&bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
@@ -591,7 +612,7 @@ async fn check_stream_index(
         };
         return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A cache beside a checkpoint starts where the checkpoint before it was
@@ -624,11 +645,16 @@ async fn read_cache(reader: &LedgerReader, blob: &str) -> Result<Option<Vec<u8>>
 
 /// A checkpoint's node cache, where there is one, must hold exactly the
 /// Merkle nodes completed since the previous checkpoint. A missing one
-/// only makes proofs hash more records.
-async fn check_nodes(reader: &LedgerReader, cp: &Checkpoint, want: NodeCache) -> Result<()> {
+/// only makes proofs hash more records, and is returned to be reported.
+async fn check_nodes(
+    reader: &LedgerReader,
+    cp: &Checkpoint,
+    want: NodeCache,
+) -> Result<Option<String>> {
     let blob = super::layout::nodes(reader.name(), cp.size);
     let Some(bytes) = read_cache(reader, &blob).await? else {
-        return Ok(());
+        // Written only where a node was completed (see `Writer::checkpoint`).
+        return Ok((!want.hashes.is_empty()).then_some(blob));
     };
     let got = NodeCache::decode(&bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
@@ -663,7 +689,7 @@ async fn check_nodes(reader: &LedgerReader, cp: &Checkpoint, want: NodeCache) ->
         let offset = (nodes::HEADER_LEN + 32 * i) as u64;
         return Err(IntegrityError::new(&blob, offset, Some(cp.size), what).into());
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A snapshot must be exactly the state the log implies at its checkpoint.

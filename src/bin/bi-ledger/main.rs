@@ -656,6 +656,7 @@ async fn verify(cli: &Cli, public_key: Option<&Path>) -> Outcome {
                 "checkpoints": r.checkpoints,
                 "unsigned_tail": r.unsigned_tail,
                 "caches_without_checkpoint": r.caches_without_checkpoint,
+                "missing_caches": r.missing_caches,
                 "root": hex(&r.root),
                 "chain_head": hex(&r.chain_head),
                 "seconds": start.elapsed().as_secs_f64(),
