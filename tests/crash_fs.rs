@@ -214,10 +214,14 @@ async fn read_all(dir: &Path) -> Vec<Record> {
         .unwrap()
 }
 
+/// Also checks that no checkpoint lacks a cache: a crash never leaves a
+/// checkpoint without its stream index or node cache.
 async fn verify(dir: &Path) -> VerifyReport {
     let reader = LedgerReader::open(store(dir), NAME).await.unwrap();
     let verifier = reader.recorded_verifier().clone();
-    reader.verify(&verifier, &|_, _| {}).await.unwrap()
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!(report.missing_caches, Vec::<String>::new());
+    report
 }
 
 /// Opens the damaged copy as the next process would and checks that it
