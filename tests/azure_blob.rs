@@ -537,21 +537,27 @@ async fn a_writer_that_dies_holding_its_lease() {
             .unwrap(),
     );
     let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
-    let acked = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                out.read_line(&mut line).unwrap() > 0,
-                "the child ended early"
-            );
-            // After libtest's "test dying_writer ... ", on the same line.
-            if let Some((_, n)) = line.trim().split_once("ACKED ") {
-                return n.parse::<u64>().unwrap();
+    // Bounded: on a timeout `child` is dropped, which kills the child and
+    // so ends the blocked read.
+    let acked = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                assert!(
+                    out.read_line(&mut line).unwrap() > 0,
+                    "the child ended early"
+                );
+                // After libtest's "test dying_writer ... ", on the same line.
+                if let Some((_, n)) = line.trim().split_once("ACKED ") {
+                    return n.parse::<u64>().unwrap();
+                }
             }
-        }
-    })
+        }),
+    )
     .await
+    .expect("the child appended within 120 s")
     .unwrap();
     assert_eq!(acked, DYING_WRITER_EVENTS);
     child.0.kill().unwrap();
@@ -622,7 +628,9 @@ async fn dying_writer() {
     writeln!(out, "ACKED {DYING_WRITER_EVENTS}").unwrap();
     out.flush().unwrap();
     drop(out);
-    tokio::time::sleep(Duration::from_secs(600)).await;
+    // Its parent kills it within seconds; should the parent itself be
+    // killed first, this ends it (and the lease it renews) before long.
+    tokio::time::sleep(Duration::from_secs(120)).await;
     panic!("not killed");
 }
 

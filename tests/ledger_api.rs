@@ -275,6 +275,8 @@ struct Faulty {
     /// The writer lock reports itself lost once this is set (a lease that
     /// expired or was broken).
     lock_lost: Arc<std::sync::atomic::AtomicBool>,
+    /// Reads of checkpoints that fail (a passing outage), counted down.
+    checkpoint_reads_fail: std::sync::atomic::AtomicU64,
 }
 
 /// A writer lock that can be lost on demand.
@@ -353,6 +355,19 @@ impl BlobStore for Faulty {
         Ok(end)
     }
     async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if name.contains("/checkpoint-")
+            && self
+                .checkpoint_reads_fail
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(StoreError::Io {
+                op: "read",
+                name: name.to_owned(),
+                source: std::io::Error::other("injected: service unavailable"),
+            });
+        }
         self.inner().read(name, offset, len).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
@@ -687,6 +702,52 @@ async fn appends_after_a_checkpoint_whose_answer_was_lost() {
     let report = ledger::verified(&reader).await.unwrap();
     assert_eq!((report.records, report.checkpoints), (2510, 4));
     assert_eq!(report.caches_without_checkpoint, Some(vec![]));
+}
+
+/// As above, but the store cannot be read when the writer first looks at
+/// the checkpoint whose answer was lost. The writer keeps it as unsettled
+/// and settles it at the next checkpoint, so that one's caches still start
+/// at it: before, it forgot it, put caches that started at the checkpoint
+/// before, and verify failed the ledger on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_whose_answer_was_lost_and_that_cannot_be_read_at_once() {
+    use bi_ledger::format::stream_index::StreamIndex;
+    use bi_ledger::{Ledger, LedgerReader};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let lossy = Arc::new(Faulty::over(store(dir.path())));
+    let mut opts = options(10);
+    opts.checkpoint_every_events = None;
+    let ledger = Ledger::create(lossy.clone(), "main", opts).await.unwrap();
+    ledger.append(counted("a", 1500)).await.unwrap();
+    lossy.armed.store(true, SeqCst);
+    ledger.checkpoint().await.unwrap_err();
+    // The next checkpoint finds it stored but cannot read it: it fails,
+    // and so does the one after, which settles it first (without the fix
+    // that one went ahead with caches from the checkpoint before).
+    lossy.checkpoint_reads_fail.store(1, SeqCst);
+    let err = ledger.checkpoint().await.unwrap_err();
+    assert!(err.to_string().contains("service unavailable"), "{err}");
+    ledger.append(counted("b", 1000)).await.unwrap();
+    lossy.checkpoint_reads_fail.store(1, SeqCst);
+    let err = ledger.checkpoint().await.unwrap_err();
+    assert!(err.to_string().contains("service unavailable"), "{err}");
+    // Readable again: settled, and the new checkpoint's caches start at it.
+    assert_eq!(ledger.checkpoint().await.unwrap().checkpoint.size, 2500);
+    ledger.close().await.unwrap();
+    let idx = StreamIndex::decode(
+        &lossy
+            .inner()
+            .read_all("main/streams-00000000000000002500")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!((idx.from, idx.to), (1500, 2500));
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let report = ledger::verified(&reader).await.unwrap();
+    assert_eq!((report.records, report.checkpoints), (2500, 3));
+    assert_eq!(report.missing_caches, Vec::<String>::new());
 }
 
 /// A stream index whose checkpoint never landed (a crash between the two

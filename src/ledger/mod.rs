@@ -79,9 +79,10 @@ pub struct CheckpointInfo {
 ///
 /// The writer lock is released when the writer thread stops, which after a
 /// drop happens a moment later, in the background (the block in flight is
-/// finished first). An `open` of the same ledger in the same process waits
-/// for that (up to 10 s) rather than being refused with `Locked`; another
-/// process may be refused in that moment. `close` returns only once the
+/// finished first). An `open` of the same ledger in the same process, on a
+/// store of the same `location()`, waits for that (up to 10 s for the
+/// writer to stop) rather than being refused with `Locked`; another process
+/// may be refused in that moment. `close` returns only once the
 /// lock is released, also when it fails.
 #[derive(Clone)]
 pub struct Ledger {
@@ -264,8 +265,13 @@ impl Ledger {
                     .build()
                 {
                     Ok(rt) => rt.block_on(w.run(rx)),
-                    // Dropping `rx` answers every caller with `Closed`.
-                    Err(e) => tracing::error!(error = %e, "cannot start the writer's runtime"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the writer's runtime");
+                        // Dropping `rx` answers every caller with `Closed`;
+                        // the writer's lock goes before `running` says so.
+                        drop(rx);
+                        drop(w);
+                    }
                 }
                 // Only now, with the writer and its lock gone.
                 drop(running);

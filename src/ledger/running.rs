@@ -84,11 +84,17 @@ pub(crate) async fn wait_if_stopping(location: &str, ledger: &str, limit: Durati
             Some(e) => e.stopped.clone(),
         }
     };
-    let stopped_in_time = matches!(
-        tokio::time::timeout(limit, stopped.wait_for(|s| *s)).await,
-        Ok(Ok(_))
-    );
-    stopped_in_time
+    // The bound is a thread's sleep, not a tokio timer: `open` must not
+    // need a runtime with timers enabled.
+    let (expired, timer) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        let _ = expired.send(());
+    });
+    tokio::select! {
+        r = stopped.wait_for(|s| *s) => r.is_ok(),
+        _ = timer => false,
+    }
 }
 
 #[cfg(test)]

@@ -45,10 +45,12 @@ pub struct VerifyReport {
     /// log's verification stands; a warning says why).
     pub caches_without_checkpoint: Option<Vec<String>>,
     /// Stream indexes and node caches that a checkpoint should have and
-    /// does not, by blob name. A writer puts them before the checkpoint and
-    /// never deletes them, so one is missing only if it was deleted. The
-    /// ledger is intact without them (stream reads scan, proofs hash the
-    /// log), so they are reported, not failed.
+    /// does not, by blob name. This library's writer puts them before the
+    /// checkpoint and never deletes one that a checkpoint has, so in its
+    /// ledgers a missing one was deleted (a writer that writes no caches,
+    /// which the format allows, leaves all of them missing). The ledger is
+    /// intact without them (stream reads scan, proofs hash the log), so
+    /// they are reported, not failed.
     pub missing_caches: Vec<String>,
 }
 
@@ -178,7 +180,7 @@ impl LedgerReader {
         if !w.missing_caches.is_empty() {
             tracing::warn!(
                 caches = ?w.missing_caches,
-                "checkpoints without their stream index or node cache: a writer never deletes them, so these were deleted; stream reads and proofs over their records read the log instead"
+                "checkpoints without their stream index or node cache: this library's writer never deletes them, so these were deleted (or the ledger's writer writes none); stream reads and proofs over their records read the log instead"
             );
         }
         Ok(VerifyReport {

@@ -675,7 +675,17 @@ impl Writer {
         let blob = layout::checkpoint(&self.meta.name, cp.size);
         let (cp, note) = match self.store.put(&blob, note.as_bytes()).await {
             Ok(()) => (cp, note),
-            Err(StoreError::AlreadyExists { .. }) => self.adopt_checkpoint(&blob, cp).await?,
+            Err(StoreError::AlreadyExists { .. }) => {
+                match self.adopt_checkpoint(&blob, &cp).await {
+                    Ok(adopted) => adopted,
+                    // Stored but not adopted (unreadable now, or not ours): the
+                    // next checkpoint must settle it before it starts its caches.
+                    Err(e) => {
+                        self.unanswered = Some((cp, blob));
+                        return Err(e);
+                    }
+                }
+            }
             Err(e) => {
                 self.unanswered = Some((cp, blob));
                 return Err(e.into());
@@ -721,7 +731,13 @@ impl Writer {
         };
         match self.store.info(&blob).await {
             Ok(_) => {
-                let (checkpoint, note) = self.adopt_checkpoint(&blob, ours).await?;
+                let (checkpoint, note) = match self.adopt_checkpoint(&blob, &ours).await {
+                    Ok(adopted) => adopted,
+                    Err(e) => {
+                        self.unanswered = Some((ours, blob));
+                        return Err(e);
+                    }
+                };
                 self.tip.rebase_caches(checkpoint.size);
                 self.last_checkpoint = Some(CheckpointInfo {
                     blob,
@@ -743,7 +759,11 @@ impl Writer {
     /// answer was lost (a timeout, a dropped connection): then it stands,
     /// and the writer goes on from it rather than failing every checkpoint
     /// at this size. Any other checkpoint here is not ours to replace.
-    async fn adopt_checkpoint(&self, blob: &str, ours: Checkpoint) -> Result<(Checkpoint, String)> {
+    async fn adopt_checkpoint(
+        &self,
+        blob: &str,
+        ours: &Checkpoint,
+    ) -> Result<(Checkpoint, String)> {
         let (stored, note) =
             super::recover::read_checkpoint_note(self.store.as_ref(), &self.meta, blob).await?;
         if (stored.size, stored.root, stored.chain_head) != (ours.size, ours.root, ours.chain_head)
