@@ -1532,3 +1532,22 @@ async fn reads_refuse_batches_cut_out_at_frame_boundaries() {
         "{e}"
     );
 }
+
+/// One directory has one location, however it is named: an `open` in this
+/// process finds a stopping writer of the same ledger by it.
+#[test]
+fn one_directory_has_one_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = FsStore::new(dir.path()).unwrap().shared().location();
+    let dotted = FsStore::new(dir.path().join("."))
+        .unwrap()
+        .shared()
+        .location();
+    let link = dir.path().with_extension("link");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    let linked = FsStore::new(&link).unwrap().shared().location();
+    std::fs::remove_file(&link).unwrap();
+    assert_eq!(dotted, plain);
+    assert_eq!(linked, plain);
+    assert!(plain.starts_with("file:///"), "{plain}");
+}

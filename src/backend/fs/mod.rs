@@ -36,6 +36,10 @@ impl Default for FsOptions {
 #[derive(Debug)]
 pub struct FsStore {
     root: PathBuf,
+    /// `file://` and the root made absolute with symlinks resolved: one
+    /// directory, however it was named, has one location (an `open` in
+    /// this process finds a stopping writer of the same ledger by it).
+    location: String,
     opts: FsOptions,
     open: Mutex<HashMap<String, Arc<Mutex<OpenBlob>>>>,
 }
@@ -80,8 +84,15 @@ impl FsStore {
         let root = root.into();
         fs::create_dir_all(&root)
             .map_err(|e| io("create directory", &root.display().to_string(), e))?;
+        let location = format!(
+            "file://{}",
+            fs::canonicalize(&root)
+                .map_err(|e| io("resolve directory", &root.display().to_string(), e))?
+                .display()
+        );
         Ok(FsStore {
             root,
+            location,
             opts,
             open: Mutex::new(HashMap::new()),
         })
@@ -397,7 +408,7 @@ impl std::ops::Deref for SharedFs {
 #[async_trait]
 impl BlobStore for SharedFs {
     fn location(&self) -> String {
-        format!("file://{}", self.root.display())
+        self.location.clone()
     }
 
     fn max_block_size(&self) -> usize {
