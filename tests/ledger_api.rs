@@ -658,6 +658,23 @@ async fn checkpoint_whose_answer_was_lost_is_kept() {
     );
 }
 
+/// A ledger of 1,500 records (checkpointed only on demand) whose checkpoint
+/// at 1,500 landed but answered with an error.
+async fn with_a_checkpoint_whose_answer_was_lost(
+    dir: &std::path::Path,
+) -> (Arc<Faulty>, bi_ledger::Ledger) {
+    let lossy = Arc::new(Faulty::over(store(dir)));
+    let mut opts = options(10);
+    opts.checkpoint_every_events = None;
+    let ledger = bi_ledger::Ledger::create(lossy.clone(), "main", opts)
+        .await
+        .unwrap();
+    ledger.append(counted("a", 1500)).await.unwrap();
+    lossy.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    ledger.checkpoint().await.unwrap_err();
+    (lossy, ledger)
+}
+
 /// A checkpoint put that landed but answered with an error, followed by
 /// more appends before the next checkpoint: that checkpoint exists, so the
 /// caches written beside the next one (stream index, node cache) must
@@ -667,15 +684,9 @@ async fn checkpoint_whose_answer_was_lost_is_kept() {
 async fn appends_after_a_checkpoint_whose_answer_was_lost() {
     use bi_ledger::format::nodes::NodeCache;
     use bi_ledger::format::stream_index::StreamIndex;
-    use bi_ledger::{Ledger, LedgerReader};
+    use bi_ledger::LedgerReader;
     let dir = tempfile::tempdir().unwrap();
-    let lossy = Arc::new(Faulty::over(store(dir.path())));
-    let mut opts = options(10);
-    opts.checkpoint_every_events = None;
-    let ledger = Ledger::create(lossy.clone(), "main", opts).await.unwrap();
-    ledger.append(counted("a", 1500)).await.unwrap();
-    lossy.armed.store(true, std::sync::atomic::Ordering::SeqCst);
-    ledger.checkpoint().await.unwrap_err();
+    let (lossy, ledger) = with_a_checkpoint_whose_answer_was_lost(dir.path()).await;
     ledger.append(counted("b", 1000)).await.unwrap();
     assert_eq!(ledger.checkpoint().await.unwrap().checkpoint.size, 2500);
     ledger.append(counted("c", 10)).await.unwrap();
@@ -712,16 +723,10 @@ async fn appends_after_a_checkpoint_whose_answer_was_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_whose_answer_was_lost_and_that_cannot_be_read_at_once() {
     use bi_ledger::format::stream_index::StreamIndex;
-    use bi_ledger::{Ledger, LedgerReader};
+    use bi_ledger::LedgerReader;
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
-    let lossy = Arc::new(Faulty::over(store(dir.path())));
-    let mut opts = options(10);
-    opts.checkpoint_every_events = None;
-    let ledger = Ledger::create(lossy.clone(), "main", opts).await.unwrap();
-    ledger.append(counted("a", 1500)).await.unwrap();
-    lossy.armed.store(true, SeqCst);
-    ledger.checkpoint().await.unwrap_err();
+    let (lossy, ledger) = with_a_checkpoint_whose_answer_was_lost(dir.path()).await;
     // The next checkpoint finds it stored but cannot read it: it fails,
     // and so does the one after, which settles it first (without the fix
     // that one went ahead with caches from the checkpoint before).
