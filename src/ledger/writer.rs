@@ -675,17 +675,7 @@ impl Writer {
         let blob = layout::checkpoint(&self.meta.name, cp.size);
         let (cp, note) = match self.store.put(&blob, note.as_bytes()).await {
             Ok(()) => (cp, note),
-            Err(StoreError::AlreadyExists { .. }) => {
-                match self.adopt_checkpoint(&blob, &cp).await {
-                    Ok(adopted) => adopted,
-                    // Stored but not adopted (unreadable now, or not ours): the
-                    // next checkpoint must settle it before it starts its caches.
-                    Err(e) => {
-                        self.unanswered = Some((cp, blob));
-                        return Err(e);
-                    }
-                }
-            }
+            Err(StoreError::AlreadyExists { .. }) => self.adopt_checkpoint(&blob, cp).await?,
             Err(e) => {
                 self.unanswered = Some((cp, blob));
                 return Err(e.into());
@@ -731,13 +721,7 @@ impl Writer {
         };
         match self.store.info(&blob).await {
             Ok(_) => {
-                let (checkpoint, note) = match self.adopt_checkpoint(&blob, &ours).await {
-                    Ok(adopted) => adopted,
-                    Err(e) => {
-                        self.unanswered = Some((ours, blob));
-                        return Err(e);
-                    }
-                };
+                let (checkpoint, note) = self.adopt_checkpoint(&blob, ours).await?;
                 self.tip.rebase_caches(checkpoint.size);
                 self.last_checkpoint = Some(CheckpointInfo {
                     blob,
@@ -759,7 +743,22 @@ impl Writer {
     /// answer was lost (a timeout, a dropped connection): then it stands,
     /// and the writer goes on from it rather than failing every checkpoint
     /// at this size. Any other checkpoint here is not ours to replace.
+    ///
+    /// One not adopted (unreadable now, or not ours) stays unsettled: the
+    /// next checkpoint must settle it before it starts its caches.
     async fn adopt_checkpoint(
+        &mut self,
+        blob: &str,
+        ours: Checkpoint,
+    ) -> Result<(Checkpoint, String)> {
+        let adopted = self.read_and_match_checkpoint(blob, &ours).await;
+        if adopted.is_err() {
+            self.unanswered = Some((ours, blob.to_owned()));
+        }
+        adopted
+    }
+
+    async fn read_and_match_checkpoint(
         &self,
         blob: &str,
         ours: &Checkpoint,

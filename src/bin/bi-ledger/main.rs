@@ -358,7 +358,11 @@ fn read_input(file: Option<&Path>) -> Result<String> {
 async fn open_writer(cli: &Cli) -> Result<Ledger> {
     let store = store(cli, false).await?;
     let key = load_key(cli)?;
-    let at = store.location();
+    let what = format!(
+        "opening ledger {:?} in {} for writing",
+        cli.ledger,
+        store.location()
+    );
     match Ledger::open(store, &cli.ledger, LedgerOptions::new(key)).await {
         Ok(l) => Ok(l),
         Err(e @ LedgerError::Store(StoreError::Locked { .. })) => {
@@ -367,14 +371,9 @@ async fn open_writer(cli: &Cli) -> Result<Ledger> {
                 Backend::Fs => "another process has it open for writing (the lock of a process that died is gone with it)",
                 Backend::Azure => "another writer holds its lease (the lease of a writer that died expires within 60 s)",
             };
-            Err(anyhow::anyhow!(
-                "opening ledger {:?} in {at} for writing: {e}: {hint}",
-                cli.ledger
-            ))
+            Err(anyhow!("{what}: {e}: {hint}"))
         }
-        Err(e) => {
-            Err(e).with_context(|| format!("opening ledger {:?} in {at} for writing", cli.ledger))
-        }
+        Err(e) => Err(e).context(what),
     }
 }
 
