@@ -315,6 +315,7 @@ fn a_deleted_stream_index_is_named_by_verify_and_reads_scan_instead() {
     assert_eq!(v["missing_caches"], json!([]), "{v}");
     let before = f.run(&["read", "--stream", "s"]).ok().stdout;
     let blob = "main/streams-00000000000000000007";
+    let written = fs::read(f.path(blob)).unwrap();
     fs::remove_file(f.path(blob)).unwrap();
     let out = f.verify();
     assert_eq!(out.code, 0, "{}", out.describe());
@@ -327,6 +328,29 @@ fn a_deleted_stream_index_is_named_by_verify_and_reads_scan_instead() {
         out.describe()
     );
     assert_eq!(f.run(&["read", "--stream", "s"]).ok().stdout, before);
+
+    // `--restore-caches` puts back the very bytes the writer wrote.
+    let v = f.run(&["verify", "--restore-caches"]).ok().json();
+    assert_eq!(v["restored_caches"], json!([blob]), "{v}");
+    assert_eq!(v["missing_caches"], json!([]), "{v}");
+    assert_eq!(fs::read(f.path(blob)).unwrap(), written);
+    let v = f.verify().ok().json();
+    assert_eq!(v["missing_caches"], json!([]), "{v}");
+    assert_eq!(v["restored_caches"], json!([]), "{v}");
+}
+
+#[test]
+fn restore_caches_never_replaces_a_wrong_cache() {
+    let f = three_appends();
+    let blob = "main/streams-00000000000000000007";
+    let mut bytes = fs::read(f.path(blob)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(f.path(blob), &bytes).unwrap();
+    let out = f.run(&["verify", "--restore-caches"]);
+    assert_eq!(out.code, 1, "{}", out.describe());
+    assert_eq!(out.json()["blob"], json!(blob), "{}", out.describe());
+    assert_eq!(fs::read(f.path(blob)).unwrap(), bytes);
 }
 
 #[test]

@@ -52,6 +52,21 @@ pub struct VerifyReport {
     /// intact without them (stream reads scan, proofs hash the log), so
     /// they are reported, not failed.
     pub missing_caches: Vec<String>,
+    /// Missing caches that [`VerifyOptions::restore_caches`] put back, by
+    /// blob name (these are not in `missing_caches`).
+    pub restored_caches: Vec<String>,
+}
+
+/// What `verify` may do besides reading.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VerifyOptions {
+    /// Puts back each missing stream index and node cache (see
+    /// `VerifyReport::missing_caches`), once the records it covers have
+    /// checked out against their signed checkpoint: verify has then derived
+    /// exactly the bytes the writer put. A cache that is there is never
+    /// replaced (a wrong one stays an integrity error), and only a blob
+    /// that does not exist is created, so a writer at work is not raced.
+    pub restore_caches: bool,
 }
 
 impl LedgerReader {
@@ -60,6 +75,17 @@ impl LedgerReader {
     pub async fn verify(
         &self,
         verifier: &Verifier,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<VerifyReport> {
+        self.verify_with(verifier, VerifyOptions::default(), progress)
+            .await
+    }
+
+    /// [`Self::verify`], which may also restore missing caches.
+    pub async fn verify_with(
+        &self,
+        verifier: &Verifier,
+        opts: VerifyOptions,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<VerifyReport> {
         if verifier.key != self.recorded_verifier().key {
@@ -84,7 +110,11 @@ impl LedgerReader {
                 offset: HEADER_LEN as u64,
                 seq: 0,
             },
-            missing_caches: Vec::new(),
+            caches: Caches {
+                restore: opts.restore_caches,
+                missing: Vec::new(),
+                restored: Vec::new(),
+            },
         };
         let last = segments.len().saturating_sub(1);
         for (index, info) in &segments {
@@ -177,9 +207,9 @@ impl LedgerReader {
                 "caches without a checkpoint of their size: left by a checkpoint a writer did not finish (a crash, a failed write) or is writing now, or by a deleted checkpoint"
             );
         }
-        if !w.missing_caches.is_empty() {
+        if !w.caches.missing.is_empty() {
             tracing::warn!(
-                caches = ?w.missing_caches,
+                caches = ?w.caches.missing,
                 "checkpoints without their stream index or node cache: this library's writer never deletes them, so these were deleted (or the ledger's writer writes none); stream reads and proofs over their records read the log instead"
             );
         }
@@ -192,7 +222,8 @@ impl LedgerReader {
             root: w.tip.frontier.root(),
             unsigned_tail: w.tip.size - signed,
             caches_without_checkpoint: orphans,
-            missing_caches: w.missing_caches,
+            missing_caches: w.caches.missing,
+            restored_caches: w.caches.restored,
         })
     }
 }
@@ -248,8 +279,33 @@ struct Since {
 struct Walker {
     tip: Tip,
     since: Since,
+    caches: Caches,
+}
+
+/// Stream indexes and node caches found missing, and what became of them.
+struct Caches {
+    /// See `VerifyOptions::restore_caches`.
+    restore: bool,
     /// See `VerifyReport::missing_caches`.
-    missing_caches: Vec<String>,
+    missing: Vec<String>,
+    /// See `VerifyReport::restored_caches`.
+    restored: Vec<String>,
+}
+
+impl Caches {
+    fn note(&mut self, absent: Option<Absent>) {
+        match absent {
+            Some(Absent::Missing(blob)) => self.missing.push(blob),
+            Some(Absent::Restored(blob)) => self.restored.push(blob),
+            None => {}
+        }
+    }
+}
+
+/// A cache that a checkpoint should have and did not.
+enum Absent {
+    Missing(String),
+    Restored(String),
 }
 
 /// A hashed chunk, part-way through the walk: what the parallel stage
@@ -508,11 +564,7 @@ async fn check_checkpoints<'a, I>(
 where
     I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
 {
-    let Walker {
-        tip,
-        since,
-        missing_caches,
-    } = w;
+    let Walker { tip, since, caches } = w;
     while let Some((blob, cp)) = next.peek() {
         if cp.size > tip.size {
             break;
@@ -560,8 +612,8 @@ where
         }
         check_snapshot(reader, cp, tip, next.len() == 1).await?;
         let (index, nodes) = tip.take_caches();
-        missing_caches.extend(check_stream_index(reader, cp, index).await?);
-        missing_caches.extend(check_nodes(reader, cp, nodes).await?);
+        caches.note(check_stream_index(reader, cp, index, caches.restore).await?);
+        caches.note(check_nodes(reader, cp, nodes, caches.restore).await?);
         // The walk fills in where the next batch is when it gets there.
         since.seq = tip.size;
         next.next();
@@ -572,18 +624,20 @@ where
 /// A checkpoint's stream index, where there is one, must list exactly the
 /// batches that hold each stream's records since the previous checkpoint.
 /// It is a cache: a missing one only makes stream reads scan, and is
-/// returned to be reported.
+/// returned to be reported (or restored).
 async fn check_stream_index(
     reader: &LedgerReader,
     cp: &Checkpoint,
     want: StreamIndex,
-) -> Result<Option<String>> {
+    restore: bool,
+) -> Result<Option<Absent>> {
     if want.from == want.to {
         return Ok(None);
     }
     let blob = super::layout::stream_index(reader.name(), cp.size);
-    let Some(bytes) = read_cache(reader, &blob).await? else {
-        return Ok(Some(blob));
+    let bytes = match read_or_restore(reader, &blob, restore, || want.encode()).await? {
+        Ok(bytes) => bytes,
+        Err(absent) => return Ok(Some(absent)),
     };
     let idx = StreamIndex::decode(&bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
@@ -632,6 +686,33 @@ fn missing_checkpoint(cache: ([u8; 16], u64, u64), log: ([u8; 16], u64, u64)) ->
     }
 }
 
+/// A cache blob's bytes, or what became of it when it is missing: put back
+/// as `encode` gives it, if `restore`. One that appears between the read
+/// and the put (another verify restoring it) is read and checked.
+async fn read_or_restore(
+    reader: &LedgerReader,
+    blob: &str,
+    mut restore: bool,
+    encode: impl Fn() -> Vec<u8>,
+) -> Result<std::result::Result<Vec<u8>, Absent>> {
+    loop {
+        if let Some(bytes) = read_cache(reader, blob).await? {
+            return Ok(Ok(bytes));
+        }
+        if !restore {
+            return Ok(Err(Absent::Missing(blob.to_owned())));
+        }
+        match reader.store().put(blob, &encode()).await {
+            Ok(()) => {
+                tracing::info!(cache = %blob, "restored a missing cache from the verified log");
+                return Ok(Err(Absent::Restored(blob.to_owned())));
+            }
+            Err(crate::backend::StoreError::AlreadyExists { .. }) => restore = false,
+            Err(e) => return Err(LedgerError::Store(e)),
+        }
+    }
+}
+
 /// A cache blob beside a checkpoint, if there is one (missing ones only
 /// make reads or proofs do more work).
 async fn read_cache(reader: &LedgerReader, blob: &str) -> Result<Option<Vec<u8>>> {
@@ -647,16 +728,21 @@ async fn read_cache(reader: &LedgerReader, blob: &str) -> Result<Option<Vec<u8>>
 
 /// A checkpoint's node cache, where there is one, must hold exactly the
 /// Merkle nodes completed since the previous checkpoint. A missing one
-/// only makes proofs hash more records, and is returned to be reported.
+/// only makes proofs hash more records, and is returned to be reported
+/// (or restored).
 async fn check_nodes(
     reader: &LedgerReader,
     cp: &Checkpoint,
     want: NodeCache,
-) -> Result<Option<String>> {
+    restore: bool,
+) -> Result<Option<Absent>> {
     let blob = super::layout::nodes(reader.name(), cp.size);
-    let Some(bytes) = read_cache(reader, &blob).await? else {
-        // Written only where a node was completed (see `Writer::checkpoint`).
-        return Ok((!want.hashes.is_empty()).then_some(blob));
+    // Written only where a node was completed (see `Writer::checkpoint`).
+    let due = !want.hashes.is_empty();
+    let bytes = match read_or_restore(reader, &blob, restore && due, || want.encode()).await? {
+        Ok(bytes) => bytes,
+        Err(Absent::Missing(_)) if !due => return Ok(None),
+        Err(absent) => return Ok(Some(absent)),
     };
     let got = NodeCache::decode(&bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;

@@ -273,6 +273,10 @@ pub async fn proofs_through_node_caches(s: Arc<dyn BlobStore>) {
         ]
     );
 
+    let mut written = Vec::new();
+    for b in &caches {
+        written.push(s.read_all(b).await.unwrap());
+    }
     let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
     let (leaves, cps) = tree(&reader, &verifier).await;
     assert_eq!(
@@ -314,6 +318,15 @@ pub async fn proofs_through_node_caches(s: Arc<dyn BlobStore>) {
         }
         r => panic!("verify: wanted the node cache named, got {r:?}"),
     }
+    // A wrong cache is damage to report, never something to restore over.
+    let restore = bi_ledger::ledger::verify::VerifyOptions {
+        restore_caches: true,
+    };
+    match reader.verify_with(&verifier, restore, &|_, _| {}).await {
+        Err(LedgerError::Integrity(e)) => assert_eq!(e.blob, blob, "{e}"),
+        r => panic!("verify with restore: wanted the node cache named, got {r:?}"),
+    }
+    assert_eq!(s.read_all(blob).await.unwrap(), cache.encode());
 
     // Deleted caches: the log still checks out, verify names them, and
     // proofs hash the records instead.
@@ -322,6 +335,24 @@ pub async fn proofs_through_node_caches(s: Arc<dyn BlobStore>) {
     }
     let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
     assert_eq!(report.missing_caches, caches);
+    assert!(report.restored_caches.is_empty());
+    check(&reader).await;
+
+    // Restored from the verified log: the very bytes the writer put.
+    let report = reader
+        .verify_with(&verifier, restore, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.restored_caches, caches);
+    assert!(report.missing_caches.is_empty(), "{report:?}");
+    for (b, bytes) in caches.iter().zip(&written) {
+        assert_eq!(&s.read_all(b).await.unwrap(), bytes, "{b}");
+    }
+    let report = reader
+        .verify_with(&verifier, restore, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.restored_caches.is_empty() && report.missing_caches.is_empty());
     check(&reader).await;
 }
 

@@ -21,6 +21,7 @@ use bi_ledger::format::checkpoint::{Checkpoint, Verifier};
 use bi_ledger::format::hex;
 use bi_ledger::ledger::layout::Meta;
 use bi_ledger::ledger::proof::{ConsistencyProof, InclusionProof};
+use bi_ledger::ledger::verify::VerifyOptions;
 use bi_ledger::{keys, Ledger, LedgerError, LedgerOptions, LedgerReader};
 use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
@@ -116,6 +117,10 @@ enum Cmd {
         /// Trusted public key file (verifier key). Without it the key recorded in the ledger is used.
         #[arg(long, env = "BI_LEDGER_PUBLIC_KEY")]
         public_key: Option<PathBuf>,
+        /// Put back missing stream indexes and node caches (derived from the
+        /// verified log; a cache that is there is never replaced).
+        #[arg(long)]
+        restore_caches: bool,
     },
     /// Sign a checkpoint of the ledger as it is now and print it (the newest
     /// checkpoint, if it already covers every record).
@@ -406,7 +411,10 @@ async fn run(cli: Cli) -> Outcome {
             to,
             as_of,
         } => read(&cli, stream.as_deref(), *from, *to, as_of.as_deref()).await,
-        Cmd::Verify { public_key } => verify(&cli, public_key.as_deref()).await,
+        Cmd::Verify {
+            public_key,
+            restore_caches,
+        } => verify(&cli, public_key.as_deref(), *restore_caches).await,
         Cmd::Checkpoint => {
             let ledger = open_writer(&cli).await?;
             ledger.checkpoint().await?;
@@ -622,7 +630,7 @@ async fn read(
     Ok(Ok(()))
 }
 
-async fn verify(cli: &Cli, public_key: Option<&Path>) -> Outcome {
+async fn verify(cli: &Cli, public_key: Option<&Path>, restore_caches: bool) -> Outcome {
     // Damage found while opening (the LEDGER file, a segment header, the
     // segment listing) is reported like damage found later.
     let reader = match LedgerReader::open(store(cli, false).await?, &cli.ledger).await {
@@ -641,8 +649,9 @@ async fn verify(cli: &Cli, public_key: Option<&Path>) -> Outcome {
     };
     let bar = progress::Progress::new("verify");
     let start = Instant::now();
+    let opts = VerifyOptions { restore_caches };
     let result = reader
-        .verify(&verifier, &|done, total| bar.update(done, total))
+        .verify_with(&verifier, opts, &|done, total| bar.update(done, total))
         .await;
     bar.finish();
     match result {
@@ -656,6 +665,7 @@ async fn verify(cli: &Cli, public_key: Option<&Path>) -> Outcome {
                 "unsigned_tail": r.unsigned_tail,
                 "caches_without_checkpoint": r.caches_without_checkpoint,
                 "missing_caches": r.missing_caches,
+                "restored_caches": r.restored_caches,
                 "root": hex(&r.root),
                 "chain_head": hex(&r.chain_head),
                 "seconds": start.elapsed().as_secs_f64(),
