@@ -102,6 +102,51 @@ fn an_input_that_fits_one_batch_is_atomic() {
         .all(|r| r["offset"] == receipts[0]["offset"]));
 }
 
+/// `append` reads its input one line at a time, twice (checking, then
+/// appending), not whole into memory: an input of several batches is
+/// still all or nothing, from stdin or a file.
+#[test]
+fn an_input_of_several_batches_is_checked_whole_before_any_is_appended() {
+    let (f, _) = Fixture::init();
+    let mut input = String::new();
+    for i in 0..6000 {
+        input.push_str(&line("s", "T", json!({"pad": "x".repeat(1000), "i": i})));
+        input.push('\n');
+    }
+    let out = f.append(&format!("{input}{{\"stream\": \"s\"\n"));
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("line 6001") && out.stderr.contains("nothing was appended"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(stats(&f)["records"], 0);
+    // A line that is not UTF-8, in a file, is named by line and byte.
+    let path = f.dir.path().join("input.jsonl");
+    let mut bytes = input.clone().into_bytes();
+    bytes.extend_from_slice(b"{\"stream\": \"\xc3\x28\"}\n");
+    fs::write(&path, &bytes).unwrap();
+    let out = f.run(&["append", path.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("line 6001, byte 13: not UTF-8 text"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(stats(&f)["records"], 0);
+    // Without the bad line it goes in whole, in more than one batch.
+    let receipts = f.append(&input).ok().json_lines();
+    let seqs: Vec<u64> = receipts
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..6000).collect::<Vec<_>>());
+    assert!(receipts
+        .iter()
+        .any(|r| r["offset"] != receipts[0]["offset"]));
+    f.verify().ok();
+}
+
 #[test]
 fn a_closed_stdout_stops_the_append_and_says_what_was_written() {
     let (f, _) = Fixture::init();

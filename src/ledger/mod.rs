@@ -51,6 +51,12 @@ pub struct LedgerOptions {
 }
 
 impl LedgerOptions {
+    /// The most bytes one `append` call may take on `store` with these
+    /// options: what [`Ledger::max_batch_bytes`] gives once opened.
+    pub fn batch_limit(&self, store: &dyn BlobStore) -> usize {
+        self.max_batch_bytes.min(store.max_block_size())
+    }
+
     pub fn new(signing_key: SigningKey) -> Self {
         LedgerOptions {
             signing_key,
@@ -221,7 +227,7 @@ impl Ledger {
         last_checkpoint: Option<CheckpointInfo>,
         lock: Box<dyn crate::backend::WriterLock>,
     ) -> Result<Ledger> {
-        opts.max_batch_bytes = opts.max_batch_bytes.min(store.max_block_size());
+        opts.max_batch_bytes = opts.batch_limit(store.as_ref());
         let max_batch = opts.max_batch_bytes;
         let (tx, rx) = mpsc::channel(4096);
         let hashers = rayon::ThreadPoolBuilder::new()

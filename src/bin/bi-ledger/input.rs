@@ -1,6 +1,9 @@
 //! Parsing `append` input: one JSON object per line.
 
 use std::collections::BTreeMap;
+use std::io::BufRead;
+
+use rayon::prelude::*;
 
 use anyhow::{bail, Result};
 use bi_ledger::{ExpectedVersion, NewEvent};
@@ -31,67 +34,159 @@ fn one() -> u32 {
     1
 }
 
-/// Parses every line before anything is appended, so a bad line anywhere
-/// means nothing is written. Blank lines are skipped, and so is a UTF-8
-/// byte order mark at the start of the input.
-pub fn parse_events(text: &str) -> Result<Vec<(usize, NewEvent)>> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let n = i + 1;
-        if raw.trim().is_empty() {
-            continue;
+/// The events of `append` input, one line at a time, so that an input of
+/// any size is read in constant memory. Blank lines are skipped, and so is
+/// a UTF-8 byte order mark at the start of the input.
+pub struct Events<R> {
+    input: R,
+    line: Vec<u8>,
+    n: usize,
+    parallel: bool,
+}
+
+impl<R: BufRead> Events<R> {
+    pub fn new(input: R) -> Self {
+        Events {
+            input,
+            line: Vec::new(),
+            n: 0,
+            parallel: false,
         }
-        // serde would also take an array of the fields in order.
-        if !raw.trim_start().starts_with('{') {
-            bail!("line {n}: expected a JSON object {{\"stream\": ..., \"type\": ..., \"payload\": ...}}");
-        }
-        let line: Line = match serde_json::from_str(raw) {
-            Ok(l) => l,
-            Err(e) => bail!("line {n}, column {}: {}", e.column(), without_position(&e)),
-        };
-        let expected = match line.expected_version.map(RawValue::get) {
-            None => ExpectedVersion::Any,
-            Some(raw) => match (
-                serde_json::from_str::<u64>(raw),
-                serde_json::from_str::<&str>(raw),
-            ) {
-                (Ok(v), _) => ExpectedVersion::Exact(v),
-                (_, Ok("any")) => ExpectedVersion::Any,
-                (_, Ok("no_stream")) => ExpectedVersion::NoStream,
-                _ => bail!("line {n}: field `expected_version`: expected a version number (0 or more), \"any\" or \"no_stream\", found {raw}"),
-            },
-        };
-        let metadata = match line.metadata.map(RawValue::get) {
-            None | Some("null") => BTreeMap::new(),
-            Some(raw) => {
-                bi_ledger::json::canonicalize(raw)
-                    .map_err(|e| anyhow::anyhow!("line {n}: field `metadata`: {e}"))?;
-                serde_json::from_str(raw).map_err(|e| {
-                    anyhow::anyhow!(
-                        "line {n}: field `metadata`: expected an object of strings: {}",
-                        without_position(&e)
-                    )
-                })?
-            }
-        };
-        let payload = bi_ledger::json::canonicalize(line.payload.get())
-            .map_err(|e| anyhow::anyhow!("line {n}: field `payload`: {e}"))?;
-        let event = NewEvent {
-            stream: line.stream,
-            event_type: line.event_type,
-            schema_version: line.schema_version,
-            content_type: "application/json".into(),
-            metadata,
-            payload,
-            expected_version: expected,
-        };
-        if let Err((field, reason)) = event.validate() {
-            bail!("line {n}: field `{field}` {reason}");
-        }
-        out.push((n, event));
     }
-    Ok(out)
+
+    /// Parses on every core (rayon's global pool), for when nothing else
+    /// needs them.
+    pub fn parallel(mut self) -> Self {
+        self.parallel = true;
+        self
+    }
+
+    /// The events of the next `lines` lines, with their line numbers (from
+    /// 1); empty at the end. An error names
+    /// the first bad line.
+    pub fn next_chunk(&mut self, lines: usize) -> Result<Vec<(usize, NewEvent)>> {
+        let mut raw = Vec::with_capacity(lines);
+        let mut unreadable = None;
+        while raw.len() < lines {
+            match self.next_line() {
+                Ok(Some(line)) => raw.push(line),
+                Ok(None) => break,
+                Err(e) => {
+                    unreadable = Some(e);
+                    break;
+                }
+            }
+        }
+        let parse = |(n, text): (usize, String)| Ok(parse_line(n, &text)?.map(|e| (n, e)));
+        let parsed: Vec<Result<Option<(usize, NewEvent)>>> = if self.parallel {
+            raw.into_par_iter().map(parse).collect()
+        } else {
+            raw.into_iter().map(parse).collect()
+        };
+        let mut out = Vec::with_capacity(parsed.len());
+        for p in parsed {
+            out.extend(p?);
+        }
+        match unreadable {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// The next line and its number, without its line ending.
+    fn next_line(&mut self) -> Result<Option<(usize, String)>> {
+        self.line.clear();
+        if self.input.read_until(b'\n', &mut self.line)? == 0 {
+            return Ok(None);
+        }
+        self.n += 1;
+        let mut raw = self.line.as_slice();
+        if self.n == 1 {
+            raw = raw.strip_prefix(b"\xef\xbb\xbf").unwrap_or(raw);
+        }
+        if let Some(r) = raw.strip_suffix(b"\n") {
+            raw = r.strip_suffix(b"\r").unwrap_or(r);
+        }
+        match std::str::from_utf8(raw) {
+            Ok(text) => Ok(Some((self.n, text.to_owned()))),
+            Err(e) => bail!(
+                "line {}, byte {}: not UTF-8 text",
+                self.n,
+                e.valid_up_to() + 1
+            ),
+        }
+    }
+}
+
+/// Every event of `text` (see [`Events`]).
+#[cfg(test)]
+pub fn parse_events(text: &str) -> Result<Vec<(usize, NewEvent)>> {
+    let mut events = Events::new(text.as_bytes());
+    let mut out = Vec::new();
+    loop {
+        let chunk = events.next_chunk(2)?;
+        if chunk.is_empty() {
+            return Ok(out);
+        }
+        out.extend(chunk);
+    }
+}
+
+/// Line `n`'s event; `None` for a blank line.
+fn parse_line(n: usize, raw: &str) -> Result<Option<NewEvent>> {
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    // serde would also take an array of the fields in order.
+    if !raw.trim_start().starts_with('{') {
+        bail!(
+            "line {n}: expected a JSON object {{\"stream\": ..., \"type\": ..., \"payload\": ...}}"
+        );
+    }
+    let line: Line = match serde_json::from_str(raw) {
+        Ok(l) => l,
+        Err(e) => bail!("line {n}, column {}: {}", e.column(), without_position(&e)),
+    };
+    let expected = match line.expected_version.map(RawValue::get) {
+        None => ExpectedVersion::Any,
+        Some(raw) => match (
+            serde_json::from_str::<u64>(raw),
+            serde_json::from_str::<&str>(raw),
+        ) {
+            (Ok(v), _) => ExpectedVersion::Exact(v),
+            (_, Ok("any")) => ExpectedVersion::Any,
+            (_, Ok("no_stream")) => ExpectedVersion::NoStream,
+            _ => bail!("line {n}: field `expected_version`: expected a version number (0 or more), \"any\" or \"no_stream\", found {raw}"),
+        },
+    };
+    let metadata = match line.metadata.map(RawValue::get) {
+        None | Some("null") => BTreeMap::new(),
+        Some(raw) => {
+            bi_ledger::json::canonicalize(raw)
+                .map_err(|e| anyhow::anyhow!("line {n}: field `metadata`: {e}"))?;
+            serde_json::from_str(raw).map_err(|e| {
+                anyhow::anyhow!(
+                    "line {n}: field `metadata`: expected an object of strings: {}",
+                    without_position(&e)
+                )
+            })?
+        }
+    };
+    let payload = bi_ledger::json::canonicalize(line.payload.get())
+        .map_err(|e| anyhow::anyhow!("line {n}: field `payload`: {e}"))?;
+    let event = NewEvent {
+        stream: line.stream,
+        event_type: line.event_type,
+        schema_version: line.schema_version,
+        content_type: "application/json".into(),
+        metadata,
+        payload,
+        expected_version: expected,
+    };
+    if let Err((field, reason)) = event.validate() {
+        bail!("line {n}: field `{field}` {reason}");
+    }
+    Ok(Some(event))
 }
 
 /// serde_json's message without its " at line L column C": the input line
@@ -186,5 +281,28 @@ mod tests {
         assert_eq!(evs[0].1.expected_version, ExpectedVersion::NoStream);
         assert_eq!(evs[0].1.payload, br#"{"a":2,"b":1}"#);
         assert_eq!(evs[1].1.expected_version, ExpectedVersion::Exact(0));
+    }
+
+    #[test]
+    fn takes_crlf_and_names_a_line_that_is_not_utf8() {
+        let ok = "{\"stream\":\"a\",\"type\":\"t\",\"payload\":1}";
+        let text = format!("{ok}\r\n\r\n{ok}\r\n{ok}");
+        let evs = parse_events(&text).unwrap();
+        assert_eq!(evs.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 3, 4]);
+        let mut bytes = format!("{ok}\n{ok}\n").into_bytes();
+        bytes.extend_from_slice(b"{\"stream\":\"\xff\"}\n");
+        let e = Events::new(bytes.as_slice())
+            .next_chunk(10)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "line 3, byte 12: not UTF-8 text");
+        // A bad line before it, read in the same chunk, is the one named.
+        let mut bytes = format!("{ok}\n{{\n").into_bytes();
+        bytes.extend_from_slice(b"\xff\n");
+        let e = Events::new(bytes.as_slice())
+            .next_chunk(10)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("line 2, column "), "{e}");
     }
 }
