@@ -365,14 +365,15 @@ impl AppendInput {
                     std::process::id(),
                     uuid::Uuid::new_v4()
                 ));
-                let mut file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&spool)
-                    .with_context(|| {
-                        format!("creating {} to hold standard input", spool.display())
-                    })?;
+                let mut opts = std::fs::OpenOptions::new();
+                opts.read(true).write(true).create_new(true);
+                // The events may be personal data: readable by us alone
+                // for the moment before it is unlinked.
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                let mut file = opts.open(&spool).with_context(|| {
+                    format!("creating {} to hold standard input", spool.display())
+                })?;
                 let _ = std::fs::remove_file(&spool);
                 std::io::copy(&mut std::io::stdin().lock(), &mut file)
                     .with_context(|| format!("copying standard input to {}", spool.display()))?;
