@@ -2,6 +2,7 @@
 //! ledger. Machine output is JSON lines on stdout; errors are one line on
 //! stderr. Exit codes: 0 success, 1 integrity failure, 2 usage or I/O error.
 
+mod append;
 mod demo;
 mod input;
 mod progress;
@@ -345,64 +346,6 @@ fn print(v: serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// `append`'s input, which is read twice. Standard input is copied to a
-/// temporary file first (removed at once; it lives until closed).
-struct AppendInput {
-    file: std::fs::File,
-    name: String,
-}
-
-impl AppendInput {
-    fn open(file: Option<&Path>) -> Result<Self> {
-        match file {
-            Some(p) if p != Path::new("-") => Ok(AppendInput {
-                file: std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?,
-                name: p.display().to_string(),
-            }),
-            _ => {
-                let spool = std::env::temp_dir().join(format!(
-                    "bi-ledger-stdin-{}-{}",
-                    std::process::id(),
-                    uuid::Uuid::new_v4()
-                ));
-                let mut opts = std::fs::OpenOptions::new();
-                opts.read(true).write(true).create_new(true);
-                // The events may be personal data: readable by us alone
-                // for the moment before it is unlinked.
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-                let mut file = opts.open(&spool).with_context(|| {
-                    format!("creating {} to hold standard input", spool.display())
-                })?;
-                let _ = std::fs::remove_file(&spool);
-                std::io::copy(&mut std::io::stdin().lock(), &mut file)
-                    .with_context(|| format!("copying standard input to {}", spool.display()))?;
-                Ok(AppendInput {
-                    file,
-                    name: "stdin".to_owned(),
-                })
-            }
-        }
-    }
-
-    /// The input from its start.
-    fn reader(&self) -> Result<std::io::BufReader<&std::fs::File>> {
-        use std::io::Seek;
-        (&self.file)
-            .rewind()
-            .with_context(|| format!("reading {}", self.name))?;
-        Ok(std::io::BufReader::with_capacity(1 << 16, &self.file))
-    }
-
-    /// An error of the input, naming it (a bad line is named already).
-    fn named(&self, e: anyhow::Error) -> anyhow::Error {
-        match e.downcast::<std::io::Error>() {
-            Ok(io) => anyhow!(io).context(format!("reading {}", self.name)),
-            Err(e) => e,
-        }
-    }
-}
-
 fn read_input(file: Option<&Path>) -> Result<String> {
     let mut s = String::new();
     match file {
@@ -466,7 +409,7 @@ async fn run(cli: Cli) -> Outcome {
             }))?;
             Ok(Ok(()))
         }
-        Cmd::Append { file } => append(&cli, file.as_deref()).await,
+        Cmd::Append { file } => append::append(&cli, file.as_deref()).await,
         Cmd::Read {
             stream,
             from,
@@ -537,182 +480,6 @@ async fn init(cli: &Cli) -> Outcome {
         "public_key": vkey,
     }))?;
     Ok(Ok(()))
-}
-
-async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
-    // Read twice, one line at a time: once to check every line, so that a
-    // bad one anywhere means nothing is written, then to append.
-    let input = AppendInput::open(file)?;
-    let store = store(cli, false).await?;
-    let opts = LedgerOptions::new(load_key(cli)?);
-    let max = opts.batch_limit(store.as_ref());
-    let mut events = input::Events::new(input.reader()?).parallel();
-    let mut any = false;
-    loop {
-        let chunk = events
-            .next_chunk(CHUNK_LINES)
-            .map_err(|e| anyhow!("{:#}; nothing was appended", input.named(e)))?;
-        if chunk.is_empty() {
-            break;
-        }
-        for (line, e) in &chunk {
-            let len = e.stored_len_bound();
-            if bi_ledger::ledger::BATCH_OVERHEAD + len > max {
-                bail!(
-                    "line {line}: the event takes up to {len} bytes in a batch, and a batch holds at most {max}: nothing was appended (store a payload this large elsewhere and append a reference)"
-                );
-            }
-        }
-        any = true;
-    }
-    if !any {
-        return Ok(Ok(()));
-    }
-    let ledger = open_writer(cli, store, opts).await?;
-    let result = append_checked(&ledger, &input, max).await;
-    let close = ledger.close().await;
-    match (result, close) {
-        (Ok(()), close) => {
-            close?;
-        }
-        (Err(e), Ok(_)) => return Err(e),
-        (Err(e), Err(c)) => {
-            bail!("{e:#} (closing the ledger also failed: {c})");
-        }
-    }
-    Ok(Ok(()))
-}
-
-/// `append`'s second pass: the checked input, in calls that each fill a
-/// batch. One append call is one batch, and atomic; an error after the
-/// first call says which lines were written.
-async fn append_checked(ledger: &Ledger, input: &AppendInput, max: usize) -> Result<()> {
-    // Parsed on this thread: the writer hashes on the other cores.
-    let mut events = input::Events::new(input.reader()?);
-    let mut written_upto = 0usize;
-    // One call is in flight while the next is parsed, never more: a call
-    // that fails is then the last one written to.
-    let mut in_flight = None;
-    let mut call: Vec<(usize, bi_ledger::NewEvent)> = Vec::new();
-    let mut bytes = bi_ledger::ledger::BATCH_OVERHEAD;
-    loop {
-        let chunk = match events.next_chunk(CHUNK_LINES) {
-            Ok(c) => c,
-            Err(e) => {
-                settle(&mut in_flight, &mut written_upto).await?;
-                bail!(
-                    "{:#}; the input changed since it was checked; {}",
-                    input.named(e),
-                    appended_hint(written_upto)
-                );
-            }
-        };
-        let end = chunk.is_empty();
-        for (line, event) in chunk {
-            let len = event.stored_len_bound();
-            if !call.is_empty() && bytes + len > max {
-                settle(&mut in_flight, &mut written_upto).await?;
-                in_flight = Some(spawn_call(ledger, std::mem::take(&mut call), written_upto));
-                bytes = bi_ledger::ledger::BATCH_OVERHEAD;
-            }
-            bytes += len;
-            call.push((line, event));
-        }
-        if end {
-            settle(&mut in_flight, &mut written_upto).await?;
-            if !call.is_empty() {
-                append_call(ledger, call, written_upto).await?;
-            }
-            return Ok(());
-        }
-    }
-}
-
-/// Lines `append` reads and parses at a time.
-const CHUNK_LINES: usize = 1024;
-
-fn spawn_call(
-    ledger: &Ledger,
-    call: Vec<(usize, bi_ledger::NewEvent)>,
-    written_upto: usize,
-) -> tokio::task::JoinHandle<Result<usize>> {
-    let ledger = ledger.clone();
-    tokio::spawn(async move { append_call(&ledger, call, written_upto).await })
-}
-
-/// Waits for the call in flight, if any.
-async fn settle(
-    in_flight: &mut Option<tokio::task::JoinHandle<Result<usize>>>,
-    written_upto: &mut usize,
-) -> Result<()> {
-    if let Some(call) = in_flight.take() {
-        *written_upto = call.await.context("appending")??;
-    }
-    Ok(())
-}
-
-fn appended_hint(upto: usize) -> String {
-    if upto == 0 {
-        "nothing was appended".to_owned()
-    } else {
-        format!("lines up to {upto} were appended")
-    }
-}
-
-/// Appends one call's events and prints their receipts; returns the last
-/// line now written.
-async fn append_call(
-    ledger: &Ledger,
-    call: Vec<(usize, bi_ledger::NewEvent)>,
-    written_upto: usize,
-) -> Result<usize> {
-    let (lines, events): (Vec<usize>, Vec<_>) = call.into_iter().unzip();
-    // For a conflict's message: the version it gives counts this call's
-    // earlier events, which were not written.
-    let streams: Vec<String> = events.iter().map(|e| e.stream.clone()).collect();
-    let hint = appended_hint(written_upto);
-    let receipts = match ledger.append(events).await {
-        Ok(r) => r,
-        Err(LedgerError::VersionConflict {
-            index,
-            stream,
-            expected,
-            current,
-        }) => {
-            let earlier: Vec<usize> = (0..index)
-                .filter(|&i| streams[i] == stream)
-                .map(|i| lines[i])
-                .collect();
-            let counting = match earlier.as_slice() {
-                [] => String::new(),
-                [one] => format!(", counting line {one} of this input"),
-                many => format!(", counting {} earlier lines of this input", many.len()),
-            };
-            bail!(
-                "line {}: stream {stream:?} expected {expected}, current version is {}{counting}; {hint}",
-                lines[index],
-                current.map_or("none".into(), |v| v.to_string())
-            );
-        }
-        Err(LedgerError::InvalidEvent {
-            index,
-            field,
-            reason,
-        }) => bail!("line {}: field `{field}` {reason}; {hint}", lines[index]),
-        Err(other) => {
-            return Err(anyhow!(other).context(format!("appending lines {}..; {hint}", lines[0])))
-        }
-    };
-    let written_upto = *lines.last().expect("a call has lines");
-    // The events are durable now, receipts or not: a reader that went away
-    // (a closed pipe) stops the input here, and is told so.
-    if let Err(e) = receipts.iter().try_for_each(|r| print(r.to_json())) {
-        bail!(
-            "writing receipts: {e}; {}, and no more",
-            appended_hint(written_upto)
-        );
-    }
-    Ok(written_upto)
 }
 
 async fn read(
