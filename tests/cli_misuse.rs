@@ -147,6 +147,29 @@ fn an_input_of_several_batches_is_checked_whole_before_any_is_appended() {
     f.verify().ok();
 }
 
+/// Long runs of blank lines are skipped, not taken for the end; and a
+/// path that is a pipe (`/dev/stdin`, `<(…)`) is read like standard input.
+#[test]
+fn blank_runs_and_piped_paths() {
+    let (f, _) = Fixture::init();
+    let one = line("s", "T", json!(1));
+    let input = format!("{one}\n{}{one}\n{}", "\n".repeat(2100), " \n".repeat(1500));
+    let out = f.append(&format!("{input}{{\"bad\"\n"));
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("line 3603, column "),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(stats(&f)["records"], 0);
+    let receipts = f
+        .run_stdin(&["append", "/dev/stdin"], &input)
+        .ok()
+        .json_lines();
+    assert_eq!(receipts.len(), 2, "{receipts:?}");
+    assert_eq!(stats(&f)["records"], 2);
+}
+
 #[test]
 fn a_closed_stdout_stops_the_append_and_says_what_was_written() {
     let (f, _) = Fixture::init();
@@ -430,6 +453,31 @@ fn a_deleted_newest_checkpoint_leaves_caches_that_verify_reports() {
         "{}",
         out.describe()
     );
+}
+
+/// Checkpoint 5 deleted with the stream index of checkpoint 7: the
+/// index a writer put for 7 started at 5, one restored from the log
+/// would start at 2. A cache of size 5 is left, so verify does not
+/// guess: it reports the index missing and puts nothing back.
+#[test]
+fn restore_caches_does_not_guess_past_a_deleted_checkpoint() {
+    let f = three_appends();
+    let cps = f.checkpoints();
+    assert!(
+        cps[2].ends_with("checkpoint-00000000000000000005"),
+        "{cps:?}"
+    );
+    fs::remove_file(f.path(&format!("main/{}", cps[2]))).unwrap();
+    let blob = "main/streams-00000000000000000007";
+    fs::remove_file(f.path(blob)).unwrap();
+    assert!(f.path("main/streams-00000000000000000005").exists());
+    let out = f.run(&["verify", "--restore-caches"]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    let v = out.json();
+    assert_eq!(v["restored_caches"], json!([]), "{v}");
+    assert_eq!(v["missing_caches"], json!([blob]), "{v}");
+    assert!(out.stderr.contains("not restoring"), "{}", out.describe());
+    assert!(!f.path(blob).exists());
 }
 
 #[test]

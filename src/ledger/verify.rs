@@ -114,6 +114,7 @@ impl LedgerReader {
                 restore: opts.restore_caches,
                 missing: Vec::new(),
                 restored: Vec::new(),
+                listed: None,
             },
         };
         let last = segments.len().saturating_sub(1);
@@ -235,22 +236,8 @@ async fn caches_without_checkpoint(
     reader: &LedgerReader,
     checkpoints: &[(String, Checkpoint)],
 ) -> Result<Vec<String>> {
-    use super::layout;
-    type SizeOf = fn(&str, &str) -> Option<u64>;
     let (name, store) = (reader.name(), reader.store());
-    let kinds: [(String, SizeOf); 3] = [
-        (layout::snapshot_prefix(name), layout::snapshot_size),
-        (layout::stream_index_prefix(name), layout::stream_index_size),
-        (layout::nodes_prefix(name), layout::nodes_size),
-    ];
-    let mut caches = Vec::new();
-    for (prefix, size_of) in kinds {
-        for blob in store.list(&prefix).await? {
-            if let Some(size) = size_of(name, &blob.name) {
-                caches.push((size, blob.name));
-            }
-        }
-    }
+    let caches = list_caches(reader).await?;
     let mut signed: std::collections::HashSet<u64> =
         checkpoints.iter().map(|(_, c)| c.size).collect();
     let since = recover::checkpoint_blobs(store.as_ref(), name).await?;
@@ -262,6 +249,27 @@ async fn caches_without_checkpoint(
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// Every cache blob (snapshot, stream index, node cache) and its size.
+async fn list_caches(reader: &LedgerReader) -> Result<Vec<(u64, String)>> {
+    use super::layout;
+    type SizeOf = fn(&str, &str) -> Option<u64>;
+    let name = reader.name();
+    let kinds: [(String, SizeOf); 3] = [
+        (layout::snapshot_prefix(name), layout::snapshot_size),
+        (layout::stream_index_prefix(name), layout::stream_index_size),
+        (layout::nodes_prefix(name), layout::nodes_size),
+    ];
+    let mut caches = Vec::new();
+    for (prefix, size_of) in kinds {
+        for blob in reader.store().list(&prefix).await? {
+            if let Some(size) = size_of(name, &blob.name) {
+                caches.push((size, blob.name));
+            }
+        }
+    }
+    Ok(caches)
 }
 
 /// Where the records after the last checkpoint checked begin: a root that
@@ -290,9 +298,42 @@ struct Caches {
     missing: Vec<String>,
     /// See `VerifyReport::restored_caches`.
     restored: Vec<String>,
+    /// The sizes of all caches, listed at the first restore.
+    listed: Option<Vec<u64>>,
 }
 
 impl Caches {
+    /// Whether the caches of the checkpoint of size `to` may be restored,
+    /// `from` being the size of the checkpoint before it. Not where a cache
+    /// of a size in between exists: a checkpoint there was deleted (and a
+    /// writer's caches started at it) or never finished (and they started
+    /// at `from`), and the log cannot tell which.
+    async fn may_restore(&mut self, reader: &LedgerReader, from: u64, to: u64) -> bool {
+        if self.listed.is_none() {
+            match list_caches(reader).await {
+                Ok(l) => self.listed = Some(l.into_iter().map(|(size, _)| size).collect()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list the caches; restoring none");
+                    self.restore = false;
+                    return false;
+                }
+            }
+        }
+        let listed = self.listed.as_deref().unwrap_or_default();
+        match listed.iter().find(|&&s| from < s && s < to) {
+            Some(between) => {
+                tracing::warn!(
+                    from,
+                    to,
+                    between,
+                    "not restoring the caches of this checkpoint: a cache lies between it and the checkpoint before, left by a checkpoint that was deleted or never finished"
+                );
+                false
+            }
+            None => true,
+        }
+    }
+
     fn note(&mut self, absent: Option<Absent>) {
         match absent {
             Some(Absent::Missing(blob)) => self.missing.push(blob),
@@ -612,8 +653,10 @@ where
         }
         check_snapshot(reader, cp, tip, next.len() == 1).await?;
         let (index, nodes) = tip.take_caches();
-        caches.note(check_stream_index(reader, cp, index, caches.restore).await?);
-        caches.note(check_nodes(reader, cp, nodes, caches.restore).await?);
+        let absent = check_stream_index(reader, cp, index, caches).await?;
+        caches.note(absent);
+        let absent = check_nodes(reader, cp, nodes, caches).await?;
+        caches.note(absent);
         // The walk fills in where the next batch is when it gets there.
         since.seq = tip.size;
         next.next();
@@ -629,13 +672,14 @@ async fn check_stream_index(
     reader: &LedgerReader,
     cp: &Checkpoint,
     want: StreamIndex,
-    restore: bool,
+    caches: &mut Caches,
 ) -> Result<Option<Absent>> {
     if want.from == want.to {
         return Ok(None);
     }
     let blob = super::layout::stream_index(reader.name(), cp.size);
-    let bytes = match read_or_restore(reader, &blob, restore, || want.encode()).await? {
+    let range = (want.from, want.to);
+    let bytes = match read_or_restore(reader, &blob, range, Some(caches), || want.encode()).await? {
         Ok(bytes) => bytes,
         Err(absent) => return Ok(Some(absent)),
     };
@@ -687,28 +731,38 @@ fn missing_checkpoint(cache: ([u8; 16], u64, u64), log: ([u8; 16], u64, u64)) ->
 }
 
 /// A cache blob's bytes, or what became of it when it is missing: put back
-/// as `encode` gives it, if `restore`. One that appears between the read
-/// and the put (another verify restoring it) is read and checked.
+/// as `encode` gives it, if `caches` says to restore, covering records
+/// `range`. One that appears between the read and the put (another verify
+/// restoring it) is read and checked. A put that fails leaves it missing:
+/// the log's verification stands.
 async fn read_or_restore(
     reader: &LedgerReader,
     blob: &str,
-    mut restore: bool,
+    (from, to): (u64, u64),
+    mut caches: Option<&mut Caches>,
     encode: impl Fn() -> Vec<u8>,
 ) -> Result<std::result::Result<Vec<u8>, Absent>> {
     loop {
         if let Some(bytes) = read_cache(reader, blob).await? {
             return Ok(Ok(bytes));
         }
-        if !restore {
-            return Ok(Err(Absent::Missing(blob.to_owned())));
+        let missing = Ok(Err(Absent::Missing(blob.to_owned())));
+        let Some(c) = caches.as_deref_mut().filter(|c| c.restore) else {
+            return missing;
+        };
+        if !c.may_restore(reader, from, to).await {
+            return missing;
         }
         match reader.store().put(blob, &encode()).await {
             Ok(()) => {
                 tracing::info!(cache = %blob, "restored a missing cache from the verified log");
                 return Ok(Err(Absent::Restored(blob.to_owned())));
             }
-            Err(crate::backend::StoreError::AlreadyExists { .. }) => restore = false,
-            Err(e) => return Err(LedgerError::Store(e)),
+            Err(crate::backend::StoreError::AlreadyExists { .. }) => caches = None,
+            Err(e) => {
+                tracing::warn!(cache = %blob, error = %e, "could not restore a missing cache");
+                return missing;
+            }
         }
     }
 }
@@ -734,12 +788,14 @@ async fn check_nodes(
     reader: &LedgerReader,
     cp: &Checkpoint,
     want: NodeCache,
-    restore: bool,
+    caches: &mut Caches,
 ) -> Result<Option<Absent>> {
     let blob = super::layout::nodes(reader.name(), cp.size);
     // Written only where a node was completed (see `Writer::checkpoint`).
     let due = !want.hashes.is_empty();
-    let bytes = match read_or_restore(reader, &blob, restore && due, || want.encode()).await? {
+    let range = (want.from, want.to);
+    let caches = due.then_some(caches);
+    let bytes = match read_or_restore(reader, &blob, range, caches, || want.encode()).await? {
         Ok(bytes) => bytes,
         Err(Absent::Missing(_)) if !due => return Ok(None),
         Err(absent) => return Ok(Some(absent)),

@@ -3,6 +3,7 @@
 //! means nothing is written, then the events are appended in calls that
 //! each fill a batch.
 
+use std::io::{Read, Seek};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -10,8 +11,9 @@ use bi_ledger::{Ledger, LedgerError, LedgerOptions};
 
 use crate::{input, load_key, open_writer, print, store, Cli, Outcome};
 
-/// `append`'s input, which is read twice. Standard input is copied to a
-/// temporary file first (removed at once; it lives until closed).
+/// `append`'s input, which is read twice. A regular file is read where it
+/// is; anything else (standard input, a pipe, `<(…)`) is first copied to a
+/// temporary file, removed at once (it lives until closed).
 struct AppendInput {
     file: std::fs::File,
     name: String,
@@ -19,44 +21,36 @@ struct AppendInput {
 
 impl AppendInput {
     fn open(file: Option<&Path>) -> Result<Self> {
-        match file {
-            Some(p) if p != Path::new("-") => Ok(AppendInput {
-                file: std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?,
-                name: p.display().to_string(),
-            }),
-            _ => {
-                let spool = std::env::temp_dir().join(format!(
-                    "bi-ledger-stdin-{}-{}",
-                    std::process::id(),
-                    uuid::Uuid::new_v4()
-                ));
-                let mut opts = std::fs::OpenOptions::new();
-                opts.read(true).write(true).create_new(true);
-                // The events may be personal data: readable by us alone
-                // for the moment before it is unlinked.
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-                let mut file = opts.open(&spool).with_context(|| {
-                    format!("creating {} to hold standard input", spool.display())
-                })?;
-                let _ = std::fs::remove_file(&spool);
-                std::io::copy(&mut std::io::stdin().lock(), &mut file)
-                    .with_context(|| format!("copying standard input to {}", spool.display()))?;
-                Ok(AppendInput {
-                    file,
-                    name: "stdin".to_owned(),
-                })
+        let (name, source) = match file {
+            Some(p) if p != Path::new("-") => {
+                let name = p.display().to_string();
+                let file = std::fs::File::open(p).with_context(|| format!("reading {name}"))?;
+                let meta = file.metadata().with_context(|| format!("reading {name}"))?;
+                if meta.is_file() {
+                    return Ok(AppendInput { file, name });
+                }
+                (name, Box::new(file) as Box<dyn Read>)
             }
-        }
+            _ => (
+                "stdin".to_owned(),
+                Box::new(std::io::stdin().lock()) as Box<dyn Read>,
+            ),
+        };
+        Ok(AppendInput {
+            file: spool(&name, source)?,
+            name,
+        })
     }
 
-    /// The input from its start.
-    fn reader(&self) -> Result<std::io::BufReader<&std::fs::File>> {
-        use std::io::Seek;
+    /// The input's first `len` bytes (all of it: `u64::MAX`).
+    fn reader(&self, len: u64) -> Result<std::io::BufReader<std::io::Take<&std::fs::File>>> {
         (&self.file)
             .rewind()
             .with_context(|| format!("reading {}", self.name))?;
-        Ok(std::io::BufReader::with_capacity(1 << 16, &self.file))
+        Ok(std::io::BufReader::with_capacity(
+            1 << 16,
+            (&self.file).take(len),
+        ))
     }
 
     /// An error of the input, naming it (a bad line is named already).
@@ -68,6 +62,29 @@ impl AppendInput {
     }
 }
 
+/// A private copy of `source`, in a temporary file that is already
+/// unlinked.
+fn spool(name: &str, mut source: Box<dyn Read + '_>) -> Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!(
+        "bi-ledger-input-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create_new(true);
+    // The events may be personal data: readable by us alone for the moment
+    // before it is unlinked.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut file = opts
+        .open(&path)
+        .with_context(|| format!("creating {} to hold {name}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    std::io::copy(&mut source, &mut file)
+        .with_context(|| format!("copying {name} to {}", path.display()))?;
+    Ok(file)
+}
+
 pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
     // Read twice, one line at a time: once to check every line, so that a
     // bad one anywhere means nothing is written, then to append.
@@ -75,15 +92,13 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
     let store = store(cli, false).await?;
     let opts = LedgerOptions::new(load_key(cli)?);
     let max = opts.batch_limit(store.as_ref());
-    let mut events = input::Events::new(input.reader()?).parallel();
+    let mut events = input::Events::new(input.reader(u64::MAX)?).parallel();
     let mut any = false;
-    loop {
-        let chunk = events
-            .next_chunk(CHUNK_LINES)
-            .map_err(|e| anyhow!("{:#}; nothing was appended", input.named(e)))?;
-        if chunk.is_empty() {
-            break;
-        }
+    while let Some(chunk) = events
+        .next_chunk(CHUNK_LINES)
+        .map_err(|e| anyhow!("{:#}; nothing was appended", input.named(e)))?
+    {
+        any |= !chunk.is_empty();
         for (line, e) in &chunk {
             let len = e.stored_len_bound();
             if bi_ledger::ledger::BATCH_OVERHEAD + len > max {
@@ -92,13 +107,15 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
                 );
             }
         }
-        any = true;
     }
     if !any {
         return Ok(Ok(()));
     }
+    // A file that grows meanwhile (a log still being written) is appended
+    // only as far as it was checked.
+    let checked = events.bytes_read();
     let ledger = open_writer(cli, store, opts).await?;
-    let result = append_checked(&ledger, &input, max).await;
+    let result = append_checked(&ledger, &input, checked, max).await;
     let close = ledger.close().await;
     match (result, close) {
         (Ok(()), close) => {
@@ -115,9 +132,14 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
 /// `append`'s second pass: the checked input, in calls that each fill a
 /// batch. One append call is one batch, and atomic; an error after the
 /// first call says which lines were written.
-async fn append_checked(ledger: &Ledger, input: &AppendInput, max: usize) -> Result<()> {
+async fn append_checked(
+    ledger: &Ledger,
+    input: &AppendInput,
+    checked: u64,
+    max: usize,
+) -> Result<()> {
     // Parsed on this thread: the writer hashes on the other cores.
-    let mut events = input::Events::new(input.reader()?);
+    let mut events = input::Events::new(input.reader(checked)?);
     let mut written_upto = 0usize;
     // One call is in flight while the next is parsed, never more: a call
     // that fails is then the last one written to.
@@ -125,18 +147,25 @@ async fn append_checked(ledger: &Ledger, input: &AppendInput, max: usize) -> Res
     let mut call: Vec<(usize, bi_ledger::NewEvent)> = Vec::new();
     let mut bytes = bi_ledger::ledger::BATCH_OVERHEAD;
     loop {
-        let chunk = match events.next_chunk(CHUNK_LINES) {
-            Ok(c) => c,
+        let read = match events.next_chunk(CHUNK_LINES) {
+            Ok(None) if events.bytes_read() < checked => Err(anyhow!(
+                "{} is shorter than when it was checked",
+                input.name
+            )),
+            Ok(c) => Ok(c),
+            Err(e) => Err(input.named(e)),
+        };
+        let (chunk, end) = match read {
+            Ok(Some(c)) => (c, false),
+            Ok(None) => (Vec::new(), true),
             Err(e) => {
                 settle(&mut in_flight, &mut written_upto).await?;
                 bail!(
-                    "{:#}; the input changed since it was checked; {}",
-                    input.named(e),
+                    "{e:#}; the input changed since it was checked; {}",
                     appended_hint(written_upto)
                 );
             }
         };
-        let end = chunk.is_empty();
         for (line, event) in chunk {
             let len = event.stored_len_bound();
             if !call.is_empty() && bytes + len > max {

@@ -41,6 +41,7 @@ pub struct Events<R> {
     input: R,
     line: Vec<u8>,
     n: usize,
+    bytes: u64,
     parallel: bool,
 }
 
@@ -50,6 +51,7 @@ impl<R: BufRead> Events<R> {
             input,
             line: Vec::new(),
             n: 0,
+            bytes: 0,
             parallel: false,
         }
     }
@@ -62,9 +64,9 @@ impl<R: BufRead> Events<R> {
     }
 
     /// The events of the next `lines` lines, with their line numbers (from
-    /// 1); empty at the end. An error names
-    /// the first bad line.
-    pub fn next_chunk(&mut self, lines: usize) -> Result<Vec<(usize, NewEvent)>> {
+    /// 1); `None` at the end of the input (a chunk of blank lines is
+    /// empty). An error names the first bad line.
+    pub fn next_chunk(&mut self, lines: usize) -> Result<Option<Vec<(usize, NewEvent)>>> {
         let mut raw = Vec::with_capacity(lines);
         let mut unreadable = None;
         while raw.len() < lines {
@@ -76,6 +78,9 @@ impl<R: BufRead> Events<R> {
                     break;
                 }
             }
+        }
+        if raw.is_empty() && unreadable.is_none() {
+            return Ok(None);
         }
         let parse = |(n, text): (usize, String)| Ok(parse_line(n, &text)?.map(|e| (n, e)));
         let parsed: Vec<Result<Option<(usize, NewEvent)>>> = if self.parallel {
@@ -89,20 +94,30 @@ impl<R: BufRead> Events<R> {
         }
         match unreadable {
             Some(e) => Err(e),
-            None => Ok(out),
+            None => Ok(Some(out)),
         }
+    }
+
+    /// The bytes read so far (whole lines, line endings included).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes
     }
 
     /// The next line and its number, without its line ending.
     fn next_line(&mut self) -> Result<Option<(usize, String)>> {
         self.line.clear();
-        if self.input.read_until(b'\n', &mut self.line)? == 0 {
+        let len = self.input.read_until(b'\n', &mut self.line)?;
+        if len == 0 {
             return Ok(None);
         }
+        self.bytes += len as u64;
         self.n += 1;
         let mut raw = self.line.as_slice();
+        let mut skipped = 0;
         if self.n == 1 {
-            raw = raw.strip_prefix(b"\xef\xbb\xbf").unwrap_or(raw);
+            if let Some(r) = raw.strip_prefix(b"\xef\xbb\xbf") {
+                (raw, skipped) = (r, 3);
+            }
         }
         if let Some(r) = raw.strip_suffix(b"\n") {
             raw = r.strip_suffix(b"\r").unwrap_or(r);
@@ -112,7 +127,7 @@ impl<R: BufRead> Events<R> {
             Err(e) => bail!(
                 "line {}, byte {}: not UTF-8 text",
                 self.n,
-                e.valid_up_to() + 1
+                skipped + e.valid_up_to() + 1
             ),
         }
     }
@@ -123,13 +138,10 @@ impl<R: BufRead> Events<R> {
 pub fn parse_events(text: &str) -> Result<Vec<(usize, NewEvent)>> {
     let mut events = Events::new(text.as_bytes());
     let mut out = Vec::new();
-    loop {
-        let chunk = events.next_chunk(2)?;
-        if chunk.is_empty() {
-            return Ok(out);
-        }
+    while let Some(chunk) = events.next_chunk(2)? {
         out.extend(chunk);
     }
+    Ok(out)
 }
 
 /// Line `n`'s event; `None` for a blank line.
@@ -296,6 +308,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e, "line 3, byte 12: not UTF-8 text");
+        let mut bom = b"\xef\xbb\xbf{\"s\xff".to_vec();
+        bom.push(b'\n');
+        let e = Events::new(bom.as_slice()).next_chunk(10).unwrap_err();
+        assert_eq!(e.to_string(), "line 1, byte 7: not UTF-8 text");
         // A bad line before it, read in the same chunk, is the one named.
         let mut bytes = format!("{ok}\n{{\n").into_bytes();
         bytes.extend_from_slice(b"\xff\n");
@@ -304,5 +320,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("line 2, column "), "{e}");
+    }
+
+    #[test]
+    fn chunks_of_blank_lines_do_not_end_the_input() {
+        let ok = "{\"stream\":\"a\",\"type\":\"t\",\"payload\":1}";
+        let text = format!("{}{ok}\n{}{ok}\n\n{{", "\n".repeat(5), "  \n".repeat(7));
+        // Chunks of 2 lines: several hold no event at all.
+        let e = parse_events(&text).unwrap_err().to_string();
+        assert!(e.starts_with("line 16, column "), "{e}");
+        let evs = parse_events(&text[..text.len() - 1]).unwrap();
+        assert_eq!(evs.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [6, 14]);
     }
 }
