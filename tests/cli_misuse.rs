@@ -499,3 +499,87 @@ fn a_deleted_checkpoint_is_named() {
         "{v}"
     );
 }
+
+/// Every reader, not only `verify`, holds the log to its newest
+/// checkpoint: a segment cut back at a batch boundary leaves no bad frame,
+/// and records a checkpoint signed are gone.
+#[test]
+fn a_log_cut_at_a_batch_boundary_fails_every_read() {
+    let f = three_appends();
+    // Batches of 2, 3 and 2 records: cut the last one off whole.
+    let seg = fs::read(f.path(SEG)).unwrap();
+    let second = HEADER_LEN + forge::frame_len(&seg, HEADER_LEN);
+    let cut = (second + forge::frame_len(&seg, second)) as u64;
+    writable(&f.path(SEG));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(f.path(SEG))
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let says = format!(
+        "integrity error in {SEG} at byte {cut} (sequence number 5): the log ends at record 5, but a checkpoint covers 7 records"
+    );
+    for args in [
+        &["read"][..],
+        &["read", "--stream", "s"],
+        &["read", "--as-of", "2999-01-01T00:00:00Z"],
+        &["read", "--from", "4"],
+        &["stats"],
+        &["prove", "--seq", "0"],
+    ] {
+        let out = f.run(args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.describe());
+        assert!(out.stderr.contains(&says), "{args:?}: {}", out.describe());
+    }
+    // What the cut left is still there to read.
+    let out = f.run(&["read", "--to", "5"]).ok();
+    assert_eq!(out.json_lines().len(), 5);
+    assert_eq!(f.verify().code, 1);
+}
+
+/// A read that starts at a batch found through a stream index names
+/// damage there by that batch's first record, as `verify` does; and
+/// `stats` does not count a damaged last batch as an empty log.
+#[test]
+fn damage_met_after_a_seek_is_named_by_its_batch() {
+    let (f, _) = Fixture::init();
+    let mut input = String::new();
+    for i in 0..50_000 {
+        input.push_str(&line("s", "T", json!({"pad": "x".repeat(150), "i": i})));
+        input.push('\n');
+    }
+    let receipts = f.append(&input).ok().json_lines();
+    let mut batches: Vec<(u64, u64)> = Vec::new(); // (offset, first seq)
+    for r in &receipts {
+        let offset = r["offset"].as_u64().unwrap();
+        if batches.last().is_none_or(|b| b.0 != offset) {
+            batches.push((offset, r["seq"].as_u64().unwrap()));
+        }
+    }
+    assert!(batches.len() >= 3, "{batches:?}");
+    let (offset, first) = batches[1];
+    let from = first + 17_000.min(batches[2].1 - first - 1);
+    assert!(from >= 16_384, "the read must seek: {batches:?}");
+    writable(&f.path(SEG));
+    let mut seg = fs::read(f.path(SEG)).unwrap();
+    seg[(offset + 500) as usize] ^= 0x20;
+    fs::write(f.path(SEG), &seg).unwrap();
+    let out = f.run(&["read", "--from", &from.to_string()]);
+    assert_eq!(out.code, 1, "{}", out.describe());
+    let says = format!("at byte {offset} (sequence number {first})");
+    assert!(out.stderr.contains(&says), "{}", out.describe());
+    let out = f.verify();
+    assert_eq!(out.code, 1, "{}", out.describe());
+    assert_eq!(out.json()["seq"], first, "{}", out.describe());
+
+    // The last batch damaged instead: signed records are unreadable.
+    seg[(offset + 500) as usize] ^= 0x20;
+    let (last, last_first) = *batches.last().unwrap();
+    seg[(last + 500) as usize] ^= 0x20;
+    fs::write(f.path(SEG), &seg).unwrap();
+    let out = f.run(&["stats"]);
+    assert_eq!(out.code, 1, "{}", out.describe());
+    let says = format!("at byte {last} (sequence number {last_first})");
+    assert!(out.stderr.contains(&says), "{}", out.describe());
+}

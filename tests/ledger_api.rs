@@ -258,8 +258,10 @@ struct Faulty {
     inner: Option<Arc<dyn BlobStore>>,
     /// The next checkpoint put lands, then fails.
     armed: std::sync::atomic::AtomicBool,
-    /// How many of the newest checkpoints the first listing leaves out.
+    /// How many of the newest checkpoints the first `hiding_listings`
+    /// listings of checkpoints leave out.
     hide_newest_checkpoints: std::sync::atomic::AtomicUsize,
+    hiding_listings: std::sync::atomic::AtomicUsize,
     /// A segment and how many of its last bytes listings leave out.
     short: Option<(String, u64)>,
     /// Segment appends that still succeed; the ones after them fail,
@@ -373,10 +375,15 @@ impl BlobStore for Faulty {
     async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
         let mut listed = self.inner().list(prefix).await?;
         if prefix.ends_with("/checkpoint-") {
-            let hide = self
-                .hide_newest_checkpoints
-                .swap(0, std::sync::atomic::Ordering::SeqCst);
-            listed.truncate(listed.len() - hide);
+            use std::sync::atomic::Ordering::SeqCst;
+            let hide = self.hide_newest_checkpoints.load(SeqCst);
+            if self
+                .hiding_listings
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                listed.truncate(listed.len() - hide);
+            }
         }
         if let Some((name, cut)) = &self.short {
             for b in listed.iter_mut().filter(|b| &b.name == name) {
@@ -1252,6 +1259,8 @@ async fn verify_of_a_ledger_being_written() {
 
     let view = |hide: usize, short: Option<u64>| Faulty {
         hide_newest_checkpoints: hide.into(),
+        // The reader's open and verify list them before the newer ones.
+        hiding_listings: 2.into(),
         short: short.map(|n| ("main/0000000000.seg".to_owned(), n)),
         ..Faulty::over(store(dir.path()))
     };

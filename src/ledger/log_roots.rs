@@ -40,9 +40,11 @@ impl LedgerReader {
             frontier: Frontier::new(),
             sorted: sorted.clone(),
         };
-        let mut reached = from;
         let segments = self.segments();
-        let (first, offset) = self.seek(from).await?;
+        let at = self.seek(from).await?;
+        let (first, offset) = (at.segment, at.offset);
+        // Damage where the read starts is named by its batch's first record.
+        let mut reached = at.first_seq;
         let last = segments.len().saturating_sub(1);
         for (i, seg) in segments.iter().enumerate().skip(first) {
             if seg.first_seq >= size {
@@ -93,6 +95,7 @@ impl LedgerReader {
             }
         }
         if reached < size {
+            self.check_end(reached, size)?;
             return Err(LedgerError::InvalidArgument(format!(
                 "this reader sees {reached} records, fewer than the {size} asked for (a reader sees the segments as they were when it was opened; open a new one to prove newer records)"
             )));

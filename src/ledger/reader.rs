@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::layout::{self, Meta};
 use super::recover;
 use super::scan::Scanner;
+use super::streams::Seek;
 use crate::backend::{BlobStore, StoreError};
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
@@ -36,6 +37,11 @@ pub struct LedgerReader {
     meta: Meta,
     segments: Vec<SegmentRef>,
     max_body: usize,
+    /// The newest checkpoint's size when the reader opened, listed before
+    /// the segments: a checkpoint is put after the records it covers are
+    /// durable, so the segments as listed hold at least this many records,
+    /// and a log that ends sooner has lost some.
+    signed: u64,
 }
 
 impl LedgerReader {
@@ -43,6 +49,7 @@ impl LedgerReader {
     pub async fn open(store: Arc<dyn BlobStore>, name: &str) -> Result<LedgerReader> {
         layout::validate_ledger_name(name)?;
         let meta = recover::read_meta(store.as_ref(), name).await?;
+        let signed = newest_checkpoint_size(store.as_ref(), name).await?;
         let mut segments = Vec::new();
         for (index, info) in recover::list_segments(store.as_ref(), name).await? {
             if info.size < HEADER_LEN as u64 {
@@ -87,6 +94,7 @@ impl LedgerReader {
             meta,
             segments,
             max_body,
+            signed,
         })
     }
 
@@ -170,16 +178,14 @@ impl LedgerReader {
     where
         F: FnMut(&RecordRef<'_>, Location) -> ControlFlow<()>,
     {
-        let (start, offset) = self.seek(from).await?;
-        self.scan_at(start, offset, from, to, f).await
+        let at = self.seek(from).await?;
+        self.scan_at(at, from, to, f).await
     }
 
-    /// [`Self::scan`], starting at byte `offset` (a batch frame) of the
-    /// segment at `start` in [`Self::segments`].
+    /// [`Self::scan`], starting at the batch `at`.
     pub(crate) async fn scan_at<F>(
         &self,
-        start: usize,
-        offset: u64,
+        at: Seek,
         from: u64,
         to: Option<u64>,
         mut f: F,
@@ -191,16 +197,21 @@ impl LedgerReader {
         if from >= to {
             return Ok(());
         }
+        let (start, offset) = (at.segment, at.offset);
         let last = self.segments.len().saturating_sub(1);
-        // The sequence number the next batch must start with, once known: a
-        // gap (a segment cut at a frame boundary, say) is damage, never a
-        // shorter log.
-        let mut due: Option<u64> = None;
+        // The sequence number the next batch must start with: a gap (a
+        // segment cut at a frame boundary, say) is damage, never a shorter
+        // log.
+        let mut due: Option<u64> = Some(at.first_seq);
         for (i, seg) in self.segments.iter().enumerate().skip(start) {
             if seg.first_seq >= to {
-                break;
+                return Ok(());
             }
-            let mut reached = seg.first_seq;
+            let mut reached = if i == start {
+                at.first_seq
+            } else {
+                seg.first_seq
+            };
             let begin = if i == start {
                 offset
             } else {
@@ -223,7 +234,8 @@ impl LedgerReader {
                     )
                     .into());
                 }
-                _ => due = (begin == HEADER_LEN as u64).then_some(seg.first_seq),
+                _ if i == start => {}
+                _ => due = Some(seg.first_seq),
             }
             let mut scan = Scanner::new(
                 self.store.as_ref(),
@@ -288,7 +300,33 @@ impl LedgerReader {
                 self.bad_frame(seg, i == last, bad, reached).await?;
             }
         }
-        Ok(())
+        self.check_end(due.unwrap_or(at.first_seq), to)
+    }
+
+    /// A read that ran to the end of the log before `to`, at record `ends`:
+    /// the log must hold what the newest checkpoint listed at open signs
+    /// (a cut at a batch boundary, or a deleted last segment, leaves no
+    /// bad frame to find).
+    pub(crate) fn check_end(&self, ends: u64, to: u64) -> Result<()> {
+        if ends >= self.signed.min(to) {
+            return Ok(());
+        }
+        let (blob, offset) = self
+            .segments
+            .last()
+            .map_or((layout::segment(self.name(), 0), 0), |s| {
+                (s.name.clone(), s.size)
+            });
+        Err(IntegrityError::new(
+            &blob,
+            offset,
+            Some(ends),
+            format!(
+                "the log ends at record {ends}, but a checkpoint covers {} records: records were removed from its end (a segment cut at a batch boundary, or a later segment deleted)",
+                self.signed
+            ),
+        )
+        .into())
     }
 
     /// Where a scan stopped at a frame it could not read: a batch being
@@ -307,7 +345,7 @@ impl LedgerReader {
                 IntegrityError::new(&seg.name, bad.offset, Some(reached), bad.error.what).into(),
             );
         }
-        let signed = self.newest_checkpoint_size().await?;
+        let signed = self.signed;
         if signed > reached {
             return Err(IntegrityError::new(
                 &seg.name,
@@ -323,14 +361,9 @@ impl LedgerReader {
         Ok(())
     }
 
-    /// Size of the newest checkpoint, from the blob names alone.
-    async fn newest_checkpoint_size(&self) -> Result<u64> {
-        Ok(
-            recover::checkpoint_blobs(self.store.as_ref(), &self.meta.name)
-                .await?
-                .last()
-                .map_or(0, |(size, _)| *size),
-        )
+    /// The newest checkpoint's size when this reader opened.
+    pub fn signed_at_open(&self) -> u64 {
+        self.signed
     }
 
     /// Records `from..to` as owned values.
@@ -382,23 +415,25 @@ impl LedgerReader {
             return Ok(0);
         };
         let last = self.segments.len() - 1;
-        let signed = self.newest_checkpoint_size().await?;
-        let (start, offset) = if signed > seg.first_seq {
+        let signed = self.signed;
+        let plain = Seek {
+            segment: last,
+            offset: HEADER_LEN as u64,
+            first_seq: seg.first_seq,
+        };
+        let at = if signed > seg.first_seq {
             self.seek(signed - 1).await?
         } else {
-            (last, HEADER_LEN as u64)
+            plain
         };
-        // The seek stays in the last segment: it holds record `signed - 1`.
-        let offset = if start == last {
-            offset
-        } else {
-            HEADER_LEN as u64
-        };
-        let mut n = seg.first_seq;
+        // The seek stays in the last segment when it holds record
+        // `signed - 1`; if it does not, the check below says so.
+        let at = if at.segment == last { at } else { plain };
+        let mut n = at.first_seq;
         let mut scan = Scanner::new(
             self.store.as_ref(),
             &seg.name,
-            offset,
+            at.offset,
             seg.size,
             self.max_body,
         );
@@ -408,13 +443,22 @@ impl LedgerReader {
                 n = b.first_seq + b.count as u64;
             }
         }
-        if let Some(bad) = scan.bad.filter(|b| !b.reaches_end) {
-            return Err(IntegrityError::new(&seg.name, bad.offset, Some(n), bad.error.what).into());
+        if let Some(bad) = scan.bad {
+            self.bad_frame(seg, true, bad, n).await?;
         }
+        self.check_end(n, u64::MAX)?;
         Ok(n)
     }
 
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
     }
+}
+
+/// Size of the newest checkpoint, from the blob names alone.
+async fn newest_checkpoint_size(store: &dyn BlobStore, name: &str) -> Result<u64> {
+    Ok(recover::checkpoint_blobs(store, name)
+        .await?
+        .last()
+        .map_or(0, |(size, _)| *size))
 }

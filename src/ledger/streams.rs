@@ -32,6 +32,16 @@ use crate::format::DecodeError;
 /// about this many records cost as much to scan.
 const MIN_RECORDS_TO_SEEK: u64 = 16_384;
 
+/// Where a read starts: a batch frame, by the segment's place in
+/// `LedgerReader::segments`, its offset there, and the sequence number the
+/// batch starts with (so that damage found there is named by it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seek {
+    pub segment: usize,
+    pub offset: u64,
+    pub first_seq: u64,
+}
+
 /// Below this many records per index blob on average, reading the indexes
 /// (one request each) costs about what scanning those records does, so
 /// the log is scanned. A quiet ledger checkpointed every five minutes for
@@ -57,12 +67,16 @@ impl LedgerReader {
     /// [`Self::segments`], byte offset of a batch frame). The batch holding
     /// `from` where a stream index lists it and the log agrees, else the
     /// start of `from`'s segment.
-    pub(crate) async fn seek(&self, from: u64) -> Result<(usize, u64)> {
+    pub(crate) async fn seek(&self, from: u64) -> Result<Seek> {
         let segments = self.segments();
         let start = segments
             .partition_point(|s| s.first_seq <= from)
             .saturating_sub(1);
-        let plain = (start, HEADER_LEN as u64);
+        let plain = Seek {
+            segment: start,
+            offset: HEADER_LEN as u64,
+            first_seq: segments.get(start).map_or(0, |s| s.first_seq),
+        };
         if segments
             .get(start)
             .is_none_or(|s| from.saturating_sub(s.first_seq) < MIN_RECORDS_TO_SEEK)
@@ -84,7 +98,11 @@ impl LedgerReader {
             return Ok(plain);
         };
         match self.batch_starts_at(batch).await? {
-            Some(pos) if from < batch.first_seq + batch.count => Ok((pos, batch.position.1)),
+            Some(pos) if from < batch.first_seq + batch.count => Ok(Seek {
+                segment: pos,
+                offset: batch.position.1,
+                first_seq: batch.first_seq,
+            }),
             _ => {
                 let (segment, offset) = batch.position;
                 warn!(index = %blob, segment, offset, "stream index names a batch that is not there; scanning the segment");
@@ -158,7 +176,7 @@ impl LedgerReader {
         // Where the indexed part ends: the next record, and the last batch
         // an index listed (the scan resumes there and skips what it holds).
         let mut covered = 0u64;
-        let mut resume: Option<Position> = None;
+        let mut resume: Option<(Position, u64)> = None;
         let hashes = stream_hashes(stream);
         for (size, blob) in blobs {
             let Some(idx) = self.index_in_line(&blob, size, covered).await? else {
@@ -171,15 +189,24 @@ impl LedgerReader {
                 out.extend(found);
             }
             covered = idx.to;
-            resume = idx.batches.last().map(|b| b.position).or(resume);
+            resume = idx
+                .batches
+                .last()
+                .map(|b| (b.position, b.first_seq))
+                .or(resume);
         }
-        let Some((segment, offset)) = resume else {
+        let Some(((segment, offset), first_seq)) = resume else {
             return Ok(None); // nothing indexed: the plain scan is the same work
         };
         let Some((start, _)) = self.listed_segment(segment) else {
             return Ok(None);
         };
-        self.scan_at(start, offset, covered, None, |r, _| {
+        let at = Seek {
+            segment: start,
+            offset,
+            first_seq,
+        };
+        self.scan_at(at, covered, None, |r, _| {
             if r.stream == stream {
                 out.push(r.to_owned());
             }
