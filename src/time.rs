@@ -2,8 +2,15 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+/// The system clock in microseconds since the Unix epoch. A clock set
+/// before 1970 gives a negative time rather than a panic (chrono's
+/// `Utc::now` panics there).
 pub fn now_us() -> i64 {
-    Utc::now().timestamp_micros()
+    use std::time::{SystemTime, UNIX_EPOCH};
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_micros()).map_or(i64::MIN, |us| -us),
+    }
 }
 
 pub fn format_us(us: i64) -> String {

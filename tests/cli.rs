@@ -384,7 +384,7 @@ fn version_conflicts_append_nothing() {
             vec![
                 "\"a\"",
                 "2",
-                ", counting line 1 of this input; nothing was appended",
+                ", counting line 1 of this input, which was not written; nothing was appended",
             ],
         ),
         (
@@ -398,7 +398,7 @@ fn version_conflicts_append_nothing() {
             4,
             vec![
                 "current version is 3",
-                "counting 2 earlier lines of this input",
+                "counting 2 earlier lines of this input, which were not written",
             ],
         ),
     ];

@@ -583,3 +583,36 @@ fn damage_met_after_a_seek_is_named_by_its_batch() {
     let says = format!("at byte {last} (sequence number {last_first})");
     assert!(out.stderr.contains(&says), "{}", out.describe());
 }
+
+/// A blob path taken by a directory makes a put fail: here, the snapshot
+/// `init`'s first checkpoint puts after the LEDGER file, and the one
+/// `append`'s closing checkpoint puts after the events are durable.
+#[test]
+fn failures_after_the_point_of_no_return_say_what_was_written() {
+    let f = Fixture::new();
+    let snapshot = |size: u64| f.path(&format!("main/snapshot-{size:020}"));
+    fs::create_dir_all(snapshot(0)).unwrap();
+    let out = f.run(&["init"]);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("failed part-way") && out.stderr.contains("which is kept"),
+        "{}",
+        out.describe()
+    );
+    assert!(f.data().join("main.key").exists());
+    fs::remove_dir(snapshot(0)).unwrap();
+    // The ledger opens with the key that was kept.
+    fs::create_dir_all(snapshot(1)).unwrap();
+    let out = f.append(&line("s", "T", json!(1)));
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert_eq!(out.json_lines().len(), 1, "the receipt: {}", out.describe());
+    assert!(
+        out.stderr
+            .contains("every line (up to 1) was appended and is durable"),
+        "{}",
+        out.describe()
+    );
+    fs::remove_dir(snapshot(1)).unwrap();
+    assert_eq!(f.read(&[]).len(), 1);
+    f.verify().ok();
+}

@@ -115,7 +115,9 @@ fn keep_slashes(url: &mut Url) {
 
 /// RFC 1123 date in GMT, as `x-ms-date` wants it.
 fn http_date_now() -> String {
-    chrono::Utc::now()
+    // Not `Utc::now`, which panics on a clock set before 1970.
+    chrono::DateTime::from_timestamp_micros(crate::time::now_us())
+        .unwrap_or_default()
         .format("%a, %d %b %Y %H:%M:%S GMT")
         .to_string()
 }

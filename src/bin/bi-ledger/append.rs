@@ -103,7 +103,7 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
             let len = e.stored_len_bound();
             if bi_ledger::ledger::BATCH_OVERHEAD + len > max {
                 bail!(
-                    "line {line}: the event takes up to {len} bytes in a batch, and a batch holds at most {max}: nothing was appended (store a payload this large elsewhere and append a reference)"
+                    "line {line}: the event takes up to {len} bytes in a batch, which with the batch's own {} bytes is more than the {max} a batch holds: nothing was appended (store a payload this large elsewhere and append a reference)", bi_ledger::ledger::BATCH_OVERHEAD
                 );
             }
         }
@@ -118,15 +118,15 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
     let result = append_checked(&ledger, &input, checked, max).await;
     let close = ledger.close().await;
     match (result, close) {
-        (Ok(()), close) => {
-            close?;
-        }
-        (Err(e), Ok(_)) => return Err(e),
-        (Err(e), Err(c)) => {
-            bail!("{e:#} (closing the ledger also failed: {c})");
-        }
+        (Ok(_), Ok(_)) => Ok(Ok(())),
+        // Say so: a caller who took the failure for "nothing written" and
+        // appended again would record every event twice.
+        (Ok(upto), Err(c)) => bail!(
+            "every line (up to {upto}) was appended and is durable, as the receipts say, but closing the ledger failed: {c} (its closing checkpoint is not written; the next writer reads them from the log)"
+        ),
+        (Err(e), Ok(_)) => Err(e),
+        (Err(e), Err(c)) => bail!("{e:#} (closing the ledger also failed: {c})"),
     }
-    Ok(Ok(()))
 }
 
 /// `append`'s second pass: the checked input, in calls that each fill a
@@ -137,7 +137,7 @@ async fn append_checked(
     input: &AppendInput,
     checked: u64,
     max: usize,
-) -> Result<()> {
+) -> Result<usize> {
     // Parsed on this thread: the writer hashes on the other cores.
     let mut events = input::Events::new(input.reader(checked)?);
     let mut written_upto = 0usize;
@@ -179,9 +179,9 @@ async fn append_checked(
         if end {
             settle(&mut in_flight, &mut written_upto).await?;
             if !call.is_empty() {
-                append_call(ledger, call, written_upto).await?;
+                written_upto = append_call(ledger, call, written_upto).await?;
             }
-            return Ok(());
+            return Ok(written_upto);
         }
     }
 }
@@ -243,8 +243,11 @@ async fn append_call(
                 .collect();
             let counting = match earlier.as_slice() {
                 [] => String::new(),
-                [one] => format!(", counting line {one} of this input"),
-                many => format!(", counting {} earlier lines of this input", many.len()),
+                [one] => format!(", counting line {one} of this input, which was not written"),
+                many => format!(
+                    ", counting {} earlier lines of this input, which were not written",
+                    many.len()
+                ),
             };
             bail!(
                 "line {}: stream {stream:?} expected {expected}, current version is {}{counting}; {hint}",

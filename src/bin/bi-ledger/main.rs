@@ -457,18 +457,25 @@ async fn init(cli: &Cli) -> Outcome {
             (k, p.clone(), Some((p, pub_path)))
         }
     };
-    let ledger = match Ledger::create(store, &cli.ledger, LedgerOptions::new(key)).await {
+    let meta_blob = bi_ledger::ledger::layout::meta(&cli.ledger);
+    let ledger = match Ledger::create(store.clone(), &cli.ledger, LedgerOptions::new(key)).await {
         Ok(l) => l,
         Err(e) => {
-            // A key for a ledger that was not created would only mislead.
+            let what = format!("creating ledger {:?} in {}", cli.ledger, store.location());
+            // Once the LEDGER file is written the ledger exists, and opens
+            // (a missing first segment or checkpoint is a create that did
+            // not finish) with the key it records: keep that key. Before
+            // that, a key for no ledger would only mislead.
+            if store.info(&meta_blob).await.is_ok() {
+                bail!(
+                    "{what} failed part-way: {e}. The ledger exists with the key in {}, which is kept: it opens with it, e.g. `bi-ledger append`; or remove the ledger's blobs to start again",
+                    key_file.display()
+                );
+            }
             if let Some((k, p)) = &made {
                 remove_key_pair(k, p);
             }
-            return Err(anyhow!(e).context(format!(
-                "creating ledger {:?} in {}",
-                cli.ledger,
-                cli.data.display()
-            )));
+            return Err(anyhow!(e).context(what));
         }
     };
     let vkey = ledger.verifier().to_vkey();
