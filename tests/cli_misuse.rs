@@ -18,6 +18,28 @@ fn stats(f: &Fixture) -> Value {
     f.run(&["stats"]).ok().json()
 }
 
+/// `n` lines of `stream`, each with a payload of about `pad` bytes.
+fn padded_lines(stream: &str, n: usize, pad: usize) -> String {
+    let mut input = String::new();
+    for i in 0..n {
+        input.push_str(&line(stream, "T", json!({"pad": "x".repeat(pad), "i": i})));
+        input.push('\n');
+    }
+    input
+}
+
+/// An `append` refused for line `n`, before anything was written, on a
+/// ledger that held nothing.
+fn refused_whole(f: &Fixture, out: &Out, n: usize) {
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains(&format!("line {n}")) && out.stderr.contains("nothing was appended"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(stats(f)["records"], 0);
+}
+
 #[test]
 fn payloads_are_kept_as_written_or_refused() {
     let (f, _) = Fixture::init();
@@ -69,31 +91,15 @@ fn an_input_that_fits_one_batch_is_atomic() {
     let (f, _) = Fixture::init();
     // About 3.1 MB: more than half a batch, less than one. A conflict on
     // the last line must leave nothing of it.
-    let mut input = String::new();
-    for i in 0..3000 {
-        input.push_str(&line("big", "T", json!({"pad": "x".repeat(1000), "i": i})));
-        input.push('\n');
-    }
+    let input = padded_lines("big", 3000, 1000);
     let conflicting = json!({"stream": "big", "type": "T", "payload": 1, "expected_version": 0});
     let out = f.append(&format!("{input}{conflicting}\n"));
-    assert_eq!(out.code, 2, "{}", out.describe());
-    assert!(
-        out.stderr.contains("line 3001") && out.stderr.contains("nothing was appended"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(stats(&f)["records"], 0);
+    refused_whole(&f, &out, 3001);
     // An event too large for any batch is found before anything is
     // written, wherever it is in the input.
     let huge = line("big", "T", json!("x".repeat(5 << 20)));
     let out = f.append(&format!("{input}{input}{huge}\n"));
-    assert_eq!(out.code, 2, "{}", out.describe());
-    assert!(
-        out.stderr.contains("line 6001") && out.stderr.contains("nothing was appended"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(stats(&f)["records"], 0);
+    refused_whole(&f, &out, 6001);
     // Without the conflict it goes in, as one batch.
     let receipts = f.append(&input).ok().json_lines();
     assert_eq!(receipts.len(), 3000);
@@ -108,19 +114,9 @@ fn an_input_that_fits_one_batch_is_atomic() {
 #[test]
 fn an_input_of_several_batches_is_checked_whole_before_any_is_appended() {
     let (f, _) = Fixture::init();
-    let mut input = String::new();
-    for i in 0..6000 {
-        input.push_str(&line("s", "T", json!({"pad": "x".repeat(1000), "i": i})));
-        input.push('\n');
-    }
+    let input = padded_lines("s", 6000, 1000);
     let out = f.append(&format!("{input}{{\"stream\": \"s\"\n"));
-    assert_eq!(out.code, 2, "{}", out.describe());
-    assert!(
-        out.stderr.contains("line 6001") && out.stderr.contains("nothing was appended"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(stats(&f)["records"], 0);
+    refused_whole(&f, &out, 6001);
     // A line that is not UTF-8, in a file, is named by line and byte.
     let path = f.dir.path().join("input.jsonl");
     let mut bytes = input.clone().into_bytes();
@@ -174,11 +170,7 @@ fn blank_runs_and_piped_paths() {
 fn a_closed_stdout_stops_the_append_and_says_what_was_written() {
     let (f, _) = Fixture::init();
     // Two batches' worth, so that what was written is a strict prefix.
-    let mut input = String::new();
-    for i in 0..6000 {
-        input.push_str(&line("s", "T", json!({"pad": "x".repeat(1000), "i": i})));
-        input.push('\n');
-    }
+    let input = padded_lines("s", 6000, 1000);
     let path = f.dir.path().join("input.jsonl");
     fs::write(&path, input).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
@@ -544,11 +536,7 @@ fn a_log_cut_at_a_batch_boundary_fails_every_read() {
 #[test]
 fn damage_met_after_a_seek_is_named_by_its_batch() {
     let (f, _) = Fixture::init();
-    let mut input = String::new();
-    for i in 0..50_000 {
-        input.push_str(&line("s", "T", json!({"pad": "x".repeat(150), "i": i})));
-        input.push('\n');
-    }
+    let input = padded_lines("s", 50_000, 150);
     let receipts = f.append(&input).ok().json_lines();
     let mut batches: Vec<(u64, u64)> = Vec::new(); // (offset, first seq)
     for r in &receipts {
