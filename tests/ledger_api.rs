@@ -258,10 +258,8 @@ struct Faulty {
     inner: Option<Arc<dyn BlobStore>>,
     /// The next checkpoint put lands, then fails.
     armed: std::sync::atomic::AtomicBool,
-    /// How many of the newest checkpoints the first `hiding_listings`
-    /// listings of checkpoints leave out.
+    /// How many of the newest checkpoints the first listing leaves out.
     hide_newest_checkpoints: std::sync::atomic::AtomicUsize,
-    hiding_listings: std::sync::atomic::AtomicUsize,
     /// A segment and how many of its last bytes listings leave out.
     short: Option<(String, u64)>,
     /// Segment appends that still succeed; the ones after them fail,
@@ -375,15 +373,10 @@ impl BlobStore for Faulty {
     async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
         let mut listed = self.inner().list(prefix).await?;
         if prefix.ends_with("/checkpoint-") {
-            use std::sync::atomic::Ordering::SeqCst;
-            let hide = self.hide_newest_checkpoints.load(SeqCst);
-            if self
-                .hiding_listings
-                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                listed.truncate(listed.len() - hide);
-            }
+            let hide = self
+                .hide_newest_checkpoints
+                .swap(0, std::sync::atomic::Ordering::SeqCst);
+            listed.truncate(listed.len() - hide);
         }
         if let Some((name, cut)) = &self.short {
             for b in listed.iter_mut().filter(|b| &b.name == name) {
@@ -1259,8 +1252,6 @@ async fn verify_of_a_ledger_being_written() {
 
     let view = |hide: usize, short: Option<u64>| Faulty {
         hide_newest_checkpoints: hide.into(),
-        // The reader's open and verify list them before the newer ones.
-        hiding_listings: 2.into(),
         short: short.map(|n| ("main/0000000000.seg".to_owned(), n)),
         ..Faulty::over(store(dir.path()))
     };
@@ -1564,4 +1555,59 @@ fn one_directory_has_one_location() {
     assert_eq!(dotted, plain);
     assert_eq!(linked, plain);
     assert!(plain.starts_with("file:///"), "{plain}");
+}
+
+/// A reader finds the newest checkpoint through the snapshots beside it
+/// (the writer keeps two or three) rather than by listing every
+/// checkpoint, and holds the log to it: a snapshot whose checkpoint is not
+/// there is passed over, and a log cut at a batch boundary before the
+/// checkpoint's size fails the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_hold_the_log_to_the_newest_checkpoint() {
+    use bi_ledger::{Ledger, LedgerError, LedgerReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(5);
+    opts.checkpoint_every_events = None;
+    opts.checkpoint_interval = None;
+    let ledger = Ledger::create(store(dir.path()), "main", opts)
+        .await
+        .unwrap();
+    let mut last = Vec::new();
+    for _ in 0..3 {
+        last = ledger.append(counted("order-1", 10)).await.unwrap();
+        ledger.checkpoint().await.unwrap();
+    }
+    ledger.close().await.unwrap();
+    let main = dir.path().join("main");
+    // A snapshot a crash left without its checkpoint.
+    std::fs::copy(
+        main.join("snapshot-00000000000000000030"),
+        main.join("snapshot-00000000000000000100"),
+    )
+    .unwrap();
+    let seg = main.join("0000000000.seg");
+    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(last[0].offset)
+        .unwrap();
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    assert_eq!(reader.signed_at_open(), 30);
+    for r in [
+        reader.read(0, None).await.map(|r| r.len() as u64),
+        reader.read_as_of(i64::MAX).await.map(|r| r.len() as u64),
+        reader.len().await,
+    ] {
+        match r {
+            Err(LedgerError::Integrity(e)) => {
+                assert_eq!((e.seq, e.offset), (Some(20), last[0].offset), "{e}");
+                assert!(e.what.contains("a checkpoint covers 30 records"), "{e}");
+            }
+            r => panic!("wanted an integrity error, got {r:?}"),
+        }
+    }
+    // What the log still holds reads as before.
+    assert_eq!(reader.read(0, Some(20)).await.unwrap().len(), 20);
 }

@@ -455,8 +455,27 @@ impl LedgerReader {
     }
 }
 
-/// Size of the newest checkpoint, from the blob names alone.
+/// Size of the newest checkpoint, found without listing them all (ten
+/// years at the default interval leave about a million): the newest
+/// checkpoint's snapshot must exist (format §11.1) and the writer keeps two
+/// or three, so the newest snapshot with a checkpoint of its size names it.
+/// A snapshot put for a checkpoint that is not there (yet) is passed over.
+/// Only where none has one are the checkpoints listed.
 async fn newest_checkpoint_size(store: &dyn BlobStore, name: &str) -> Result<u64> {
+    let mut snapshots: Vec<u64> = store
+        .list(&layout::snapshot_prefix(name))
+        .await?
+        .into_iter()
+        .filter_map(|b| layout::snapshot_size(name, &b.name))
+        .collect();
+    snapshots.sort_unstable_by(|a, b| b.cmp(a));
+    for size in snapshots.into_iter().take(4) {
+        match store.info(&layout::checkpoint(name, size)).await {
+            Ok(_) => return Ok(size),
+            Err(StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(recover::checkpoint_blobs(store, name)
         .await?
         .last()
