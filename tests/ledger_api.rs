@@ -1611,3 +1611,38 @@ async fn readers_hold_the_log_to_the_newest_checkpoint() {
     // What the log still holds reads as before.
     assert_eq!(reader.read(0, Some(20)).await.unwrap().len(), 20);
 }
+
+/// A stream read resumes its scan after the indexed part at the last batch
+/// an index lists; where no such frame is there (a wrong index), it reads
+/// the log instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_index_naming_the_wrong_last_batch_is_passed_over() {
+    use bi_ledger::format::stream_index::StreamIndex;
+    use bi_ledger::{Ledger, LedgerReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(6);
+    opts.checkpoint_every_events = None;
+    opts.checkpoint_interval = None;
+    let ledger = Ledger::create(store(dir.path()), "main", opts)
+        .await
+        .unwrap();
+    let mut offsets = Vec::new();
+    for _ in 0..3 {
+        offsets.push(ledger.append(counted("s", 5)).await.unwrap()[0].offset);
+    }
+    ledger.checkpoint().await.unwrap();
+    ledger.append(counted("s", 5)).await.unwrap(); // after the index
+    ledger.close().await.unwrap();
+    let blob = "main/streams-00000000000000000015";
+    let s = store(dir.path());
+    let mut idx = StreamIndex::decode(&s.read_all(blob).await.unwrap()).unwrap();
+    assert_eq!(idx.batches.last().unwrap().position.1, offsets[2]);
+    idx.batches.last_mut().unwrap().position.1 = offsets[1]; // a frame, of 5..10
+    s.delete(blob).await.unwrap();
+    s.put(blob, &idx.encode()).await.unwrap();
+    let reader = LedgerReader::open(s, "main").await.unwrap();
+    assert!(reader.read_stream_indexed("s").await.unwrap().is_none());
+    let events = reader.read_stream("s").await.unwrap();
+    let versions: Vec<u64> = events.iter().map(|r| r.stream_version).collect();
+    assert_eq!(versions, (0..20).collect::<Vec<_>>());
+}

@@ -24,7 +24,7 @@ use crate::error::{IntegrityError, Result};
 use crate::format::batch::{BODY_HEADER_LEN, FRAME_HEADER_LEN};
 use crate::format::record::Record;
 use crate::format::segment::HEADER_LEN;
-use crate::format::stream_index::{stream_hashes, BatchFilter, Position, StreamIndex};
+use crate::format::stream_index::{stream_hashes, BatchFilter, StreamIndex};
 use crate::format::DecodeError;
 
 /// A read that starts fewer records than this after its segment's first
@@ -176,7 +176,7 @@ impl LedgerReader {
         // Where the indexed part ends: the next record, and the last batch
         // an index listed (the scan resumes there and skips what it holds).
         let mut covered = 0u64;
-        let mut resume: Option<(Position, u64)> = None;
+        let mut resume: Option<BatchFilter> = None;
         let hashes = stream_hashes(stream);
         for (size, blob) in blobs {
             let Some(idx) = self.index_in_line(&blob, size, covered).await? else {
@@ -189,22 +189,20 @@ impl LedgerReader {
                 out.extend(found);
             }
             covered = idx.to;
-            resume = idx
-                .batches
-                .last()
-                .map(|b| (b.position, b.first_seq))
-                .or(resume);
+            resume = idx.batches.last().cloned().or(resume);
         }
-        let Some(((segment, offset), first_seq)) = resume else {
+        let Some(batch) = resume else {
             return Ok(None); // nothing indexed: the plain scan is the same work
         };
-        let Some((start, _)) = self.listed_segment(segment) else {
+        // Where the index says; a frame that is not there makes the read
+        // scan the log instead, as for any cache that does not hold.
+        let Some(start) = self.batch_starts_at(&batch).await? else {
             return Ok(None);
         };
         let at = Seek {
             segment: start,
-            offset,
-            first_seq,
+            offset: batch.position.1,
+            first_seq: batch.first_seq,
         };
         self.scan_at(at, covered, None, |r, _| {
             if r.stream == stream {
