@@ -604,3 +604,30 @@ fn failures_after_the_point_of_no_return_say_what_was_written() {
     assert_eq!(f.read(&[]).len(), 1);
     f.verify().ok();
 }
+
+/// An `init` interrupted after it wrote the key and before the LEDGER file
+/// leaves a key for no ledger: the next `init` (or `demo`) uses it, and
+/// writes its public half if that is missing.
+#[test]
+fn init_uses_a_key_that_an_interrupted_init_left() {
+    let f = Fixture::new();
+    fs::create_dir_all(f.data()).unwrap();
+    let key = f.data().join("main.key");
+    let made = f
+        .run(&["keygen", "--out", key.to_str().unwrap()])
+        .ok()
+        .json();
+    fs::remove_file(f.data().join("main.key.pub")).unwrap();
+    let v = f.run(&["init"]).ok().json();
+    assert_eq!(v["public_key"], made["public_key"], "{v} {made}");
+    let public = fs::read_to_string(f.data().join("main.key.pub")).unwrap();
+    assert_eq!(public.trim(), made["public_key"].as_str().unwrap());
+    f.append(&line("s", "T", json!(1))).ok();
+    f.verify().ok();
+    // No stray temporary files beside the keys.
+    let names: Vec<String> = fs::read_dir(f.data())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+}

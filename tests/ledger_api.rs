@@ -1646,3 +1646,45 @@ async fn a_stream_index_naming_the_wrong_last_batch_is_passed_over() {
     let versions: Vec<u64> = events.iter().map(|r| r.stream_version).collect();
     assert_eq!(versions, (0..20).collect::<Vec<_>>());
 }
+
+/// A reader that listed a segment before a recovering writer cut its torn
+/// tail off reads up to the new end, as if it had listed it then; records
+/// a checkpoint signs are still held to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_cut_while_a_reader_reads_ends_the_read_there() {
+    use bi_ledger::{Ledger, LedgerError, LedgerReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(7);
+    opts.checkpoint_every_events = None;
+    opts.checkpoint_interval = None;
+    let ledger = Ledger::create(store(dir.path()), "main", opts)
+        .await
+        .unwrap();
+    let first = ledger.append(counted("s", 10)).await.unwrap();
+    ledger.checkpoint().await.unwrap();
+    let unsigned = ledger.append(counted("s", 10)).await.unwrap();
+    drop(ledger);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let cut = |len: u64| {
+        let seg = dir.path().join("main/0000000000.seg");
+        std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    };
+    // As recovery would cut a torn last batch: the unsigned one goes.
+    cut(unsigned[0].offset + 7);
+    let read = reader.read(0, None).await.unwrap();
+    assert_eq!(read.len(), 10);
+    assert_eq!(reader.len().await.unwrap(), 10);
+    // A cut into what the checkpoint signs is still damage.
+    cut(first[0].offset);
+    match reader.read(0, None).await {
+        Err(LedgerError::Integrity(e)) => assert_eq!(e.seq, Some(0), "{e}"),
+        r => panic!("wanted an integrity error, got {:?}", r.map(|r| r.len())),
+    }
+}

@@ -151,7 +151,29 @@ impl<'s> Scanner<'s> {
         let mut want = self.chunk.min(self.size - self.pos);
         self.chunk = (self.chunk * 2).min(CHUNK);
         loop {
-            let data = self.store.read(&self.blob, self.pos, want).await?;
+            let data = match self.store.read(&self.blob, self.pos, want).await {
+                Ok(data) => data,
+                Err(StoreError::OutOfRange { size, .. }) if size < self.size => {
+                    // Cut back since it was listed: a writer recovering from
+                    // a crash cut a torn last batch off (only the last
+                    // segment's tail is ever cut). Scan what is left; a
+                    // record a checkpoint signs that is gone is still
+                    // found missing by the caller.
+                    tracing::info!(
+                        blob = %self.blob,
+                        listed = self.size,
+                        now = size,
+                        "segment was cut back while being read (a torn tail recovered); reading up to its new end"
+                    );
+                    self.size = size;
+                    if self.pos >= self.size {
+                        return Ok(None);
+                    }
+                    want = want.min(self.size - self.pos);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut frames = Vec::new();
             let mut at = 0usize;
             let mut need_more = None;

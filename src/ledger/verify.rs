@@ -159,7 +159,8 @@ impl LedgerReader {
             if let Some(bad) = scan.bad {
                 let signed = checkpoints.last().map_or(0, |(_, c)| c.size);
                 let at_end = *index as usize == last && bad.reaches_end && w.tip.size >= signed;
-                if at_end && changed_since(store.as_ref(), name, info.size).await? {
+                let present = info.size - bad.offset;
+                if at_end && changed_since(store.as_ref(), name, info.size, present).await? {
                     // Not torn: a live writer's block, listed while it was
                     // being copied in (or a torn tail a new writer has cut
                     // since). What the listing held up to it is verified.
@@ -526,7 +527,8 @@ fn hash_chunk(chunk: Chunk, name: &str, segment: u64) -> Walking {
 }
 
 /// Whether segment `name` is no longer `seen` bytes long, looked at for up
-/// to about 0.2 s. On the fs backend a reader can list a segment while the
+/// to about 0.2 s, or 2 s where `present` bytes of the last frame show a
+/// large block. On the fs backend a reader can list a segment while the
 /// writer's `pwrite` is still copying a block in, so a batch in flight looks
 /// like a torn one; a moment later the segment has grown. A torn tail left
 /// by a crash stays as it is. (Azure shows appended blocks whole.)
@@ -534,8 +536,17 @@ async fn changed_since(
     store: &dyn crate::backend::BlobStore,
     name: &str,
     seen: u64,
+    present: u64,
 ) -> Result<bool> {
-    for wait_ms in [0, 5, 20, 50, 100] {
+    // A writer starved of CPU (at nice 19 beside busy processes) was seen
+    // more than 0.2 s into copying a 4 MiB block; a small block is copied
+    // in one go. A torn tail is reported this much later.
+    let waits: &[u64] = if present > 64 * 1024 {
+        &[0, 5, 20, 50, 100, 250, 500, 1000]
+    } else {
+        &[0, 5, 20, 50, 100]
+    };
+    for &wait_ms in waits {
         tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
         if store.info(name).await?.size != seen {
             return Ok(true);

@@ -486,11 +486,13 @@ impl BlobStore for SharedFs {
                 .and_then(|_| (&f).take(len).read_to_end(&mut buf))
                 .map_err(|e| io("read", &name, e))?;
             if buf.len() as u64 != len {
-                return Err(io(
-                    "read",
-                    &name,
-                    std::io::Error::new(ErrorKind::UnexpectedEof, "blob shrank while being read"),
-                ));
+                // Cut back between the size check and the read.
+                return Err(StoreError::OutOfRange {
+                    size: offset + buf.len() as u64,
+                    name,
+                    offset,
+                    end,
+                });
             }
             Ok(buf)
         })

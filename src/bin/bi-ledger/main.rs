@@ -290,46 +290,61 @@ fn load_verifier(path: &Path) -> Result<Verifier> {
     Verifier::from_vkey(&text).with_context(|| format!("in {}", path.display()))
 }
 
-/// Writes a file that only its owner can read, refusing to overwrite.
-fn write_private(path: &Path, text: &str) -> Result<()> {
+/// Writes a file whole or not at all, refusing to overwrite: a temporary
+/// file beside it, synced, then linked to its name (which fails if the name
+/// is taken), so that a crash never leaves a part-written key.
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", uuid::Uuid::new_v4()));
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::hard_link(&tmp, path)
+                .with_context(|| format!("creating {} (it must not exist yet)", path.display()))
+        });
+    let _ = std::fs::remove_file(&tmp);
+    written?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+fn pub_path_of(path: &Path) -> PathBuf {
+    let mut pub_path = path.as_os_str().to_owned();
+    pub_path.push(".pub");
+    PathBuf::from(pub_path)
 }
 
 /// Writes FILE and FILE.pub, neither of which may exist; on failure
 /// neither is left behind.
 fn write_key_pair(path: &Path, name: &str) -> Result<(SigningKey, Verifier, PathBuf)> {
-    let mut pub_path = path.as_os_str().to_owned();
-    pub_path.push(".pub");
-    let pub_path = PathBuf::from(pub_path);
+    let pub_path = pub_path_of(path);
     if pub_path.exists() {
         bail!("{} exists already; not overwriting it", pub_path.display());
     }
     let key = keys::generate()?;
-    write_private(path, &keys::encode_signing_key(name, &key))?;
+    write_file(path, &keys::encode_signing_key(name, &key), 0o600)?;
     let verifier = Verifier {
         name: name.to_owned(),
         key: key.verifying_key(),
     };
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&pub_path)
-        .and_then(|mut f| f.write_all(format!("{}\n", verifier.to_vkey()).as_bytes()));
-    if let Err(e) = written {
+    if let Err(e) = write_file(&pub_path, &format!("{}\n", verifier.to_vkey()), 0o644) {
         let _ = std::fs::remove_file(path);
-        return Err(anyhow!("writing {}: {e}", pub_path.display()));
+        return Err(e);
     }
     Ok((key, verifier, pub_path))
 }
@@ -449,17 +464,50 @@ async fn init(cli: &Cli) -> Outcome {
     {
         return Err(LedgerError::AlreadyExists(cli.ledger.clone()).into());
     }
+    let (ledger, key_file) = create_ledger(cli, store).await?;
+    let vkey = ledger.verifier().to_vkey();
+    ledger.close().await?;
+    print(json!({
+        "ledger": cli.ledger,
+        "data": cli.data,
+        "signing_key_file": key_file,
+        "public_key": vkey,
+    }))?;
+    Ok(Ok(()))
+}
+
+/// Creates the ledger, which does not exist yet, with the key of
+/// `--signing-key`, else the one at DATA/LEDGER.key, else a new one written
+/// there. A key found there belongs to no ledger (an `init` interrupted
+/// before it wrote the LEDGER file leaves one, written whole), so it is
+/// used rather than refused.
+async fn create_ledger(cli: &Cli, store: Arc<dyn BlobStore>) -> Result<(Ledger, PathBuf)> {
+    let default_key = key_path(cli);
     let (key, key_file, made) = match &cli.signing_key {
         Some(p) => (load_key(cli)?, p.clone(), None),
+        None if default_key.exists() => {
+            let key = load_key(cli).context(
+                "a key file is there, for no ledger; remove it to have a new key made, or give --signing-key",
+            )?;
+            let pub_path = pub_path_of(&default_key);
+            if !pub_path.exists() {
+                let verifier = Verifier {
+                    name: Meta::key_name(&cli.ledger),
+                    key: key.verifying_key(),
+                };
+                write_file(&pub_path, &format!("{}\n", verifier.to_vkey()), 0o644)?;
+            }
+            tracing::info!(key = %default_key.display(), "using the signing key already there (an interrupted init leaves one)");
+            (key, default_key, None)
+        }
         None => {
-            let p = key_path(cli);
-            let (k, _, pub_path) = write_key_pair(&p, &Meta::key_name(&cli.ledger))?;
-            (k, p.clone(), Some((p, pub_path)))
+            let (k, _, pub_path) = write_key_pair(&default_key, &Meta::key_name(&cli.ledger))?;
+            (k, default_key.clone(), Some((default_key, pub_path)))
         }
     };
     let meta_blob = bi_ledger::ledger::layout::meta(&cli.ledger);
-    let ledger = match Ledger::create(store.clone(), &cli.ledger, LedgerOptions::new(key)).await {
-        Ok(l) => l,
+    match Ledger::create(store.clone(), &cli.ledger, LedgerOptions::new(key)).await {
+        Ok(l) => Ok((l, key_file)),
         Err(e) => {
             let what = format!("creating ledger {:?} in {}", cli.ledger, store.location());
             // Once the LEDGER file is written the ledger exists, and opens
@@ -475,18 +523,9 @@ async fn init(cli: &Cli) -> Outcome {
             if let Some((k, p)) = &made {
                 remove_key_pair(k, p);
             }
-            return Err(anyhow!(e).context(what));
+            Err(anyhow!(e).context(what))
         }
-    };
-    let vkey = ledger.verifier().to_vkey();
-    ledger.close().await?;
-    print(json!({
-        "ledger": cli.ledger,
-        "data": cli.data,
-        "signing_key_file": key_file,
-        "public_key": vkey,
-    }))?;
-    Ok(Ok(()))
+    }
 }
 
 async fn read(
@@ -715,20 +754,17 @@ async fn stats(cli: &Cli) -> Outcome {
     let reader = open_reader(cli).await?;
     let records = reader.len().await?;
     let bytes: u64 = reader.segments().iter().map(|s| s.size).sum();
-    // One listing and the newest checkpoint, not every checkpoint read.
+    // All as the reader saw the ledger when it opened: a checkpoint a live
+    // writer puts since is ahead of the records counted. The count of
+    // records already failed if the log ends before that checkpoint.
+    let signed = reader.signed_at_open();
     let checkpoints =
         bi_ledger::ledger::recover::checkpoint_blobs(reader.store().as_ref(), reader.name())
             .await?
-            .len();
-    let newest = reader.signed_checkpoint(None).await?;
-    if let Some((blob, c, _)) = newest.as_ref().filter(|(_, c, _)| c.size > records) {
-        tracing::warn!(
-            checkpoint = %blob,
-            signed = c.size,
-            records,
-            "the log holds fewer records than its newest checkpoint signs; run `bi-ledger verify`"
-        );
-    }
+            .into_iter()
+            .filter(|(size, _)| *size <= signed)
+            .count();
+    let newest = reader.signed_checkpoint(Some(signed)).await?;
     let newest = newest.map(|(_, c, _)| json!({"size": c.size, "time": bi_ledger::time::format_us(c.time_us), "root": hex(&c.root)}));
     print(json!({
         "ledger": reader.name(),
@@ -746,26 +782,15 @@ async fn stats(cli: &Cli) -> Outcome {
 
 async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
     let store = store(cli, true).await?;
-    let key_file = key_path(cli);
-    let ledger = if key_file.exists() {
+    let exists = store
+        .info(&bi_ledger::ledger::layout::meta(&cli.ledger))
+        .await
+        .is_ok();
+    let ledger = if exists {
         open_writer_here(cli).await?
     } else {
         bi_ledger::ledger::layout::validate_ledger_name(&cli.ledger)?;
-        let (key, _, pub_path) = write_key_pair(&key_file, &Meta::key_name(&cli.ledger))?;
-        match Ledger::create(store.clone(), &cli.ledger, LedgerOptions::new(key.clone())).await {
-            Ok(l) => l,
-            Err(e) => {
-                remove_key_pair(&key_file, &pub_path);
-                if let LedgerError::AlreadyExists(_) = e {
-                    bail!(
-                        "ledger {:?} exists but its key {} does not; pass --signing-key",
-                        cli.ledger,
-                        key_file.display()
-                    );
-                }
-                return Err(e.into());
-            }
-        }
+        create_ledger(cli, store.clone()).await?.0
     };
     eprintln!(
         "demo: appending {stories} business stories (decisions, workflows, metrics, audit) with {writers} concurrent writers to ledger {:?} at {}",
