@@ -618,7 +618,14 @@ fn init_uses_a_key_that_an_interrupted_init_left() {
         .ok()
         .json();
     fs::remove_file(f.data().join("main.key.pub")).unwrap();
-    let v = f.run(&["init"]).ok().json();
+    let out = f.run(&["init"]).ok();
+    assert!(
+        out.stderr
+            .contains("using the signing key that is already there"),
+        "{}",
+        out.describe()
+    );
+    let v = out.json();
     assert_eq!(v["public_key"], made["public_key"], "{v} {made}");
     let public = fs::read_to_string(f.data().join("main.key.pub")).unwrap();
     assert_eq!(public.trim(), made["public_key"].as_str().unwrap());

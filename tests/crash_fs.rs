@@ -834,3 +834,23 @@ async fn damage_before_the_checkpoint_is_found_by_verify() {
         other => panic!("wanted an integrity error, got {other:?}"),
     }
 }
+
+/// A sealed segment cut back at a batch boundary leaves a gap before the
+/// next segment: a read that ends before the next segment still meets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_bounded_before_the_next_segment_meets_a_cut_in_this_one() {
+    let c = build(3, &[2, 1, 1, 1, 1], None).await;
+    assert_eq!((c.batches[1].segment, c.batches[2].segment), (0, 1));
+    let dir = c.copy();
+    truncate(&seg_path(dir.path(), 0), c.batches[1].offset);
+    let next = c.batches[2].first_seq;
+    let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
+    for (from, to) in [(0, next), (0, next - 1), (1, next)] {
+        match reader.read(from, Some(to)).await {
+            Err(LedgerError::Integrity(e)) => {
+                assert_names(&e, &seg_name(1), 0, Some(c.batches[1].first_seq))
+            }
+            r => panic!("read({from}, {to}): wanted the gap named, got {r:?}"),
+        }
+    }
+}

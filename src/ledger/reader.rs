@@ -204,9 +204,6 @@ impl LedgerReader {
         // log.
         let mut due: Option<u64> = Some(at.first_seq);
         for (i, seg) in self.segments.iter().enumerate().skip(start) {
-            if seg.first_seq >= to {
-                return Ok(());
-            }
             let mut reached = if i == start {
                 at.first_seq
             } else {
@@ -236,6 +233,11 @@ impl LedgerReader {
                 }
                 _ if i == start => {}
                 _ => due = Some(seg.first_seq),
+            }
+            // After the gap check: a read that ends before this segment
+            // still holds the one before it to its end.
+            if seg.first_seq >= to {
+                return Ok(());
             }
             let mut scan = Scanner::new(
                 self.store.as_ref(),

@@ -490,14 +490,22 @@ async fn create_ledger(cli: &Cli, store: Arc<dyn BlobStore>) -> Result<(Ledger, 
                 "a key file is there, for no ledger; remove it to have a new key made, or give --signing-key",
             )?;
             let pub_path = pub_path_of(&default_key);
-            if !pub_path.exists() {
+            if pub_path.exists() {
+                if load_verifier(&pub_path)?.key != key.verifying_key() {
+                    bail!(
+                        "{} is not the public half of {}; remove both to have a new key made",
+                        pub_path.display(),
+                        default_key.display()
+                    );
+                }
+            } else {
                 let verifier = Verifier {
                     name: Meta::key_name(&cli.ledger),
                     key: key.verifying_key(),
                 };
                 write_file(&pub_path, &format!("{}\n", verifier.to_vkey()), 0o644)?;
             }
-            tracing::info!(key = %default_key.display(), "using the signing key already there (an interrupted init leaves one)");
+            tracing::warn!(key = %default_key.display(), "using the signing key that is already there, for no ledger (an interrupted init leaves one)");
             (key, default_key, None)
         }
         None => {
@@ -508,6 +516,13 @@ async fn create_ledger(cli: &Cli, store: Arc<dyn BlobStore>) -> Result<(Ledger, 
     let meta_blob = bi_ledger::ledger::layout::meta(&cli.ledger);
     match Ledger::create(store.clone(), &cli.ledger, LedgerOptions::new(key)).await {
         Ok(l) => Ok((l, key_file)),
+        // Made meanwhile by another process, with a key of its own.
+        Err(e @ LedgerError::AlreadyExists(_)) => {
+            if let Some((k, p)) = &made {
+                remove_key_pair(k, p);
+            }
+            Err(e.into())
+        }
         Err(e) => {
             let what = format!("creating ledger {:?} in {}", cli.ledger, store.location());
             // Once the LEDGER file is written the ledger exists, and opens
