@@ -28,6 +28,29 @@ fn counted(stream: &str, n: u64) -> Vec<bi_ledger::NewEvent> {
         .collect()
 }
 
+/// A new ledger in `dir` (key of `seed` bytes) that checkpoints only when
+/// asked (and when closed).
+async fn checkpointed_on_demand(dir: &std::path::Path, seed: u8) -> bi_ledger::Ledger {
+    let mut opts = options(seed);
+    opts.checkpoint_every_events = None;
+    opts.checkpoint_interval = None;
+    bi_ledger::Ledger::create(store(dir), "main", opts)
+        .await
+        .unwrap()
+}
+
+/// Cuts segment 0 back to `len` bytes, as damage or a recovery would.
+fn cut_segment(dir: &std::path::Path, len: u64) {
+    let seg = dir.join("main/0000000000.seg");
+    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
 /// Flips a byte of the batch at `offset` of segment 0, past its frame
 /// header, and returns the segment's path.
 fn damage_batch(dir: &std::path::Path, offset: u64) -> std::path::PathBuf {
@@ -1228,14 +1251,9 @@ async fn read_from_a_sequence_number_seeks_through_the_index() {
 /// still an integrity error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_of_a_ledger_being_written() {
-    use bi_ledger::{Ledger, LedgerError, LedgerReader};
+    use bi_ledger::{LedgerError, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = options(4);
-    opts.checkpoint_every_events = None;
-    opts.checkpoint_interval = None;
-    let ledger = Ledger::create(store(dir.path()), "main", opts)
-        .await
-        .unwrap();
+    let ledger = checkpointed_on_demand(dir.path(), 4).await;
     for _ in 0..3 {
         ledger.append(counted("order-1", 10)).await.unwrap();
         ledger.checkpoint().await.unwrap();
@@ -1564,14 +1582,9 @@ fn one_directory_has_one_location() {
 /// checkpoint's size fails the read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_hold_the_log_to_the_newest_checkpoint() {
-    use bi_ledger::{Ledger, LedgerError, LedgerReader};
+    use bi_ledger::{LedgerError, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = options(5);
-    opts.checkpoint_every_events = None;
-    opts.checkpoint_interval = None;
-    let ledger = Ledger::create(store(dir.path()), "main", opts)
-        .await
-        .unwrap();
+    let ledger = checkpointed_on_demand(dir.path(), 5).await;
     let mut last = Vec::new();
     for _ in 0..3 {
         last = ledger.append(counted("order-1", 10)).await.unwrap();
@@ -1585,14 +1598,7 @@ async fn readers_hold_the_log_to_the_newest_checkpoint() {
         main.join("snapshot-00000000000000000100"),
     )
     .unwrap();
-    let seg = main.join("0000000000.seg");
-    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&seg)
-        .unwrap()
-        .set_len(last[0].offset)
-        .unwrap();
+    cut_segment(dir.path(), last[0].offset);
     let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
     assert_eq!(reader.signed_at_open(), 30);
     for r in [
@@ -1618,14 +1624,9 @@ async fn readers_hold_the_log_to_the_newest_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_index_naming_the_wrong_last_batch_is_passed_over() {
     use bi_ledger::format::stream_index::StreamIndex;
-    use bi_ledger::{Ledger, LedgerReader};
+    use bi_ledger::LedgerReader;
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = options(6);
-    opts.checkpoint_every_events = None;
-    opts.checkpoint_interval = None;
-    let ledger = Ledger::create(store(dir.path()), "main", opts)
-        .await
-        .unwrap();
+    let ledger = checkpointed_on_demand(dir.path(), 6).await;
     // The last indexed batch holds another stream, so the read does not
     // look into it by the index, only resumes its scan there.
     let mut offsets = Vec::new();
@@ -1654,30 +1655,16 @@ async fn a_stream_index_naming_the_wrong_last_batch_is_passed_over() {
 /// a checkpoint signs are still held to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tail_cut_while_a_reader_reads_ends_the_read_there() {
-    use bi_ledger::{Ledger, LedgerError, LedgerReader};
+    use bi_ledger::{LedgerError, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = options(7);
-    opts.checkpoint_every_events = None;
-    opts.checkpoint_interval = None;
-    let ledger = Ledger::create(store(dir.path()), "main", opts)
-        .await
-        .unwrap();
+    let ledger = checkpointed_on_demand(dir.path(), 7).await;
     let first = ledger.append(counted("s", 10)).await.unwrap();
     ledger.checkpoint().await.unwrap();
     let unsigned = ledger.append(counted("s", 10)).await.unwrap();
     drop(ledger);
     std::thread::sleep(std::time::Duration::from_millis(200));
     let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
-    let cut = |len: u64| {
-        let seg = dir.path().join("main/0000000000.seg");
-        std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .unwrap()
-            .set_len(len)
-            .unwrap();
-    };
+    let cut = |len: u64| cut_segment(dir.path(), len);
     // As recovery would cut a torn last batch: the unsigned one goes.
     cut(unsigned[0].offset + 7);
     let read = reader.read(0, None).await.unwrap();

@@ -338,15 +338,20 @@ fn write_key_pair(path: &Path, name: &str) -> Result<(SigningKey, Verifier, Path
     }
     let key = keys::generate()?;
     write_file(path, &keys::encode_signing_key(name, &key), 0o600)?;
+    let verifier = write_public(&pub_path, name, &key).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })?;
+    Ok((key, verifier, pub_path))
+}
+
+/// Writes the public half of `key` to `pub_path`, which may not exist.
+fn write_public(pub_path: &Path, name: &str, key: &SigningKey) -> Result<Verifier> {
     let verifier = Verifier {
         name: name.to_owned(),
         key: key.verifying_key(),
     };
-    if let Err(e) = write_file(&pub_path, &format!("{}\n", verifier.to_vkey()), 0o644) {
-        let _ = std::fs::remove_file(path);
-        return Err(e);
-    }
-    Ok((key, verifier, pub_path))
+    write_file(pub_path, &format!("{}\n", verifier.to_vkey()), 0o644)?;
+    Ok(verifier)
 }
 
 fn remove_key_pair(path: &Path, pub_path: &Path) {
@@ -499,11 +504,7 @@ async fn create_ledger(cli: &Cli, store: Arc<dyn BlobStore>) -> Result<(Ledger, 
                     );
                 }
             } else {
-                let verifier = Verifier {
-                    name: Meta::key_name(&cli.ledger),
-                    key: key.verifying_key(),
-                };
-                write_file(&pub_path, &format!("{}\n", verifier.to_vkey()), 0o644)?;
+                write_public(&pub_path, &Meta::key_name(&cli.ledger), &key)?;
             }
             tracing::warn!(key = %default_key.display(), "using the signing key that is already there, for no ledger (an interrupted init leaves one)");
             (key, default_key, None)
