@@ -201,6 +201,15 @@ async fn ledger_signed_checkpoint_reads_the_one_asked_for() {
     ledger::signed_checkpoint_reads_the_one_asked_for(c.dyn_store()).await;
 }
 
+/// `tests/ledger_api.rs` on Azure: opening lists no checkpoints of other
+/// times, where a listing of every checkpoint costs a request per 5,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_opening_lists_only_what_it_needs() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "narrow", AzureOptions::default()).await;
+    ledger::opening_lists_only_what_it_needs(c.dyn_store()).await;
+}
+
 /// Many callers at once: group commit batches them into few blocks, and
 /// every acknowledged event is there exactly once, in stream order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

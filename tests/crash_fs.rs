@@ -803,6 +803,45 @@ async fn missing_snapshot_of_the_newest_checkpoint() {
     assert_names(&e, &layout::snapshot(NAME, size), 0, Some(size));
 }
 
+/// `open` finds the newest checkpoint through its snapshot. With that
+/// snapshot removed by hand it starts from an older one, and still finds by
+/// name the newer checkpoint, which covers records the log has since lost:
+/// refused, naming where the log ends, and nothing is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_tail_is_found_without_the_newest_snapshot() {
+    let c = build(100, &[1, 2, 1], Some(2)).await;
+    let size = c.batches[2].first_seq;
+    let (cut, _) = c.range(1);
+    let dir = c.copy();
+    std::fs::remove_file(dir.path().join(layout::snapshot(NAME, size))).unwrap();
+    truncate(&seg_path(dir.path(), 0), cut);
+    let e = open_err(dir.path(), 100).await;
+    assert_names(&e, &seg_name(0), cut, Some(c.batches[1].first_seq));
+    assert!(e.what.contains(&layout::checkpoint(NAME, size)), "{e}");
+    assert_eq!(file_len(&seg_path(dir.path(), 0)), cut);
+}
+
+/// Segments are listed by leading digit, so `open` does not list the
+/// checkpoints beside them; `verify` lists every digit, and a segment far
+/// past a gap is an integrity error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_segment_past_a_gap_is_found_by_verify() {
+    let c = build(100, &[1, 2], None).await;
+    let dir = c.copy();
+    let stray = format!("{NAME}/1000000000.seg");
+    std::fs::copy(seg_path(dir.path(), 0), dir.path().join(&stray)).unwrap();
+    let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
+    assert_eq!(reader.len().await.unwrap(), 3);
+    let verifier = reader.recorded_verifier().clone();
+    match reader.verify(&verifier, &|_, _| {}).await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_names(&e, &stray, 0, None);
+            assert!(e.what.contains("segment 1 is missing"), "{e}");
+        }
+        other => panic!("wanted an integrity error, got {other:?}"),
+    }
+}
+
 /// A segment missing between two others: refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_middle_segment() {

@@ -159,6 +159,12 @@ async fn signed_checkpoint_reads_the_one_asked_for() {
     ledger::signed_checkpoint_reads_the_one_asked_for(store(dir.path())).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_lists_only_what_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger::opening_lists_only_what_it_needs(store(dir.path())).await;
+}
+
 /// `read_stream` goes through the stream index once the indexes are large
 /// enough to pay off: a damaged batch that cannot hold the stream is never
 /// read (a full scan stops at it; `verify` reports it).

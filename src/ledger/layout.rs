@@ -38,6 +38,17 @@ pub fn segment_index(ledger: &str, blob: &str) -> Option<u64> {
         .flatten()
 }
 
+/// Checkpoints and caches are looked for by name prefix in windows of this
+/// many records (the last 6 of a name's 20 digits), so that a ledger with
+/// a million checkpoints is not listed whole to find one of them.
+pub const WINDOW: u64 = 1_000_000;
+
+/// The listing prefix of the names under `prefix` (a checkpoint or cache
+/// prefix) whose size falls in window `w`.
+pub fn in_window(prefix: &str, w: u64) -> String {
+    format!("{prefix}{w:014}")
+}
+
 pub fn checkpoint_prefix(ledger: &str) -> String {
     format!("{ledger}/checkpoint-")
 }

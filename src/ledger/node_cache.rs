@@ -18,11 +18,6 @@ use crate::error::Result;
 use crate::format::nodes::{Node, NodeCache};
 use crate::format::Hash;
 
-/// Node caches are looked for by name prefix in windows of this many
-/// records (the last 6 of the name's 20 digits), so that a ledger with a
-/// million checkpoints is not listed whole for one proof.
-const WINDOW: u64 = 1_000_000;
-
 /// The node caches one proof has looked at.
 pub(crate) struct NodeLookup<'a> {
     reader: &'a LedgerReader,
@@ -47,7 +42,7 @@ impl<'a> NodeLookup<'a> {
         let ends: Vec<u64> = nodes.iter().filter_map(Node::end).collect();
         let mut windows: Vec<u64> = ends
             .iter()
-            .flat_map(|e| [e / WINDOW, e / WINDOW + 1])
+            .flat_map(|e| [e / layout::WINDOW, e / layout::WINDOW + 1])
             .filter(|w| !self.listed.contains_key(w))
             .collect();
         windows.sort_unstable();
@@ -86,7 +81,7 @@ impl<'a> NodeLookup<'a> {
     /// The size of the cache with the smallest `to >= end`: the one that
     /// holds the nodes completed at `end`, unless it is missing.
     async fn cache_for(&mut self, end: u64) -> Result<Option<u64>> {
-        for w in [end / WINDOW, end / WINDOW + 1, u64::MAX] {
+        for w in [end / layout::WINDOW, end / layout::WINDOW + 1, u64::MAX] {
             if !self.listed.contains_key(&w) {
                 let found = list(self.reader, w).await?;
                 self.listed.insert(w, found);
@@ -111,7 +106,7 @@ async fn list(reader: &LedgerReader, window: u64) -> Result<Vec<(u64, String)>> 
     let prefix = if window == u64::MAX {
         prefix
     } else {
-        format!("{prefix}{window:014}")
+        layout::in_window(&prefix, window)
     };
     Ok(reader
         .store()

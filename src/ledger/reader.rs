@@ -49,7 +49,8 @@ impl LedgerReader {
     pub async fn open(store: Arc<dyn BlobStore>, name: &str) -> Result<LedgerReader> {
         layout::validate_ledger_name(name)?;
         let meta = recover::read_meta(store.as_ref(), name).await?;
-        let signed = newest_checkpoint_size(store.as_ref(), name).await?;
+        let newest = recover::newest_checkpoint(store.as_ref(), name).await?;
+        let signed = newest.unwrap_or(0);
         let mut segments = Vec::new();
         for (index, info) in recover::list_segments(store.as_ref(), name).await? {
             if info.size < HEADER_LEN as u64 {
@@ -77,11 +78,8 @@ impl LedgerReader {
             });
         }
         if segments.is_empty() {
-            if let Some((size, blob)) = recover::checkpoint_blobs(store.as_ref(), name)
-                .await?
-                .into_iter()
-                .next()
-            {
+            if let Some(size) = newest {
+                let blob = layout::checkpoint(name, size);
                 return Err(recover::segment_zero_missing(name, &blob, size));
             }
         }
@@ -155,11 +153,8 @@ impl LedgerReader {
         let store = self.store.as_ref();
         let (size, blob) = match size {
             Some(s) => (s, layout::checkpoint(&self.meta.name, s)),
-            None => match recover::checkpoint_blobs(store, &self.meta.name)
-                .await?
-                .pop()
-            {
-                Some(newest) => newest,
+            None => match recover::newest_checkpoint(store, &self.meta.name).await? {
+                Some(s) => (s, layout::checkpoint(&self.meta.name, s)),
                 None => return Ok(None),
             },
         };
@@ -455,31 +450,4 @@ impl LedgerReader {
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
     }
-}
-
-/// Size of the newest checkpoint, found without listing them all (ten
-/// years at the default interval leave about a million): the newest
-/// checkpoint's snapshot must exist (format §11.1) and the writer keeps two
-/// or three, so the newest snapshot with a checkpoint of its size names it.
-/// A snapshot put for a checkpoint that is not there (yet) is passed over.
-/// Only where none has one are the checkpoints listed.
-async fn newest_checkpoint_size(store: &dyn BlobStore, name: &str) -> Result<u64> {
-    let mut snapshots: Vec<u64> = store
-        .list(&layout::snapshot_prefix(name))
-        .await?
-        .into_iter()
-        .filter_map(|b| layout::snapshot_size(name, &b.name))
-        .collect();
-    snapshots.sort_unstable_by(|a, b| b.cmp(a));
-    for size in snapshots.into_iter().take(4) {
-        match store.info(&layout::checkpoint(name, size)).await {
-            Ok(_) => return Ok(size),
-            Err(StoreError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(recover::checkpoint_blobs(store, name)
-        .await?
-        .last()
-        .map_or(0, |(size, _)| *size))
 }

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::layout::{self, Meta};
 use super::scan::Scanner;
 use super::tip::Tip;
-use crate::backend::{BlobInfo, BlobStore};
+use crate::backend::{BlobInfo, BlobStore, StoreError};
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::Checkpoint;
 use crate::format::merkle::Frontier;
@@ -128,16 +128,71 @@ pub async fn open_checkpoint_note(
     Ok((cp, note))
 }
 
-/// The newest checkpoint, its signature checked.
+/// The size of the newest checkpoint, found without listing every
+/// checkpoint (ten years at the default interval leave about a million):
+/// the writer puts each checkpoint's snapshot before the checkpoint and
+/// prunes only snapshots older than its newest two, so the newest snapshot
+/// whose checkpoint exists names the newest checkpoint. A snapshot whose
+/// checkpoint put never happened is passed over. Only a ledger whose
+/// snapshots were all removed has its checkpoints listed. `None`: there is
+/// no checkpoint.
+pub async fn newest_checkpoint(store: &dyn BlobStore, ledger: &str) -> Result<Option<u64>> {
+    let mut snapshots: Vec<u64> = store
+        .list(&layout::snapshot_prefix(ledger))
+        .await?
+        .into_iter()
+        .filter_map(|b| layout::snapshot_size(ledger, &b.name))
+        .collect();
+    snapshots.sort_unstable_by(|a, b| b.cmp(a));
+    for size in snapshots {
+        match store.info(&layout::checkpoint(ledger, size)).await {
+            Ok(_) => return Ok(Some(size)),
+            Err(StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(checkpoint_blobs(store, ledger)
+        .await?
+        .pop()
+        .map(|(size, _)| size))
+}
+
+/// The newest checkpoint ([`newest_checkpoint`]), its signature checked.
 pub async fn latest_checkpoint(
     store: &dyn BlobStore,
     meta: &Meta,
 ) -> Result<Option<(String, Checkpoint)>> {
-    let Some((size, blob)) = checkpoint_blobs(store, &meta.name).await?.pop() else {
+    let Some(size) = newest_checkpoint(store, &meta.name).await? else {
         return Ok(None);
     };
+    let blob = layout::checkpoint(&meta.name, size);
     let cp = open_checkpoint(store, meta, size, &blob).await?;
     Ok(Some((blob, cp)))
+}
+
+/// Checkpoints of more than `after` records in the windows from `after` to
+/// one past `end`, the log's end, by name prefix: as many listings as the
+/// replay of `after..end` just read millions of records, at least two.
+/// Finds a newer checkpoint whose snapshot was removed by hand, and a lost
+/// tail (of up to a window) that such a checkpoint covers.
+async fn checkpoints_after(
+    store: &dyn BlobStore,
+    ledger: &str,
+    after: u64,
+    end: u64,
+) -> Result<Vec<(u64, String)>> {
+    let prefix = layout::checkpoint_prefix(ledger);
+    let mut out = Vec::new();
+    for w in after / layout::WINDOW..=end / layout::WINDOW + 1 {
+        for b in store.list(&layout::in_window(&prefix, w)).await? {
+            match layout::checkpoint_size(ledger, &b.name) {
+                Some(size) if size > after => out.push((size, b.name)),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 pub async fn read_checkpoint(store: &dyn BlobStore, meta: &Meta, blob: &str) -> Result<Checkpoint> {
@@ -173,13 +228,46 @@ pub async fn read_checkpoint_note(
     Ok((cp, text))
 }
 
+/// Segments a listing by one leading digit covers. Segment names are ten
+/// digits, so `<ledger>/0` lists segments 0 to 999,999,999 alone, not the
+/// checkpoints and caches beside them (millions after ten years) that a
+/// listing of `<ledger>/` would also return.
+const SEGMENTS_PER_DIGIT: u64 = 1_000_000_000;
+
+/// The ledger's segments in order, checked to run from 0 without a gap.
+/// Lists the next leading digit only once the ones before are full.
 pub async fn list_segments(store: &dyn BlobStore, ledger: &str) -> Result<Vec<(u64, BlobInfo)>> {
-    let mut segs: Vec<(u64, BlobInfo)> = store
-        .list(&layout::segment_prefix(ledger))
-        .await?
-        .into_iter()
-        .filter_map(|b| layout::segment_index(ledger, &b.name).map(|i| (i, b)))
-        .collect();
+    segments_under_digits(store, ledger, false).await
+}
+
+/// [`list_segments`], looking under every leading digit, so that a stray
+/// segment far past a gap is found too (for `verify`).
+pub async fn list_every_segment(
+    store: &dyn BlobStore,
+    ledger: &str,
+) -> Result<Vec<(u64, BlobInfo)>> {
+    segments_under_digits(store, ledger, true).await
+}
+
+async fn segments_under_digits(
+    store: &dyn BlobStore,
+    ledger: &str,
+    every_digit: bool,
+) -> Result<Vec<(u64, BlobInfo)>> {
+    let mut segs: Vec<(u64, BlobInfo)> = Vec::new();
+    for digit in 0..10u64 {
+        if !every_digit && segs.len() as u64 != digit * SEGMENTS_PER_DIGIT {
+            break;
+        }
+        let prefix = format!("{}{digit}", layout::segment_prefix(ledger));
+        segs.extend(
+            store
+                .list(&prefix)
+                .await?
+                .into_iter()
+                .filter_map(|b| layout::segment_index(ledger, &b.name).map(|i| (i, b))),
+        );
+    }
     segs.sort_by_key(|(i, _)| *i);
     for (want, (i, b)) in segs.iter().enumerate() {
         if *i != want as u64 {
@@ -315,6 +403,33 @@ pub async fn recover(
         }
     }
     debug_assert!(tip.size >= cp_size);
+    if let Some((_, cp)) = &checkpoint {
+        if let Some((size, blob)) = checkpoints_after(store, ledger, cp.size, tip.size)
+            .await?
+            .pop()
+        {
+            let (_, last_seg) = &segments[last];
+            let err = if size > tip.size {
+                IntegrityError::new(
+                    &last_seg.name,
+                    tip.segment_len,
+                    Some(tip.size),
+                    format!(
+                        "the log ends after {} records, but checkpoint {blob} covers {size}",
+                        tip.size
+                    ),
+                )
+            } else {
+                IntegrityError::new(
+                    layout::snapshot(ledger, size),
+                    0,
+                    Some(size),
+                    format!("snapshot for checkpoint {blob} is missing"),
+                )
+            };
+            return Err(err.into());
+        }
+    }
     for (index, info) in &segments[..last] {
         if !info.sealed && *index < tip.segment_index {
             store.seal(&info.name).await?;

@@ -116,12 +116,11 @@ impl LedgerReader {
     /// of `q` and the next, by name prefix, so that a ledger of a million
     /// checkpoints is not listed whole for one read.
     async fn stream_index_after(&self, q: u64) -> Result<Option<(u64, String)>> {
-        const WINDOW: u64 = 1_000_000; // the last 6 of the name's 20 digits
         let prefix = layout::stream_index_prefix(self.name());
-        for w in [q / WINDOW, q / WINDOW + 1] {
+        for w in [q / layout::WINDOW, q / layout::WINDOW + 1] {
             let found = self
                 .store()
-                .list(&format!("{prefix}{w:014}"))
+                .list(&layout::in_window(&prefix, w))
                 .await?
                 .into_iter()
                 .filter_map(|b| {

@@ -94,7 +94,7 @@ impl LedgerReader {
         let checkpoints = self.checkpoints(verifier).await?;
         let meta = self.meta().clone();
         let store = self.store().clone();
-        let segments = recover::list_segments(store.as_ref(), &meta.name).await?;
+        let segments = recover::list_every_segment(store.as_ref(), &meta.name).await?;
         // Opening the reader checked this too; the segments may have
         // gone since.
         if let (true, Some((blob, cp))) = (segments.is_empty(), checkpoints.first()) {

@@ -491,11 +491,13 @@ pub enum RolloverStop {
 /// A store that stops the writer part-way, as a crash there would: the
 /// first rollover (the next call fails and the writer is poisoned), or the
 /// put of the next checkpoint (it fails without landing, after the caches).
+/// It also records the prefix of every `list`.
 #[derive(Debug)]
 pub struct Interrupted {
     pub inner: Arc<dyn BlobStore>,
     stop: Option<RolloverStop>,
     pub lose_checkpoint: std::sync::atomic::AtomicBool,
+    pub prefixes: std::sync::Mutex<Vec<String>>,
 }
 
 impl Interrupted {
@@ -505,6 +507,7 @@ impl Interrupted {
             inner,
             stop: None,
             lose_checkpoint: false.into(),
+            prefixes: Default::default(),
         }
     }
 }
@@ -539,6 +542,7 @@ impl BlobStore for Interrupted {
         self.inner.read(name, offset, len).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<bi_ledger::backend::BlobInfo>, StoreError> {
+        self.prefixes.lock().unwrap().push(prefix.to_owned());
         self.inner.list(prefix).await
     }
     async fn info(&self, name: &str) -> Result<bi_ledger::backend::BlobInfo, StoreError> {
@@ -598,6 +602,7 @@ pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
         inner: s.clone(),
         stop: Some(stop),
         lose_checkpoint: false.into(),
+        prefixes: Default::default(),
     });
     let ledger = Ledger::create(cut, "main", opts()).await.unwrap();
     for i in 0..2 {
@@ -805,4 +810,57 @@ pub async fn reopen_right_after_a_drop(s: Arc<dyn BlobStore>, rounds: u64) {
     // reopen read back from the tail: none is missing.
     let report = verified(&reader).await.unwrap();
     assert_eq!(report.missing_caches, Vec::<String>::new());
+}
+
+/// Opening for writing or reading, and finding the newest checkpoint, list
+/// only prefixes that leave the checkpoints and caches of other times out:
+/// the snapshots (two or three), the segments by leading digit, and
+/// checkpoints in the million-record windows near the log's end. Ten years
+/// at the default interval leave about a million checkpoints, which a
+/// listing of `main/` or `main/checkpoint-` would return whole, on every
+/// open.
+pub async fn opening_lists_only_what_it_needs(s: Arc<dyn BlobStore>) {
+    let ledger = create_checkpointed_on_demand(s.clone(), 13).await;
+    for i in 0..5 {
+        ledger
+            .append(vec![NewEvent::json("a", "X", &json!({ "i": i }))])
+            .await
+            .unwrap();
+        ledger.checkpoint().await.unwrap();
+    }
+    ledger.close().await.unwrap();
+    let listed = Arc::new(Interrupted::losing_a_checkpoint(s.clone()));
+    let narrow = |what: &str| {
+        let prefixes = std::mem::take(&mut *listed.prefixes.lock().unwrap());
+        assert!(!prefixes.is_empty(), "{what} listed nothing");
+        for p in &prefixes {
+            let window = p
+                .strip_prefix("main/checkpoint-")
+                .is_some_and(|d| d.len() == 14 && d.bytes().all(|b| b.is_ascii_digit()));
+            assert!(
+                p == "main/snapshot-" || p == "main/0" || window,
+                "{what} listed {p:?} (all it listed: {prefixes:?})"
+            );
+        }
+    };
+    let mut opts = LedgerOptions::new(SigningKey::from_bytes(&[13; 32]));
+    opts.checkpoint_every_events = None;
+    let ledger = Ledger::open(listed.clone(), "main", opts).await.unwrap();
+    narrow("Ledger::open");
+    let r = ledger
+        .append(vec![NewEvent::json("a", "X", &json!({ "i": 5 }))])
+        .await
+        .unwrap();
+    assert_eq!((r[0].seq, r[0].version), (5, 5));
+    ledger.close().await.unwrap();
+    std::mem::take(&mut *listed.prefixes.lock().unwrap());
+    let reader = LedgerReader::open(listed.clone(), "main").await.unwrap();
+    assert_eq!(reader.signed_at_open(), 6);
+    assert_eq!(reader.len().await.unwrap(), 6);
+    let (blob, cp, _) = reader.signed_checkpoint(None).await.unwrap().unwrap();
+    assert_eq!(
+        (blob.as_str(), cp.size),
+        ("main/checkpoint-00000000000000000006", 6)
+    );
+    narrow("LedgerReader::open, len and signed_checkpoint(None)");
 }
