@@ -174,7 +174,7 @@ impl Ledger {
         };
         tip.segment_len = store.append(&seg, 0, &header.encode()).await?;
         tip.segment_blocks = 1;
-        let ledger = Self::start(store, meta, opts, tip, None, lock)?;
+        let ledger = Self::start(store, meta, opts, tip, None, Vec::new(), lock)?;
         // Checkpoint 0 commits to the empty ledger, so even its first tail
         // is covered by the rule "what a checkpoint covers must be there".
         ledger.checkpoint().await?;
@@ -202,8 +202,12 @@ impl Ledger {
             .max_batch_bytes
             .max(store.max_block_size())
             .saturating_sub(crate::format::batch::FRAME_HEADER_LEN);
-        let (tip, cp) = recover::recover(store.as_ref(), &meta, max_body).await?;
-        let last = match cp {
+        let recover::Recovered {
+            tip,
+            checkpoint,
+            snapshots,
+        } = recover::recover(store.as_ref(), &meta, max_body).await?;
+        let last = match checkpoint {
             Some(checkpoint) => {
                 let blob = layout::checkpoint(name, checkpoint.size);
                 // Already parsed and verified by `recover`, so it is UTF-8.
@@ -216,7 +220,7 @@ impl Ledger {
             }
             None => None,
         };
-        Self::start(store, meta, opts, tip, last, lock)
+        Self::start(store, meta, opts, tip, last, snapshots, lock)
     }
 
     fn start(
@@ -225,6 +229,7 @@ impl Ledger {
         mut opts: LedgerOptions,
         tip: tip::Tip,
         last_checkpoint: Option<CheckpointInfo>,
+        snapshots: Vec<u64>,
         lock: Box<dyn crate::backend::WriterLock>,
     ) -> Result<Ledger> {
         opts.max_batch_bytes = opts.batch_limit(store.as_ref());
@@ -255,6 +260,7 @@ impl Ledger {
             last_checkpoint_at: Instant::now(),
             checkpoint_retry: None,
             unanswered: None,
+            snapshots: snapshots.into_iter().collect(),
         };
         // The writer gets a thread (and a small runtime) of its own: its
         // store may then write in place, without the thread hand-offs that

@@ -137,14 +137,28 @@ pub async fn open_checkpoint_note(
 /// snapshots were all removed has its checkpoints listed. `None`: there is
 /// no checkpoint.
 pub async fn newest_checkpoint(store: &dyn BlobStore, ledger: &str) -> Result<Option<u64>> {
-    let mut snapshots: Vec<u64> = store
+    newest_checkpoint_of(store, ledger, &snapshot_sizes(store, ledger).await?).await
+}
+
+/// The sizes of the snapshots there are, smallest first.
+pub async fn snapshot_sizes(store: &dyn BlobStore, ledger: &str) -> Result<Vec<u64>> {
+    let mut sizes: Vec<u64> = store
         .list(&layout::snapshot_prefix(ledger))
         .await?
         .into_iter()
         .filter_map(|b| layout::snapshot_size(ledger, &b.name))
         .collect();
-    snapshots.sort_unstable_by(|a, b| b.cmp(a));
-    for size in snapshots {
+    sizes.sort_unstable();
+    Ok(sizes)
+}
+
+/// [`newest_checkpoint`], given the snapshot sizes listed.
+async fn newest_checkpoint_of(
+    store: &dyn BlobStore,
+    ledger: &str,
+    snapshots: &[u64],
+) -> Result<Option<u64>> {
+    for &size in snapshots.iter().rev() {
         match store.info(&layout::checkpoint(ledger, size)).await {
             Ok(_) => return Ok(Some(size)),
             Err(StoreError::NotFound { .. }) => continue,
@@ -158,11 +172,12 @@ pub async fn newest_checkpoint(store: &dyn BlobStore, ledger: &str) -> Result<Op
 }
 
 /// The newest checkpoint ([`newest_checkpoint`]), its signature checked.
-pub async fn latest_checkpoint(
+async fn latest_checkpoint(
     store: &dyn BlobStore,
     meta: &Meta,
+    snapshots: &[u64],
 ) -> Result<Option<(String, Checkpoint)>> {
-    let Some(size) = newest_checkpoint(store, &meta.name).await? else {
+    let Some(size) = newest_checkpoint_of(store, &meta.name, snapshots).await? else {
         return Ok(None);
     };
     let blob = layout::checkpoint(&meta.name, size);
@@ -283,14 +298,19 @@ async fn segments_under_digits(
     Ok(segs)
 }
 
+/// What `open` found: the tip, the newest checkpoint and the sizes of the
+/// snapshots there are (for the writer to prune without listing them).
+pub struct Recovered {
+    pub tip: Tip,
+    pub checkpoint: Option<Checkpoint>,
+    pub snapshots: Vec<u64>,
+}
+
 /// Restores the tip, repairing only what a crash can leave behind.
-pub async fn recover(
-    store: &dyn BlobStore,
-    meta: &Meta,
-    max_body: usize,
-) -> Result<(Tip, Option<Checkpoint>)> {
+pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Result<Recovered> {
     let ledger = &meta.name;
-    let checkpoint = latest_checkpoint(store, meta).await?;
+    let snapshots = snapshot_sizes(store, ledger).await?;
+    let checkpoint = latest_checkpoint(store, meta, &snapshots).await?;
     let mut tip = match &checkpoint {
         Some((cp_blob, cp)) => load_snapshot(store, meta, cp_blob, cp).await?,
         None => Tip::genesis(meta.id),
@@ -436,7 +456,11 @@ pub async fn recover(
             info!(segment = %info.name, "sealed a segment whose rollover a crash interrupted");
         }
     }
-    Ok((tip, checkpoint.map(|(_, cp)| cp)))
+    Ok(Recovered {
+        tip,
+        checkpoint: checkpoint.map(|(_, cp)| cp),
+        snapshots,
+    })
 }
 
 pub fn check_header(

@@ -74,6 +74,11 @@ pub struct Writer {
     /// A checkpoint whose put failed: it may have landed all the same (an
     /// answer lost on the way back), so the next checkpoint looks first.
     pub unanswered: Option<(Checkpoint, String)>,
+    /// Sizes of the snapshots there are: listed once by `open`, then each
+    /// one put. Pruning goes by these, so a checkpoint lists nothing (on
+    /// the local store every listing reads the ledger's whole directory,
+    /// which ten years of checkpoints fill with millions of files).
+    pub snapshots: std::collections::BTreeSet<u64>,
 }
 
 type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
@@ -671,6 +676,7 @@ impl Writer {
         let snap_blob = layout::snapshot(&self.meta.name, cp.size);
         self.put_cache(&snap_blob, &self.tip.snapshot().encode())
             .await?;
+        self.snapshots.insert(cp.size);
         self.check_lock()?;
         let blob = layout::checkpoint(&self.meta.name, cp.size);
         let (cp, note) = match self.store.put(&blob, note.as_bytes()).await {
@@ -810,26 +816,23 @@ impl Writer {
     /// for `open`, the one before in case the newest checkpoint is being
     /// read by someone) and drop the rest, or a ledger checkpointed every few
     /// minutes for ten years would hoard copies of its stream index.
-    async fn prune_snapshots(&self, newest: u64) {
-        let prefix = layout::snapshot_prefix(&self.meta.name);
-        let mut sizes: Vec<(u64, String)> = match self.store.list(&prefix).await {
-            Ok(blobs) => blobs
-                .into_iter()
-                .filter_map(|b| {
-                    layout::snapshot_size(&self.meta.name, &b.name).map(|s| (s, b.name))
-                })
-                .filter(|(s, _)| *s <= newest)
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not list snapshots to prune");
-                return;
-            }
-        };
-        sizes.sort();
-        let keep = sizes.len().saturating_sub(2);
-        for (_, name) in sizes.into_iter().take(keep) {
-            if let Err(e) = self.store.delete(&name).await {
-                tracing::warn!(error = %e, snapshot = %name, "could not delete an old snapshot");
+    async fn prune_snapshots(&mut self, newest: u64) {
+        let old: Vec<u64> = self
+            .snapshots
+            .range(..=newest)
+            .rev()
+            .skip(2)
+            .copied()
+            .collect();
+        for size in old {
+            let name = layout::snapshot(&self.meta.name, size);
+            match self.store.delete(&name).await {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {
+                    self.snapshots.remove(&size);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, snapshot = %name, "could not delete an old snapshot");
+                }
             }
         }
     }

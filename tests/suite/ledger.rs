@@ -815,10 +815,10 @@ pub async fn reopen_right_after_a_drop(s: Arc<dyn BlobStore>, rounds: u64) {
 /// Opening for writing or reading, and finding the newest checkpoint, list
 /// only prefixes that leave the checkpoints and caches of other times out:
 /// the snapshots (two or three), the segments by leading digit, and
-/// checkpoints in the million-record windows near the log's end. Ten years
-/// at the default interval leave about a million checkpoints, which a
-/// listing of `main/` or `main/checkpoint-` would return whole, on every
-/// open.
+/// checkpoints in the million-record windows near the log's end; and a
+/// checkpoint lists nothing. Ten years at the default interval leave about
+/// a million checkpoints, which a listing of `main/` or `main/checkpoint-`
+/// would return whole, on every open.
 pub async fn opening_lists_only_what_it_needs(s: Arc<dyn BlobStore>) {
     let ledger = create_checkpointed_on_demand(s.clone(), 13).await;
     for i in 0..5 {
@@ -852,8 +852,29 @@ pub async fn opening_lists_only_what_it_needs(s: Arc<dyn BlobStore>) {
         .await
         .unwrap();
     assert_eq!((r[0].seq, r[0].version), (5, 5));
+    // A checkpoint prunes the snapshots it knows of without listing them.
+    assert_eq!(ledger.checkpoint().await.unwrap().checkpoint.size, 6);
     ledger.close().await.unwrap();
-    std::mem::take(&mut *listed.prefixes.lock().unwrap());
+    let prefixes = std::mem::take(&mut *listed.prefixes.lock().unwrap());
+    assert_eq!(
+        prefixes,
+        Vec::<String>::new(),
+        "the writer listed after open"
+    );
+    let snapshots: Vec<String> = s
+        .list("main/snapshot-")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(
+        snapshots,
+        [
+            "main/snapshot-00000000000000000005",
+            "main/snapshot-00000000000000000006"
+        ]
+    );
     let reader = LedgerReader::open(listed.clone(), "main").await.unwrap();
     assert_eq!(reader.signed_at_open(), 6);
     assert_eq!(reader.len().await.unwrap(), 6);
