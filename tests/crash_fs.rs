@@ -806,7 +806,8 @@ async fn missing_snapshot_of_the_newest_checkpoint() {
 /// `open` finds the newest checkpoint through its snapshot. With that
 /// snapshot removed by hand it starts from an older one, and still finds by
 /// name the newer checkpoint, which covers records the log has since lost:
-/// refused, naming where the log ends, and nothing is changed.
+/// refused, naming where the log ends, and nothing is changed, not even a
+/// batch that looks torn from the older snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_tail_is_found_without_the_newest_snapshot() {
     let c = build(100, &[1, 2, 1], Some(2)).await;
@@ -819,6 +820,24 @@ async fn a_lost_tail_is_found_without_the_newest_snapshot() {
     assert_names(&e, &seg_name(0), cut, Some(c.batches[1].first_seq));
     assert!(e.what.contains(&layout::checkpoint(NAME, size)), "{e}");
     assert_eq!(file_len(&seg_path(dir.path(), 0)), cut);
+    // The last batch the checkpoint covers damaged, or cut inside: it
+    // looks torn from the older snapshot, but is not cut.
+    let (start, end) = c.range(1);
+    for damage in ["flip", "cut"] {
+        let dir = c.copy();
+        std::fs::remove_file(dir.path().join(layout::snapshot(NAME, size))).unwrap();
+        let seg = seg_path(dir.path(), 0);
+        truncate(&seg, end);
+        match damage {
+            "flip" => flip(&seg, start + 30, 0x10),
+            _ => truncate(&seg, end - 1),
+        }
+        let before = std::fs::read(&seg).unwrap();
+        let e = open_err(dir.path(), 100).await;
+        assert_names(&e, &seg_name(0), start, Some(c.batches[1].first_seq));
+        assert!(e.what.contains("torn or damaged"), "{damage}: {e}");
+        assert_eq!(std::fs::read(&seg).unwrap(), before, "{damage}");
+    }
 }
 
 /// Segments are listed by leading digit, so `open` does not list the

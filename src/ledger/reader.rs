@@ -142,7 +142,9 @@ impl LedgerReader {
         Ok(out)
     }
 
-    /// The checkpoint of `size`, or the newest when `size` is `None`: its
+    /// The checkpoint of `size`, or the newest when `size` is `None` (found
+    /// through the snapshots, `recover::newest_checkpoint`: with the newest
+    /// snapshot removed by hand, the one before it): its
     /// blob, its statement (signature and origin checked against the key
     /// recorded in the ledger, size against the name) and its note text.
     /// Reads that one blob, however many checkpoints ten years have left.

@@ -336,6 +336,10 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         )
         .into());
     }
+    // Repairs wait until every check below has passed: a batch that looks
+    // torn may be covered by a newer checkpoint whose snapshot is gone, and
+    // cutting it before finding that out would destroy what it signs.
+    let mut repairs: Vec<Repair> = Vec::new();
     let last = segments.len() - 1;
     for (index, info) in segments.iter().skip(tip.segment_index as usize) {
         let is_last = *index as usize == last;
@@ -352,17 +356,21 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
                     .into());
                 }
                 // Rollover or creation crashed before the header was durable.
-                if info.size > 0 {
-                    store.truncate(name, 0).await?;
-                }
                 let header = SegmentHeader {
                     ledger_id: meta.id,
                     index: *index,
                     first_seq: tip.size,
                     prev_chain: tip.chain_head,
                 };
-                store.append(name, 0, &header.encode()).await?;
-                warn!(segment = %name, cut = info.size, "completed a segment header left unwritten by a crash");
+                repairs.push(Repair::Header {
+                    name: name.clone(),
+                    cut: info.size,
+                    header: header.encode(),
+                });
+                tip.segment_index = *index;
+                tip.segment_len = HEADER_LEN as u64;
+                tip.segment_blocks = 1;
+                continue; // the last segment, with nothing after its header
             } else {
                 let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
                 let h = SegmentHeader::decode(&bytes).map_err(|e| {
@@ -410,16 +418,13 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
                     IntegrityError::new(name, bad.offset, Some(tip.size), bad.error.what).into(),
                 );
             }
-            let cut = size - bad.offset;
-            store.truncate(name, bad.offset).await?;
-            warn!(
-                segment = %name,
-                offset = bad.offset,
-                bytes_cut = cut,
-                first_lost_seq = tip.size,
-                reason = %bad.error.what,
-                "truncated a torn last batch left by a crash; it was never acknowledged"
-            );
+            repairs.push(Repair::Cut {
+                name: name.clone(),
+                offset: bad.offset,
+                cut: size - bad.offset,
+                first_lost_seq: tip.size,
+                reason: bad.error.what,
+            });
         }
     }
     debug_assert!(tip.size >= cp_size);
@@ -430,13 +435,19 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         {
             let (_, last_seg) = &segments[last];
             let err = if size > tip.size {
+                let torn = repairs.iter().any(|r| matches!(r, Repair::Cut { .. }));
                 IntegrityError::new(
                     &last_seg.name,
                     tip.segment_len,
                     Some(tip.size),
                     format!(
-                        "the log ends after {} records, but checkpoint {blob} covers {size}",
-                        tip.size
+                        "the log ends after {} records{}, but checkpoint {blob} covers {size}",
+                        tip.size,
+                        if torn {
+                            " (the batch here is torn or damaged, and is left as it is)"
+                        } else {
+                            ""
+                        }
                     ),
                 )
             } else {
@@ -450,6 +461,9 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
             return Err(err.into());
         }
     }
+    for repair in repairs {
+        repair.apply(store).await?;
+    }
     for (index, info) in &segments[..last] {
         if !info.sealed && *index < tip.segment_index {
             store.seal(&info.name).await?;
@@ -461,6 +475,57 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         checkpoint: checkpoint.map(|(_, cp)| cp),
         snapshots,
     })
+}
+
+/// What a crash can leave behind in the last segment, and `open` repairs.
+enum Repair {
+    /// A rollover or creation cut short before the segment's header was
+    /// durable: `cut` bytes of it are there.
+    Header {
+        name: String,
+        cut: u64,
+        header: Vec<u8>,
+    },
+    /// A torn last batch: `cut` bytes from `offset`, never acknowledged.
+    Cut {
+        name: String,
+        offset: u64,
+        cut: u64,
+        first_lost_seq: u64,
+        reason: String,
+    },
+}
+
+impl Repair {
+    async fn apply(self, store: &dyn BlobStore) -> Result<()> {
+        match self {
+            Repair::Header { name, cut, header } => {
+                if cut > 0 {
+                    store.truncate(&name, 0).await?;
+                }
+                store.append(&name, 0, &header).await?;
+                warn!(segment = %name, cut, "completed a segment header left unwritten by a crash");
+            }
+            Repair::Cut {
+                name,
+                offset,
+                cut,
+                first_lost_seq,
+                reason,
+            } => {
+                store.truncate(&name, offset).await?;
+                warn!(
+                    segment = %name,
+                    offset,
+                    bytes_cut = cut,
+                    first_lost_seq,
+                    %reason,
+                    "truncated a torn last batch left by a crash; it was never acknowledged"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn check_header(
