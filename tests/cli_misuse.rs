@@ -638,3 +638,23 @@ fn init_uses_a_key_that_an_interrupted_init_left() {
         .collect();
     assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
 }
+
+/// An error to report when standard error is a pipe nobody reads any more
+/// (`bi-ledger ... 2>&1 | head`): exit 2 as for any error, not a panic's
+/// 101 from printing it.
+#[test]
+fn an_error_with_standard_error_closed_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..20 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
+            .arg("--data")
+            .arg(dir.path())
+            .arg("stats")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stderr.take());
+        assert_eq!(child.wait().unwrap().code(), Some(2));
+    }
+}

@@ -807,7 +807,7 @@ async fn missing_snapshot_of_the_newest_checkpoint() {
 /// snapshot removed by hand it starts from an older one, and still finds by
 /// name the newer checkpoint, which covers records the log has since lost:
 /// refused, naming where the log ends, and nothing is changed, not even a
-/// batch that looks torn from the older snapshot.
+/// batch that looks torn from the older snapshot. Readers find it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_tail_is_found_without_the_newest_snapshot() {
     let c = build(100, &[1, 2, 1], Some(2)).await;
@@ -820,6 +820,17 @@ async fn a_lost_tail_is_found_without_the_newest_snapshot() {
     assert_names(&e, &seg_name(0), cut, Some(c.batches[1].first_seq));
     assert!(e.what.contains(&layout::checkpoint(NAME, size)), "{e}");
     assert_eq!(file_len(&seg_path(dir.path(), 0)), cut);
+    // Readers find the newer checkpoint by name as well.
+    let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
+    assert_eq!(reader.signed_at_open(), size);
+    match reader.len().await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_names(&e, &seg_name(0), cut, Some(c.batches[1].first_seq))
+        }
+        other => panic!("wanted an integrity error, got {other:?}"),
+    }
+    let (_, newest, _) = reader.signed_checkpoint(None).await.unwrap().unwrap();
+    assert_eq!(newest.size, size);
     // The last batch the checkpoint covers damaged, or cut inside: it
     // looks torn from the older snapshot, but is not cut.
     let (start, end) = c.range(1);

@@ -49,7 +49,7 @@ impl LedgerReader {
     pub async fn open(store: Arc<dyn BlobStore>, name: &str) -> Result<LedgerReader> {
         layout::validate_ledger_name(name)?;
         let meta = recover::read_meta(store.as_ref(), name).await?;
-        let newest = recover::newest_checkpoint(store.as_ref(), name).await?;
+        let newest = recover::newest_checkpoint_near(store.as_ref(), name).await?;
         let signed = newest.unwrap_or(0);
         let mut segments = Vec::new();
         for (index, info) in recover::list_segments(store.as_ref(), name).await? {
@@ -143,8 +143,7 @@ impl LedgerReader {
     }
 
     /// The checkpoint of `size`, or the newest when `size` is `None` (found
-    /// through the snapshots, `recover::newest_checkpoint`: with the newest
-    /// snapshot removed by hand, the one before it): its
+    /// through the snapshots and the names near, `recover::newest_checkpoint_near`): its
     /// blob, its statement (signature and origin checked against the key
     /// recorded in the ledger, size against the name) and its note text.
     /// Reads that one blob, however many checkpoints ten years have left.
@@ -155,7 +154,7 @@ impl LedgerReader {
         let store = self.store.as_ref();
         let (size, blob) = match size {
             Some(s) => (s, layout::checkpoint(&self.meta.name, s)),
-            None => match recover::newest_checkpoint(store, &self.meta.name).await? {
+            None => match recover::newest_checkpoint_near(store, &self.meta.name).await? {
                 Some(s) => (s, layout::checkpoint(&self.meta.name, s)),
                 None => return Ok(None),
             },

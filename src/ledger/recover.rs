@@ -171,6 +171,21 @@ async fn newest_checkpoint_of(
         .map(|(size, _)| size))
 }
 
+/// [`newest_checkpoint`], or a newer checkpoint in its window of 10^6
+/// sizes or the next (one listing each), as a reader finds it: one whose
+/// snapshot was removed by hand still holds the log to its size.
+pub async fn newest_checkpoint_near(store: &dyn BlobStore, ledger: &str) -> Result<Option<u64>> {
+    let Some(size) = newest_checkpoint(store, ledger).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        checkpoints_after(store, ledger, size, size)
+            .await?
+            .pop()
+            .map_or(size, |(newer, _)| newer),
+    ))
+}
+
 /// The newest checkpoint ([`newest_checkpoint`]), its signature checked.
 async fn latest_checkpoint(
     store: &dyn BlobStore,

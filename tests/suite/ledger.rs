@@ -258,13 +258,7 @@ pub async fn proofs_through_node_caches(s: Arc<dyn BlobStore>) {
     }
     let verifier = ledger.verifier().clone();
     ledger.close().await.unwrap();
-    let caches: Vec<String> = s
-        .list("main/nodes-")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.name)
-        .collect();
+    let caches = names(s.as_ref(), "main/nodes-").await;
     assert_eq!(
         caches,
         [
@@ -374,6 +368,16 @@ pub async fn tree(
 }
 
 /// Hashes as a proof object spells them.
+/// The names of the blobs under `prefix`.
+pub async fn names(s: &dyn BlobStore, prefix: &str) -> Vec<String> {
+    s.list(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect()
+}
+
 pub fn hexes(v: &[bi_ledger::format::Hash]) -> Vec<String> {
     v.iter().map(|h| bi_ledger::format::hex(h)).collect()
 }
@@ -861,13 +865,7 @@ pub async fn opening_lists_only_what_it_needs(s: Arc<dyn BlobStore>) {
         Vec::<String>::new(),
         "the writer listed after open"
     );
-    let snapshots: Vec<String> = s
-        .list("main/snapshot-")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.name)
-        .collect();
+    let snapshots = names(s.as_ref(), "main/snapshot-").await;
     assert_eq!(
         snapshots,
         [

@@ -162,6 +162,15 @@ enum Cmd {
 /// An error that means the data is bad (exit 1), not the invocation.
 struct Integrity(String);
 
+/// `eprintln!` that does not panic when standard error is gone (a closed
+/// pipe, as in `bi-ledger ... 2>&1 | head`): there is no one left to tell.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -179,25 +188,25 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            say!("error: cannot start the runtime: {e}");
             return ExitCode::from(2);
         }
     };
     match rt.block_on(run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(Integrity(msg))) => {
-            eprintln!("integrity failure: {msg}");
+            say!("integrity failure: {msg}");
             ExitCode::from(1)
         }
         Err(e) => {
             // An integrity error that surfaced through `?` is still exit 1.
             if let Some(le) = e.downcast_ref::<LedgerError>() {
                 if le.is_integrity() {
-                    eprintln!("integrity failure: {}", one_line(&e));
+                    say!("integrity failure: {}", one_line(&e));
                     return ExitCode::from(1);
                 }
             }
-            eprintln!("error: {}", one_line(&e));
+            say!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
@@ -808,7 +817,7 @@ async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
         bi_ledger::ledger::layout::validate_ledger_name(&cli.ledger)?;
         create_ledger(cli, store.clone()).await?.0
     };
-    eprintln!(
+    say!(
         "demo: appending {stories} business stories (decisions, workflows, metrics, audit) with {writers} concurrent writers to ledger {:?} at {}",
         cli.ledger,
         store.location()
@@ -841,7 +850,7 @@ async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
     }
     let append_secs = start.elapsed().as_secs_f64();
     let cp = ledger.close().await?;
-    eprintln!(
+    say!(
         "demo: appended {events} events in {append_secs:.2} s ({:.0} events/s, every one durable before its receipt); checkpoint at size {}",
         events as f64 / append_secs,
         cp.checkpoint.size
@@ -862,7 +871,7 @@ async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
         .inclusion_proof(cp.checkpoint.size / 2, cp.checkpoint.size)
         .await?;
     proof.verify(&cp.checkpoint)?;
-    eprintln!(
+    say!(
         "demo: verified {} records ({} bytes, {} segment(s), {} checkpoints) in {:.2} s; inclusion proof for record {} checks out",
         report.records,
         report.bytes,
