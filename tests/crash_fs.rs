@@ -849,6 +849,16 @@ async fn a_lost_tail_is_found_without_the_newest_snapshot() {
         assert!(e.what.contains("torn or damaged"), "{damage}: {e}");
         assert_eq!(std::fs::read(&seg).unwrap(), before, "{damage}");
     }
+    // A later segment whose header a crash would have cut short: not
+    // completed, and named as it is.
+    let c = build(3, &[1, 2, 1, 1, 2], Some(5)).await;
+    let dir = c.copy();
+    std::fs::remove_file(dir.path().join(layout::snapshot(NAME, 7))).unwrap();
+    truncate(&seg_path(dir.path(), 2), 10);
+    let e = open_err(dir.path(), 3).await;
+    assert_names(&e, &seg_name(2), 10, Some(5));
+    assert!(e.what.contains("header is incomplete"), "{e}");
+    assert_eq!(file_len(&seg_path(dir.path(), 2)), 10);
 }
 
 /// Segments are listed by leading digit, so `open` does not list the

@@ -450,19 +450,26 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         {
             let (_, last_seg) = &segments[last];
             let err = if size > tip.size {
-                let torn = repairs.iter().any(|r| matches!(r, Repair::Cut { .. }));
+                // Where the log ends, and what is there that looked like
+                // a crash's leftover (and was not repaired).
+                let (at, left) = match repairs.last() {
+                    Some(Repair::Cut { offset, .. }) => (
+                        *offset,
+                        " (the batch here is torn or damaged, and is left as it is)",
+                    ),
+                    Some(Repair::Header { cut, .. }) => (
+                        *cut,
+                        " (the segment's header is incomplete, and is left as it is)",
+                    ),
+                    None => (tip.segment_len, ""),
+                };
                 IntegrityError::new(
                     &last_seg.name,
-                    tip.segment_len,
+                    at,
                     Some(tip.size),
                     format!(
-                        "the log ends after {} records{}, but checkpoint {blob} covers {size}",
-                        tip.size,
-                        if torn {
-                            " (the batch here is torn or damaged, and is left as it is)"
-                        } else {
-                            ""
-                        }
+                        "the log ends after {} records{left}, but checkpoint {blob} covers {size}",
+                        tip.size
                     ),
                 )
             } else {

@@ -674,9 +674,12 @@ impl Writer {
         }
         self.check_lock()?;
         let snap_blob = layout::snapshot(&self.meta.name, cp.size);
+        // Known before the put: one that lands although its answer is lost
+        // must still be pruned (a size whose snapshot is not there is
+        // simply not found when pruned).
+        self.snapshots.insert(cp.size);
         self.put_cache(&snap_blob, &self.tip.snapshot().encode())
             .await?;
-        self.snapshots.insert(cp.size);
         self.check_lock()?;
         let blob = layout::checkpoint(&self.meta.name, cp.size);
         let (cp, note) = match self.store.put(&blob, note.as_bytes()).await {

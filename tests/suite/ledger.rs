@@ -367,7 +367,6 @@ pub async fn tree(
     )
 }
 
-/// Hashes as a proof object spells them.
 /// The names of the blobs under `prefix`.
 pub async fn names(s: &dyn BlobStore, prefix: &str) -> Vec<String> {
     s.list(prefix)
@@ -378,6 +377,7 @@ pub async fn names(s: &dyn BlobStore, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Hashes as a proof object spells them.
 pub fn hexes(v: &[bi_ledger::format::Hash]) -> Vec<String> {
     v.iter().map(|h| bi_ledger::format::hex(h)).collect()
 }
