@@ -136,7 +136,7 @@ pub async fn open_checkpoint_note(
 /// checkpoint put never happened is passed over. Only a ledger whose
 /// snapshots were all removed has its checkpoints listed. `None`: there is
 /// no checkpoint.
-pub async fn newest_checkpoint(store: &dyn BlobStore, ledger: &str) -> Result<Option<u64>> {
+async fn newest_checkpoint(store: &dyn BlobStore, ledger: &str) -> Result<Option<u64>> {
     newest_checkpoint_of(store, ledger, &snapshot_sizes(store, ledger).await?).await
 }
 

@@ -97,12 +97,8 @@ impl LedgerReader {
         let Some(batch) = at.checked_sub(1).map(|i| &idx.batches[i]) else {
             return Ok(plain);
         };
-        match self.batch_starts_at(batch).await? {
-            Some(pos) if from < batch.first_seq + batch.count => Ok(Seek {
-                segment: pos,
-                offset: batch.position.1,
-                first_seq: batch.first_seq,
-            }),
+        match self.seek_batch(batch).await? {
+            Some(at) if from < batch.first_seq + batch.count => Ok(at),
             _ => {
                 let (segment, offset) = batch.position;
                 warn!(index = %blob, segment, offset, "stream index names a batch that is not there; scanning the segment");
@@ -195,13 +191,8 @@ impl LedgerReader {
         };
         // Where the index says; a frame that is not there makes the read
         // scan the log instead, as for any cache that does not hold.
-        let Some(start) = self.batch_starts_at(&batch).await? else {
+        let Some(at) = self.seek_batch(&batch).await? else {
             return Ok(None);
-        };
-        let at = Seek {
-            segment: start,
-            offset: batch.position.1,
-            first_seq: batch.first_seq,
         };
         self.scan_at(at, covered, None, |r, _| {
             if r.stream == stream {
@@ -271,11 +262,11 @@ impl LedgerReader {
             .find(|(_, s)| s.index == index)
     }
 
-    /// Whether a frame that starts at the listed record with the listed
-    /// count lies where an index says `batch` is: the segment's place in
-    /// [`Self::segments`] if so. Reads the frame's header only; the scan
-    /// that starts there reads the frame and checks its CRC.
-    async fn batch_starts_at(&self, batch: &BatchFilter) -> Result<Option<usize>> {
+    /// Where a read starts at `batch`, if a frame that starts at the listed
+    /// record with the listed count lies where an index says it is. Reads
+    /// the frame's header only; the scan that starts there reads the frame
+    /// and checks its CRC.
+    async fn seek_batch(&self, batch: &BatchFilter) -> Result<Option<Seek>> {
         let (segment, offset) = batch.position;
         let Some((pos, seg)) = self.listed_segment(segment) else {
             return Ok(None);
@@ -291,7 +282,11 @@ impl LedgerReader {
                     if offset + len as u64 <= seg.size
                         && (first_seq, u64::from(count)) == (batch.first_seq, batch.count) =>
                 {
-                    Some(pos)
+                    Some(Seek {
+                        segment: pos,
+                        offset,
+                        first_seq,
+                    })
                 }
                 _ => None,
             },

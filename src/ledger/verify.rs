@@ -861,7 +861,9 @@ async fn check_snapshot(
         Ok(b) => b,
         Err(crate::backend::StoreError::NotFound { .. }) if !required => return Ok(()),
         Err(crate::backend::StoreError::NotFound { .. })
-            if newest_checkpoint(reader).await? > cp.size =>
+            if recover::newest_checkpoint_near(reader.store().as_ref(), reader.name())
+                .await?
+                .is_some_and(|newest| newest > cp.size) =>
         {
             // Newest when verify listed the checkpoints; a live writer has
             // checkpointed since and pruned this snapshot.
@@ -913,14 +915,4 @@ async fn check_snapshot(
         return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
     }
     Ok(())
-}
-
-/// The size of the newest checkpoint in the store now.
-async fn newest_checkpoint(reader: &LedgerReader) -> Result<u64> {
-    Ok(
-        recover::checkpoint_blobs(reader.store().as_ref(), reader.name())
-            .await?
-            .last()
-            .map_or(0, |(size, _)| *size),
-    )
 }
