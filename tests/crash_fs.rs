@@ -760,29 +760,54 @@ async fn flipped_byte_in_a_segment_header() {
 }
 
 /// A segment cut shorter than the newest checkpoint covers: `open`
-/// refuses, naming the segment, its length and the checkpoint's size.
+/// refuses, naming the segment and where its whole batches end: the byte
+/// and the sequence number after the last of them (none if the header is
+/// cut too), not the checkpoint's size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncation_inside_what_a_checkpoint_covers() {
     let c = build(100, &[1, 2, 1, 2, 1], Some(3)).await;
     let covered = c.batches[3].offset;
     let size = c.batches[3].first_seq;
-    let mut cuts = vec![0, 1, HEADER_LEN as u64 - 1, HEADER_LEN as u64, covered - 1];
+    let header = HEADER_LEN as u64;
+    // (cut, where the error names: byte and sequence number)
+    let mut cuts = vec![
+        (0, (0, None)),
+        (1, (1, None)),
+        (header - 1, (header - 1, None)),
+        (header, (header, Some(0))),
+        (covered - 1, (c.range(2).0, Some(c.batches[2].first_seq))),
+    ];
     for b in 0..3 {
         let (start, end) = c.range(b);
-        cuts.extend([
+        let names = (start, Some(c.batches[b].first_seq));
+        for cut in [
             start + 1,
             start + 4,
             start + 8,
             start + 20,
             (start + end) / 2,
             end - 1,
-        ]);
+        ] {
+            cuts.push((cut, names));
+        }
+        if b > 0 {
+            cuts.push((start, names));
+        }
     }
-    for cut in cuts {
+    for (cut, (offset, seq)) in cuts {
         let dir = c.copy();
         truncate(&seg_path(dir.path(), 0), cut);
         let e = open_err(dir.path(), 100).await;
-        assert_names(&e, &seg_name(0), cut, Some(size));
+        assert_names(&e, &seg_name(0), offset, seq);
+        assert!(
+            e.what.contains(&format!("({size} records)")),
+            "cut at {cut}: {e}"
+        );
+        assert_eq!(
+            file_len(&seg_path(dir.path(), 0)),
+            cut,
+            "nothing is repaired"
+        );
     }
     // Cut exactly at the checkpoint: the uncheckpointed tail is gone, as
     // if never written, which a crash cannot tell apart.

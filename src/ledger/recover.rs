@@ -407,13 +407,14 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         }
         let size = store.info(name).await?.size;
         if size < tip.segment_len {
+            let (ends, at) = where_records_end(store, name, size, max_body).await?;
             return Err(IntegrityError::new(
                 name,
-                size,
-                Some(tip.size),
+                at,
+                ends,
                 format!(
-                    "segment holds {size} bytes but the newest checkpoint covers {} of it",
-                    tip.segment_len
+                    "segment holds {size} bytes but the newest checkpoint covers {} of it ({} records): records were removed from the log's end",
+                    tip.segment_len, tip.size
                 ),
             )
             .into());
@@ -497,6 +498,33 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         checkpoint: checkpoint.map(|(_, cp)| cp),
         snapshots,
     })
+}
+
+/// Where the whole batches of a segment cut short end: the sequence number
+/// after its last whole batch, and that batch's end. Only for the error that
+/// names a lost tail, so that it says where the log ends rather than where
+/// the checkpoint does; a segment whose header is gone too names nothing.
+async fn where_records_end(
+    store: &dyn BlobStore,
+    name: &str,
+    size: u64,
+    max_body: usize,
+) -> Result<(Option<u64>, u64)> {
+    if size < HEADER_LEN as u64 {
+        return Ok((None, size));
+    }
+    let Ok(h) = SegmentHeader::decode(&store.read(name, 0, HEADER_LEN as u64).await?) else {
+        return Ok((None, 0));
+    };
+    let (mut seq, mut at) = (h.first_seq, HEADER_LEN as u64);
+    let mut scan = Scanner::new(store, name, at, size, max_body);
+    while let Some(chunk) = scan.next_chunk().await? {
+        for (i, range) in chunk.frames.iter().enumerate() {
+            seq = chunk.frame(i).first_seq + u64::from(chunk.frame(i).count);
+            at = chunk.base + range.end as u64;
+        }
+    }
+    Ok((Some(seq), at))
 }
 
 /// What a crash can leave behind in the last segment, and `open` repairs.
