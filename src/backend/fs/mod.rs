@@ -2,7 +2,7 @@
 //! directory. See `README.md` beside this file for the life of an event
 //! through it and what a crash at each step leaves behind.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
@@ -170,6 +170,12 @@ impl FsStore {
     }
 
     fn info_sync(&self, name: &str) -> Result<BlobInfo, StoreError> {
+        self.info_listed(name, true)
+    }
+
+    /// `info`, where a listing may already know that the blob has no side
+    /// file (see `list`).
+    fn info_listed(&self, name: &str, may_have_side: bool) -> Result<BlobInfo, StoreError> {
         let path = self.path(name)?;
         let meta = fs::metadata(&path).map_err(|e| not_found_or(e, "stat", name))?;
         if !meta.is_file() {
@@ -179,7 +185,14 @@ impl FsStore {
         }
         // Always from the side file, never from this handle's cache: another
         // handle or process may have appended since.
-        let block_count = match File::open(self.side_path(name, "blocks")?) {
+        let sealed = meta.permissions().readonly();
+        let no_side = Err(std::io::Error::from(ErrorKind::NotFound));
+        let side = if may_have_side || !sealed {
+            File::open(self.side_path(name, "blocks")?)
+        } else {
+            no_side
+        };
+        let block_count = match side {
             Ok(f) => {
                 count_blocks(&f, meta.len()).map_err(|e| io("read block index of", name, e))?
             }
@@ -190,7 +203,7 @@ impl FsStore {
             name: name.to_owned(),
             size: meta.len(),
             block_count,
-            sealed: meta.permissions().readonly(),
+            sealed,
         })
     }
 }
@@ -287,7 +300,13 @@ fn count_blocks(side: &File, size: u64) -> std::io::Result<u64> {
 /// the root) that start with `prefix`, descending only into directories
 /// that can hold such names. Hidden side files are skipped, and so is
 /// anything else that is not a valid blob name.
-fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+fn walk(
+    dir: &Path,
+    rel: &str,
+    prefix: &str,
+    out: &mut Vec<String>,
+    sides: &mut HashSet<String>,
+) -> std::io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
@@ -299,7 +318,14 @@ fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<String>) -> std::io::
         let entry = entry?;
         let file = entry.file_name();
         let Some(file) = file.to_str() else { continue };
-        if file.starts_with('.') {
+        if let Some(blob) = file.strip_prefix('.') {
+            if let Some(blob) = blob.strip_suffix(".blocks") {
+                sides.insert(if rel.is_empty() {
+                    blob.to_owned()
+                } else {
+                    format!("{rel}/{blob}")
+                });
+            }
             continue;
         }
         let name = if rel.is_empty() {
@@ -311,7 +337,7 @@ fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<String>) -> std::io::
         if kind.is_dir() {
             let sub = format!("{name}/");
             if sub.starts_with(prefix) || prefix.starts_with(&sub) {
-                walk(&entry.path(), &name, prefix, out)?;
+                walk(&entry.path(), &name, prefix, out, sides)?;
             }
         } else if kind.is_file() && name.starts_with(prefix) && validate_name(&name).is_ok() {
             out.push(name);
@@ -510,15 +536,23 @@ impl BlobStore for SharedFs {
             } else {
                 me.path(dir_part)?
             };
-            let mut names = Vec::new();
-            walk(&dir, dir_part, &prefix, &mut names).map_err(|e| io("list", &prefix, e))?;
+            let (mut names, mut sides) = (Vec::new(), HashSet::new());
+            walk(&dir, dir_part, &prefix, &mut names, &mut sides)
+                .map_err(|e| io("list", &prefix, e))?;
             names.sort();
             // A blob deleted since the directory was read is simply not
             // listed, as in Azure's listing: a reader that opens while the
             // writer prunes a snapshot must not fail.
+            //
+            // A put blob has no side file, and trying to open one for each
+            // of a million checkpoints took most of the listing's time. A
+            // side file the directory read did not show may still be made
+            // since, by a `create` in progress, but only for a blob that
+            // can still be appended to: one that is read-only (put, or
+            // sealed long after its side file was made) skips the try.
             names
                 .iter()
-                .filter_map(|name| match me.info_sync(name) {
+                .filter_map(|name| match me.info_listed(name, sides.contains(name)) {
                     Err(StoreError::NotFound { .. }) => None,
                     other => Some(other),
                 })
