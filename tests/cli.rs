@@ -895,6 +895,14 @@ fn inclusion_and_consistency_proofs() {
         let ok = check(&p, pubkey).ok().json();
         assert_eq!(ok["valid"], true, "{ok}");
         assert_eq!(ok["seq"], seq);
+        // It says which ledger and which state it checked against: a key
+        // may sign for more than one ledger of the same name.
+        let stats = f.run(&["stats"]).ok().json();
+        let origin = format!("bi-ledger/main/{}", stats["id"].as_str().unwrap());
+        assert_eq!(ok["checkpoint"]["origin"], origin.as_str(), "{ok}");
+        assert_eq!(ok["checkpoint"]["size"], 4, "{ok}");
+        assert_eq!(ok["checkpoint"]["root"], cp["root"], "{ok}");
+        assert_eq!(ok["checkpoint"]["time"], cp["time"], "{ok}");
         // The entry carries the canonical payload bytes.
         let payload = serde_json::to_vec(&events[seq as usize]["payload"]).unwrap();
         assert!(
@@ -980,6 +988,11 @@ fn inclusion_and_consistency_proofs() {
         let out = check(&p, pubkey);
         assert_eq!(out.code, 0, "{old} -> {new:?}: {}", out.describe());
         assert_eq!(out.json()["valid"], true);
+        let sizes = (
+            &out.json()["old_checkpoint"]["size"],
+            &out.json()["checkpoint"]["size"],
+        );
+        assert_eq!(sizes, (&json!(old), &json!(new.unwrap_or(4))));
         assert_eq!(check(&p, other_pub).code, 1, "other key");
         let nodes = p["proof"]["proof"].as_array().unwrap().len();
         for n in 0..nodes {

@@ -242,3 +242,42 @@ fn account_url_with_key_and_refusals() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!err.contains("bm90IHRoZSBrZXk="), "the key leaked: {err}");
 }
+
+/// Only `init` (and `demo`) may create the container: any other command
+/// given a mistyped container name says it does not exist and leaves no
+/// new, empty container behind (each command meets it missing again).
+#[test]
+fn a_missing_container_is_named_and_not_created() {
+    if account().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let container = format!("typo-{}-{}", std::process::id(), nanos % 1_000_000_000_000);
+    let event = r#"{"stream":"s","type":"t","payload":{}}"#;
+    for args in [
+        &["stats"][..],
+        &["read"],
+        &["verify"],
+        &["checkpoint"],
+        &["prove", "--seq", "0"],
+        &["append"],
+        &["stats"],
+    ] {
+        let out = run(d, &container, args, Some(event));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("container {container:?} does not exist")),
+            "{args:?}: {err}"
+        );
+    }
+    // `init` does create it.
+    ok(&run(d, &container, &["init"], None));
+    let stats = lines(&ok(&run(d, &container, &["stats"], None)));
+    assert_eq!(stats[0]["records"], 0);
+}

@@ -290,6 +290,60 @@ fn a_refused_init_leaves_no_key_and_reads_create_nothing() {
     assert!(!h.path("main.key").exists() && !h.path("main.key.pub").exists());
 }
 
+/// A signing key that cannot be used is refused before anything is made:
+/// no data directory is left behind by `init` or `demo`.
+#[test]
+fn an_unusable_signing_key_leaves_no_data_directory() {
+    let f = Fixture::new();
+    let other = f.dir.path().join("other.key");
+    f.run(&[
+        "--ledger",
+        "other",
+        "keygen",
+        "--out",
+        other.to_str().unwrap(),
+    ])
+    .ok();
+    let missing = f.dir.path().join("missing.key");
+    for key in [&missing, &other] {
+        for cmd in ["init", "demo"] {
+            let out = f.run(&["--signing-key", key.to_str().unwrap(), cmd]);
+            assert_eq!(out.code, 2, "{cmd} {key:?}: {}", out.describe());
+            assert!(!f.data().exists(), "{cmd} {key:?} made {:?}", f.data());
+        }
+    }
+}
+
+/// An empty `BI_LEDGER_*` variable is as if it were not set.
+#[test]
+fn empty_environment_variables_are_unset() {
+    let (f, _) = Fixture::init();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bi-ledger"));
+    cmd.current_dir(f.dir.path()).arg("stats");
+    let env = [
+        ("BI_LEDGER_DATA", ""),
+        ("BI_LEDGER_LEDGER", ""),
+        ("BI_LEDGER_PUBLIC_KEY", ""),
+    ];
+    // The default data directory, ./ledger-data, is the fixture's.
+    std::os::unix::fs::symlink(f.data(), f.dir.path().join("ledger-data")).unwrap();
+    let out = cmd_out(cmd, None, &env).ok();
+    assert_eq!(out.json()["ledger"], "main", "{}", out.describe());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bi-ledger"));
+    cmd.current_dir(f.dir.path()).arg("verify");
+    let out = cmd_out(cmd, None, &env).ok();
+    assert_eq!(out.json()["valid"], true, "{}", out.describe());
+}
+
+/// `demo --stories 0` on a new ledger appends nothing and still verifies.
+#[test]
+fn a_demo_of_nothing_verifies() {
+    let f = Fixture::new();
+    let out = f.run(&["demo", "--stories", "0"]).ok();
+    assert_eq!(out.json()["records"], 0, "{}", out.describe());
+    assert_eq!(out.json()["verified"], true, "{}", out.describe());
+}
+
 #[test]
 fn read_refuses_a_range_that_ends_before_it_starts() {
     let (f, _) = Fixture::init();

@@ -240,6 +240,34 @@ impl AzureBlobStore {
         }
     }
 
+    /// Opens `container` in `account`, which must exist: for work on a
+    /// ledger that is already there (reading, verifying, appending), so
+    /// that a mistyped container name is an error rather than a new, empty
+    /// container left behind. A missing container is `NotFound` naming it.
+    pub async fn open_existing(
+        account: &AzureAccount,
+        container: &str,
+        opts: AzureOptions,
+    ) -> Result<AzureBlobStore, StoreError> {
+        let store = match account {
+            AzureAccount::Keyed(info) => Self::new((**info).clone(), container, opts)?,
+            AzureAccount::Entra {
+                blob_endpoint,
+                credential,
+                ..
+            } => Self::build(
+                blob_endpoint.clone(),
+                container,
+                None,
+                Vec::new(),
+                Some(credential.clone()),
+                opts,
+            )?,
+        };
+        store.check_container().await?;
+        Ok(store)
+    }
+
     /// Opens `container` (creating it if missing) with an Entra ID
     /// credential (e.g. `azure_identity`'s managed or workload identity).
     /// `blob_endpoint` is the account's blob service URL (https).
@@ -375,6 +403,32 @@ impl AzureBlobStore {
                 }
             }
             Err(e) => Err(self.err("create container", &self.inner.container, &e)),
+        }
+    }
+
+    /// Whether the container is there, by listing at most one blob (which
+    /// a SAS scoped to the container may do, unlike reading its
+    /// properties).
+    async fn check_container(&self) -> Result<(), StoreError> {
+        let name = &self.inner.container;
+        let probe = self
+            .inner
+            .retrying
+            .list_blobs(Some(BlobContainerClientListBlobsOptions {
+                maxresults: Some(1),
+                ..Default::default()
+            }))
+            .map_err(|e| self.err("list", name, &e))?
+            .try_next()
+            .await;
+        match probe {
+            Ok(_) => Ok(()),
+            Err(e) if code_of(&e) == Some("ContainerNotFound") || status_of(&e) == Some(404) => {
+                Err(StoreError::NotFound {
+                    name: format!("container {name}"),
+                })
+            }
+            Err(e) => Err(self.err("list", name, &e)),
         }
     }
 

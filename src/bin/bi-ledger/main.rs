@@ -172,6 +172,15 @@ macro_rules! say {
 }
 
 fn main() -> ExitCode {
+    // An empty BI_LEDGER_* variable (`BI_LEDGER_DATA= bi-ledger ...`) means
+    // "not set", as in most tools; clap would take it for an empty value
+    // and ask for one that was never given on the command line. Done before
+    // any thread starts, so changing the environment is sound.
+    for (name, value) in std::env::vars_os() {
+        if value.is_empty() && name.to_string_lossy().starts_with("BI_LEDGER_") {
+            std::env::remove_var(name);
+        }
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -257,9 +266,21 @@ async fn store(cli: &Cli, create: bool) -> Result<Arc<dyn BlobStore>> {
             if let AzureAccount::Entra { kind, .. } = &account {
                 tracing::info!(%kind, "authorizing with Entra ID");
             }
-            let s = AzureBlobStore::open(&account, &cli.container, AzureOptions::default())
-                .await
-                .with_context(|| format!("opening Azure blob container {:?}", cli.container))?;
+            let opened = if create {
+                AzureBlobStore::open(&account, &cli.container, AzureOptions::default()).await
+            } else {
+                AzureBlobStore::open_existing(&account, &cli.container, AzureOptions::default())
+                    .await
+            };
+            let s = match opened {
+                Err(StoreError::NotFound { .. }) => bail!(
+                    "Azure blob container {:?} does not exist (--container, BI_LEDGER_CONTAINER; `bi-ledger init` creates it)",
+                    cli.container
+                ),
+                other => other.with_context(|| {
+                    format!("opening Azure blob container {:?}", cli.container)
+                })?,
+            };
             Ok(Arc::new(s))
         }
     }
@@ -470,6 +491,11 @@ async fn run(cli: Cli) -> Outcome {
 async fn init(cli: &Cli) -> Outcome {
     // Everything that can be checked is, before a key file is written.
     bi_ledger::ledger::layout::validate_ledger_name(&cli.ledger)?;
+    // A key given that cannot be used must not leave a data directory (or
+    // container) behind.
+    if cli.signing_key.is_some() {
+        load_key(cli)?;
+    }
     let store = store(cli, true).await?;
     if store
         .info(&bi_ledger::ledger::layout::meta(&cli.ledger))
@@ -748,6 +774,7 @@ fn verify_proof(public_key: &Path, file: Option<&Path>) -> Outcome {
                     "valid": true, "type": "inclusion", "seq": p.seq, "size": p.size,
                     "stream": r.stream, "version": r.stream_version, "event_type": r.event_type,
                     "timestamp": bi_ledger::time::format_us(r.timestamp_us),
+                    "checkpoint": checked_against(&cp),
                 })
             })
         }
@@ -759,7 +786,10 @@ fn verify_proof(public_key: &Path, file: Option<&Path>) -> Outcome {
             let p: ConsistencyProof =
                 serde_json::from_value(proof).context("proof: bad consistency proof")?;
             p.verify(&old, &cp)
-                .map(|()| json!({"valid": true, "type": "consistency", "old_size": p.old_size, "new_size": p.new_size}))
+                .map(|()| json!({
+                    "valid": true, "type": "consistency", "old_size": p.old_size, "new_size": p.new_size,
+                    "old_checkpoint": checked_against(&old), "checkpoint": checked_against(&cp),
+                }))
         }
         other => bail!("proof: unknown type {other:?}"),
     };
@@ -773,6 +803,17 @@ fn verify_proof(public_key: &Path, file: Option<&Path>) -> Outcome {
             Ok(Err(Integrity(e.to_string())))
         }
     }
+}
+
+/// What a proof was checked against: the signing key proves only who signed,
+/// so say which ledger (its origin names it and its id) and which state.
+fn checked_against(c: &Checkpoint) -> serde_json::Value {
+    json!({
+        "origin": c.origin,
+        "size": c.size,
+        "time": bi_ledger::time::format_us(c.time_us),
+        "root": hex(&c.root),
+    })
 }
 
 async fn stats(cli: &Cli) -> Outcome {
@@ -806,6 +847,9 @@ async fn stats(cli: &Cli) -> Outcome {
 }
 
 async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
+    if cli.signing_key.is_some() {
+        load_key(cli)?;
+    }
     let store = store(cli, true).await?;
     let exists = store
         .info(&bi_ledger::ledger::layout::meta(&cli.ledger))
@@ -867,18 +911,23 @@ async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
         Err(e) => return Err(e.into()),
     };
     bar.finish();
-    let proof = reader
-        .inclusion_proof(cp.checkpoint.size / 2, cp.checkpoint.size)
-        .await?;
-    proof.verify(&cp.checkpoint)?;
+    // An empty ledger (`--stories 0` on a new one) has no record to prove.
+    let proved = if cp.checkpoint.size > 0 {
+        let proof = reader
+            .inclusion_proof(cp.checkpoint.size / 2, cp.checkpoint.size)
+            .await?;
+        proof.verify(&cp.checkpoint)?;
+        format!("; inclusion proof for record {} checks out", proof.seq)
+    } else {
+        String::new()
+    };
     say!(
-        "demo: verified {} records ({} bytes, {} segment(s), {} checkpoints) in {:.2} s; inclusion proof for record {} checks out",
+        "demo: verified {} records ({} bytes, {} segment(s), {} checkpoints) in {:.2} s{proved}",
         report.records,
         report.bytes,
         report.segments,
         report.checkpoints,
         vstart.elapsed().as_secs_f64(),
-        proof.seq
     );
     print(json!({
         "appended": events,
