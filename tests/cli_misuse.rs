@@ -108,6 +108,37 @@ fn an_input_that_fits_one_batch_is_atomic() {
         .all(|r| r["offset"] == receipts[0]["offset"]));
 }
 
+/// Errors are named in line order: an event too large for a batch, before
+/// a malformed line of the same chunk, is the one named. A line too long to
+/// hold any event that fits a batch is refused once that much of it is read
+/// (a 40 MiB file with no line break), not read whole first.
+#[test]
+fn the_first_bad_line_is_named_and_a_huge_line_is_not_read_whole() {
+    let (f, _) = Fixture::init();
+    let huge = line("big", "T", json!("x".repeat(5 << 20)));
+    let out = f.append(&format!(
+        "{}{huge}\n{{\"stream\": \n",
+        padded_lines("s", 3, 10)
+    ));
+    refused_whole(&f, &out, 4);
+    assert!(
+        out.stderr.contains("line 4: the event takes up to"),
+        "{}",
+        out.describe()
+    );
+    let path = f.dir.path().join("one-line.json");
+    let mut text = r#"{"stream":"s","type":"T","payload":""#.to_owned();
+    text.push_str(&"x".repeat(40 << 20));
+    fs::write(&path, text).unwrap();
+    let out = f.run(&["append", path.to_str().unwrap()]);
+    refused_whole(&f, &out, 1);
+    assert!(
+        out.stderr.contains("line 1: longer than 25231360 bytes"),
+        "{}",
+        out.describe()
+    );
+}
+
 /// `append` reads its input one line at a time, twice (checking, then
 /// appending), not whole into memory: an input of several batches is
 /// still all or nothing, from stdin or a file.

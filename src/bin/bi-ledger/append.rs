@@ -92,21 +92,15 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
     let store = store(cli, false).await?;
     let opts = LedgerOptions::new(load_key(cli)?);
     let max = opts.batch_limit(store.as_ref());
-    let mut events = input::Events::new(input.reader(u64::MAX)?).parallel();
+    let mut events = input::Events::new(input.reader(u64::MAX)?)
+        .parallel()
+        .fitting(max);
     let mut any = false;
     while let Some(chunk) = events
         .next_chunk(CHUNK_LINES)
         .map_err(|e| anyhow!("{:#}; nothing was appended", input.named(e)))?
     {
         any |= !chunk.is_empty();
-        for (line, e) in &chunk {
-            let len = e.stored_len_bound();
-            if bi_ledger::ledger::BATCH_OVERHEAD + len > max {
-                bail!(
-                    "line {line}: the event takes up to {len} bytes in a batch, which with the batch's own {} bytes is more than the {max} a batch holds: nothing was appended (store a payload this large elsewhere and append a reference)", bi_ledger::ledger::BATCH_OVERHEAD
-                );
-            }
-        }
     }
     if !any {
         return Ok(Ok(()));
@@ -139,7 +133,7 @@ async fn append_checked(
     max: usize,
 ) -> Result<usize> {
     // Parsed on this thread: the writer hashes on the other cores.
-    let mut events = input::Events::new(input.reader(checked)?);
+    let mut events = input::Events::new(input.reader(checked)?).fitting(max);
     let mut written_upto = 0usize;
     // One call is in flight while the next is parsed, never more: a call
     // that fails is then the last one written to.

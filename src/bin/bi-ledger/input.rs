@@ -43,7 +43,17 @@ pub struct Events<R> {
     n: usize,
     bytes: u64,
     parallel: bool,
+    /// The largest batch: an event that cannot fit one is refused at its
+    /// line, in line order with every other error of the input.
+    max_batch: Option<usize>,
 }
+
+/// How many input bytes a stored byte may take: the canonical form drops
+/// white space, and `\u0041` is six bytes for one. A line longer than this
+/// many batches cannot hold an event that fits one, and is refused once
+/// that much of it is read, so that one huge line (a whole file without a
+/// line break) never sits in memory whole.
+const INPUT_BYTES_PER_STORED: usize = 6;
 
 impl<R: BufRead> Events<R> {
     pub fn new(input: R) -> Self {
@@ -53,7 +63,20 @@ impl<R: BufRead> Events<R> {
             n: 0,
             bytes: 0,
             parallel: false,
+            max_batch: None,
         }
+    }
+
+    /// Refuses an event that takes more than `max_batch` bytes in a batch
+    /// of its own, and a line too long to hold any that fits.
+    pub fn fitting(mut self, max_batch: usize) -> Self {
+        self.max_batch = Some(max_batch);
+        self
+    }
+
+    fn max_line(&self) -> Option<u64> {
+        self.max_batch
+            .map(|m| (m.saturating_mul(INPUT_BYTES_PER_STORED) as u64).saturating_add(64 << 10))
     }
 
     /// Parses on every core (rayon's global pool), for when nothing else
@@ -82,7 +105,20 @@ impl<R: BufRead> Events<R> {
         if raw.is_empty() && unreadable.is_none() {
             return Ok(None);
         }
-        let parse = |(n, text): (usize, String)| Ok(parse_line(n, &text)?.map(|e| (n, e)));
+        let max_batch = self.max_batch;
+        let parse = |(n, text): (usize, String)| {
+            let event = parse_line(n, &text)?;
+            if let (Some(e), Some(max)) = (&event, max_batch) {
+                let len = e.stored_len_bound();
+                let overhead = bi_ledger::ledger::BATCH_OVERHEAD;
+                if overhead + len > max {
+                    bail!(
+                        "line {n}: the event takes up to {len} bytes in a batch, which with the batch's own {overhead} bytes is more than the {max} a batch holds (store a payload this large elsewhere and append a reference)"
+                    );
+                }
+            }
+            Ok(event.map(|e| (n, e)))
+        };
         let parsed: Vec<Result<Option<(usize, NewEvent)>>> = if self.parallel {
             raw.into_par_iter().map(parse).collect()
         } else {
@@ -106,9 +142,17 @@ impl<R: BufRead> Events<R> {
     /// The next line and its number, without its line ending.
     fn next_line(&mut self) -> Result<Option<(usize, String)>> {
         self.line.clear();
-        let len = self.input.read_until(b'\n', &mut self.line)?;
+        let cap = self.max_line().unwrap_or(u64::MAX);
+        let len = std::io::Read::take(&mut self.input, cap).read_until(b'\n', &mut self.line)?;
         if len == 0 {
             return Ok(None);
+        }
+        if len as u64 == cap && self.line.last() != Some(&b'\n') {
+            bail!(
+                "line {}: longer than {cap} bytes, which no event that fits a batch of {} bytes takes as input (store a payload this large elsewhere and append a reference)",
+                self.n + 1,
+                self.max_batch.unwrap_or(0)
+            );
         }
         self.bytes += len as u64;
         self.n += 1;
