@@ -188,6 +188,25 @@ pub fn parse_events(text: &str) -> Result<Vec<(usize, NewEvent)>> {
     Ok(out)
 }
 
+/// Input quoted in an error: its control characters escaped (a carriage
+/// return must not rewrite the terminal's line), and only its start if it
+/// is long.
+fn excerpt(raw: &str) -> String {
+    const SHOWN: usize = 64;
+    let mut out = String::new();
+    for c in raw.chars().take(SHOWN) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if raw.chars().nth(SHOWN).is_some() {
+        out.push_str(&format!("… ({} bytes)", raw.len()));
+    }
+    out
+}
+
 /// Line `n`'s event; `None` for a blank line.
 fn parse_line(n: usize, raw: &str) -> Result<Option<NewEvent>> {
     if raw.trim().is_empty() {
@@ -212,7 +231,7 @@ fn parse_line(n: usize, raw: &str) -> Result<Option<NewEvent>> {
             (Ok(v), _) => ExpectedVersion::Exact(v),
             (_, Ok("any")) => ExpectedVersion::Any,
             (_, Ok("no_stream")) => ExpectedVersion::NoStream,
-            _ => bail!("line {n}: field `expected_version`: expected a version number (0 or more), \"any\" or \"no_stream\", found {raw}"),
+            _ => bail!("line {n}: field `expected_version`: expected a version number (0 or more), \"any\" or \"no_stream\", found {}", excerpt(raw)),
         },
     };
     let metadata = match line.metadata.map(RawValue::get) {
@@ -322,6 +341,20 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+        // Quoted with control characters escaped, and only its start.
+        let line =
+            "{\"stream\":\"a\",\"type\":\"t\",\"payload\":1,\"expected_version\":{\"a\":\r1}}";
+        let e = parse_events(line).unwrap_err().to_string();
+        assert!(e.ends_with("found {\"a\":\\r1}"), "{e}");
+        let long = format!("[{}0]", "0,".repeat(1000));
+        let line = format!(
+            "{{\"stream\":\"a\",\"type\":\"t\",\"payload\":1,\"expected_version\":{long}}}"
+        );
+        let e = parse_events(&line).unwrap_err().to_string();
+        assert!(
+            e.ends_with(&format!("found {}… (2003 bytes)", &long[..64])),
+            "{e}"
+        );
         let e = parse_events("{\"stream\":\"a\",\"type\":\"t\",\"payload\":{\"a\":1}")
             .unwrap_err()
             .to_string();

@@ -223,11 +223,20 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line. Most of our errors already
 /// spell out their cause (`"reading X: {source}"`), so a cause the line
-/// ends with is not repeated.
+/// ends with is not repeated. Line breaks within a cause (the Azure SDK's
+/// add a line of advice) become spaces, and other control characters are
+/// escaped.
 fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
-        let text = cause.to_string();
+        let mut text = String::new();
+        for c in cause.to_string().trim_end().replace("\r\n", "\n").chars() {
+            match c {
+                '\n' => text.push(' '),
+                c if c.is_control() => text.extend(c.escape_default()),
+                c => text.push(c),
+            }
+        }
         if line.ends_with(&text) {
             continue;
         }
@@ -965,5 +974,10 @@ mod tests {
         );
         let e = anyhow!("inner").context("outer");
         assert_eq!(one_line(&e), "outer: inner");
+        let e = anyhow!("denied\r\nTo troubleshoot, visit x\n").context("opening \u{1b}[2J");
+        assert_eq!(
+            one_line(&e),
+            "opening \\u{1b}[2J: denied To troubleshoot, visit x"
+        );
     }
 }
