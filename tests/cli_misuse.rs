@@ -234,6 +234,41 @@ fn a_closed_stdout_stops_the_append_and_says_what_was_written() {
     f.verify().ok();
 }
 
+/// Work done before its output fails to print (a full disk behind
+/// stdout) is said to be done, not left to look like a failure.
+#[test]
+fn output_that_cannot_be_written_is_named_and_done_work_is_said() {
+    let f = Fixture::new();
+    let full = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
+            .arg("--data")
+            .arg(f.data())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create("/dev/full").unwrap())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = full(&["init"]);
+    assert!(
+        err.contains("ledger \"main\" is created") && err.contains("writing to standard output"),
+        "{err}"
+    );
+    f.append(&line("s", "T", json!(1))).ok();
+    let err = full(&["checkpoint"]);
+    assert!(
+        err.contains("(size 1) is written and signed, but could not be printed"),
+        "{err}"
+    );
+    assert_eq!(stats(&f)["newest_checkpoint"]["size"], 1);
+    let err = full(&["stats"]);
+    assert!(err.contains("writing to standard output"), "{err}");
+}
+
 #[test]
 fn keys_serve_the_ledger_they_were_made_for() {
     let f = Fixture::new();

@@ -400,9 +400,10 @@ fn remove_key_pair(path: &Path, pub_path: &Path) {
 
 fn print(v: serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, &v)?;
-    out.write_all(b"\n")?;
-    Ok(())
+    serde_json::to_writer(&mut out, &v)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(out.write_all(b"\n")?))
+        .context("writing to standard output")
 }
 
 fn read_input(file: Option<&Path>) -> Result<String> {
@@ -483,7 +484,15 @@ async fn run(cli: Cli) -> Outcome {
             let ledger = open_writer_here(&cli).await?;
             ledger.checkpoint().await?;
             let info = ledger.close().await?;
-            print(checkpoint_json(&info.blob, &info.checkpoint, &info.note))?;
+            // Done whether or not it can be printed: say so.
+            print(checkpoint_json(&info.blob, &info.checkpoint, &info.note)).with_context(
+                || {
+                    format!(
+                        "checkpoint {} (size {}) is written and signed, but could not be printed",
+                        info.blob, info.checkpoint.size
+                    )
+                },
+            )?;
             Ok(Ok(()))
         }
         Cmd::Prove {
@@ -521,7 +530,14 @@ async fn init(cli: &Cli) -> Outcome {
         "data": cli.data,
         "signing_key_file": key_file,
         "public_key": vkey,
-    }))?;
+    }))
+    .with_context(|| {
+        format!(
+            "ledger {:?} is created, with its signing key in {}, but its public key could not be printed (`bi-ledger stats` prints it)",
+            cli.ledger,
+            key_file.display()
+        )
+    })?;
     Ok(Ok(()))
 }
 
