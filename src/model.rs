@@ -131,7 +131,7 @@ impl NewEvent {
             return Err((
                 "metadata",
                 format!(
-                    "{} entries, at most {MAX_METADATA_ENTRIES} allowed",
+                    "has {} entries, at most {MAX_METADATA_ENTRIES} allowed",
                     self.metadata.len()
                 ),
             ));
@@ -142,7 +142,7 @@ impl NewEvent {
                 return Err((
                     "metadata",
                     format!(
-                        "value of {k:?} is {} bytes, at most {MAX_METADATA_VALUE}",
+                        "has a value of {} bytes at key {k:?}, at most {MAX_METADATA_VALUE} allowed",
                         v.len()
                     ),
                 ));

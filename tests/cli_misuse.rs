@@ -410,6 +410,53 @@ fn a_demo_of_nothing_verifies() {
     assert_eq!(out.json()["verified"], true, "{}", out.describe());
 }
 
+/// What was mistyped is what the error names: a data directory that is a
+/// file, an input that is a directory, a ledger that does not exist (also
+/// with an empty input, and before its signing key is looked for).
+#[test]
+fn a_mistyped_argument_is_named() {
+    let (f, _) = Fixture::init();
+    let file = f.dir.path().join("afile");
+    fs::write(&file, "").unwrap();
+    let out = run_in(&file, &["stats"], None);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("is not a directory"),
+        "{}",
+        out.describe()
+    );
+    let out = f.run(&["append", f.dir.path().to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("it is a directory"),
+        "{}",
+        out.describe()
+    );
+    for args in [
+        &["--ledger", "typo", "append"][..],
+        &["--ledger", "typo", "checkpoint"],
+    ] {
+        let out = f.run_stdin(args, "");
+        assert_eq!(out.code, 2, "{args:?}: {}", out.describe());
+        assert!(
+            out.stderr.contains("ledger \"typo\" does not exist"),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+    let metadata: serde_json::Map<String, Value> =
+        (0..257).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let out = f.append(
+        &json!({"stream": "s", "type": "T", "payload": 1, "metadata": metadata}).to_string(),
+    );
+    assert!(
+        out.stderr
+            .contains("line 1: field `metadata` has 257 entries, at most 256 allowed"),
+        "{}",
+        out.describe()
+    );
+}
+
 #[test]
 fn read_refuses_a_range_that_ends_before_it_starts() {
     let (f, _) = Fixture::init();

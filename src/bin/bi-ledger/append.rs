@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use bi_ledger::{Ledger, LedgerError, LedgerOptions};
 
-use crate::{input, load_key, open_writer, print, store, Cli, Outcome};
+use crate::{input, ledger_exists, load_key, open_writer, print, store, Cli, Outcome};
 
 /// `append`'s input, which is read twice. A regular file is read where it
 /// is; anything else (standard input, a pipe, `<(…)`) is first copied to a
@@ -26,6 +26,9 @@ impl AppendInput {
                 let name = p.display().to_string();
                 let file = std::fs::File::open(p).with_context(|| format!("reading {name}"))?;
                 let meta = file.metadata().with_context(|| format!("reading {name}"))?;
+                if meta.is_dir() {
+                    bail!("reading {name}: it is a directory, not a file of JSON lines");
+                }
                 if meta.is_file() {
                     return Ok(AppendInput { file, name });
                 }
@@ -90,6 +93,7 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
     // bad one anywhere means nothing is written, then to append.
     let input = AppendInput::open(file)?;
     let store = store(cli, false).await?;
+    ledger_exists(cli, store.as_ref()).await?;
     let opts = LedgerOptions::new(load_key(cli)?);
     let max = opts.batch_limit(store.as_ref());
     let mut events = input::Events::new(input.reader(u64::MAX)?)

@@ -257,8 +257,13 @@ async fn store(cli: &Cli, create: bool) -> Result<Arc<dyn BlobStore>> {
     match cli.backend {
         Backend::Fs => {
             if !create && !cli.data.is_dir() {
+                let what = if cli.data.exists() {
+                    "is not a directory"
+                } else {
+                    "does not exist"
+                };
                 bail!(
-                    "data directory {} does not exist (--data, BI_LEDGER_DATA)",
+                    "data directory {} {what} (--data, BI_LEDGER_DATA)",
                     cli.data.display()
                 );
             }
@@ -423,8 +428,26 @@ fn read_input(file: Option<&Path>) -> Result<String> {
 
 async fn open_writer_here(cli: &Cli) -> Result<Ledger> {
     let store = store(cli, false).await?;
+    ledger_exists(cli, store.as_ref()).await?;
     let opts = LedgerOptions::new(load_key(cli)?);
     open_writer(cli, store, opts).await
+}
+
+/// A mistyped `--ledger` is named as such, before its signing key is
+/// looked for (or an empty input is taken as nothing to do).
+async fn ledger_exists(cli: &Cli, store: &dyn BlobStore) -> Result<()> {
+    bi_ledger::ledger::layout::validate_ledger_name(&cli.ledger)?;
+    match store
+        .info(&bi_ledger::ledger::layout::meta(&cli.ledger))
+        .await
+    {
+        Err(StoreError::NotFound { .. }) => bail!(
+            "{} in {} (--ledger, BI_LEDGER_LEDGER)",
+            LedgerError::NotFound(cli.ledger.clone()),
+            store.location()
+        ),
+        _ => Ok(()),
+    }
 }
 
 async fn open_writer(cli: &Cli, store: Arc<dyn BlobStore>, opts: LedgerOptions) -> Result<Ledger> {
