@@ -899,10 +899,10 @@ fn inclusion_and_consistency_proofs() {
         // may sign for more than one ledger of the same name.
         let stats = f.run(&["stats"]).ok().json();
         let origin = format!("bi-ledger/main/{}", stats["id"].as_str().unwrap());
-        assert_eq!(ok["checkpoint"]["origin"], origin.as_str(), "{ok}");
-        assert_eq!(ok["checkpoint"]["size"], 4, "{ok}");
-        assert_eq!(ok["checkpoint"]["root"], cp["root"], "{ok}");
-        assert_eq!(ok["checkpoint"]["time"], cp["time"], "{ok}");
+        assert_eq!(ok["checked_against"]["origin"], origin.as_str(), "{ok}");
+        assert_eq!(ok["checked_against"]["size"], 4, "{ok}");
+        assert_eq!(ok["checked_against"]["root"], cp["root"], "{ok}");
+        assert_eq!(ok["checked_against"]["time"], cp["time"], "{ok}");
         // The entry carries the canonical payload bytes.
         let payload = serde_json::to_vec(&events[seq as usize]["payload"]).unwrap();
         assert!(
@@ -989,8 +989,8 @@ fn inclusion_and_consistency_proofs() {
         assert_eq!(out.code, 0, "{old} -> {new:?}: {}", out.describe());
         assert_eq!(out.json()["valid"], true);
         let sizes = (
-            &out.json()["old_checkpoint"]["size"],
-            &out.json()["checkpoint"]["size"],
+            &out.json()["old_checked_against"]["size"],
+            &out.json()["checked_against"]["size"],
         );
         assert_eq!(sizes, (&json!(old), &json!(new.unwrap_or(4))));
         assert_eq!(check(&p, other_pub).code, 1, "other key");

@@ -137,6 +137,16 @@ fn the_first_bad_line_is_named_and_a_huge_line_is_not_read_whole() {
         "{}",
         out.describe()
     );
+    // A line longer than a batch whose event fits one goes in: 1 MiB
+    // stored, escaped as six times that.
+    let escaped = format!(
+        r#"{{"stream":"e","type":"T","payload":"{}"}}"#,
+        "\\u0041".repeat(1 << 20)
+    );
+    assert!(escaped.len() > 6 << 20);
+    f.append(&escaped).ok();
+    let events = f.read(&["--stream", "e"]);
+    assert_eq!(events[0]["payload"], "A".repeat(1 << 20));
 }
 
 /// `append` reads its input one line at a time, twice (checking, then
@@ -226,6 +236,10 @@ fn a_closed_stdout_stops_the_append_and_says_what_was_written() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("names the lines written: {stderr}"));
     assert!(stderr.contains("and no more"), "{stderr}");
+    assert!(
+        stderr.contains("Broken pipe"),
+        "the cause is said: {stderr}"
+    );
     let s = stats(&f);
     assert_eq!(s["records"], upto as u64, "{s}");
     assert!(upto > 0 && upto < 6000, "{upto}");

@@ -216,3 +216,30 @@ async fn fs_stale_lock_file_does_not_block() {
     let g = s.lock("l/writer").await.unwrap();
     g.check().unwrap();
 }
+
+/// A listing skips the side file of a blob read-only since well before it
+/// began, if the directory read showed none (put blobs have none), and
+/// still finds the side file of one sealed long ago, at the root and in
+/// nested directories: the block counts from `list` are `info`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_listing_block_counts_of_long_sealed_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_store(dir.path(), 1_000);
+    for name in ["root", "a/nested", "a/b/deeper"] {
+        s.create(name).await.unwrap();
+        for i in 0..3u64 {
+            s.append(name, i * 2, b"xy").await.unwrap();
+        }
+        s.seal(name).await.unwrap();
+        s.put(&format!("{name}-put"), b"one block").await.unwrap();
+    }
+    // Read-only for more than the margin of a whole second.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let listed = s.list("").await.unwrap();
+    assert_eq!(listed.len(), 6);
+    for info in &listed {
+        assert_eq!(&s.info(&info.name).await.unwrap(), info);
+        let blocks = if info.name.ends_with("-put") { 1 } else { 3 };
+        assert_eq!((info.block_count, info.sealed), (blocks, true), "{info:?}");
+    }
+}

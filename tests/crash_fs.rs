@@ -800,7 +800,7 @@ async fn truncation_inside_what_a_checkpoint_covers() {
         let e = open_err(dir.path(), 100).await;
         assert_names(&e, &seg_name(0), offset, seq);
         assert!(
-            e.what.contains(&format!("({size} records)")),
+            e.what.contains(&format!("signs {size} records")),
             "cut at {cut}: {e}"
         );
         assert_eq!(
@@ -808,6 +808,19 @@ async fn truncation_inside_what_a_checkpoint_covers() {
             cut,
             "nothing is repaired"
         );
+    }
+    // In a later segment, not the last: the sequence numbers count from
+    // that segment's first, and the message says the middle of the log.
+    let r = build(3, &[1, 2, 1, 2, 1], Some(4)).await;
+    assert_eq!((r.batches[2].segment, r.batches[3].segment), (1, 1));
+    assert_eq!(r.batches[4].segment, 2);
+    for (b, cut) in [(2, r.range(2).0 + 5), (3, r.range(3).1 - 1)] {
+        let dir = r.copy();
+        truncate(&seg_path(dir.path(), 1), cut);
+        let e = open_err(dir.path(), 3).await;
+        assert_names(&e, &seg_name(1), r.range(b).0, Some(r.batches[b].first_seq));
+        assert!(e.what.contains("signs 6 records"), "{e}");
+        assert!(e.what.contains("from the middle of the log"), "{e}");
     }
     // Cut exactly at the checkpoint: the uncheckpointed tail is gone, as
     // if never written, which a crash cannot tell apart.

@@ -408,12 +408,17 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         let size = store.info(name).await?.size;
         if size < tip.segment_len {
             let (ends, at) = where_records_end(store, name, size, max_body).await?;
+            let what = if is_last {
+                "records were removed from the log's end"
+            } else {
+                "records were removed from the middle of the log"
+            };
             return Err(IntegrityError::new(
                 name,
                 at,
                 ends,
                 format!(
-                    "segment holds {size} bytes but the newest checkpoint covers {} of it ({} records): records were removed from the log's end",
+                    "segment holds {size} bytes but the newest checkpoint covers {} bytes of it, and signs {} records: {what}",
                     tip.segment_len, tip.size
                 ),
             )

@@ -220,24 +220,9 @@ impl AzureBlobStore {
         container: &str,
         opts: AzureOptions,
     ) -> Result<AzureBlobStore, StoreError> {
-        match account {
-            AzureAccount::Keyed(info) => {
-                Self::from_connection_info((**info).clone(), container, opts).await
-            }
-            AzureAccount::Entra {
-                blob_endpoint,
-                credential,
-                ..
-            } => {
-                Self::with_token_credential(
-                    blob_endpoint.clone(),
-                    container,
-                    credential.clone(),
-                    opts,
-                )
-                .await
-            }
-        }
+        let store = Self::unopened(account, container, opts)?;
+        store.create_container_if_missing().await?;
+        Ok(store)
     }
 
     /// Opens `container` in `account`, which must exist: for work on a
@@ -249,8 +234,18 @@ impl AzureBlobStore {
         container: &str,
         opts: AzureOptions,
     ) -> Result<AzureBlobStore, StoreError> {
-        let store = match account {
-            AzureAccount::Keyed(info) => Self::new((**info).clone(), container, opts)?,
+        let store = Self::unopened(account, container, opts)?;
+        store.check_container().await?;
+        Ok(store)
+    }
+
+    fn unopened(
+        account: &AzureAccount,
+        container: &str,
+        opts: AzureOptions,
+    ) -> Result<AzureBlobStore, StoreError> {
+        match account {
+            AzureAccount::Keyed(info) => Self::new((**info).clone(), container, opts),
             AzureAccount::Entra {
                 blob_endpoint,
                 credential,
@@ -262,10 +257,8 @@ impl AzureBlobStore {
                 Vec::new(),
                 Some(credential.clone()),
                 opts,
-            )?,
-        };
-        store.check_container().await?;
-        Ok(store)
+            ),
+        }
     }
 
     /// Opens `container` (creating it if missing) with an Entra ID
@@ -383,25 +376,13 @@ impl AzureBlobStore {
             // A SAS scoped to the container cannot create one, and is
             // refused even when it exists; listing one blob tells whether
             // it does (and whether the SAS can be used at all).
-            Err(e) if status_of(&e) == Some(403) => {
-                let probe = self
-                    .inner
-                    .retrying
-                    .list_blobs(Some(BlobContainerClientListBlobsOptions {
-                        maxresults: Some(1),
-                        ..Default::default()
-                    }))
-                    .map_err(|e| self.err("list", &self.inner.container, &e))?
-                    .try_next()
-                    .await;
-                match probe {
-                    Ok(_) => {
-                        debug!(container = %self.inner.container, "no right to create the container, but it exists");
-                        Ok(())
-                    }
-                    Err(_) => Err(self.err("create container", &self.inner.container, &e)),
+            Err(e) if status_of(&e) == Some(403) => match self.check_container().await {
+                Ok(()) => {
+                    debug!(container = %self.inner.container, "no right to create the container, but it exists");
+                    Ok(())
                 }
-            }
+                Err(_) => Err(self.err("create container", &self.inner.container, &e)),
+            },
             Err(e) => Err(self.err("create container", &self.inner.container, &e)),
         }
     }

@@ -170,12 +170,13 @@ impl FsStore {
     }
 
     fn info_sync(&self, name: &str) -> Result<BlobInfo, StoreError> {
-        self.info_listed(name, true)
+        self.info_listed(name, None)
     }
 
-    /// `info`, where a listing may already know that the blob has no side
-    /// file (see `list`).
-    fn info_listed(&self, name: &str, may_have_side: bool) -> Result<BlobInfo, StoreError> {
+    /// `info`, where a listing that started at `listed` (Unix seconds) may
+    /// know that the blob has no side file: its directory read showed none
+    /// (see `list`).
+    fn info_listed(&self, name: &str, listed: Option<i64>) -> Result<BlobInfo, StoreError> {
         let path = self.path(name)?;
         let meta = fs::metadata(&path).map_err(|e| not_found_or(e, "stat", name))?;
         if !meta.is_file() {
@@ -186,11 +187,19 @@ impl FsStore {
         // Always from the side file, never from this handle's cache: another
         // handle or process may have appended since.
         let sealed = meta.permissions().readonly();
-        let no_side = Err(std::io::Error::from(ErrorKind::NotFound));
-        let side = if may_have_side || !sealed {
-            File::open(self.side_path(name, "blocks")?)
-        } else {
-            no_side
+        // A blob made read-only (its ctime) well before the listing began
+        // was read-only when the directory was read: a side file it has
+        // would have been there. One sealed since may have been created
+        // during the listing too, its side file made after the read, and
+        // is looked at. The second of margin covers file times taken from
+        // the kernel's coarse clock.
+        let settled = |listed: i64| {
+            use std::os::unix::fs::MetadataExt;
+            sealed && meta.ctime() < listed - 1
+        };
+        let side = match listed {
+            Some(listed) if settled(listed) => Err(std::io::Error::from(ErrorKind::NotFound)),
+            _ => File::open(self.side_path(name, "blocks")?),
         };
         let block_count = match side {
             Ok(f) => {
@@ -536,6 +545,9 @@ impl BlobStore for SharedFs {
             } else {
                 me.path(dir_part)?
             };
+            let listed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
             let (mut names, mut sides) = (Vec::new(), HashSet::new());
             walk(&dir, dir_part, &prefix, &mut names, &mut sides)
                 .map_err(|e| io("list", &prefix, e))?;
@@ -547,14 +559,15 @@ impl BlobStore for SharedFs {
             // A put blob has no side file, and trying to open one for each
             // of a million checkpoints took most of the listing's time. A
             // side file the directory read did not show may still be made
-            // since, by a `create` in progress, but only for a blob that
-            // can still be appended to: one that is read-only (put, or
-            // sealed long after its side file was made) skips the try.
+            // since, by a `create` in progress (and appends, and a seal):
+            // only a blob read-only since before the listing skips the try.
             names
                 .iter()
-                .filter_map(|name| match me.info_listed(name, sides.contains(name)) {
-                    Err(StoreError::NotFound { .. }) => None,
-                    other => Some(other),
+                .filter_map(|name| {
+                    match me.info_listed(name, (!sides.contains(name)).then_some(listed)) {
+                        Err(StoreError::NotFound { .. }) => None,
+                        other => Some(other),
+                    }
                 })
                 .collect::<Result<Vec<_>, _>>()
         })

@@ -267,7 +267,7 @@ async fn append_call(
     // (a closed pipe) stops the input here, and is told so.
     if let Err(e) = receipts.iter().try_for_each(|r| print(r.to_json())) {
         bail!(
-            "writing receipts: {e}; {}, and no more",
+            "writing receipts: {e:#}; {}, and no more",
             appended_hint(written_upto)
         );
     }

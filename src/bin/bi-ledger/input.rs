@@ -48,11 +48,12 @@ pub struct Events<R> {
     max_batch: Option<usize>,
 }
 
-/// How many input bytes a stored byte may take: the canonical form drops
-/// white space, and `\u0041` is six bytes for one. A line longer than this
-/// many batches cannot hold an event that fits one, and is refused once
-/// that much of it is read, so that one huge line (a whole file without a
-/// line break) never sits in memory whole.
+/// How many input bytes a stored byte may take, escaped: `\u0041` is six
+/// bytes for one. A line longer than this many batches holds an event that
+/// fits one only if it is padded with white space between tokens, which
+/// no writer of JSON lines does; it is refused once that much of it is
+/// read, so that one huge line (a whole file without a line break) never
+/// sits in memory whole.
 const INPUT_BYTES_PER_STORED: usize = 6;
 
 impl<R: BufRead> Events<R> {
@@ -142,14 +143,16 @@ impl<R: BufRead> Events<R> {
     /// The next line and its number, without its line ending.
     fn next_line(&mut self) -> Result<Option<(usize, String)>> {
         self.line.clear();
-        let cap = self.max_line().unwrap_or(u64::MAX);
-        let len = std::io::Read::take(&mut self.input, cap).read_until(b'\n', &mut self.line)?;
+        let cap = self.max_line().unwrap_or(u64::MAX - 1);
+        // One byte more than the longest line, for its line ending.
+        let len =
+            std::io::Read::take(&mut self.input, cap + 1).read_until(b'\n', &mut self.line)?;
         if len == 0 {
             return Ok(None);
         }
-        if len as u64 == cap && self.line.last() != Some(&b'\n') {
+        if len as u64 > cap && self.line.last() != Some(&b'\n') {
             bail!(
-                "line {}: longer than {cap} bytes, which no event that fits a batch of {} bytes takes as input (store a payload this large elsewhere and append a reference)",
+                "line {}: longer than {cap} bytes, the most an input line may be (six times the {}-byte batch limit, plus 64 KiB; store a payload this large elsewhere and append a reference)",
                 self.n + 1,
                 self.max_batch.unwrap_or(0)
             );

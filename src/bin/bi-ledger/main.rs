@@ -225,8 +225,10 @@ fn main() -> ExitCode {
 /// spell out their cause (`"reading X: {source}"`), so a cause the line
 /// ends with is not repeated. Line breaks within a cause (the Azure SDK's
 /// add a line of advice) become spaces, and other control characters are
-/// escaped.
+/// escaped. A cause that quotes megabytes of input (serde quotes a string
+/// where a number belongs) keeps its start and its end.
 fn one_line(e: &anyhow::Error) -> String {
+    const KEEP: usize = 480;
     let mut line = String::new();
     for cause in e.chain() {
         let mut text = String::new();
@@ -236,6 +238,15 @@ fn one_line(e: &anyhow::Error) -> String {
                 c if c.is_control() => text.extend(c.escape_default()),
                 c => text.push(c),
             }
+        }
+        let chars = text.chars().count();
+        if chars > 2 * KEEP + 100 {
+            let start: String = text.chars().take(KEEP).collect();
+            let end: String = text.chars().skip(chars - KEEP).collect();
+            text = format!(
+                "{start} … ({} characters left out) … {end}",
+                chars - 2 * KEEP
+            );
         }
         if line.ends_with(&text) {
             continue;
@@ -529,14 +540,19 @@ async fn run(cli: Cli) -> Outcome {
     }
 }
 
-async fn init(cli: &Cli) -> Outcome {
-    // Everything that can be checked is, before a key file is written.
+/// A ledger name or a given signing key that cannot be used must not leave
+/// a data directory (or container) behind.
+fn usable_before_creating(cli: &Cli) -> Result<()> {
     bi_ledger::ledger::layout::validate_ledger_name(&cli.ledger)?;
-    // A key given that cannot be used must not leave a data directory (or
-    // container) behind.
     if cli.signing_key.is_some() {
         load_key(cli)?;
     }
+    Ok(())
+}
+
+async fn init(cli: &Cli) -> Outcome {
+    // Everything that can be checked is, before a key file is written.
+    usable_before_creating(cli)?;
     let store = store(cli, true).await?;
     if store
         .info(&bi_ledger::ledger::layout::meta(&cli.ledger))
@@ -822,7 +838,7 @@ fn verify_proof(public_key: &Path, file: Option<&Path>) -> Outcome {
                     "valid": true, "type": "inclusion", "seq": p.seq, "size": p.size,
                     "stream": r.stream, "version": r.stream_version, "event_type": r.event_type,
                     "timestamp": bi_ledger::time::format_us(r.timestamp_us),
-                    "checkpoint": checked_against(&cp),
+                    "checked_against": checked_against(&cp),
                 })
             })
         }
@@ -836,7 +852,7 @@ fn verify_proof(public_key: &Path, file: Option<&Path>) -> Outcome {
             p.verify(&old, &cp)
                 .map(|()| json!({
                     "valid": true, "type": "consistency", "old_size": p.old_size, "new_size": p.new_size,
-                    "old_checkpoint": checked_against(&old), "checkpoint": checked_against(&cp),
+                    "old_checked_against": checked_against(&old), "checked_against": checked_against(&cp),
                 }))
         }
         other => bail!("proof: unknown type {other:?}"),
@@ -895,9 +911,7 @@ async fn stats(cli: &Cli) -> Outcome {
 }
 
 async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
-    if cli.signing_key.is_some() {
-        load_key(cli)?;
-    }
+    usable_before_creating(cli)?;
     let store = store(cli, true).await?;
     let exists = store
         .info(&bi_ledger::ledger::layout::meta(&cli.ledger))
@@ -906,7 +920,6 @@ async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
     let ledger = if exists {
         open_writer_here(cli).await?
     } else {
-        bi_ledger::ledger::layout::validate_ledger_name(&cli.ledger)?;
         create_ledger(cli, store.clone()).await?.0
     };
     say!(
@@ -1018,5 +1031,17 @@ mod tests {
             one_line(&e),
             "opening \\u{1b}[2J: denied To troubleshoot, visit x"
         );
+        let quoted = format!(
+            "invalid type: string \"{}\", expected u32",
+            "é".repeat(5000)
+        );
+        let line = one_line(&anyhow!("{quoted}").context("line 1"));
+        assert!(
+            line.starts_with("line 1: invalid type: string \"éé"),
+            "{line}"
+        );
+        assert!(line.ends_with("éé\", expected u32"), "{line}");
+        assert!(line.contains(" … (4077 characters left out) … "), "{line}");
+        assert!(line.chars().count() < 1100, "{line}");
     }
 }
