@@ -150,7 +150,7 @@ enum Cmd {
     Stats,
     /// Append a realistic stream of business events, checkpoint and verify.
     Demo {
-        /// Number of business stories (each is 1 to 8 events).
+        /// Number of business stories (each is 1 to 7 events).
         #[arg(long, default_value_t = 20_000)]
         stories: u64,
         /// Concurrent appenders (their events share block writes).
