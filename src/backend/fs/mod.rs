@@ -309,6 +309,20 @@ fn count_blocks(side: &File, size: u64) -> std::io::Result<u64> {
 /// the root) that start with `prefix`, descending only into directories
 /// that can hold such names. Hidden side files are skipped, and so is
 /// anything else that is not a valid blob name.
+/// Whether the name `rel/file` (`file` at the root) starts with `prefix`.
+fn joined_starts_with(rel: &str, file: &str, prefix: &str) -> bool {
+    if rel.is_empty() {
+        return file.starts_with(prefix);
+    }
+    match prefix.strip_prefix(rel) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix('/')
+            .is_some_and(|rest| file.starts_with(rest)),
+        None => rel.starts_with(prefix),
+    }
+}
+
 fn walk(
     dir: &Path,
     rel: &str,
@@ -337,12 +351,17 @@ fn walk(
             }
             continue;
         }
+        let kind = entry.file_type()?;
+        // Most of a ledger's directory is checkpoints and caches that a
+        // prefix leaves out: skip them before making their names.
+        if kind.is_file() && !joined_starts_with(rel, file, prefix) {
+            continue;
+        }
         let name = if rel.is_empty() {
             file.to_owned()
         } else {
             format!("{rel}/{file}")
         };
-        let kind = entry.file_type()?;
         if kind.is_dir() {
             let sub = format!("{name}/");
             if sub.starts_with(prefix) || prefix.starts_with(&sub) {
@@ -753,5 +772,32 @@ struct FsLock {
 impl WriterLock for FsLock {
     fn check(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::joined_starts_with;
+
+    /// Against the name built whole, over every short combination.
+    #[test]
+    fn joined_starts_with_is_starts_with_of_the_joined_name() {
+        let parts = ["", "a", "b", "ab", "a/b", "a/", "/", "ab/c", "b/a"];
+        for rel in ["", "a", "ab", "a/b"] {
+            for file in ["a", "b", "ab", "ba", "abc"] {
+                for prefix in parts {
+                    let name = if rel.is_empty() {
+                        file.to_owned()
+                    } else {
+                        format!("{rel}/{file}")
+                    };
+                    assert_eq!(
+                        joined_starts_with(rel, file, prefix),
+                        name.starts_with(prefix),
+                        "rel {rel:?} file {file:?} prefix {prefix:?}"
+                    );
+                }
+            }
+        }
     }
 }
