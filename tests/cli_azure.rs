@@ -56,6 +56,19 @@ fn lines(s: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A container name no other run uses.
+fn unique_container(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
+}
+
 #[test]
 fn every_command_on_azure() {
     if account().is_none() {
@@ -63,11 +76,7 @@ fn every_command_on_azure() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let container = format!("cli-{}-{}", std::process::id(), nanos % 1_000_000_000_000);
+    let container = unique_container("cli");
 
     let init = lines(&ok(&run(d, &container, &["init"], None)));
     assert!(init[0]["public_key"]
@@ -253,11 +262,7 @@ fn a_missing_container_is_named_and_not_created() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let container = format!("typo-{}-{}", std::process::id(), nanos % 1_000_000_000_000);
+    let container = unique_container("typo");
     let event = r#"{"stream":"s","type":"t","payload":{}}"#;
     for args in [
         &["stats"][..],
