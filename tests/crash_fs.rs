@@ -971,3 +971,35 @@ async fn a_read_bounded_before_the_next_segment_meets_a_cut_in_this_one() {
         }
     }
 }
+
+/// A segment before the last cut at a batch boundary (it stays sealed):
+/// proofs whose records span the gap are refused as `read` refuses, naming
+/// the segment after it, its byte 0 and the sequence number that was due,
+/// not as a tree that does not add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_middle_of_the_log_fails_proofs_by_name() {
+    let c = build(3, &[1, 2, 1, 2, 1, 2, 1], Some(7)).await;
+    assert_eq!((c.batches[3].segment, c.batches[4].segment), (1, 2));
+    let dir = c.copy();
+    truncate(&seg_path(dir.path(), 1), c.range(3).0);
+    let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
+    let due = c.batches[3].first_seq;
+    let named = |what: &str, r: Result<(), LedgerError>| match r {
+        Err(LedgerError::Integrity(e)) => {
+            assert_names(&e, &seg_name(2), 0, Some(due));
+            assert!(e.what.contains("the one before it ends at"), "{what}: {e}");
+        }
+        other => panic!("{what}: wanted an integrity error, got {other:?}"),
+    };
+    for seq in [0, due - 1, 9] {
+        named(
+            &format!("inclusion {seq}"),
+            reader.inclusion_proof(seq, 10).await.map(drop),
+        );
+    }
+    named(
+        "consistency 1 -> 10",
+        reader.consistency_proof(1, 10).await.map(drop),
+    );
+    named("read", reader.read(0, None).await.map(drop));
+}

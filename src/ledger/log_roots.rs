@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 
-use super::reader::LedgerReader;
+use super::reader::{Due, LedgerReader};
 use super::scan::{pipelined, Chunk, Scanner};
 use crate::error::{LedgerError, Result};
 use crate::format::merkle::{self, Frontier};
@@ -45,8 +45,14 @@ impl LedgerReader {
         let (first, offset) = (at.segment, at.offset);
         // Damage where the read starts is named by its batch's first record.
         let mut reached = at.first_seq;
+        // A gap in the log is damage, named as a read names it, not a tree
+        // that will not add up.
+        let mut due = Due(at.first_seq);
         let last = segments.len().saturating_sub(1);
         for (i, seg) in segments.iter().enumerate().skip(first) {
+            if i > first {
+                due.segment(seg, &segments[i - 1])?;
+            }
             if seg.first_seq >= size {
                 break;
             }
@@ -73,6 +79,12 @@ impl LedgerReader {
                 |c| spawn_pieces(c, seg.name.clone(), sorted.clone(), want, from, size),
                 async |frames: Result<Vec<FramePieces>>| {
                     for frame in frames? {
+                        due.batch(
+                            &seg.name,
+                            frame.offset,
+                            frame.first,
+                            frame.end - frame.first,
+                        )?;
                         if let Some(entry) = &frame.entry {
                             found(entry);
                         }
@@ -120,7 +132,10 @@ struct FramePieces {
     pieces: Vec<(usize, Vec<(u32, Hash)>)>,
     /// The canonical entry of the record asked for, if the frame holds it.
     entry: Option<Vec<u8>>,
-    /// Sequence number after the frame's last record.
+    /// Where the frame is, and the sequence numbers of its first record
+    /// and the one after its last.
+    offset: u64,
+    first: u64,
     end: u64,
 }
 
@@ -142,6 +157,8 @@ fn spawn_pieces(
                 let mut out = FramePieces {
                     pieces: Vec::new(),
                     entry: None,
+                    offset: chunk.offset(i),
+                    first: body.first_seq,
                     end,
                 };
                 if end <= from || body.first_seq >= to {

@@ -24,6 +24,52 @@ pub struct SegmentRef {
     pub sealed: bool,
 }
 
+/// The sequence number the next batch of a read must start with: a gap (a
+/// segment cut at a frame boundary, say) is damage, never a shorter log.
+pub(crate) struct Due(pub u64);
+
+impl Due {
+    /// Entering segment `seg`, after `prev`. Only a sealed segment's listed
+    /// length is final: a listing taken while the writer rolled over may
+    /// show the one before the new segment shorter than it ended, so after
+    /// one that is not sealed the new segment's header is taken at its word.
+    pub fn segment(&mut self, seg: &SegmentRef, prev: &SegmentRef) -> Result<()> {
+        if prev.sealed && self.0 != seg.first_seq {
+            return Err(IntegrityError::new(
+                &seg.name,
+                0,
+                Some(self.0),
+                format!(
+                    "segment starts at sequence number {} but the one before it ends at {}",
+                    seg.first_seq, self.0
+                ),
+            )
+            .into());
+        }
+        self.0 = seg.first_seq;
+        Ok(())
+    }
+
+    /// The batch at `offset` of `blob`, of `count` records from `first`;
+    /// the sequence number after it.
+    pub fn batch(&mut self, blob: &str, offset: u64, first: u64, count: u64) -> Result<u64> {
+        if first != self.0 {
+            return Err(IntegrityError::new(
+                blob,
+                offset,
+                Some(self.0),
+                format!(
+                    "batch starts at sequence number {first} where {} was due",
+                    self.0
+                ),
+            )
+            .into());
+        }
+        self.0 = first + count;
+        Ok(self.0)
+    }
+}
+
 /// Where a record was read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
@@ -195,10 +241,7 @@ impl LedgerReader {
         }
         let (start, offset) = (at.segment, at.offset);
         let last = self.segments.len().saturating_sub(1);
-        // The sequence number the next batch must start with: a gap (a
-        // segment cut at a frame boundary, say) is damage, never a shorter
-        // log.
-        let mut due: Option<u64> = Some(at.first_seq);
+        let mut due = Due(at.first_seq);
         for (i, seg) in self.segments.iter().enumerate().skip(start) {
             let mut reached = if i == start {
                 at.first_seq
@@ -210,25 +253,8 @@ impl LedgerReader {
             } else {
                 HEADER_LEN as u64
             };
-            // Only a sealed segment's listed length is final: a listing
-            // taken while the writer rolled over may show the one before
-            // the new segment shorter than it ended.
-            let prev_final = i > start && self.segments[i - 1].sealed;
-            match due {
-                Some(d) if prev_final && d != seg.first_seq => {
-                    return Err(IntegrityError::new(
-                        &seg.name,
-                        0,
-                        Some(d),
-                        format!(
-                            "segment starts at sequence number {} but the one before it ends at {d}",
-                            seg.first_seq
-                        ),
-                    )
-                    .into());
-                }
-                _ if i == start => {}
-                _ => due = Some(seg.first_seq),
+            if i > start {
+                due.segment(seg, &self.segments[i - 1])?;
             }
             // After the gap check: a read that ends before this segment
             // still holds the one before it to its end.
@@ -248,21 +274,8 @@ impl LedgerReader {
             while let Some(chunk) = scan.next_chunk().await? {
                 for (i, range) in chunk.frames.iter().enumerate() {
                     let body = chunk.frame(i);
-                    if due.is_some_and(|d| d != body.first_seq) {
-                        return Err(IntegrityError::new(
-                            &seg.name,
-                            chunk.base + range.start as u64,
-                            due,
-                            format!(
-                                "batch starts at sequence number {} where {} was due",
-                                body.first_seq,
-                                due.unwrap_or_default()
-                            ),
-                        )
-                        .into());
-                    }
-                    reached = body.first_seq + body.count as u64;
-                    due = Some(reached);
+                    let at = chunk.base + range.start as u64;
+                    reached = due.batch(&seg.name, at, body.first_seq, body.count.into())?;
                     if body.first_seq + body.count as u64 <= from {
                         continue;
                     }
@@ -298,7 +311,7 @@ impl LedgerReader {
                 self.bad_frame(seg, i == last, bad, reached).await?;
             }
         }
-        self.check_end(due.unwrap_or(at.first_seq), to)
+        self.check_end(due.0, to)
     }
 
     /// A read that ran to the end of the log before `to`, at record `ends`:
