@@ -43,10 +43,9 @@ impl LedgerReader {
         let segments = self.segments();
         let at = self.seek(from).await?;
         let (first, offset) = (at.segment, at.offset);
-        // Damage where the read starts is named by its batch's first record.
-        let mut reached = at.first_seq;
-        // A gap in the log is damage, named as a read names it, not a tree
-        // that will not add up.
+        // Where the read has got to, which names damage met there (where it
+        // starts, by its batch's first record). A gap in the log is damage,
+        // named as a read names it, not a tree that will not add up.
         let mut due = Due(at.first_seq);
         let last = segments.len().saturating_sub(1);
         for (i, seg) in segments.iter().enumerate().skip(first) {
@@ -56,7 +55,6 @@ impl LedgerReader {
             if seg.first_seq >= size {
                 break;
             }
-            reached = reached.max(seg.first_seq);
             let start = if i == first {
                 offset
             } else {
@@ -89,9 +87,8 @@ impl LedgerReader {
                             found(entry);
                         }
                         merge.add(frame.pieces)?;
-                        reached = reached.max(frame.end);
                     }
-                    Ok::<_, LedgerError>(if reached >= size {
+                    Ok::<_, LedgerError>(if due.0 >= size {
                         ControlFlow::Break(())
                     } else {
                         ControlFlow::Continue(())
@@ -103,13 +100,14 @@ impl LedgerReader {
                 break;
             }
             if let Some(bad) = scan.bad {
-                self.bad_frame(seg, i == last, bad, reached).await?;
+                self.bad_frame(seg, i == last, bad, due.0).await?;
             }
         }
-        if reached < size {
-            self.check_end(reached, size)?;
+        if due.0 < size {
+            self.check_end(due.0, size)?;
             return Err(LedgerError::InvalidArgument(format!(
-                "this reader sees {reached} records, fewer than the {size} asked for (a reader sees the segments as they were when it was opened; open a new one to prove newer records)"
+                "this reader sees {} records, fewer than the {size} asked for (a reader sees the segments as they were when it was opened; open a new one to prove newer records)",
+                due.0
             )));
         }
         let mut roots = vec![None; ranges.len()];

@@ -50,9 +50,8 @@ impl Due {
         Ok(())
     }
 
-    /// The batch at `offset` of `blob`, of `count` records from `first`;
-    /// the sequence number after it.
-    pub fn batch(&mut self, blob: &str, offset: u64, first: u64, count: u64) -> Result<u64> {
+    /// The batch at `offset` of `blob`, of `count` records from `first`.
+    pub fn batch(&mut self, blob: &str, offset: u64, first: u64, count: u64) -> Result<()> {
         if first != self.0 {
             return Err(IntegrityError::new(
                 blob,
@@ -66,7 +65,7 @@ impl Due {
             .into());
         }
         self.0 = first + count;
-        Ok(self.0)
+        Ok(())
     }
 }
 
@@ -243,11 +242,6 @@ impl LedgerReader {
         let last = self.segments.len().saturating_sub(1);
         let mut due = Due(at.first_seq);
         for (i, seg) in self.segments.iter().enumerate().skip(start) {
-            let mut reached = if i == start {
-                at.first_seq
-            } else {
-                seg.first_seq
-            };
             let begin = if i == start {
                 offset
             } else {
@@ -275,7 +269,7 @@ impl LedgerReader {
                 for (i, range) in chunk.frames.iter().enumerate() {
                     let body = chunk.frame(i);
                     let at = chunk.base + range.start as u64;
-                    reached = due.batch(&seg.name, at, body.first_seq, body.count.into())?;
+                    due.batch(&seg.name, at, body.first_seq, body.count.into())?;
                     if body.first_seq + body.count as u64 <= from {
                         continue;
                     }
@@ -308,7 +302,7 @@ impl LedgerReader {
                 }
             }
             if let Some(bad) = scan.bad {
-                self.bad_frame(seg, i == last, bad, reached).await?;
+                self.bad_frame(seg, i == last, bad, due.0).await?;
             }
         }
         self.check_end(due.0, to)

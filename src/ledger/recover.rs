@@ -525,7 +525,8 @@ async fn where_records_end(
     let mut scan = Scanner::new(store, name, at, size, max_body);
     while let Some(chunk) = scan.next_chunk().await? {
         for (i, range) in chunk.frames.iter().enumerate() {
-            seq = chunk.frame(i).first_seq + u64::from(chunk.frame(i).count);
+            let body = chunk.frame(i);
+            seq = body.first_seq + u64::from(body.count);
             at = chunk.base + range.end as u64;
         }
     }
