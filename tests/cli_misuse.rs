@@ -424,6 +424,65 @@ fn a_demo_of_nothing_verifies() {
     assert_eq!(out.json()["verified"], true, "{}", out.describe());
 }
 
+/// A usage error is one line like every other error, names what was
+/// wrong and the help to read, and exits 2 having done nothing; help
+/// itself is still the whole page.
+#[test]
+fn a_usage_error_is_one_line() {
+    let (f, _) = Fixture::init();
+    let before = f.run(&["stats"]);
+    for (args, names, help) in [
+        (
+            &["read", "--form", "3"][..],
+            "'--form'",
+            "'bi-ledger read --help'",
+        ),
+        (
+            &["append", "--stream"],
+            "'--stream'",
+            "'bi-ledger append --help'",
+        ),
+        (&["verfy"], "'verfy'", "'bi-ledger --help'"),
+        (
+            &["prove", "--seq", "many"],
+            "'many'",
+            "'bi-ledger prove --help'",
+        ),
+    ] {
+        let out = f.run_stdin(
+            args,
+            "{\"stream\": \"s\", \"type\": \"T\", \"payload\": 1}\n",
+        );
+        assert_eq!(out.code, 2, "{args:?}: {}", out.describe());
+        assert_eq!(
+            out.stderr.lines().count(),
+            1,
+            "{args:?}: {}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.starts_with("error: "),
+            "{args:?}: {}",
+            out.describe()
+        );
+        assert!(out.stderr.contains(names), "{args:?}: {}", out.describe());
+        assert!(out.stderr.contains(help), "{args:?}: {}", out.describe());
+    }
+    assert_eq!(
+        f.run(&["stats"]).stdout,
+        before.stdout,
+        "a usage error changed the ledger"
+    );
+    let out = f.run(&["read", "--help"]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains("Usage: bi-ledger read"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.stdout.lines().count() > 5, "{}", out.describe());
+}
+
 /// What was mistyped is what the error names: a data directory that is a
 /// file, an input that is a directory, a ledger that does not exist (also
 /// with an empty input, and before its signing key is looked for).

@@ -181,7 +181,10 @@ fn main() -> ExitCode {
             std::env::remove_var(name);
         }
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BI_LEDGER_LOG")
@@ -219,6 +222,48 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Help and version go out as clap writes them; a usage error becomes one
+/// line, as every other error here is, and says where help is.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+    }
+    let args: Vec<_> = std::env::args_os().collect();
+    say!("{}", usage_line(&e.render().to_string(), &args));
+    ExitCode::from(2)
+}
+
+/// clap's usage error (`error: …`, a blank line, tips, usage, a pointer
+/// to help) as one line: the error, its tips, and the help of the
+/// subcommand it was about (which a bad value's error does not name).
+fn usage_line(rendered: &str, args: &[std::ffi::OsString]) -> String {
+    use clap::CommandFactory;
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("error: invalid arguments");
+    let mut line = if first.starts_with("error:") {
+        first.to_owned()
+    } else {
+        format!("error: {first}")
+    };
+    for tip in lines.filter_map(|l| l.strip_prefix("tip:")) {
+        line.push_str(&format!(" ({})", tip.trim()));
+    }
+    let sub = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+        .ok()
+        .and_then(|m| m.subcommand_name().map(|s| format!(" {s}")))
+        .unwrap_or_default();
+    format!("{line}; see 'bi-ledger{sub} --help'")
 }
 
 /// The error and its causes on one line. Most of our errors already
@@ -1043,5 +1088,36 @@ mod tests {
         assert!(line.ends_with("éé\", expected u32"), "{line}");
         assert!(line.contains(" … (4077 characters left out) … "), "{line}");
         assert!(line.chars().count() < 1100, "{line}");
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_naming_the_command_and_its_help() {
+        let cases: [(&[&str], &str, &str); 4] = [
+            (
+                &["bi-ledger", "read", "--form", "3"],
+                "'--form'",
+                "see 'bi-ledger read --help'",
+            ),
+            (&["bi-ledger", "verfy"], "'verfy'", "see 'bi-ledger --help'"),
+            (
+                &["bi-ledger", "read", "--from", "x"],
+                "'x'",
+                "see 'bi-ledger read --help'",
+            ),
+            (
+                &["bi-ledger", "demo", "--writers", "0"],
+                "'0'",
+                "see 'bi-ledger demo --help'",
+            ),
+        ];
+        for (args, names, help) in cases {
+            let e = Cli::try_parse_from(args).err().expect("a usage error");
+            let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+            let line = usage_line(&e.render().to_string(), &args);
+            assert!(!line.contains('\n'), "{args:?}: {line}");
+            assert!(line.starts_with("error: "), "{args:?}: {line}");
+            assert!(line.contains(names), "{args:?}: {line}");
+            assert!(line.ends_with(help), "{args:?}: {line}");
+        }
     }
 }
