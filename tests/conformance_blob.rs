@@ -122,6 +122,63 @@ async fn fs_side_files() {
     drop(lock);
 }
 
+/// Names ending in seven or more digits are filed in a hidden directory by
+/// all but their last six (`FsStore::file_path`), their side files beside
+/// that directory; a file left where the name would once have been kept,
+/// or one in that directory that no name maps to, is not a blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_numbered_names_are_filed_by_all_but_their_last_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_store(dir.path(), 10);
+    s.put("l/checkpoint-00000000000001250000", b"cp")
+        .await
+        .unwrap();
+    s.create("l/seg-1234567").await.unwrap();
+    s.append("l/seg-1234567", 0, b"abc").await.unwrap();
+    s.put("l/k-123456", b"six").await.unwrap();
+    let l = dir.path().join("l");
+    let file = l.join(".checkpoint-00000000000001/250000");
+    assert_eq!(std::fs::read(&file).unwrap(), b"cp");
+    assert_eq!(
+        FsStore::file_path(dir.path(), "l/checkpoint-00000000000001250000"),
+        file
+    );
+    assert_eq!(std::fs::read(l.join(".seg-1/234567")).unwrap(), b"abc");
+    assert_eq!(std::fs::read(l.join("k-123456")).unwrap(), b"six");
+    assert_eq!(
+        hidden_files(&l),
+        [
+            ".checkpoint-00000000000001",
+            ".seg-1",
+            ".seg-1234567.blocks"
+        ]
+    );
+    // Strays: where an unfiled name would be, a file in the directory that
+    // is not six digits, and one named like a side file there.
+    std::fs::write(l.join("checkpoint-00000000000002000000"), b"x").unwrap();
+    std::fs::write(l.join(".checkpoint-00000000000001/25000"), b"x").unwrap();
+    std::fs::write(l.join(".checkpoint-00000000000001/.250001.blocks"), b"x").unwrap();
+    let names: Vec<String> = s
+        .list("l/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "l/checkpoint-00000000000001250000",
+            "l/k-123456",
+            "l/seg-1234567"
+        ]
+    );
+    assert_eq!(s.info("l/seg-1234567").await.unwrap().block_count, 1);
+    s.append("l/seg-1234567", 3, b"de").await.unwrap();
+    let listed = s.list("l/seg").await.unwrap();
+    assert_eq!((listed[0].size, listed[0].block_count), (5, 2));
+}
+
 /// The block-count side file is advisory: after a crash it may miss the
 /// last ends (it is not fsynced) or be gone; the count then treats the
 /// unrecorded bytes as one block and never counts past the blob's size.

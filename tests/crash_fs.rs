@@ -475,7 +475,7 @@ async fn create_interrupted() {
         }
         if !checkpointed {
             for blob in &cp0 {
-                std::fs::remove_file(dir.path().join(blob)).unwrap();
+                std::fs::remove_file(FsStore::file_path(dir.path(), blob)).unwrap();
             }
         }
         let ledger = open_recovered(dir.path(), 3, &[]).await;
@@ -588,14 +588,18 @@ async fn snapshot_without_its_checkpoint() {
     // Checkpoint after 4 batches (2 segments), then 1 more batch.
     let c = build(3, &[1, 2, 1, 1, 1], Some(4)).await;
     let size = c.batches[4].first_seq;
-    let cp = c.path().join(layout::checkpoint(NAME, size));
-    let snap = c.path().join(layout::snapshot(NAME, size));
+    let cp = FsStore::file_path(c.path(), &layout::checkpoint(NAME, size));
+    let snap = FsStore::file_path(c.path(), &layout::snapshot(NAME, size));
     assert!(cp.exists() && snap.exists());
 
     // The crash came before the checkpoint, so before the fifth batch and
     // the rollover it caused: no segment 2, segment 1 unsealed.
     let dir = c.copy();
-    std::fs::remove_file(dir.path().join(layout::checkpoint(NAME, size))).unwrap();
+    std::fs::remove_file(FsStore::file_path(
+        dir.path(),
+        &layout::checkpoint(NAME, size),
+    ))
+    .unwrap();
     std::fs::remove_file(seg_path(dir.path(), 2)).unwrap();
     set_sealed(&seg_path(dir.path(), 1), false);
     let s = store(dir.path());
@@ -607,7 +611,11 @@ async fn snapshot_without_its_checkpoint() {
     let report = verify(dir.path()).await;
     assert_eq!((report.records, report.unsigned_tail), (size, 0));
     assert_eq!(
-        std::fs::read(dir.path().join(layout::snapshot(NAME, size))).unwrap(),
+        std::fs::read(FsStore::file_path(
+            dir.path(),
+            &layout::snapshot(NAME, size)
+        ))
+        .unwrap(),
         std::fs::read(&snap).unwrap()
     );
     recovers_to(dir.path(), 3, c.before(4), None, true).await;
@@ -616,7 +624,11 @@ async fn snapshot_without_its_checkpoint() {
     // it and carries on), the fifth batch was written, then the crash: the
     // orphan snapshot is simply passed over.
     let dir = c.copy();
-    std::fs::remove_file(dir.path().join(layout::checkpoint(NAME, size))).unwrap();
+    std::fs::remove_file(FsStore::file_path(
+        dir.path(),
+        &layout::checkpoint(NAME, size),
+    ))
+    .unwrap();
     recovers_to(dir.path(), 3, &c.records, None, true).await;
 }
 
@@ -632,7 +644,11 @@ async fn orphan_snapshot_then_interrupted_rollover_then_close() {
     let c = build(3, &[1, 2, 1, 1], Some(4)).await;
     let size = c.records.len() as u64;
     let dir = c.copy();
-    std::fs::remove_file(dir.path().join(layout::checkpoint(NAME, size))).unwrap();
+    std::fs::remove_file(FsStore::file_path(
+        dir.path(),
+        &layout::checkpoint(NAME, size),
+    ))
+    .unwrap();
     // The rollover got as far as creating segment 2.
     std::fs::write(seg_path(dir.path(), 2), b"").unwrap();
     set_sealed(&seg_path(dir.path(), 1), false);
@@ -836,7 +852,11 @@ async fn missing_snapshot_of_the_newest_checkpoint() {
     let c = build(100, &[1, 2, 1], Some(2)).await;
     let size = c.batches[2].first_seq;
     let dir = c.copy();
-    std::fs::remove_file(dir.path().join(layout::snapshot(NAME, size))).unwrap();
+    std::fs::remove_file(FsStore::file_path(
+        dir.path(),
+        &layout::snapshot(NAME, size),
+    ))
+    .unwrap();
     let e = open_err(dir.path(), 100).await;
     assert_names(&e, &layout::snapshot(NAME, size), 0, Some(size));
 }
@@ -852,7 +872,11 @@ async fn a_lost_tail_is_found_without_the_newest_snapshot() {
     let size = c.batches[2].first_seq;
     let (cut, _) = c.range(1);
     let dir = c.copy();
-    std::fs::remove_file(dir.path().join(layout::snapshot(NAME, size))).unwrap();
+    std::fs::remove_file(FsStore::file_path(
+        dir.path(),
+        &layout::snapshot(NAME, size),
+    ))
+    .unwrap();
     truncate(&seg_path(dir.path(), 0), cut);
     let e = open_err(dir.path(), 100).await;
     assert_names(&e, &seg_name(0), cut, Some(c.batches[1].first_seq));
@@ -874,7 +898,11 @@ async fn a_lost_tail_is_found_without_the_newest_snapshot() {
     let (start, end) = c.range(1);
     for damage in ["flip", "cut"] {
         let dir = c.copy();
-        std::fs::remove_file(dir.path().join(layout::snapshot(NAME, size))).unwrap();
+        std::fs::remove_file(FsStore::file_path(
+            dir.path(),
+            &layout::snapshot(NAME, size),
+        ))
+        .unwrap();
         let seg = seg_path(dir.path(), 0);
         truncate(&seg, end);
         match damage {
@@ -891,7 +919,7 @@ async fn a_lost_tail_is_found_without_the_newest_snapshot() {
     // completed, and named as it is.
     let c = build(3, &[1, 2, 1, 1, 2], Some(5)).await;
     let dir = c.copy();
-    std::fs::remove_file(dir.path().join(layout::snapshot(NAME, 7))).unwrap();
+    std::fs::remove_file(FsStore::file_path(dir.path(), &layout::snapshot(NAME, 7))).unwrap();
     truncate(&seg_path(dir.path(), 2), 10);
     let e = open_err(dir.path(), 3).await;
     assert_names(&e, &seg_name(2), 10, Some(5));

@@ -1118,7 +1118,7 @@ async fn proofs_read_the_node_caches_not_the_log() {
     assert_eq!(p.proof, ledger::hexes(&want));
 
     // A wrong node, under a checksum that fits it.
-    let blob = dir.path().join("main/nodes-00000000000000040000");
+    let blob = FsStore::file_path(dir.path(), "main/nodes-00000000000000040000");
     let mut cache = NodeCache::decode(&std::fs::read(&blob).unwrap()).unwrap();
     let last = cache.hashes.len() - 1;
     cache.hashes[last][0] ^= 1;
@@ -1201,7 +1201,7 @@ async fn read_from_a_sequence_number_seeks_through_the_index() {
 
     // An index that names another batch (re-encoded, so it decodes) is
     // not followed.
-    let blob = dir.path().join("main/streams-00000000000000036000");
+    let blob = FsStore::file_path(dir.path(), "main/streams-00000000000000036000");
     let mut idx = StreamIndex::decode(&std::fs::read(&blob).unwrap()).unwrap();
     let original = idx.clone();
     let i = idx
@@ -1269,10 +1269,7 @@ async fn verify_of_a_ledger_being_written() {
     let verifier = ledger.verifier().clone();
     drop(ledger);
     std::thread::sleep(std::time::Duration::from_millis(200)); // the writer's thread ends
-    assert!(!dir
-        .path()
-        .join("main/snapshot-00000000000000000010")
-        .exists());
+    assert!(!FsStore::file_path(dir.path(), "main/snapshot-00000000000000000010").exists());
 
     let view = |hide: usize, short: Option<u64>| Faulty {
         hide_newest_checkpoints: hide.into(),
@@ -1597,11 +1594,10 @@ async fn readers_hold_the_log_to_the_newest_checkpoint() {
         ledger.checkpoint().await.unwrap();
     }
     ledger.close().await.unwrap();
-    let main = dir.path().join("main");
     // A snapshot a crash left without its checkpoint.
     std::fs::copy(
-        main.join("snapshot-00000000000000000030"),
-        main.join("snapshot-00000000000000000100"),
+        FsStore::file_path(dir.path(), "main/snapshot-00000000000000000030"),
+        FsStore::file_path(dir.path(), "main/snapshot-00000000000000000100"),
     )
     .unwrap();
     cut_segment(dir.path(), last[0].offset);

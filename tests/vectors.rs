@@ -1499,7 +1499,11 @@ fn readers_refuse_what_they_do_not_know() {
 fn write_ledger(root: &std::path::Path, doc: &BTreeMap<String, Vec<u8>>) -> std::path::PathBuf {
     let dir = root.join(LEDGER_NAME);
     std::fs::create_dir_all(&dir).unwrap();
-    let put = |blob: String, bytes: &[u8]| std::fs::write(root.join(blob), bytes).unwrap();
+    let put = |blob: String, bytes: &[u8]| {
+        let file = FsStore::file_path(root, &blob);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, bytes).unwrap()
+    };
     put(layout::meta(LEDGER_NAME), &doc["ledger-file"]);
     let mut segment = doc["segment-header"].clone();
     segment.extend_from_slice(&doc["batch-0"]);
@@ -1868,7 +1872,7 @@ async fn snapshots_are_a_cache() {
     let verifier = Verifier::from_vkey(&doc_str(&doc, "verifier-key")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     write_ledger(dir.path(), &doc);
-    let snapshot = |size| dir.path().join(layout::snapshot(LEDGER_NAME, size));
+    let snapshot = |size| FsStore::file_path(dir.path(), &layout::snapshot(LEDGER_NAME, size));
 
     // Older snapshots may be pruned...
     std::fs::remove_file(snapshot(0)).unwrap();

@@ -56,6 +56,7 @@ macro_rules! for_each_check {
             read_out_of_range,
             missing_blob_is_not_found,
             list_by_prefix,
+            numbered_names,
             seal_makes_read_only,
             seal_seen_by_other_handle,
             put_is_immutable,
@@ -410,6 +411,111 @@ pub async fn missing_blob_is_not_found(b: &dyn Backend) {
     assert_not_found(s.truncate("m/dir", 0).await, "m/dir");
     assert_not_found(s.info("m").await, "m");
     assert_eq!(contents(s.as_ref(), "m/dir/child").await, b"c");
+}
+
+/// Names that end in long runs of digits, as a ledger names its
+/// checkpoints and caches (a store may file them apart, as the fs store
+/// does by all but their last six digits): listed by prefixes that end at,
+/// before and after any digit, read, counted and deleted like any other.
+pub async fn numbered_names(b: &dyn Backend) {
+    let (_ns, s) = fresh(b);
+    let put = [
+        "n/k-00000000000001250000",
+        "n/k-00000000000001250001",
+        "n/k-00000000000002000000",
+        "n/k-0000000",
+        "n/k-123456",
+        "n/k-1234567",
+        "n/7654321",
+        "n/x/k-00000000000001250000",
+    ];
+    for name in put {
+        s.put(name, name.as_bytes()).await.unwrap();
+    }
+    let appended = "n/k-00000000000001250002";
+    s.create(appended).await.unwrap();
+    s.append(appended, 0, b"ab").await.unwrap();
+    s.append(appended, 2, b"c").await.unwrap();
+    s.seal(appended).await.unwrap();
+
+    let names = |p: &'static str| {
+        let s = s.clone();
+        async move {
+            let v: Vec<String> = s
+                .list(p)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|b| b.name)
+                .collect();
+            v
+        }
+    };
+    let mut all: Vec<&str> = put.iter().copied().chain([appended]).collect();
+    all.sort();
+    assert_eq!(names("n/").await, all);
+    for (prefix, want) in [
+        (
+            "n/k-00000000000001",
+            &[
+                "n/k-00000000000001250000",
+                "n/k-00000000000001250001",
+                "n/k-00000000000001250002",
+            ][..],
+        ),
+        (
+            "n/k-0000000000000125000",
+            &[
+                "n/k-00000000000001250000",
+                "n/k-00000000000001250001",
+                "n/k-00000000000001250002",
+            ],
+        ),
+        ("n/k-00000000000001250001", &["n/k-00000000000001250001"]),
+        (
+            "n/k-0000000000000",
+            &[
+                "n/k-00000000000001250000",
+                "n/k-00000000000001250001",
+                "n/k-00000000000001250002",
+                "n/k-00000000000002000000",
+            ],
+        ),
+        (
+            "n/k-0000000",
+            &[
+                "n/k-0000000",
+                "n/k-00000000000001250000",
+                "n/k-00000000000001250001",
+                "n/k-00000000000001250002",
+                "n/k-00000000000002000000",
+            ],
+        ),
+        ("n/k-00000000000003", &[]),
+        ("n/k-12345", &["n/k-123456", "n/k-1234567"]),
+        ("n/k-1234567", &["n/k-1234567"]),
+        ("n/7", &["n/7654321"]),
+        ("n/x/", &["n/x/k-00000000000001250000"]),
+    ] {
+        assert_eq!(names(prefix).await, want, "prefix {prefix:?}");
+    }
+    for name in put {
+        assert_eq!(s.read_all(name).await.unwrap(), name.as_bytes(), "{name}");
+        assert_eq!(s.info(name).await.unwrap().block_count, 1, "{name}");
+    }
+    let info = s.info(appended).await.unwrap();
+    assert_eq!((info.size, info.block_count, info.sealed), (3, 2, true));
+    let listed = s.list(appended).await.unwrap();
+    assert_eq!(listed, [info]);
+    s.delete("n/k-00000000000001250001").await.unwrap();
+    assert_eq!(
+        names("n/k-000000000000012").await,
+        ["n/k-00000000000001250000", "n/k-00000000000001250002"]
+    );
+    assert!(matches!(
+        s.read_all("n/k-00000000000001250001").await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 pub async fn list_by_prefix(b: &dyn Backend) {

@@ -138,8 +138,9 @@ impl Fixture {
         self.dir.path().join("data")
     }
 
+    /// Where the fs store keeps `blob`.
     pub fn path(&self, blob: &str) -> PathBuf {
-        self.data().join(blob)
+        bi_ledger::backend::fs::FsStore::file_path(&self.data(), blob)
     }
 
     pub fn run(&self, args: &[&str]) -> Out {
@@ -169,13 +170,22 @@ impl Fixture {
         fs::metadata(self.path(SEG)).unwrap().len()
     }
 
-    /// Names of the checkpoint files, sorted.
+    /// Names of the checkpoint blobs under `main/`, without the `main/`,
+    /// sorted. The fs store files them in directories by all but their
+    /// last six digits (`FsStore::file_path`).
     pub fn checkpoints(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.path("main"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with("checkpoint-"))
-            .collect();
+        let mut v = Vec::new();
+        for dir in fs::read_dir(self.path("main")).unwrap() {
+            let dir = dir.unwrap();
+            let stem = dir.file_name().into_string().unwrap();
+            let Some(stem) = stem.strip_prefix(".checkpoint-") else {
+                continue;
+            };
+            for file in fs::read_dir(dir.path()).unwrap() {
+                let file = file.unwrap().file_name().into_string().unwrap();
+                v.push(format!("checkpoint-{stem}{file}"));
+            }
+        }
         v.sort();
         v
     }

@@ -104,15 +104,40 @@ impl FsStore {
 
     fn path(&self, name: &str) -> Result<PathBuf, StoreError> {
         validate_name(name)?;
-        Ok(self.root.join(name))
+        Ok(Self::file_path(&self.root, name))
+    }
+
+    /// Where blob `name` (a valid name) is kept under `root`.
+    ///
+    /// A ledger names its checkpoints and caches `<kind>-<20 digits>`, a
+    /// few every few minutes for years: ten years of them in one directory
+    /// are millions of entries, and a listing reads its directory whole
+    /// (two million took ext4 about 5 s, on every open). So a name whose
+    /// last component ends in [`FAN_MIN_DIGITS`] or more digits is filed in
+    /// a hidden directory named by that component less its last
+    /// [`FAN_DIGITS`] digits, under those digits: `main/checkpoint-
+    /// 00000000000001250000` is `main/.checkpoint-00000000000001/250000`.
+    /// A directory then holds at most a million such files, and a listing
+    /// by a prefix that names the other digits reads only its own. No blob
+    /// name starts with '.', so the directory is never a blob; side files
+    /// are files, never directories.
+    pub fn file_path(root: &Path, name: &str) -> PathBuf {
+        let (dir, file) = split_last(name);
+        match fanned(file) {
+            Some((stem, digits)) => root.join(dir).join(format!(".{stem}")).join(digits),
+            None => root.join(name),
+        }
     }
 
     /// Hidden companion files (block ends, temp files, locks) start with '.',
     /// which no blob name may, so they never collide with blobs.
+    /// They stay beside the name, never in the directory that files it
+    /// (`file_path`): the writer's lock removes temp files left by a crash
+    /// from one directory, which stays small.
     fn side_path(&self, name: &str, suffix: &str) -> Result<PathBuf, StoreError> {
-        let p = self.path(name)?;
-        let file = p.file_name().unwrap().to_string_lossy().into_owned();
-        Ok(p.with_file_name(format!(".{file}.{suffix}")))
+        validate_name(name)?;
+        let (dir, file) = split_last(name);
+        Ok(self.root.join(dir).join(format!(".{file}.{suffix}")))
     }
 
     fn open_blob(&self, name: &str) -> Result<Arc<Mutex<OpenBlob>>, StoreError> {
@@ -305,10 +330,6 @@ fn count_blocks(side: &File, size: u64) -> std::io::Result<u64> {
     Ok(count + u64::from(size > last_end))
 }
 
-/// Adds to `out` the names of the blobs under `dir` (named `rel`, "" for
-/// the root) that start with `prefix`, descending only into directories
-/// that can hold such names. Hidden side files are skipped, and so is
-/// anything else that is not a valid blob name.
 /// Whether the name `rel/file` (`file` at the root) starts with `prefix`.
 fn joined_starts_with(rel: &str, file: &str, prefix: &str) -> bool {
     if rel.is_empty() {
@@ -323,6 +344,40 @@ fn joined_starts_with(rel: &str, file: &str, prefix: &str) -> bool {
     }
 }
 
+/// Names whose last component ends in at least this many digits are
+/// filed in a directory of their own kind (see [`FsStore::file_path`]).
+pub const FAN_MIN_DIGITS: usize = 7;
+/// The digits of such a name that make its file name there.
+pub const FAN_DIGITS: usize = 6;
+
+/// A name's last component split as [`FsStore::file_path`] files it: the
+/// stem (ending in a digit) and the last [`FAN_DIGITS`] digits.
+fn fanned(file: &str) -> Option<(&str, &str)> {
+    let digits = file.bytes().rev().take_while(u8::is_ascii_digit).count();
+    (digits >= FAN_MIN_DIGITS).then(|| file.split_at(file.len() - FAN_DIGITS))
+}
+
+/// A name's directory part ("" at the root) and last component.
+fn split_last(name: &str) -> (&str, &str) {
+    match name.rfind('/') {
+        Some(i) => (&name[..i], &name[i + 1..]),
+        None => ("", name),
+    }
+}
+
+/// `rel/file`, or `file` at the root.
+fn joined(rel: &str, file: &str) -> String {
+    if rel.is_empty() {
+        file.to_owned()
+    } else {
+        format!("{rel}/{file}")
+    }
+}
+
+/// Adds to `out` the names of the blobs under `dir` (named `rel`, "" for
+/// the root) that start with `prefix`, descending only into directories
+/// that can hold such names, and to `sides` the names of blobs with a
+/// block index. Anything else that is not a valid blob name is skipped.
 fn walk(
     dir: &Path,
     rel: &str,
@@ -341,13 +396,15 @@ fn walk(
         let entry = entry?;
         let file = entry.file_name();
         let Some(file) = file.to_str() else { continue };
-        if let Some(blob) = file.strip_prefix('.') {
-            if let Some(blob) = blob.strip_suffix(".blocks") {
-                sides.insert(if rel.is_empty() {
-                    blob.to_owned()
-                } else {
-                    format!("{rel}/{blob}")
-                });
+        if let Some(hidden) = file.strip_prefix('.') {
+            let kind = entry.file_type()?;
+            if kind.is_dir() && hidden.ends_with(|c: char| c.is_ascii_digit()) {
+                let stem = joined(rel, hidden);
+                if stem.starts_with(prefix) || prefix.starts_with(&stem) {
+                    walk_fanned(&entry.path(), &stem, prefix, out)?;
+                }
+            } else if let Some(blob) = hidden.strip_suffix(".blocks") {
+                sides.insert(joined(rel, blob));
             }
             continue;
         }
@@ -357,17 +414,43 @@ fn walk(
         if kind.is_file() && !joined_starts_with(rel, file, prefix) {
             continue;
         }
-        let name = if rel.is_empty() {
-            file.to_owned()
-        } else {
-            format!("{rel}/{file}")
-        };
+        let name = joined(rel, file);
         if kind.is_dir() {
             let sub = format!("{name}/");
             if sub.starts_with(prefix) || prefix.starts_with(&sub) {
                 walk(&entry.path(), &name, prefix, out, sides)?;
             }
-        } else if kind.is_file() && name.starts_with(prefix) && validate_name(&name).is_ok() {
+        } else if kind.is_file()
+            && name.starts_with(prefix)
+            && fanned(file).is_none()
+            && validate_name(&name).is_ok()
+        {
+            out.push(name);
+        }
+    }
+    Ok(())
+}
+
+/// [`walk`] in the directory that files the names starting with `stem`
+/// (their side files are beside the stem's directory, not in it).
+fn walk_fanned(dir: &Path, stem: &str, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+    let is_digits = |f: &str| f.len() == FAN_DIGITS && f.bytes().all(|b| b.is_ascii_digit());
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        if !is_digits(file) || !entry.file_type()?.is_file() {
+            continue;
+        }
+        let name = format!("{stem}{file}");
+        if name.starts_with(prefix) && validate_name(&name).is_ok() {
             out.push(name);
         }
     }
@@ -562,7 +645,8 @@ impl BlobStore for SharedFs {
             let dir = if dir_part.is_empty() {
                 me.root.clone()
             } else {
-                me.path(dir_part)?
+                validate_name(dir_part)?;
+                me.root.join(dir_part)
             };
             let listed = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
