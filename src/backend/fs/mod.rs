@@ -115,9 +115,9 @@ impl FsStore {
     /// (two million took ext4 about 5 s, on every open). So a name whose
     /// last component ends in [`FAN_MIN_DIGITS`] or more digits is filed in
     /// a hidden directory named by that component less its last
-    /// [`FAN_DIGITS`] digits, under those digits: `main/checkpoint-
-    /// 00000000000001250000` is `main/.checkpoint-00000000000001/250000`.
-    /// A directory then holds at most a million such files, and a listing
+    /// [`FAN_DIGITS`] digits, under those digits:
+    /// `main/checkpoint-00000000000001250000` is the file
+    /// `main/.checkpoint-00000000000001/250000`. A directory then holds at most a million such files, and a listing
     /// by a prefix that names the other digits reads only its own. No blob
     /// name starts with '.', so the directory is never a blob; side files
     /// are files, never directories.
@@ -130,10 +130,10 @@ impl FsStore {
     }
 
     /// Hidden companion files (block ends, temp files, locks) start with '.',
-    /// which no blob name may, so they never collide with blobs.
-    /// They stay beside the name, never in the directory that files it
-    /// (`file_path`): the writer's lock removes temp files left by a crash
-    /// from one directory, which stays small.
+    /// which no blob name may, so they never collide with blobs. They stay
+    /// beside the name, never in the directory that files it (`file_path`):
+    /// taking the writer's lock removes the temp files a crash left from
+    /// one directory, which stays small.
     fn side_path(&self, name: &str, suffix: &str) -> Result<PathBuf, StoreError> {
         validate_name(name)?;
         let (dir, file) = split_last(name);
