@@ -898,3 +898,46 @@ fn an_error_with_standard_error_closed_exits_2() {
         assert_eq!(child.wait().unwrap().code(), Some(2));
     }
 }
+
+/// Two `init`s (or `demo`s) at once: one makes the ledger, the other says
+/// it exists (or is locked), and the key the ledger was made with stays.
+/// Before, the second deleted the first one's key in about a third of the
+/// tries, and no one could append to the new ledger again.
+#[test]
+fn two_inits_at_once_keep_the_ledgers_key() {
+    for (round, args) in (0..16).map(|i| {
+        let args: &[&str] = if i % 4 == 3 {
+            &["demo", "--stories", "5"]
+        } else {
+            &["init"]
+        };
+        (i, args)
+    }) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let outs: Vec<Out> = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| run_in(&data, args, None)))
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let ok = outs.iter().filter(|o| o.code == 0).count();
+        let both = || format!("{}\n{}", outs[0].describe(), outs[1].describe());
+        assert!(ok >= 1, "round {round} {args:?}: {}", both());
+        for o in outs.iter().filter(|o| o.code != 0) {
+            assert_eq!(o.code, 2, "round {round} {args:?}: {}", o.describe());
+            assert!(
+                o.stderr.contains("already exists") || o.stderr.contains("locked"),
+                "round {round} {args:?}: {}",
+                o.describe()
+            );
+        }
+        if args[0] == "init" {
+            assert_eq!(ok, 1, "round {round}: {}", both());
+        }
+        let out = run_in(&data, &["append"], Some(&line("s", "T", json!(round))));
+        assert_eq!(out.code, 0, "round {round} {args:?}: {}", out.describe());
+        let out = run_in(&data, &["verify"], None);
+        assert_eq!(out.code, 0, "round {round} {args:?}: {}", out.describe());
+    }
+}

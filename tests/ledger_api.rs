@@ -306,6 +306,12 @@ struct Faulty {
     lock_lost: Arc<std::sync::atomic::AtomicBool>,
     /// Reads of checkpoints that fail (a passing outage), counted down.
     checkpoint_reads_fail: std::sync::atomic::AtomicU64,
+    /// A segment that listings leave out, and how many more will (a
+    /// listing made while the writer rolled over, which missed it).
+    hide_segment: Option<(String, std::sync::atomic::AtomicU64)>,
+    /// The LEDGER file is not found by the first look for it (a reader
+    /// that looked while `Ledger::create` was under way).
+    meta_not_yet: std::sync::atomic::AtomicBool,
 }
 
 /// A writer lock that can be lost on demand.
@@ -412,9 +418,28 @@ impl BlobStore for Faulty {
                 b.size -= cut;
             }
         }
+        if let Some((name, left)) = &self.hide_segment {
+            use std::sync::atomic::Ordering::SeqCst;
+            if listed.iter().any(|b| &b.name == name)
+                && left
+                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                listed.retain(|b| &b.name != name);
+            }
+        }
         Ok(listed)
     }
     async fn info(&self, name: &str) -> Result<BlobInfo, StoreError> {
+        if name.ends_with("/LEDGER")
+            && self
+                .meta_not_yet
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::NotFound {
+                name: name.to_owned(),
+            });
+        }
         self.inner().info(name).await
     }
     async fn seal(&self, name: &str) -> Result<(), StoreError> {
@@ -1415,6 +1440,61 @@ mod expected_versions {
             })?;
         }
     }
+}
+
+/// A listing made while the writer rolls over may miss a segment created
+/// just before one it shows. Open lists again before it calls such a gap
+/// damage; one that three listings in a row show is reported, by name. A
+/// LEDGER file missed by the first look is looked for again before its
+/// segments make it a lost one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_missed_by_a_listing_is_listed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(6);
+    opts.segment_max_blocks = 2; // header and one batch a segment
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", opts.clone())
+        .await
+        .unwrap();
+    for stream in ["a", "b", "c"] {
+        ledger.append(counted(stream, 2)).await.unwrap();
+    }
+    ledger.close().await.unwrap();
+    let hidden = |listings: u64| {
+        Arc::new(Faulty {
+            hide_segment: Some(("main/0000000001.seg".into(), listings.into())),
+            ..Faulty::over(store(dir.path()))
+        })
+    };
+    for listings in [1, 2] {
+        let reader = bi_ledger::LedgerReader::open(hidden(listings), "main")
+            .await
+            .unwrap();
+        let n = reader.read(0, None).await.unwrap().len();
+        assert_eq!(n, 6, "missed by {listings} listing(s)");
+        let ledger = bi_ledger::Ledger::open(hidden(listings), "main", opts.clone())
+            .await
+            .unwrap();
+        ledger.close().await.unwrap();
+    }
+    // The LEDGER file put after a reader first looked for it, the segments
+    // after it looked: not a lost identity file.
+    let creating = Faulty {
+        meta_not_yet: true.into(),
+        ..Faulty::over(store(dir.path()))
+    };
+    let reader = bi_ledger::LedgerReader::open(Arc::new(creating), "main")
+        .await
+        .unwrap();
+    assert_eq!(reader.read(0, None).await.unwrap().len(), 6);
+    let e = match bi_ledger::LedgerReader::open(hidden(3), "main").await {
+        Err(bi_ledger::LedgerError::Integrity(e)) => e,
+        other => panic!("expected an integrity error, got {:?}", other.map(|_| ())),
+    };
+    assert_eq!(e.blob, "main/0000000002.seg", "{e}");
+    assert!(
+        e.what.contains("segment 1 is missing before segment 2"),
+        "{e}"
+    );
 }
 
 /// A record changed with its CRC mended (the careful forger) leaves every

@@ -4,7 +4,7 @@
 //! an integrity error and the ledger stays closed for writing.
 
 use rayon::prelude::*;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::layout::{self, Meta};
 use super::scan::Scanner;
@@ -54,18 +54,27 @@ pub async fn read_meta(store: &dyn BlobStore, ledger: &str) -> Result<Meta> {
         Err(crate::backend::StoreError::NotFound { .. }) => {
             // A ledger whose segments or checkpoints are there has lost its
             // identity file: damage, not a ledger that was never created.
+            // Unless it is being created: `Ledger::create` puts the file
+            // first, so one that is there when looked for again was put
+            // after the first look, not lost.
             let segments = list_segments(store, ledger).await?.len();
             let checkpoints = checkpoint_blobs(store, ledger).await?.len();
-            if segments + checkpoints > 0 {
-                return Err(IntegrityError::new(
-                    &blob,
-                    0,
-                    None,
-                    format!("the ledger's identity file is missing, but {segments} segment(s) and {checkpoints} checkpoint(s) of the ledger exist"),
-                )
-                .into());
+            if segments + checkpoints == 0 {
+                return Err(LedgerError::NotFound(ledger.to_owned()));
             }
-            return Err(LedgerError::NotFound(ledger.to_owned()));
+            match store.read_all(&blob).await {
+                Ok(b) => b,
+                Err(crate::backend::StoreError::NotFound { .. }) => {
+                    return Err(IntegrityError::new(
+                        &blob,
+                        0,
+                        None,
+                        format!("the ledger's identity file is missing, but {segments} segment(s) and {checkpoints} checkpoint(s) of the ledger exist"),
+                    )
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Err(e) => return Err(e.into()),
     };
@@ -279,7 +288,34 @@ pub async fn list_every_segment(
     segments_under_digits(store, ledger, true).await
 }
 
+/// A listing is no snapshot: one made while a writer rolls over may show
+/// a new segment without the one created just before it (a directory read
+/// on ext4 returns names in hash order, and a name added behind its cursor
+/// is missed; an Azure listing may page past it). Segments are never
+/// removed, so a gap that is real is there in every listing: one seen
+/// [`GAP_LISTINGS`] times in a row is reported.
 async fn segments_under_digits(
+    store: &dyn BlobStore,
+    ledger: &str,
+    every_digit: bool,
+) -> Result<Vec<(u64, BlobInfo)>> {
+    let mut tries = 1;
+    loop {
+        match segments_listed(store, ledger, every_digit).await {
+            Err(LedgerError::Integrity(e)) if tries < GAP_LISTINGS => {
+                debug!(error = %e, tries, "a gap among the segments listed; listing again");
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Listings of the segments that must show the same gap before it is
+/// reported as damage.
+const GAP_LISTINGS: u32 = 3;
+
+async fn segments_listed(
     store: &dyn BlobStore,
     ledger: &str,
     every_digit: bool,
@@ -555,12 +591,15 @@ enum Repair {
 impl Repair {
     async fn apply(self, store: &dyn BlobStore) -> Result<()> {
         match self {
+            // Logged before the store is touched: a crash (or kill) during
+            // the cut must not leave it done and unsaid, the next open
+            // finding a clean tail and nothing to tell.
             Repair::Header { name, cut, header } => {
+                warn!(segment = %name, cut, "completing a segment header left unwritten by a crash");
                 if cut > 0 {
                     store.truncate(&name, 0).await?;
                 }
                 store.append(&name, 0, &header).await?;
-                warn!(segment = %name, cut, "completed a segment header left unwritten by a crash");
             }
             Repair::Cut {
                 name,
@@ -569,15 +608,15 @@ impl Repair {
                 first_lost_seq,
                 reason,
             } => {
-                store.truncate(&name, offset).await?;
                 warn!(
                     segment = %name,
                     offset,
                     bytes_cut = cut,
                     first_lost_seq,
                     %reason,
-                    "truncated a torn last batch left by a crash; it was never acknowledged"
+                    "truncating a torn last batch left by a crash; it was never acknowledged"
                 );
+                store.truncate(&name, offset).await?;
             }
         }
         Ok(())

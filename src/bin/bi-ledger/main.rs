@@ -423,6 +423,28 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
         .with_context(|| format!("syncing {}", dir.display()))
 }
 
+/// An exclusive lock on a hidden file beside `key`, held by whoever makes
+/// that key and its ledger; waits for the holder. The file stays: removing
+/// it would let a waiter lock a file no one else can see.
+fn key_turn(key: &Path) -> Result<std::fs::File> {
+    let dir = key
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = key.file_name().unwrap_or_default().to_string_lossy();
+    let path = dir.join(format!(".{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
 fn pub_path_of(path: &Path) -> PathBuf {
     let mut pub_path = path.as_os_str().to_owned();
     pub_path.push(".pub");
@@ -632,6 +654,18 @@ async fn init(cli: &Cli) -> Outcome {
 /// used rather than refused.
 async fn create_ledger(cli: &Cli, store: Arc<dyn BlobStore>) -> Result<(Ledger, PathBuf)> {
     let default_key = key_path(cli);
+    let meta_blob = bi_ledger::ledger::layout::meta(&cli.ledger);
+    // Of two `init`s (or `demo`s) at once, each would find the key the
+    // other wrote, and one would delete it after the other had created
+    // the ledger with it. So they take turns, and the second finds the
+    // ledger made and leaves the key alone.
+    let _turn = match &cli.signing_key {
+        Some(_) => None,
+        None => Some(key_turn(&default_key)?),
+    };
+    if store.info(&meta_blob).await.is_ok() {
+        return Err(LedgerError::AlreadyExists(cli.ledger.clone()).into());
+    }
     let (key, key_file, made) = match &cli.signing_key {
         Some(p) => (load_key(cli)?, p.clone(), None),
         None if default_key.exists() => {
@@ -658,7 +692,6 @@ async fn create_ledger(cli: &Cli, store: Arc<dyn BlobStore>) -> Result<(Ledger, 
             (k, default_key.clone(), Some((default_key, pub_path)))
         }
     };
-    let meta_blob = bi_ledger::ledger::layout::meta(&cli.ledger);
     match Ledger::create(store.clone(), &cli.ledger, LedgerOptions::new(key)).await {
         Ok(l) => Ok((l, key_file)),
         // Made meanwhile by another process, with a key of its own.
