@@ -188,9 +188,20 @@ pub fn parse_frame(buf: &[u8], max_body: usize) -> Frame<'_> {
         }
     };
     if !(BODY_HEADER_LEN..=max_body).contains(&body_len) {
+        // The bound is the reading store's block size (format §5.1), which
+        // the ledger does not record: say so, for a ledger written through
+        // a store configured with larger blocks.
+        let why = if body_len > max_body {
+            format!(
+                ": larger than a block of this store ({} bytes with its header); a ledger written with larger blocks must be read through a store whose blocks are as large",
+                max_body + FRAME_HEADER_LEN
+            )
+        } else {
+            String::new()
+        };
         return Frame::Corrupt(DecodeError::new(
             0,
-            format!("batch length {body_len} out of range ({BODY_HEADER_LEN}..={max_body})"),
+            format!("batch length {body_len} out of range ({BODY_HEADER_LEN}..={max_body}){why}"),
         ));
     }
     let total = FRAME_HEADER_LEN + body_len;

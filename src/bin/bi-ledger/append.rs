@@ -123,6 +123,11 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
             "every line (up to {upto}) was appended and is durable, as the receipts say, but closing the ledger failed: {c} (its closing checkpoint is not written; the next writer reads them from the log)"
         ),
         (Err(e), Ok(_)) => Err(e),
+        // A writer stopped by a failed write fails its close with the
+        // same error: say it once.
+        (Err(e), Err(c)) if format!("{e:#}").contains(&c.to_string()) => {
+            bail!("{e:#} (so closing the ledger failed too)")
+        }
         (Err(e), Err(c)) => bail!("{e:#} (closing the ledger also failed: {c})"),
     }
 }
