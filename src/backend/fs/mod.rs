@@ -374,6 +374,22 @@ fn joined(rel: &str, file: &str) -> String {
     }
 }
 
+/// The entries of `dir` whose names are UTF-8 (no blob's is otherwise),
+/// with their names; none if it is gone (deleted while listed) or a file.
+fn entries_of(
+    dir: &Path,
+) -> std::io::Result<impl Iterator<Item = std::io::Result<(fs::DirEntry, String)>>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => Some(e),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(entries.into_iter().flatten().filter_map(|e| match e {
+        Ok(e) => e.file_name().into_string().ok().map(|name| Ok((e, name))),
+        Err(e) => Some(Err(e)),
+    }))
+}
+
 /// Adds to `out` the names of the blobs under `dir` (named `rel`, "" for
 /// the root) that start with `prefix`, descending only into directories
 /// that can hold such names, and to `sides` the names of blobs with a
@@ -385,17 +401,9 @@ fn walk(
     out: &mut Vec<String>,
     sides: &mut HashSet<String>,
 ) -> std::io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-            return Ok(())
-        }
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let file = entry.file_name();
-        let Some(file) = file.to_str() else { continue };
+    for entry in entries_of(dir)? {
+        let (entry, file) = entry?;
+        let file = file.as_str();
         if let Some(hidden) = file.strip_prefix('.') {
             let kind = entry.file_type()?;
             if kind.is_dir() && hidden.ends_with(|c: char| c.is_ascii_digit()) {
@@ -435,17 +443,9 @@ fn walk(
 /// (their side files are beside the stem's directory, not in it).
 fn walk_fanned(dir: &Path, stem: &str, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> {
     let is_digits = |f: &str| f.len() == FAN_DIGITS && f.bytes().all(|b| b.is_ascii_digit());
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-            return Ok(())
-        }
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let file = entry.file_name();
-        let Some(file) = file.to_str() else { continue };
+    for entry in entries_of(dir)? {
+        let (entry, file) = entry?;
+        let file = file.as_str();
         if !is_digits(file) || !entry.file_type()?.is_file() {
             continue;
         }

@@ -395,12 +395,7 @@ fn load_verifier(path: &Path) -> Result<Verifier> {
 /// is taken), so that a crash never leaves a part-written key.
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let (dir, file_name) = made_dir_of(path)?;
     let tmp = dir.join(format!(".{file_name}.tmp-{}", uuid::Uuid::new_v4()));
     let written = std::fs::OpenOptions::new()
         .write(true)
@@ -427,12 +422,7 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
 /// that key and its ledger; waits for the holder. The file stays: removing
 /// it would let a waiter lock a file no one else can see.
 fn key_turn(key: &Path) -> Result<std::fs::File> {
-    let dir = key
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = key.file_name().unwrap_or_default().to_string_lossy();
+    let (dir, name) = made_dir_of(key)?;
     let path = dir.join(format!(".{name}.lock"));
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -443,6 +433,17 @@ fn key_turn(key: &Path) -> Result<std::fs::File> {
     file.lock()
         .with_context(|| format!("locking {}", path.display()))?;
     Ok(file)
+}
+
+/// The directory `path` is in ("." for a bare name), made if missing, and
+/// the file's name.
+fn made_dir_of(path: &Path) -> Result<(&Path, std::borrow::Cow<'_, str>)> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok((dir, path.file_name().unwrap_or_default().to_string_lossy()))
 }
 
 fn pub_path_of(path: &Path) -> PathBuf {
