@@ -102,7 +102,9 @@ pub struct Checkpoint {
 pub struct NoteSignature {
     pub key_name: String,
     pub key_id: [u8; 4],
-    pub signature: [u8; 64],
+    /// 64 bytes for an Ed25519 key; another signer's (a witness with
+    /// another algorithm) may be of any length, and is ignored.
+    pub signature: Vec<u8>,
 }
 
 /// An Ed25519 public key together with the name it signs under.
@@ -279,22 +281,21 @@ impl Checkpoint {
             });
         }
         let body = &note[..parsed.body_len];
+        let invalid = || {
+            let (key_name, key_id) = key_error_fields();
+            CheckpointError::InvalidSignature {
+                line: FIRST_SIGNATURE_LINE + index,
+                key_name,
+                key_id,
+            }
+        };
+        let bytes: [u8; 64] = signature.signature[..].try_into().map_err(|_| invalid())?;
         // verify_strict rejects malleable signature encodings, so each
         // checkpoint has exactly one valid signature per key.
         verifier
             .key
-            .verify_strict(
-                body.as_bytes(),
-                &Signature::from_bytes(&signature.signature),
-            )
-            .map_err(|_| {
-                let (key_name, key_id) = key_error_fields();
-                CheckpointError::InvalidSignature {
-                    line: FIRST_SIGNATURE_LINE + index,
-                    key_name,
-                    key_id,
-                }
-            })?;
+            .verify_strict(body.as_bytes(), &Signature::from_bytes(&bytes))
+            .map_err(|_| invalid())?;
         Ok(parsed.checkpoint)
     }
 }
@@ -439,11 +440,16 @@ fn parse_signature_line(text: &str) -> Option<NoteSignature> {
     if !valid_name(key_name) {
         return None;
     }
-    let bytes = decode_base64(blob, 68)?;
+    // C2SP signed-note: a key id of 4 bytes, then a signature whose form
+    // is the signer's own. Only the verifier's line must be Ed25519's 64.
+    let bytes = decode_base64_any(blob)?;
+    if bytes.len() < 5 {
+        return None;
+    }
     Some(NoteSignature {
         key_name: key_name.to_owned(),
         key_id: bytes[..4].try_into().ok()?,
-        signature: bytes[4..].try_into().ok()?,
+        signature: bytes[4..].to_vec(),
     })
 }
 
@@ -503,8 +509,13 @@ fn parse_size(text: &str) -> Option<u64> {
 /// Decodes standard padded base64 of exactly `len` bytes, accepting only the
 /// canonical encoding so that each value has one spelling.
 fn decode_base64(text: &str, len: usize) -> Option<Vec<u8>> {
+    decode_base64_any(text).filter(|b| b.len() == len)
+}
+
+/// Canonical padded base64 only: one spelling per byte string.
+fn decode_base64_any(text: &str) -> Option<Vec<u8>> {
     let bytes = BASE64.decode(text).ok()?;
-    (bytes.len() == len && BASE64.encode(&bytes) == text).then_some(bytes)
+    (BASE64.encode(&bytes) == text).then_some(bytes)
 }
 
 fn decode_hash(text: &str) -> Option<Hash> {
@@ -623,7 +634,10 @@ mod tests {
         assert_eq!(sigs.len(), 1);
         assert_eq!(sigs[0].key_name, TEST_NAME);
         assert_eq!(sigs[0].key_id, verifier.key_id());
-        assert_eq!(sigs[0].signature, key.sign(cp.body().as_bytes()).to_bytes());
+        assert_eq!(
+            sigs[0].signature,
+            key.sign(cp.body().as_bytes()).to_bytes().to_vec()
+        );
         assert_eq!(Checkpoint::open(&note, &verifier).unwrap(), cp);
     }
 
@@ -769,6 +783,41 @@ mod tests {
             signature_line(TEST_NAME, &key, &body)
         );
         assert!(Checkpoint::open(&note, &verifier_for(TEST_NAME, &key)).is_ok());
+
+        // Nor does a witness's of another length (another algorithm), but
+        // one of that length under the verifier's own name and key id is
+        // no Ed25519 signature: invalid, not ignored.
+        let verifier = verifier_for(TEST_NAME, &key);
+        for (name, id, len, ok) in [
+            ("witness.example", [9u8; 4], 96, true),
+            ("witness.example", [9u8; 4], 1, true),
+            (TEST_NAME, verifier.key_id(), 96, false),
+            (TEST_NAME, verifier.key_id(), 63, false),
+        ] {
+            let mut blob = id.to_vec();
+            blob.extend(std::iter::repeat_n(0x5a, len));
+            let foreign = format!("\u{2014} {name} {}\n", BASE64.encode(&blob));
+            let note = format!(
+                "{body}\n{}{foreign}",
+                signature_line(TEST_NAME, &key, &body)
+            );
+            let opened = Checkpoint::open(&note, &verifier);
+            match (ok, opened) {
+                (true, Ok(opened)) => assert_eq!(opened, cp),
+                (false, Err(CheckpointError::DuplicateSignature { .. })) => {}
+                (_, other) => panic!("{name} {len}: {other:?}"),
+            }
+            let alone = format!("{body}\n{foreign}");
+            let opened = Checkpoint::open(&alone, &verifier);
+            match (ok, opened) {
+                (true, Err(CheckpointError::NoMatchingSignature { .. })) => {}
+                (false, Err(CheckpointError::InvalidSignature { .. })) => {}
+                (_, other) => panic!("{name} {len} alone: {other:?}"),
+            }
+        }
+        // Four bytes (a key id and no signature) is not a signature line.
+        let note = format!("{body}\n\u{2014} w.example {}\n", BASE64.encode([1u8; 4]));
+        assert!(Checkpoint::parse(&note).is_err());
     }
 
     #[test]
@@ -989,7 +1038,10 @@ mod tests {
         let sig = parse_signature_line(want.trim_end_matches('\n')).unwrap();
         assert_eq!(sig.key_id, v.key_id());
         v.key
-            .verify_strict(text.as_bytes(), &Signature::from_bytes(&sig.signature))
+            .verify_strict(
+                text.as_bytes(),
+                &Signature::from_bytes(&sig.signature[..].try_into().unwrap()),
+            )
             .unwrap();
     }
 
