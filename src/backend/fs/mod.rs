@@ -428,12 +428,19 @@ fn walk(
             if sub.starts_with(prefix) || prefix.starts_with(&sub) {
                 walk(&entry.path(), &name, prefix, out, sides)?;
             }
-        } else if kind.is_file()
-            && name.starts_with(prefix)
-            && fanned(file).is_none()
-            && validate_name(&name).is_ok()
-        {
-            out.push(name);
+        } else if kind.is_file() && name.starts_with(prefix) && validate_name(&name).is_ok() {
+            if fanned(file).is_none() {
+                out.push(name);
+            } else {
+                // Not where that name is kept: a copy made by hand, or a
+                // ledger from before names were filed by window. Never
+                // taken for the blob, but said, since it may be evidence.
+                tracing::warn!(
+                    file = %entry.path().display(),
+                    kept_at = %FsStore::file_path(Path::new(""), &name).display(),
+                    "ignored: a file named like a blob that is kept elsewhere (copied by hand, or from before names were filed by window)"
+                );
+            }
         }
     }
     Ok(())
