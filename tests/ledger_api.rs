@@ -1759,3 +1759,92 @@ async fn a_tail_cut_while_a_reader_reads_ends_the_read_there() {
         r => panic!("wanted an integrity error, got {:?}", r.map(|r| r.len())),
     }
 }
+
+/// More streams than the writer keeps as changed strings (65,536) fold
+/// into its stream table mid-run, at checkpoints and on reopen: every
+/// version and every expected-version check comes out as if all were in
+/// one map, a refused call leaves no version advanced, and the snapshot
+/// `verify` re-derives (through the same folds) matches the writer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_versions_hold_across_folds_checkpoints_and_reopen() {
+    use bi_ledger::{ExpectedVersion as X, Ledger, LedgerError, LedgerReader, NewEvent};
+    const STREAMS: u64 = 70_000;
+    let ev = |s: &str, x: X| NewEvent::json(s, "T", &serde_json::json!({})).expect(x);
+    let version_of = |r: Result<Vec<bi_ledger::Receipt>, LedgerError>| match r {
+        Ok(r) => Ok(r.iter().map(|r| r.version).collect::<Vec<_>>()),
+        Err(LedgerError::VersionConflict { index, current, .. }) => Err((index, current)),
+        Err(e) => panic!("{e}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = checkpointed_on_demand(dir.path(), 21).await;
+    for chunk in 0..STREAMS / 10_000 {
+        let events = (chunk * 10_000..(chunk + 1) * 10_000)
+            .map(|i| ev(&format!("s{i}"), X::NoStream))
+            .collect();
+        ledger.append(events).await.unwrap();
+    }
+    // s1 and s69999 were folded into the table (or not) at different times.
+    for s in ["s1", "s69999"] {
+        assert_eq!(
+            version_of(ledger.append(vec![ev(s, X::Exact(0))]).await),
+            Ok(vec![1])
+        );
+        assert_eq!(
+            version_of(ledger.append(vec![ev(s, X::NoStream)]).await),
+            Err((0, Some(1)))
+        );
+    }
+    let refused = vec![
+        ev("s2", X::Exact(0)),
+        ev("s3", X::Any),
+        ev("fresh", X::NoStream),
+        ev("s4", X::Exact(7)),
+    ];
+    assert_eq!(version_of(ledger.append(refused).await), Err((3, Some(0))));
+    ledger.checkpoint().await.unwrap();
+    let taken = vec![
+        ev("s2", X::Exact(0)),
+        ev("s2", X::Exact(1)),
+        ev("fresh", X::NoStream),
+    ];
+    assert_eq!(version_of(ledger.append(taken).await), Ok(vec![1, 2, 0]));
+    let verifier = ledger.verifier().clone();
+    ledger.close().await.unwrap();
+
+    let ledger = Ledger::open(store(dir.path()), "main", options(21))
+        .await
+        .unwrap();
+    assert_eq!(
+        version_of(ledger.append(vec![ev("s3", X::Exact(0))]).await),
+        Ok(vec![1])
+    );
+    assert_eq!(
+        version_of(ledger.append(vec![ev("s2", X::Exact(2))]).await),
+        Ok(vec![3])
+    );
+    assert_eq!(
+        version_of(ledger.append(vec![ev("s1", X::Exact(0))]).await),
+        Err((0, Some(1)))
+    );
+    assert_eq!(
+        version_of(ledger.append(vec![ev("s70000", X::Exact(0))]).await),
+        Err((0, None))
+    );
+    assert_eq!(
+        version_of(ledger.append(vec![ev("s70000", X::NoStream)]).await),
+        Ok(vec![0])
+    );
+    ledger.close().await.unwrap();
+
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!(report.records, STREAMS + 2 + 3 + 3);
+    let s2: Vec<u64> = reader
+        .read_stream("s2")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.stream_version)
+        .collect();
+    assert_eq!(s2, vec![0, 1, 2, 3]);
+}

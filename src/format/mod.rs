@@ -14,6 +14,7 @@ pub mod segment;
 pub mod sha;
 pub mod snapshot;
 pub mod stream_index;
+pub mod stream_table;
 pub mod varint;
 
 use sha2::Digest;

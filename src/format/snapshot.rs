@@ -13,9 +13,12 @@
 //! stream_count:u64le | (varint len | stream bytes | varint version){stream_count}
 //! sha256[32] over all preceding bytes
 //! ```
-//! Streams are sorted by their bytes and unique.
+//! Streams are sorted by their bytes and unique (`format::stream_table`).
 
-use super::{varint, DecodeError, Hash};
+use std::sync::Arc;
+
+use super::stream_table::StreamTable;
+use super::{DecodeError, Hash};
 
 pub const MAGIC: &[u8; 8] = b"BILSNAP1";
 
@@ -30,13 +33,13 @@ pub struct Snapshot {
     pub segment_len: u64,
     pub segment_blocks: u64,
     pub frontier: Vec<Hash>,
-    /// Stream id and its current (last) version, sorted by stream id.
-    pub streams: Vec<(String, u64)>,
+    /// Each stream's current (last) version.
+    pub streams: Arc<StreamTable>,
 }
 
 impl Snapshot {
     pub fn encode(&self) -> Vec<u8> {
-        let capacity = 160 + self.frontier.len() * 32 + self.streams.len() * 32;
+        let capacity = 160 + self.frontier.len() * 32 + self.streams.entries_bytes().len();
         let mut b = super::cache_header(MAGIC, capacity);
         b.extend_from_slice(&self.ledger_id);
         b.extend_from_slice(&self.size.to_le_bytes());
@@ -49,19 +52,21 @@ impl Snapshot {
         for n in &self.frontier {
             b.extend_from_slice(n);
         }
-        b.extend_from_slice(&(self.streams.len() as u64).to_le_bytes());
-        for (s, v) in &self.streams {
-            varint::put(&mut b, s.len() as u64);
-            b.extend_from_slice(s.as_bytes());
-            varint::put(&mut b, *v);
-        }
+        b.extend_from_slice(&self.streams.len().to_le_bytes());
+        b.extend_from_slice(self.streams.entries_bytes());
         super::seal(&mut b);
         b
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        Snapshot::decode_owned(b.to_vec())
+    }
+
+    /// `decode`, keeping `b` as the stream table's storage: a snapshot of
+    /// millions of streams is not copied on the way in.
+    pub fn decode_owned(mut b: Vec<u8>) -> Result<Self, DecodeError> {
         const FIXED: usize = 8 + 4 + 16 + 8 + 32 + 8 + 24 + 4;
-        let body = super::open_cache(b, MAGIC, "snapshot", FIXED + 8)?;
+        let body = super::open_cache(&b, MAGIC, "snapshot", FIXED + 8)?;
         let u64_at = |o: usize| u64::from_le_bytes(body[o..o + 8].try_into().unwrap());
         let mut s = Snapshot {
             ledger_id: body[12..28].try_into().unwrap(),
@@ -87,29 +92,13 @@ impl Snapshot {
         }
         let count = u64_at(pos);
         pos += 8;
-        for _ in 0..count {
-            let at = pos;
-            let len = varint::get(body, &mut pos)? as usize;
-            let end = pos
-                .checked_add(len)
-                .filter(|&e| e <= body.len())
-                .ok_or_else(|| DecodeError::new(at, "stream id runs past the end"))?;
-            let stream = std::str::from_utf8(&body[pos..end])
-                .map_err(|_| DecodeError::new(pos, "stream id is not UTF-8"))?
-                .to_owned();
-            pos = end;
-            let v = varint::get(body, &mut pos)?;
-            if s.streams.last().is_some_and(|(l, _)| *l >= stream) {
-                return Err(DecodeError::new(
-                    at,
-                    "stream ids are not strictly increasing",
-                ));
-            }
-            s.streams.push((stream, v));
+        let body_len = body.len();
+        b.truncate(body_len);
+        let (streams, end) = StreamTable::decode(b, pos, count)?;
+        if end != body_len {
+            return Err(DecodeError::new(end, "trailing bytes in snapshot"));
         }
-        if pos != body.len() {
-            return Err(DecodeError::new(pos, "trailing bytes in snapshot"));
-        }
+        s.streams = Arc::new(streams);
         Ok(s)
     }
 }
@@ -132,7 +121,7 @@ mod tests {
                 segment_len: 999,
                 segment_blocks: 7,
                 frontier: (0..size.count_ones()).map(|i| [i as u8; 32]).collect(),
-                streams: streams.into_iter().collect(),
+                streams: Arc::new(StreamTable::from_sorted(streams.iter().map(|(s, v)| (s.as_str(), *v)))),
             };
             let b = s.encode();
             prop_assert_eq!(Snapshot::decode(&b).unwrap(), s);

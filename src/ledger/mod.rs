@@ -31,6 +31,7 @@ pub mod scan;
 mod streams;
 pub mod tip;
 pub mod verify;
+pub mod versions;
 mod writer;
 
 pub use reader::LedgerReader;

@@ -722,7 +722,7 @@ async fn load_snapshot(
         )),
         e => e.into(),
     })?;
-    let snap = Snapshot::decode(&bytes)
+    let snap = Snapshot::decode_owned(bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
     let root = Frontier::from_parts(snap.size, snap.frontier.clone())
         .map_err(|e| IntegrityError::new(&blob, 0, Some(cp.size), e.to_string()))?

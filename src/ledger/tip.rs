@@ -1,14 +1,14 @@
 //! The state at the head of the log: everything a writer needs to append
 //! the next record, and what a snapshot persists.
 
-use std::collections::HashMap;
-
 use crate::format::merkle::{Frontier, MerkleError};
 use crate::format::nodes::{self, NodeCache};
 use crate::format::record::RecordRef;
 use crate::format::snapshot::Snapshot;
 use crate::format::stream_index::{BatchFilter, StreamIndex};
 use crate::format::{chain, Hash};
+
+use super::versions::StreamVersions;
 
 /// What the chain walk needs of a record besides its stream id.
 pub struct Linked {
@@ -28,7 +28,7 @@ pub struct Tip {
     pub last_ts: i64,
     pub frontier: Frontier,
     /// Stream id to its last version.
-    pub streams: HashMap<String, u64>,
+    pub streams: StreamVersions,
     pub segment_index: u64,
     /// Bytes of the current segment that hold whole batches. 0 means the
     /// header has not been read or written yet.
@@ -50,7 +50,7 @@ impl Tip {
             chain_head: chain::genesis(&ledger_id),
             last_ts: i64::MIN,
             frontier: Frontier::new(),
-            streams: HashMap::new(),
+            streams: StreamVersions::default(),
             segment_index: 0,
             segment_len: 0,
             segment_blocks: 0,
@@ -120,19 +120,19 @@ impl Tip {
                 crate::time::format_us(self.last_ts)
             ));
         }
-        match self.streams.get_mut(stream) {
-            Some(v) if v.checked_add(1) == Some(r.stream_version) => *v = r.stream_version,
-            None if r.stream_version == 0 => {
-                self.streams.insert(stream.to_owned(), 0);
-            }
-            current => {
-                let due = current.map_or(0, |v| v.saturating_add(1));
-                return Err(format!(
-                    "stream {:?} version {} where {due} was due",
-                    stream, r.stream_version
-                ));
-            }
+        let want = r.stream_version;
+        let due = |current: Option<u64>| current.map_or(Some(0), |v| v.checked_add(1));
+        if let Err(current) = self.streams.advance(stream, |current| {
+            (due(current) == Some(want)).then_some(want)
+        }) {
+            return Err(format!(
+                "stream {:?} version {} where {} was due",
+                stream,
+                want,
+                current.map_or(0, |v| v.saturating_add(1))
+            ));
         }
+        self.streams.fold_if_large();
         self.chain_head = r.mid.link(&self.chain_head);
         self.last_ts = r.timestamp_us;
         self.size += 1;
@@ -194,10 +194,10 @@ impl Tip {
         self.nodes.drain(..covered);
     }
 
-    pub fn snapshot(&self) -> Snapshot {
-        let mut streams: Vec<(String, u64)> =
-            self.streams.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        streams.sort_unstable();
+    /// The snapshot of this state (folding the changed streams into the
+    /// stream table, which changes nothing a reader of it sees).
+    pub fn snapshot(&mut self) -> Snapshot {
+        let streams = self.streams.table();
         Snapshot {
             ledger_id: self.ledger_id,
             size: self.size,
@@ -220,7 +220,7 @@ impl Tip {
             chain_head: s.chain_head,
             last_ts: s.last_timestamp_us,
             frontier,
-            streams: s.streams.into_iter().collect(),
+            streams: StreamVersions::from_table(s.streams),
             segment_index: s.segment_index,
             segment_len: s.segment_len,
             segment_blocks: s.segment_blocks,

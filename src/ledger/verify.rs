@@ -853,7 +853,7 @@ async fn check_nodes(
 async fn check_snapshot(
     reader: &LedgerReader,
     cp: &Checkpoint,
-    tip: &Tip,
+    tip: &mut Tip,
     required: bool,
 ) -> Result<()> {
     let blob = super::layout::snapshot(reader.name(), cp.size);
@@ -880,7 +880,7 @@ async fn check_snapshot(
         }
         Err(e) => return Err(LedgerError::Store(e)),
     };
-    let snap = Snapshot::decode(&bytes)
+    let snap = Snapshot::decode_owned(bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
     let mut want = tip.snapshot();
     // A writer that recovered an interrupted rollover and checkpointed

@@ -23,6 +23,7 @@ use tracing::{debug, error, info};
 
 use super::layout::{self, Meta};
 use super::tip::Tip;
+use super::versions::Undo;
 use super::{CheckpointInfo, LedgerOptions};
 use crate::backend::{BlobStore, StoreError, WriterLock};
 use crate::error::{LedgerError, Result};
@@ -443,44 +444,34 @@ impl Writer {
         // checked (one map lookup per event), and undo those steps on a
         // conflict: a conflict writes nothing of the call, and leaves the
         // head as it was.
-        let mut versions: Vec<u64> = Vec::with_capacity(events.len());
+        let mut versions: Vec<(u64, Undo)> = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
-            let slot = self.tip.streams.get_mut(e.stream.as_str());
-            let current = slot.as_deref().copied();
             // A stream at version u64::MAX (only a forged snapshot can say
             // so) has no next version: refused like a conflict.
-            let next_version = current.map_or(Some(0), |c| c.checked_add(1));
-            if !e.expected_version.admits(current) || next_version.is_none() {
-                for (e, v) in events.iter().zip(&versions).rev() {
-                    match v.checked_sub(1) {
-                        Some(prev) => {
-                            *self.tip.streams.get_mut(&e.stream).expect("advanced") = prev
-                        }
-                        None => {
-                            self.tip.streams.remove(&e.stream);
-                        }
+            let step = self.tip.streams.advance(&e.stream, |current| {
+                let next = current.map_or(Some(0), |c| c.checked_add(1));
+                next.filter(|_| e.expected_version.admits(current))
+            });
+            match step {
+                Ok(step) => versions.push(step),
+                Err(current) => {
+                    for (e, (_, undo)) in events.iter().zip(&versions).rev() {
+                        self.tip.streams.restore(&e.stream, *undo);
                     }
-                }
-                let _ = reply.send(Err(LedgerError::VersionConflict {
-                    index: i,
-                    stream: e.stream.clone(),
-                    expected: e.expected_version,
-                    current,
-                }));
-                return;
-            }
-            let v = next_version.expect("checked above");
-            match slot {
-                Some(cur) => *cur = v,
-                None => {
-                    self.tip.streams.insert(e.stream.clone(), v);
+                    let _ = reply.send(Err(LedgerError::VersionConflict {
+                        index: i,
+                        stream: e.stream.clone(),
+                        expected: e.expected_version,
+                        current,
+                    }));
+                    return;
                 }
             }
-            versions.push(v);
         }
+        self.tip.streams.fold_if_large();
         let ts = crate::time::now_us().max(self.tip.last_ts);
         let start = next.records.len();
-        for (e, v) in events.into_iter().zip(versions) {
+        for (e, (v, _)) in events.into_iter().zip(versions) {
             next.records.push(Record {
                 seq: self.tip.size,
                 timestamp_us: ts,
@@ -678,8 +669,12 @@ impl Writer {
         // must still be pruned (a size whose snapshot is not there is
         // simply not found when pruned).
         self.snapshots.insert(cp.size);
-        self.put_cache(&snap_blob, &self.tip.snapshot().encode())
-            .await?;
+        {
+            // Scoped: a ledger of millions of streams frees its snapshot's
+            // bytes before the checkpoint's put.
+            let snapshot = self.tip.snapshot().encode();
+            self.put_cache(&snap_blob, &snapshot).await?;
+        }
         self.check_lock()?;
         let blob = layout::checkpoint(&self.meta.name, cp.size);
         let (cp, note) = match self.store.put(&blob, note.as_bytes()).await {

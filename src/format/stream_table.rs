@@ -1,0 +1,264 @@
+//! Stream versions in the form a snapshot stores them, kept in that form in
+//! memory too: the writer of a ledger with millions of entities holds one
+//! byte string (about 20 bytes a stream) instead of a hash map of owned
+//! strings (about 200), and a snapshot is written and read without a
+//! per-stream allocation.
+//!
+//! ```text
+//! ( varint len | stream bytes | varint version ){count}
+//! ```
+//! Streams are UTF-8, sorted by their bytes and unique. A snapshot stores
+//! `count:u64le` before the entries (`format::snapshot`).
+
+use super::{varint, DecodeError};
+
+/// Entries between two points of the sparse index: a lookup binary-searches
+/// the points and then decodes at most this many entries.
+const STRIDE: usize = 16;
+
+#[derive(Clone, Debug, Default)]
+pub struct StreamTable {
+    count: u64,
+    /// The entries are `bytes[start..end]`: a table decoded from a snapshot
+    /// keeps the snapshot's bytes rather than copy the entries out of them.
+    bytes: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Offset in `bytes` of every `STRIDE`th entry, from the first.
+    points: Vec<usize>,
+}
+
+impl PartialEq for StreamTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count && self.entries_bytes() == other.entries_bytes()
+    }
+}
+
+impl Eq for StreamTable {}
+
+impl StreamTable {
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The entries' encoded bytes, without the count.
+    pub fn entries_bytes(&self) -> &[u8] {
+        &self.bytes[self.start..self.end]
+    }
+
+    /// A table of entries given sorted and unique (checked in debug builds).
+    pub fn from_sorted<'a>(entries: impl IntoIterator<Item = (&'a str, u64)>) -> StreamTable {
+        let mut t = StreamTable::default();
+        let mut last: Option<&str> = None;
+        for (s, v) in entries {
+            debug_assert!(last.is_none_or(|l| l < s), "streams sorted and unique");
+            last = Some(s);
+            t.push(s, v);
+        }
+        t
+    }
+
+    fn push(&mut self, stream: &str, version: u64) {
+        if self.count.is_multiple_of(STRIDE as u64) {
+            self.points.push(self.bytes.len());
+        }
+        varint::put(&mut self.bytes, stream.len() as u64);
+        self.bytes.extend_from_slice(stream.as_bytes());
+        varint::put(&mut self.bytes, version);
+        self.end = self.bytes.len();
+        self.count += 1;
+    }
+
+    /// Decodes `count` entries from `buf[pos..]`, checking that they are
+    /// UTF-8, sorted and unique; returns the table, which keeps `buf`, and
+    /// where the entries end. Offsets in errors are `buf`'s.
+    pub fn decode(
+        buf: Vec<u8>,
+        pos: usize,
+        count: u64,
+    ) -> Result<(StreamTable, usize), DecodeError> {
+        let mut at = pos;
+        let mut points = Vec::new();
+        let mut last: Option<&[u8]> = None;
+        for i in 0..count {
+            if i.is_multiple_of(STRIDE as u64) {
+                points.push(at);
+            }
+            let entry = at;
+            let (stream, version_at) = stream_at(&buf, &mut at)?;
+            varint::get(&buf, &mut at)?;
+            if std::str::from_utf8(stream).is_err() {
+                return Err(DecodeError::new(
+                    version_at - stream.len(),
+                    "stream id is not UTF-8",
+                ));
+            }
+            if last.is_some_and(|l| l >= stream) {
+                return Err(DecodeError::new(
+                    entry,
+                    "stream ids are not strictly increasing",
+                ));
+            }
+            last = Some(stream);
+        }
+        let t = StreamTable {
+            count,
+            bytes: buf,
+            start: pos,
+            end: at,
+            points,
+        };
+        Ok((t, at))
+    }
+
+    /// The version recorded for `stream`, if any.
+    pub fn get(&self, stream: &str) -> Option<u64> {
+        let key = stream.as_bytes();
+        // The last point whose stream is <= key starts the only run that
+        // can hold it.
+        let run = self
+            .points
+            .partition_point(|&p| self.stream_at(p) <= key)
+            .checked_sub(1)?;
+        let mut pos = self.points[run];
+        let end = self.points.get(run + 1).copied().unwrap_or(self.end);
+        while pos < end {
+            let (s, v) = self.entry_at(&mut pos);
+            match s.cmp(key) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => return Some(v),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        let mut pos = self.start;
+        std::iter::from_fn(move || {
+            (pos < self.end).then(|| {
+                let (s, v) = self.entry_at(&mut pos);
+                // Checked when the table was decoded or built.
+                (std::str::from_utf8(s).expect("UTF-8 checked"), v)
+            })
+        })
+    }
+
+    /// This table with `changes` (sorted, unique) laid over it: a stream in
+    /// both takes the version in `changes`.
+    pub fn merged<'a>(&self, changes: impl IntoIterator<Item = (&'a str, u64)>) -> StreamTable {
+        let mut out = StreamTable {
+            bytes: Vec::with_capacity(self.end - self.start),
+            ..Default::default()
+        };
+        let mut old = self.iter().peekable();
+        for (s, v) in changes {
+            while let Some((o, ov)) = old.next_if(|(o, _)| *o < s) {
+                out.push(o, ov);
+            }
+            old.next_if(|(o, _)| *o == s);
+            out.push(s, v);
+        }
+        for (o, ov) in old {
+            out.push(o, ov);
+        }
+        out
+    }
+
+    fn stream_at(&self, pos: usize) -> &[u8] {
+        let mut p = pos;
+        stream_at(&self.bytes, &mut p).expect("entries checked").0
+    }
+
+    fn entry_at(&self, pos: &mut usize) -> (&[u8], u64) {
+        let (s, _) = stream_at(&self.bytes, pos).expect("entries checked");
+        let v = varint::get(&self.bytes, pos).expect("entries checked");
+        (s, v)
+    }
+}
+
+/// The stream id of the entry at `*pos`, advancing `pos` to its version.
+fn stream_at<'a>(buf: &'a [u8], pos: &mut usize) -> Result<(&'a [u8], usize), DecodeError> {
+    let at = *pos;
+    let len = varint::get(buf, pos)?;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| pos.checked_add(l))
+        .filter(|&e| e <= buf.len())
+        .ok_or_else(|| DecodeError::new(at, "stream id runs past the end"))?;
+    let s = &buf[*pos..end];
+    *pos = end;
+    Ok((s, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn table(m: &BTreeMap<String, u64>) -> StreamTable {
+        StreamTable::from_sorted(m.iter().map(|(s, v)| (s.as_str(), *v)))
+    }
+
+    proptest! {
+        #[test]
+        fn lookups_and_merges_agree_with_a_map(
+            base in proptest::collection::btree_map(".{0,6}", any::<u64>(), 0..80),
+            changes in proptest::collection::btree_map(".{0,6}", any::<u64>(), 0..40),
+            probes in proptest::collection::vec(".{0,6}", 0..20),
+        ) {
+            let t = table(&base);
+            prop_assert_eq!(t.len(), base.len() as u64);
+            for (s, v) in &base {
+                prop_assert_eq!(t.get(s), Some(*v));
+            }
+            for p in &probes {
+                prop_assert_eq!(t.get(p), base.get(p).copied());
+            }
+            let mut want = base.clone();
+            want.extend(changes.iter().map(|(s, v)| (s.clone(), *v)));
+            let m = t.merged(changes.iter().map(|(s, v)| (s.as_str(), *v)));
+            prop_assert_eq!(&m, &table(&want));
+            for p in probes.iter().chain(want.keys()) {
+                prop_assert_eq!(m.get(p), want.get(p).copied());
+            }
+            let mut framed = vec![7u8; 3];
+            framed.extend_from_slice(m.entries_bytes());
+            framed.push(9);
+            let (d, end) = StreamTable::decode(framed, 3, m.len()).unwrap();
+            prop_assert_eq!(end, m.entries_bytes().len() + 3);
+            prop_assert_eq!(&d, &m);
+            for p in probes.iter().chain(want.keys()) {
+                prop_assert_eq!(d.get(p), want.get(p).copied());
+            }
+            prop_assert!(d.iter().eq(m.iter()));
+        }
+    }
+
+    #[test]
+    fn decode_names_the_offending_entry() {
+        let t = StreamTable::from_sorted([("a", 1), ("b", 2)]);
+        let mut swapped = Vec::new();
+        for (s, v) in [("b", 2u64), ("a", 1)] {
+            varint::put(&mut swapped, s.len() as u64);
+            swapped.extend_from_slice(s.as_bytes());
+            varint::put(&mut swapped, v);
+        }
+        let e = StreamTable::decode(swapped, 0, 2).unwrap_err();
+        assert_eq!(
+            (e.offset, e.what.as_str()),
+            (3, "stream ids are not strictly increasing")
+        );
+        let mut bad = t.entries_bytes().to_vec();
+        bad[1] = 0xff;
+        let e = StreamTable::decode(bad, 0, 2).unwrap_err();
+        assert_eq!((e.offset, e.what.as_str()), (1, "stream id is not UTF-8"));
+        let e = StreamTable::decode(t.entries_bytes().to_vec(), 0, 3).unwrap_err();
+        assert_eq!(e.offset, 6);
+    }
+}

@@ -1,0 +1,172 @@
+//! Each stream's last version, as the writer (for expected-version checks)
+//! and `verify` (to re-derive snapshots) keep it: the table of the newest
+//! snapshot, in its encoded form, with the streams changed since laid over
+//! it. A ledger's memory then grows by about 20 bytes a stream, and only
+//! the streams of the last checkpoint interval are held as owned strings.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::format::stream_table::StreamTable;
+
+/// Changed streams fold into the table once they reach this many, or an
+/// eighth of the table if that is more: a changed stream costs about five
+/// times its place in the table, and folding, which rewrites the table,
+/// then costs a constant amount per change over time.
+const MIN_FOLD: usize = 1 << 16;
+
+#[derive(Clone, Debug, Default)]
+pub struct StreamVersions {
+    table: Arc<StreamTable>,
+    changed: HashMap<String, u64>,
+}
+
+/// What [`StreamVersions::set`] replaced, for [`StreamVersions::restore`].
+#[derive(Clone, Copy, Debug)]
+pub struct Undo(Option<u64>);
+
+impl StreamVersions {
+    pub fn from_table(table: Arc<StreamTable>) -> StreamVersions {
+        StreamVersions {
+            table,
+            changed: HashMap::new(),
+        }
+    }
+
+    pub fn get(&self, stream: &str) -> Option<u64> {
+        match self.changed.get(stream) {
+            Some(v) => Some(*v),
+            None => self.table.get(stream),
+        }
+    }
+
+    /// Sets `stream`'s version. Undone by `restore` with what it returns,
+    /// as long as nothing is folded in between.
+    pub fn set(&mut self, stream: &str, version: u64) -> Undo {
+        match self.changed.get_mut(stream) {
+            Some(v) => Undo(Some(std::mem::replace(v, version))),
+            None => {
+                self.changed.insert(stream.to_owned(), version);
+                Undo(None)
+            }
+        }
+    }
+
+    /// Sets `stream`'s version to what `next` makes of the current one, if
+    /// it makes one, with one lookup for a stream that changed lately (the
+    /// hot path of the writer and of `verify`'s walk). Returns the new
+    /// version and the undo, or the current version that `next` refused.
+    pub fn advance(
+        &mut self,
+        stream: &str,
+        next: impl FnOnce(Option<u64>) -> Option<u64>,
+    ) -> Result<(u64, Undo), Option<u64>> {
+        if let Some(v) = self.changed.get_mut(stream) {
+            let current = *v;
+            return match next(Some(current)) {
+                Some(n) => {
+                    *v = n;
+                    Ok((n, Undo(Some(current))))
+                }
+                None => Err(Some(current)),
+            };
+        }
+        let current = self.table.get(stream);
+        match next(current) {
+            Some(n) => {
+                self.changed.insert(stream.to_owned(), n);
+                Ok((n, Undo(None)))
+            }
+            None => Err(current),
+        }
+    }
+
+    pub fn restore(&mut self, stream: &str, undo: Undo) {
+        match undo.0 {
+            Some(v) => {
+                self.changed.insert(stream.to_owned(), v);
+            }
+            None => {
+                self.changed.remove(stream);
+            }
+        }
+    }
+
+    /// Folds the changed streams into the table and returns it.
+    pub fn table(&mut self) -> Arc<StreamTable> {
+        if !self.changed.is_empty() {
+            let mut changes: Vec<(&str, u64)> =
+                self.changed.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+            changes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let table = self.table.merged(changes);
+            self.changed = HashMap::new();
+            self.table = Arc::new(table);
+        }
+        self.table.clone()
+    }
+
+    /// Folds once enough streams changed: bounds the owned strings held by
+    /// a walk over many streams that never checkpoints (`verify`, a long
+    /// replay of the tail).
+    pub fn fold_if_large(&mut self) {
+        let limit = MIN_FOLD.max((self.table.len() / 8) as usize);
+        if self.changed.len() >= limit {
+            self.table();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set(u8, u64),
+        /// Sets these streams, then undoes them in reverse, as a refused
+        /// append does.
+        SetAndUndo(Vec<(u8, u64)>),
+        Fold,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..24, any::<u64>()).prop_map(|(s, v)| Op::Set(s, v)),
+            proptest::collection::vec((0u8..24, any::<u64>()), 1..5).prop_map(Op::SetAndUndo),
+            Just(Op::Fold),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn behaves_as_a_map(ops in proptest::collection::vec(op(), 0..60)) {
+            let name = |s: u8| format!("stream-{s}");
+            let mut model: BTreeMap<String, u64> = BTreeMap::new();
+            let mut v = StreamVersions::default();
+            for op in ops {
+                match op {
+                    Op::Set(s, x) => {
+                        v.set(&name(s), x);
+                        model.insert(name(s), x);
+                    }
+                    Op::SetAndUndo(steps) => {
+                        let undos: Vec<_> = steps.iter().map(|(s, x)| v.set(&name(*s), *x)).collect();
+                        for ((s, _), u) in steps.iter().zip(undos).rev() {
+                            v.restore(&name(*s), u);
+                        }
+                    }
+                    Op::Fold => {
+                        let t = v.table();
+                        let want = StreamTable::from_sorted(model.iter().map(|(s, x)| (s.as_str(), *x)));
+                        prop_assert_eq!(&*t, &want);
+                    }
+                }
+                for s in 0..24 {
+                    prop_assert_eq!(v.get(&name(s)), model.get(&name(s)).copied());
+                }
+            }
+        }
+    }
+}
