@@ -57,6 +57,37 @@ struct OpenBlob {
 }
 
 impl FsStore {
+    /// `put`, blocking: written to a side file, fsynced, made read-only,
+    /// then linked to its name and the directory fsynced.
+    fn put_in_place(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        let path = self.path(name)?;
+        let dir = path.parent().unwrap().to_owned();
+        create_dirs(&dir).map_err(|e| io("create directory for", name, e))?;
+        let tmp = self.side_path(name, &format!("tmp-{}", uuid::Uuid::new_v4().simple()))?;
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            let mut perms = f.metadata()?.permissions();
+            perms.set_readonly(true);
+            fs::set_permissions(&tmp, perms)?;
+            // link() fails if the name exists, where rename() would
+            // silently replace an immutable blob.
+            fs::hard_link(&tmp, &path)
+        })();
+        let _ = fs::remove_file(&tmp);
+        match result {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                return Err(StoreError::AlreadyExists {
+                    name: name.to_owned(),
+                })
+            }
+            Err(e) => return Err(io("write", name, e)),
+        }
+        sync_dir(&dir).map_err(|e| io("fsync directory of", name, e))
+    }
+
     /// The whole durable append, on the calling thread.
     fn append_now(
         &self,
@@ -712,34 +743,14 @@ impl BlobStore for SharedFs {
     }
 
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        // On the writer's own thread the put runs in place and writes the
+        // caller's bytes: a snapshot of millions of streams is tens of MB,
+        // and a copy for the thread pool would be one more of them.
+        if crate::backend::may_block_here() {
+            return self.put_in_place(name, data);
+        }
         let (me, name, data) = (self.clone(), name.to_owned(), data.to_vec());
-        blocking(move || {
-            let path = me.path(&name)?;
-            let dir = path.parent().unwrap().to_owned();
-            create_dirs(&dir).map_err(|e| io("create directory for", &name, e))?;
-            let tmp = me.side_path(&name, &format!("tmp-{}", uuid::Uuid::new_v4().simple()))?;
-            let result = (|| {
-                let mut f = File::create(&tmp)?;
-                f.write_all(&data)?;
-                f.sync_all()?;
-                let mut perms = f.metadata()?.permissions();
-                perms.set_readonly(true);
-                fs::set_permissions(&tmp, perms)?;
-                // link() fails if the name exists, where rename() would
-                // silently replace an immutable blob.
-                fs::hard_link(&tmp, &path)
-            })();
-            let _ = fs::remove_file(&tmp);
-            match result {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    return Err(StoreError::AlreadyExists { name })
-                }
-                Err(e) => return Err(io("write", &name, e)),
-            }
-            sync_dir(&dir).map_err(|e| io("fsync directory of", &name, e))
-        })
-        .await
+        blocking(move || me.put_in_place(&name, &data)).await
     }
 
     async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
