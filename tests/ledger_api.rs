@@ -1848,3 +1848,57 @@ async fn stream_versions_hold_across_folds_checkpoints_and_reopen() {
         .collect();
     assert_eq!(s2, vec![0, 1, 2, 3]);
 }
+
+/// A snapshot that disagrees with the log about one stream (re-sealed, so
+/// only the comparison with the log can tell) fails `verify`, which names
+/// the first such stream and both versions: off by one, missing, or extra.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_the_stream_a_snapshot_has_wrong() {
+    use bi_ledger::format::snapshot::Snapshot;
+    use bi_ledger::format::stream_table::StreamTable;
+    use bi_ledger::{LedgerError, LedgerReader};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = checkpointed_on_demand(dir.path(), 22).await;
+    for s in ["a", "b", "c"] {
+        ledger.append(counted(s, 3)).await.unwrap();
+    }
+    ledger.close().await.unwrap();
+    let path = FsStore::file_path(dir.path(), "main/snapshot-00000000000000000009");
+    let good = std::fs::read(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cases: [(&[(&str, u64)], &str); 3] = [
+        (
+            &[("a", 2), ("b", 5), ("c", 2)],
+            r#"for stream "b" the snapshot has version 5, the log version 2"#,
+        ),
+        (
+            &[("a", 2), ("c", 2)],
+            r#"for stream "b" the snapshot has none, the log version 2"#,
+        ),
+        (
+            &[("a", 2), ("b", 2), ("bb", 0), ("c", 2)],
+            r#"for stream "bb" the snapshot has version 0, the log none"#,
+        ),
+    ];
+    for (streams, said) in cases {
+        let mut snap = Snapshot::decode(&good).unwrap();
+        snap.streams = Arc::new(StreamTable::from_sorted(streams.iter().copied()));
+        std::fs::write(&path, snap.encode()).unwrap();
+        let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+        let verifier = reader.recorded_verifier().clone();
+        match reader.verify(&verifier, &|_, _| {}).await {
+            Err(LedgerError::Integrity(e)) => {
+                assert_eq!(e.blob, "main/snapshot-00000000000000000009", "{e}");
+                assert!(e.to_string().contains(said), "{e}");
+            }
+            other => panic!("verify of a wrong snapshot gave {other:?}"),
+        }
+    }
+    std::fs::write(&path, &good).unwrap();
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    let verifier = reader.recorded_verifier().clone();
+    assert_eq!(
+        reader.verify(&verifier, &|_, _| {}).await.unwrap().records,
+        9
+    );
+}

@@ -150,23 +150,37 @@ impl StreamTable {
 
     /// This table with `changes` (sorted, unique) laid over it: a stream in
     /// both takes the version in `changes`.
-    pub fn merged<'a>(&self, changes: impl IntoIterator<Item = (&'a str, u64)>) -> StreamTable {
+    pub fn merged<'a>(
+        &'a self,
+        changes: impl IntoIterator<Item = (&'a str, u64)> + 'a,
+    ) -> StreamTable {
         let mut out = StreamTable {
             bytes: Vec::with_capacity(self.end - self.start),
             ..Default::default()
         };
-        let mut old = self.iter().peekable();
-        for (s, v) in changes {
-            while let Some((o, ov)) = old.next_if(|(o, _)| *o < s) {
-                out.push(o, ov);
-            }
-            old.next_if(|(o, _)| *o == s);
+        for (s, v) in self.overlaid(changes) {
             out.push(s, v);
         }
-        for (o, ov) in old {
-            out.push(o, ov);
-        }
         out
+    }
+
+    /// The entries of [`Self::merged`], in order, without building it.
+    pub fn overlaid<'a>(
+        &'a self,
+        changes: impl IntoIterator<Item = (&'a str, u64)> + 'a,
+    ) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+        let mut old = self.iter().peekable();
+        let mut new = changes.into_iter().peekable();
+        std::iter::from_fn(move || match (old.peek(), new.peek()) {
+            (Some(o), Some(n)) if o.0 < n.0 => old.next(),
+            (Some(o), Some(n)) if o.0 == n.0 => {
+                old.next();
+                new.next()
+            }
+            (_, Some(_)) => new.next(),
+            (Some(_), None) => old.next(),
+            (None, None) => None,
+        })
     }
 
     fn stream_at(&self, pos: usize) -> &[u8] {

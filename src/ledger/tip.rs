@@ -1,11 +1,14 @@
 //! The state at the head of the log: everything a writer needs to append
 //! the next record, and what a snapshot persists.
 
+use std::sync::Arc;
+
 use crate::format::merkle::{Frontier, MerkleError};
 use crate::format::nodes::{self, NodeCache};
 use crate::format::record::RecordRef;
 use crate::format::snapshot::Snapshot;
 use crate::format::stream_index::{BatchFilter, StreamIndex};
+use crate::format::stream_table::StreamTable;
 use crate::format::{chain, Hash};
 
 use super::versions::StreamVersions;
@@ -198,6 +201,11 @@ impl Tip {
     /// stream table, which changes nothing a reader of it sees).
     pub fn snapshot(&mut self) -> Snapshot {
         let streams = self.streams.table();
+        self.snapshot_with(streams)
+    }
+
+    /// The snapshot of this state but for its streams, which are `streams`.
+    pub fn snapshot_with(&self, streams: Arc<StreamTable>) -> Snapshot {
         Snapshot {
             ledger_id: self.ledger_id,
             size: self.size,

@@ -853,7 +853,7 @@ async fn check_nodes(
 async fn check_snapshot(
     reader: &LedgerReader,
     cp: &Checkpoint,
-    tip: &mut Tip,
+    tip: &Tip,
     required: bool,
 ) -> Result<()> {
     let blob = super::layout::snapshot(reader.name(), cp.size);
@@ -882,7 +882,23 @@ async fn check_snapshot(
     };
     let snap = Snapshot::decode_owned(bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
-    let mut want = tip.snapshot();
+    // The streams are compared entry by entry, so that the first that
+    // differs is named; the rest of the state as a whole.
+    if let Some((stream, log, snapshot)) = tip.streams.first_difference(&snap.streams) {
+        let said = |v: Option<u64>| v.map_or("none".to_owned(), |v| format!("version {v}"));
+        return Err(IntegrityError::new(
+            &blob,
+            0,
+            Some(cp.size),
+            format!(
+                "stream versions differ from the log: for stream {stream:?} the snapshot has {}, the log {}",
+                said(snapshot),
+                said(log)
+            ),
+        )
+        .into());
+    }
+    let mut want = tip.snapshot_with(snap.streams.clone());
     // A writer that recovered an interrupted rollover and checkpointed
     // before its next append stands at the start of the new segment, where
     // the walk has not arrived yet: the same state, positioned for the next
@@ -899,19 +915,15 @@ async fn check_snapshot(
             (snap.segment_index, snap.segment_len, 1);
     }
     if snap != want {
-        let what = if snap.streams != want.streams {
-            "stream versions differ from the log".to_owned()
-        } else {
-            format!(
-                "position differs from the log (segment {} byte {} blocks {}, log has {} {} {})",
-                snap.segment_index,
-                snap.segment_len,
-                snap.segment_blocks,
-                want.segment_index,
-                want.segment_len,
-                want.segment_blocks
-            )
-        };
+        let what = format!(
+            "position differs from the log (segment {} byte {} blocks {}, log has {} {} {})",
+            snap.segment_index,
+            snap.segment_len,
+            snap.segment_blocks,
+            want.segment_index,
+            want.segment_len,
+            want.segment_blocks
+        );
         return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
     }
     Ok(())
