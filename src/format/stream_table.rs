@@ -90,13 +90,13 @@ impl StreamTable {
             }
             let entry = at;
             let (stream, version_at) = stream_at(&buf, &mut at)?;
-            varint::get(&buf, &mut at)?;
             if std::str::from_utf8(stream).is_err() {
                 return Err(DecodeError::new(
                     version_at - stream.len(),
                     "stream id is not UTF-8",
                 ));
             }
+            varint::get(&buf, &mut at)?;
             if last.is_some_and(|l| l >= stream) {
                 return Err(DecodeError::new(
                     entry,
@@ -150,15 +150,15 @@ impl StreamTable {
 
     /// This table with `changes` (sorted, unique) laid over it: a stream in
     /// both takes the version in `changes`.
-    pub fn merged<'a>(
-        &'a self,
-        changes: impl IntoIterator<Item = (&'a str, u64)> + 'a,
-    ) -> StreamTable {
+    pub fn merged(&self, changes: &[(&str, u64)]) -> StreamTable {
+        // Room for every change as a new entry: a table of millions of
+        // streams that grows by one must not double its allocation.
+        let room: usize = changes.iter().map(|(s, _)| entry_len_bound(s)).sum();
         let mut out = StreamTable {
-            bytes: Vec::with_capacity(self.end - self.start),
+            bytes: Vec::with_capacity(self.end - self.start + room),
             ..Default::default()
         };
-        for (s, v) in self.overlaid(changes) {
+        for (s, v) in self.overlaid(changes.iter().copied()) {
             out.push(s, v);
         }
         out
@@ -193,6 +193,11 @@ impl StreamTable {
         let v = varint::get(&self.bytes, pos).expect("entries checked");
         (s, v)
     }
+}
+
+/// The most bytes an entry of `stream` takes (its version at most 10).
+fn entry_len_bound(stream: &str) -> usize {
+    varint::len(stream.len() as u64) + stream.len() + 10
 }
 
 /// The stream id of the entry at `*pos`, advancing `pos` to its version.
@@ -236,7 +241,9 @@ mod tests {
             }
             let mut want = base.clone();
             want.extend(changes.iter().map(|(s, v)| (s.clone(), *v)));
-            let m = t.merged(changes.iter().map(|(s, v)| (s.as_str(), *v)));
+            let changes: Vec<(&str, u64)> = changes.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+            let m = t.merged(&changes);
+            prop_assert!(m.bytes.capacity() <= t.entries_bytes().len() + changes.iter().map(|(s, _)| entry_len_bound(s)).sum::<usize>());
             prop_assert_eq!(&m, &table(&want));
             for p in probes.iter().chain(want.keys()) {
                 prop_assert_eq!(m.get(p), want.get(p).copied());
@@ -271,6 +278,10 @@ mod tests {
         let mut bad = t.entries_bytes().to_vec();
         bad[1] = 0xff;
         let e = StreamTable::decode(bad, 0, 2).unwrap_err();
+        assert_eq!((e.offset, e.what.as_str()), (1, "stream id is not UTF-8"));
+        // The id is checked before the version after it, as entries are
+        // read in order.
+        let e = StreamTable::decode(vec![1, 0xff, 0x80], 0, 1).unwrap_err();
         assert_eq!((e.offset, e.what.as_str()), (1, "stream id is not UTF-8"));
         let e = StreamTable::decode(t.entries_bytes().to_vec(), 0, 3).unwrap_err();
         assert_eq!(e.offset, 6);

@@ -95,7 +95,7 @@ impl StreamVersions {
     /// Folds the changed streams into the table and returns it.
     pub fn table(&mut self) -> Arc<StreamTable> {
         if !self.changed.is_empty() {
-            let table = self.table.merged(self.sorted_changes());
+            let table = self.table.merged(&self.sorted_changes());
             self.changed = HashMap::new();
             self.table = Arc::new(table);
         }
