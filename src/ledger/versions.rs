@@ -21,7 +21,8 @@ pub struct StreamVersions {
     changed: HashMap<String, u64>,
 }
 
-/// What [`StreamVersions::set`] replaced, for [`StreamVersions::restore`].
+/// What [`StreamVersions::advance`] replaced, for [`StreamVersions::restore`],
+/// which undoes it as long as nothing is folded in between.
 #[derive(Clone, Copy, Debug)]
 pub struct Undo(Option<u64>);
 
@@ -37,18 +38,6 @@ impl StreamVersions {
         match self.changed.get(stream) {
             Some(v) => Some(*v),
             None => self.table.get(stream),
-        }
-    }
-
-    /// Sets `stream`'s version. Undone by `restore` with what it returns,
-    /// as long as nothing is folded in between.
-    pub fn set(&mut self, stream: &str, version: u64) -> Undo {
-        match self.changed.get_mut(stream) {
-            Some(v) => Undo(Some(std::mem::replace(v, version))),
-            None => {
-                self.changed.insert(stream.to_owned(), version);
-                Undo(None)
-            }
         }
     }
 
@@ -120,21 +109,20 @@ impl StreamVersions {
         let changes = self.sorted_changes();
         let mut ours = self.table.overlaid(changes).peekable();
         let mut theirs = other.iter().peekable();
-        loop {
-            let found = match (ours.peek(), theirs.peek()) {
+        let (stream, ours, theirs) = loop {
+            match (ours.peek(), theirs.peek()) {
                 (None, None) => return None,
                 (Some(a), Some(b)) if a == b => {
                     ours.next();
                     theirs.next();
-                    continue;
                 }
-                (Some(a), Some(b)) if a.0 == b.0 => (a.0, Some(a.1), Some(b.1)),
-                (Some(a), Some(b)) if a.0 < b.0 => (a.0, Some(a.1), None),
-                (Some(a), None) => (a.0, Some(a.1), None),
-                (_, Some(b)) => (b.0, None, Some(b.1)),
-            };
-            return Some((found.0.to_owned(), found.1, found.2));
-        }
+                (Some(a), Some(b)) if a.0 == b.0 => break (a.0, Some(a.1), Some(b.1)),
+                (Some(a), Some(b)) if a.0 < b.0 => break (a.0, Some(a.1), None),
+                (Some(a), None) => break (a.0, Some(a.1), None),
+                (_, Some(b)) => break (b.0, None, Some(b.1)),
+            }
+        };
+        Some((stream.to_owned(), ours, theirs))
     }
 
     /// Folds once enough streams changed: bounds the owned strings held by
@@ -160,6 +148,8 @@ mod tests {
         /// Sets these streams, then undoes them in reverse, as a refused
         /// append does.
         SetAndUndo(Vec<(u8, u64)>),
+        /// An advance that `next` refuses: nothing changes.
+        Refuse(u8),
         Fold,
     }
 
@@ -167,6 +157,7 @@ mod tests {
         prop_oneof![
             (0u8..24, any::<u64>()).prop_map(|(s, v)| Op::Set(s, v)),
             proptest::collection::vec((0u8..24, any::<u64>()), 1..5).prop_map(Op::SetAndUndo),
+            (0u8..24).prop_map(Op::Refuse),
             Just(Op::Fold),
         ]
     }
@@ -180,14 +171,27 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Set(s, x) => {
-                        v.set(&name(s), x);
+                        prop_assert_eq!(v.advance(&name(s), |_| Some(x)).map(|(n, _)| n), Ok(x));
                         model.insert(name(s), x);
                     }
                     Op::SetAndUndo(steps) => {
-                        let undos: Vec<_> = steps.iter().map(|(s, x)| v.set(&name(*s), *x)).collect();
+                        let undos: Vec<_> = steps
+                            .iter()
+                            .map(|(s, x)| v.advance(&name(*s), |_| Some(*x)).unwrap().1)
+                            .collect();
                         for ((s, _), u) in steps.iter().zip(undos).rev() {
                             v.restore(&name(*s), u);
                         }
+                    }
+                    Op::Refuse(s) => {
+                        let want = model.get(&name(s)).copied();
+                        let mut seen = None;
+                        let got = v.advance(&name(s), |current| {
+                            seen = Some(current);
+                            None
+                        });
+                        prop_assert_eq!(seen, Some(want));
+                        prop_assert_eq!(got.map(|(n, _)| n), Err(want));
                     }
                     Op::Fold => {
                         let want = StreamTable::from_sorted(model.iter().map(|(s, x)| (s.as_str(), *x)));
