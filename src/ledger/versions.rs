@@ -9,12 +9,10 @@ use std::sync::Arc;
 
 use crate::format::stream_table::StreamTable;
 
-/// Changed streams fold into the table once they reach this many, or a
-/// sixteenth of the table if that is more: a changed stream costs about
-/// five times its place in the table, and folding, which rewrites the
-/// table, still costs a constant amount per change over time (at 4M
-/// streams, `verify` took 6.6 s at a sixteenth against 6.4 s at an eighth,
-/// and 25–40 MiB less).
+/// Changed streams fold into the table once they reach this many, or an
+/// eighth of the table if that is more: a changed stream costs about five
+/// times its place in the table, and folding, which rewrites the table,
+/// then costs a constant amount per change over time.
 const MIN_FOLD: usize = 1 << 16;
 
 #[derive(Clone, Debug, Default)]
@@ -131,7 +129,7 @@ impl StreamVersions {
     /// a walk over many streams that never checkpoints (`verify`, a long
     /// replay of the tail).
     pub fn fold_if_large(&mut self) {
-        let limit = MIN_FOLD.max((self.table.len() / 16) as usize);
+        let limit = MIN_FOLD.max((self.table.len() / 8) as usize);
         if self.changed.len() >= limit {
             self.table();
         }
