@@ -261,6 +261,23 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Long ids that share most of their bytes, or differ only in NUL
+        /// bytes past a shorter id's end, over many sparse points.
+        #[test]
+        fn lookups_among_ids_alike(
+            base in proptest::collection::btree_map("(customer-0000000|ab|)[0\u{0}1]{0,12}", any::<u64>(), 0..300),
+            probes in proptest::collection::vec("(customer-0000000|ab|)[0\u{0}1]{0,12}", 0..40),
+        ) {
+            let t = table(&base);
+            let (d, _) = StreamTable::decode(t.entries_bytes().to_vec(), 0, t.len()).unwrap();
+            for p in probes.iter().chain(base.keys()) {
+                prop_assert_eq!(t.get(p), base.get(p).copied());
+                prop_assert_eq!(d.get(p), base.get(p).copied());
+            }
+        }
+    }
+
     #[test]
     fn decode_names_the_offending_entry() {
         let t = StreamTable::from_sorted([("a", 1), ("b", 2)]);
