@@ -567,7 +567,9 @@ mod tests {
     fn a_signing_key_given_as_verifier_key_is_not_echoed() {
         let k = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
         let private = crate::keys::encode_signing_key("bi-ledger/main", &k);
-        let secret = private.trim().rsplit('+').next().unwrap().to_owned();
+        // PRIVATE+KEY+<name>+<key id>+<base64>: the base64 may hold '+' too.
+        let secret = private.trim().splitn(5, '+').nth(4).unwrap().to_owned();
+        assert_eq!(secret.len(), 44, "{secret}");
         for text in [
             private.clone(),
             format!("\u{feff}{private}"),
