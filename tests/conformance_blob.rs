@@ -84,15 +84,6 @@ fn fs_store(dir: &std::path::Path, max_blocks: u64) -> Arc<dyn BlobStore> {
     )
 }
 
-async fn names(s: &dyn BlobStore, prefix: &str) -> Vec<String> {
-    s.list(prefix)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.name)
-        .collect()
-}
-
 fn hidden_files(dir: &std::path::Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -167,7 +158,7 @@ async fn fs_numbered_names_are_filed_by_all_but_their_last_digits() {
     std::fs::write(l.join("checkpoint-00000000000002000000"), b"x").unwrap();
     std::fs::write(l.join(".checkpoint-00000000000001/25000"), b"x").unwrap();
     std::fs::write(l.join(".checkpoint-00000000000001/.250001.blocks"), b"x").unwrap();
-    let names = names(s.as_ref(), "l/").await;
+    let names = blob::names(s.as_ref(), "l/").await;
     assert_eq!(
         names,
         [
@@ -247,7 +238,7 @@ async fn fs_crash_leftovers() {
     let s = fs_store(dir.path(), 10);
     let info = s.info("l/seg").await.unwrap();
     assert_eq!((info.size, info.block_count), (5, 2));
-    let names = names(s.as_ref(), "l/").await;
+    let names = blob::names(s.as_ref(), "l/").await;
     assert_eq!(names, ["l/seg"]);
     s.truncate("l/seg", 3).await.unwrap();
     let info = s.info("l/seg").await.unwrap();

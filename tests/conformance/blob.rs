@@ -129,6 +129,16 @@ async fn size_of(s: &dyn BlobStore, name: &str) -> u64 {
     s.info(name).await.unwrap().size
 }
 
+/// The names of the blobs under `prefix`.
+pub async fn names(s: &dyn BlobStore, prefix: &str) -> Vec<String> {
+    s.list(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect()
+}
+
 async fn contents(s: &dyn BlobStore, name: &str) -> Vec<u8> {
     s.read_all(name).await.unwrap()
 }
@@ -236,14 +246,7 @@ pub async fn names_are_validated(b: &dyn Backend) {
         assert_invalid(s.lock(name).await, name);
     }
     // Nothing got created under any spelling.
-    let names: Vec<String> = s
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.name)
-        .collect();
-    assert_eq!(names, ["ok/blob"]);
+    assert_eq!(names(s.as_ref(), "").await, ["ok/blob"]);
     assert_eq!(contents(s.as_ref(), "ok/blob").await, b"data");
 }
 
@@ -440,16 +443,7 @@ pub async fn numbered_names(b: &dyn Backend) {
 
     let names = |p: &'static str| {
         let s = s.clone();
-        async move {
-            let v: Vec<String> = s
-                .list(p)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|b| b.name)
-                .collect();
-            v
-        }
+        async move { names(s.as_ref(), p).await }
     };
     let mut all: Vec<&str> = put.iter().copied().chain([appended]).collect();
     all.sort();
@@ -690,14 +684,10 @@ pub async fn put_is_immutable(b: &dyn Backend) {
     // Another handle reads them; the listing shows only the blobs.
     let s2 = _ns.open();
     assert_eq!(contents(s2.as_ref(), "p/one").await, data);
-    let names: Vec<String> = s2
-        .list("p/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.name)
-        .collect();
-    assert_eq!(names, ["p/app", "p/deep/er/blob", "p/empty", "p/one"]);
+    assert_eq!(
+        names(s2.as_ref(), "p/").await,
+        ["p/app", "p/deep/er/blob", "p/empty", "p/one"]
+    );
 }
 
 pub async fn concurrent_puts_one_wins(b: &dyn Backend) {
@@ -922,14 +912,7 @@ pub async fn delete_removes_blob(b: &dyn Backend) {
     assert_not_found(s.info("d/snapshot-1").await, "d/snapshot-1");
     assert_not_found(s.read_all("d/snapshot-1").await, "d/snapshot-1");
     assert_not_found(s.delete("d/snapshot-1").await, "d/snapshot-1");
-    let names: Vec<String> = s
-        .list("d/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.name)
-        .collect();
-    assert_eq!(names, ["d/snapshot-2"]);
+    assert_eq!(names(s.as_ref(), "d/").await, ["d/snapshot-2"]);
     // The name is free again, for a put with other bytes.
     s.put("d/snapshot-1", b"again").await.unwrap();
     assert_eq!(contents(s.as_ref(), "d/snapshot-1").await, b"again");
