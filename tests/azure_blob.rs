@@ -185,6 +185,26 @@ async fn ledger_proofs_through_node_caches() {
     ledger::proofs_through_node_caches(c.dyn_store()).await;
 }
 
+/// `tests/ledger_api.rs` on Azure: the block size is the ledger's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_the_block_size_is_the_ledgers() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "blocksize", AzureOptions::default()).await;
+    let with_blocks = |max_block_size| -> Arc<dyn BlobStore> {
+        let opts = AzureOptions {
+            max_block_size,
+            ..AzureOptions::default()
+        };
+        Arc::new(AzureBlobStore::new(c.account.clone(), &c.name, opts).unwrap())
+    };
+    ledger::the_block_size_is_the_ledgers(
+        with_blocks(8 << 20),
+        with_blocks(64 << 10),
+        c.dyn_store(),
+    )
+    .await;
+}
+
 /// `tests/ledger_api.rs` on Azure: an orphan node cache is only a hint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_orphan_node_caches_are_only_hints() {

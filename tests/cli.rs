@@ -1254,3 +1254,104 @@ fn torn_tail_is_cut_on_reopen() {
         failures.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------
+// The block size a ledger records (format §3.4, §5.1)
+
+/// Creates ledger `main` through the library on a store whose blocks are
+/// at most `max_block` bytes, with a key made by `keygen` where the CLI
+/// looks for it.
+fn library_create(
+    rt: &tokio::runtime::Runtime,
+    f: &Fixture,
+    max_block: usize,
+    max_batch_bytes: usize,
+) -> Ledger {
+    let key_file = f.data().join("main.key");
+    f.run(&["keygen", "--out", key_file.to_str().unwrap()]).ok();
+    let text = fs::read_to_string(&key_file).unwrap();
+    let (_, key) = bi_ledger::keys::decode_signing_key(&text).unwrap();
+    let opts = bi_ledger::backend::fs::FsOptions {
+        max_block_size: max_block,
+        ..Default::default()
+    };
+    let store: Arc<dyn BlobStore> =
+        Arc::new(FsStore::with_options(f.data(), opts).unwrap().shared());
+    let mut opts = LedgerOptions::new(key);
+    opts.max_batch_bytes = max_batch_bytes;
+    rt.block_on(Ledger::create(store, "main", opts)).unwrap()
+}
+
+/// A ledger made on a store of 8 MiB blocks holds frames larger than the
+/// default 4 MiB. The LEDGER file says so, and the CLI (on the default
+/// store) reads, verifies, recovers and appends to it; without the record
+/// it would take those frames for damaged lengths.
+#[test]
+fn a_ledger_of_large_blocks_is_read_by_the_default_store() {
+    let f = Fixture::new();
+    let rt = runtime();
+    let ledger = library_create(&rt, &f, 8 << 20, 8 << 20);
+    let big = "x".repeat(1 << 20);
+    let events: Vec<_> = (0..5)
+        .map(|i| NewEvent::json("big", "Blob", &json!({"i": i, "data": big})))
+        .collect();
+    let receipts = rt.block_on(ledger.append(events)).unwrap();
+    assert_eq!(receipts.len(), 5);
+    // Dropped without close: the next writer recovers the tail, reading
+    // the 5 MiB frame.
+    drop(ledger);
+    drop(rt);
+
+    let text = fs::read_to_string(f.path("main/LEDGER")).unwrap();
+    assert!(text.ends_with("\nblock 8388608\n"), "{text}");
+    assert!(f.seg_len() > 5 << 20);
+    f.verify().ok();
+    let events = f.read(&[]);
+    assert_eq!(seqs(&events), vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        events[4]["payload"]["data"].as_str().map(str::len),
+        Some(1 << 20)
+    );
+    let r = f.append(&line("small", "T", json!(5))).ok().json();
+    assert_eq!(r["seq"], 5);
+    f.verify().ok();
+}
+
+/// A ledger made on a store of 64 KiB blocks keeps its batches that small
+/// when later written through a store and options that allow more: an
+/// event that does not fit is refused whole, by the CLI and the library.
+#[test]
+fn a_ledger_of_small_blocks_keeps_them_small() {
+    let f = Fixture::new();
+    let rt = runtime();
+    let ledger = library_create(&rt, &f, 64 << 10, 4 << 20);
+    assert_eq!(ledger.max_batch_bytes(), 64 << 10);
+    rt.block_on(ledger.close()).unwrap();
+    let text = fs::read_to_string(f.path("main/LEDGER")).unwrap();
+    assert!(text.ends_with("\nblock 65536\n"), "{text}");
+
+    let big = "x".repeat(100 << 10);
+    let input = format!(
+        "{}\n{}\n",
+        line("s", "T", json!(0)),
+        line("s", "T", json!(big))
+    );
+    let out = f.append(&input);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("line 2:") && out.stderr.contains("more than the 65536 a batch holds"),
+        "{}",
+        out.describe()
+    );
+    assert!(f.read(&[]).is_empty());
+
+    let ledger = library_open(&rt, &f);
+    assert_eq!(ledger.max_batch_bytes(), 64 << 10);
+    let refused = rt.block_on(ledger.append_one(NewEvent::json("s", "T", &json!(big))));
+    assert!(refused.is_err(), "{refused:?}");
+    rt.block_on(ledger.append_one(NewEvent::json("s", "T", &json!(1))))
+        .unwrap();
+    rt.block_on(ledger.close()).unwrap();
+    assert_eq!(seqs(&f.read(&[])), vec![0]);
+    f.verify().ok();
+}

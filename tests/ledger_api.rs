@@ -148,6 +148,24 @@ async fn proofs_through_node_caches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_block_size_is_the_ledgers() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_blocks = |max_block_size| -> Arc<dyn BlobStore> {
+        let opts = bi_ledger::backend::fs::FsOptions {
+            max_block_size,
+            ..Default::default()
+        };
+        Arc::new(FsStore::with_options(dir.path(), opts).unwrap().shared())
+    };
+    ledger::the_block_size_is_the_ledgers(
+        with_blocks(8 << 20),
+        with_blocks(64 << 10),
+        store(dir.path()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_node_caches_are_only_hints() {
     let dir = tempfile::tempdir().unwrap();
     ledger::orphan_node_caches_are_only_hints(store(dir.path())).await;

@@ -154,6 +154,7 @@ fn meta() -> Meta {
         name: LEDGER_NAME.into(),
         id: LEDGER_ID,
         verifier: verifier(),
+        max_block: bi_ledger::backend::DEFAULT_MAX_BLOCK,
     }
 }
 

@@ -188,12 +188,9 @@ pub fn parse_frame(buf: &[u8], max_body: usize) -> Frame<'_> {
         }
     };
     if !(BODY_HEADER_LEN..=max_body).contains(&body_len) {
-        // The bound is the reading store's block size (format §5.1), which
-        // the ledger does not record: say so, for a ledger written through
-        // a store configured with larger blocks.
         let why = if body_len > max_body {
             format!(
-                ": larger than a block of this store ({} bytes with its header); a ledger written with larger blocks must be read through a store whose blocks are as large",
+                ": larger than the ledger's largest block ({} bytes with its header, format §5.1)",
                 max_body + FRAME_HEADER_LEN
             )
         } else {

@@ -119,7 +119,17 @@ pub struct Meta {
     pub name: String,
     pub id: [u8; 16],
     pub verifier: Verifier,
+    /// The largest block (= frame) the ledger may hold, `B` of format §5.1:
+    /// the maximum block size of the store it was created on. Recorded so
+    /// that a reader on another store, or with other options, tells a large
+    /// frame from a damaged length the same way the writer's store would.
+    pub max_block: usize,
 }
+
+/// The smallest `B` a ledger may record: the segment header is a block.
+pub const MIN_BLOCK: usize = crate::format::segment::HEADER_LEN;
+/// The largest: a frame's body length is a `u32`.
+pub const MAX_BLOCK: usize = u32::MAX as usize;
 
 impl Meta {
     pub fn origin(&self) -> String {
@@ -131,12 +141,25 @@ impl Meta {
     }
 
     pub fn encode(&self) -> String {
-        format!(
+        let mut text = format!(
             "bi-ledger ledger v1\nname {}\nid {}\nkey {}\n",
             self.name,
             crate::format::hex(&self.id),
             self.verifier.to_vkey()
-        )
+        );
+        // Only a `B` other than the default is written, so that a ledger of
+        // the default store has the identity file it always had, which
+        // readers from before the line still read.
+        if self.max_block != crate::backend::DEFAULT_MAX_BLOCK {
+            text.push_str(&format!("block {}\n", self.max_block));
+        }
+        text
+    }
+
+    /// The largest frame body a reader of this ledger accepts (format §5.1).
+    pub fn max_body(&self) -> usize {
+        self.max_block
+            .saturating_sub(crate::format::batch::FRAME_HEADER_LEN)
     }
 
     pub fn decode(blob: &str, text: &str) -> Result<Meta> {
@@ -177,10 +200,49 @@ impl Meta {
             .and_then(|l| l.strip_prefix("key "))
             .ok_or_else(|| bad(4, "expected \"key <verifier key>\""))?;
         let verifier = Verifier::from_vkey(vkey).map_err(|e| bad(4, &e.to_string()))?;
+        let max_block = match lines.next() {
+            None => crate::backend::DEFAULT_MAX_BLOCK,
+            Some(line) => {
+                let digits = line
+                    .strip_prefix("block ")
+                    .ok_or_else(|| bad(5, "expected \"block <maximum block size>\""))?;
+                let canonical = !digits.is_empty()
+                    && digits.len() <= 10
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && !(digits.starts_with('0'));
+                let block = canonical
+                    .then(|| digits.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or_else(|| {
+                        bad(
+                            5,
+                            "block size must be a decimal number without leading zeros",
+                        )
+                    })?;
+                if block < MIN_BLOCK as u64 || block > MAX_BLOCK as u64 {
+                    return Err(bad(
+                        5,
+                        &format!("block size {block} is outside {MIN_BLOCK}..={MAX_BLOCK}"),
+                    ));
+                }
+                if block as usize == crate::backend::DEFAULT_MAX_BLOCK {
+                    return Err(bad(
+                        5,
+                        "the default block size (4194304) is written by leaving the line out",
+                    ));
+                }
+                block as usize
+            }
+        };
         if lines.next().is_some() {
-            return Err(bad(5, "unexpected trailing line"));
+            return Err(bad(6, "unexpected trailing line"));
         }
-        let meta = Meta { name, id, verifier };
+        let meta = Meta {
+            name,
+            id,
+            verifier,
+            max_block,
+        };
         // One identity, one spelling: anything but the canonical text
         // (case, spacing, line ends, key name) is a changed file.
         if meta.verifier.name != Meta::key_name(&meta.name) {
@@ -190,5 +252,68 @@ impl Meta {
             return Err(bad(1, "not in canonical form"));
         }
         Ok(meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::DEFAULT_MAX_BLOCK;
+
+    fn meta(max_block: usize) -> Meta {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        Meta {
+            name: "main".into(),
+            id: [0xab; 16],
+            verifier: Verifier {
+                name: Meta::key_name("main"),
+                key,
+            },
+            max_block,
+        }
+    }
+
+    fn refusal(text: &str) -> String {
+        Meta::decode("main/LEDGER", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn block_size_is_written_only_when_not_the_default() {
+        let default = meta(DEFAULT_MAX_BLOCK).encode();
+        assert_eq!(default.lines().count(), 4);
+        let small = meta(65_536).encode();
+        assert_eq!(small, format!("{default}block 65536\n"));
+        for b in [MIN_BLOCK, 65_536, DEFAULT_MAX_BLOCK, 100 << 20, MAX_BLOCK] {
+            let text = meta(b).encode();
+            let back = Meta::decode("main/LEDGER", &text).unwrap();
+            assert_eq!(back.max_block, b);
+            assert_eq!(back.max_body(), b - 12);
+        }
+    }
+
+    #[test]
+    fn block_lines_other_than_the_canonical_one_are_refused() {
+        let default = meta(DEFAULT_MAX_BLOCK).encode();
+        for (line, why) in [
+            ("block 065536", "without leading zeros"),
+            ("block +65536", "without leading zeros"),
+            ("block ", "without leading zeros"),
+            ("block 65536 ", "without leading zeros"),
+            ("block 12345678901", "without leading zeros"),
+            ("block 83", "outside 84..=4294967295"),
+            ("block 4294967296", "outside 84..=4294967295"),
+            ("block 4194304", "leaving the line out"),
+            ("blocks 65536", "expected \"block <maximum block size>\""),
+        ] {
+            let err = refusal(&format!("{default}{line}\n"));
+            assert!(
+                err.contains("line 5") && err.contains(why),
+                "{line:?}: {err}"
+            );
+        }
+        let err = refusal(&format!("{default}block 65536\nblock 65536\n"));
+        assert!(err.contains("line 6"), "{err}");
+        let err = refusal(&format!("{default}block 65536"));
+        assert!(err.contains("canonical"), "{err}");
     }
 }

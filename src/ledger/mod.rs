@@ -53,9 +53,13 @@ pub struct LedgerOptions {
 
 impl LedgerOptions {
     /// The most bytes one `append` call may take on `store` with these
-    /// options: what [`Ledger::max_batch_bytes`] gives once opened.
-    pub fn batch_limit(&self, store: &dyn BlobStore) -> usize {
-        self.max_batch_bytes.min(store.max_block_size())
+    /// options, for the ledger of identity `meta`: what
+    /// [`Ledger::max_batch_bytes`] gives once opened. Never more than the
+    /// block size the ledger recorded when it was created (format §5.1).
+    pub fn batch_limit(&self, store: &dyn BlobStore, meta: &layout::Meta) -> usize {
+        self.max_batch_bytes
+            .min(store.max_block_size())
+            .min(meta.max_block)
     }
 
     pub fn new(signing_key: SigningKey) -> Self {
@@ -153,6 +157,14 @@ impl Ledger {
         getrandom::getrandom(&mut id).map_err(|e| {
             LedgerError::InvalidArgument(format!("no randomness for a ledger id: {e}"))
         })?;
+        let max_block = store.max_block_size();
+        if !(layout::MIN_BLOCK..=layout::MAX_BLOCK).contains(&max_block) {
+            return Err(LedgerError::InvalidArgument(format!(
+                "the store's maximum block size {max_block} is outside {}..={}",
+                layout::MIN_BLOCK,
+                layout::MAX_BLOCK
+            )));
+        }
         let meta = layout::Meta {
             name: name.to_owned(),
             id,
@@ -160,6 +172,7 @@ impl Ledger {
                 name: layout::Meta::key_name(name),
                 key: opts.signing_key.verifying_key(),
             },
+            max_block,
         };
         store
             .put(&layout::meta(name), meta.encode().as_bytes())
@@ -198,11 +211,7 @@ impl Ledger {
                 expected: meta.verifier.to_vkey(),
             });
         }
-        // A frame is one block, its 12-byte header included (format §5.1).
-        let max_body = opts
-            .max_batch_bytes
-            .max(store.max_block_size())
-            .saturating_sub(crate::format::batch::FRAME_HEADER_LEN);
+        let max_body = meta.max_body();
         let recover::Recovered {
             tip,
             checkpoint,
@@ -233,7 +242,7 @@ impl Ledger {
         snapshots: Vec<u64>,
         lock: Box<dyn crate::backend::WriterLock>,
     ) -> Result<Ledger> {
-        opts.max_batch_bytes = opts.batch_limit(store.as_ref());
+        opts.max_batch_bytes = opts.batch_limit(store.as_ref(), &meta);
         let max_batch = opts.max_batch_bytes;
         let (tx, rx) = mpsc::channel(4096);
         let hashers = rayon::ThreadPoolBuilder::new()

@@ -128,10 +128,7 @@ impl LedgerReader {
                 return Err(recover::segment_zero_missing(name, &blob, size));
             }
         }
-        // A frame is one block, its 12-byte header included (format §5.1).
-        let max_body = store
-            .max_block_size()
-            .saturating_sub(crate::format::batch::FRAME_HEADER_LEN);
+        let max_body = meta.max_body();
         Ok(LedgerReader {
             store,
             meta,

@@ -883,3 +883,62 @@ pub async fn opening_lists_only_what_it_needs(s: Arc<dyn BlobStore>) {
     );
     narrow("LedgerReader::open, len and signed_checkpoint(None)");
 }
+
+/// The block size is the ledger's, recorded at creation (format §3.4), not
+/// the store handle's: `large` holds one store of 8 MiB blocks, `small` one
+/// of 64 KiB, and `default` one of the default 4 MiB, all on the same
+/// namespace. A ledger created through `large` has a 5 MiB block that a
+/// reader and a recovering writer through `default` take as it is; one
+/// created through `small` stays in blocks of 64 KiB when written through
+/// `default`.
+pub async fn the_block_size_is_the_ledgers(
+    large: Arc<dyn BlobStore>,
+    small: Arc<dyn BlobStore>,
+    default: Arc<dyn BlobStore>,
+) {
+    let mut opts = ledger_opts();
+    opts.max_batch_bytes = 8 << 20;
+    let ledger = Ledger::create(large, "large", opts).await.unwrap();
+    let data = "x".repeat(1 << 20);
+    let events = (0..5)
+        .map(|i| NewEvent::json("big", "Blob", &json!({"i": i, "data": data})))
+        .collect();
+    let receipts = ledger.append(events).await.unwrap();
+    assert!(receipts.iter().all(|r| r.offset == receipts[0].offset));
+    // No close: the reopen recovers the tail after checkpoint 0, the 5 MiB
+    // block included.
+    drop(ledger);
+    let ledger = Ledger::open(default.clone(), "large", ledger_opts())
+        .await
+        .unwrap();
+    assert_eq!(ledger.max_batch_bytes(), 4 << 20);
+    ledger
+        .append_one(NewEvent::json("small", "T", &json!(5)))
+        .await
+        .unwrap();
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(default.clone(), "large").await.unwrap();
+    assert_eq!(seqs(&reader).await.unwrap(), vec![0, 1, 2, 3, 4, 5]);
+    verified(&reader).await.unwrap();
+
+    let ledger = Ledger::create(small, "small", ledger_opts()).await.unwrap();
+    assert_eq!(ledger.max_batch_bytes(), 64 << 10);
+    ledger.close().await.unwrap();
+    let ledger = Ledger::open(default.clone(), "small", ledger_opts())
+        .await
+        .unwrap();
+    assert_eq!(ledger.max_batch_bytes(), 64 << 10);
+    let big = NewEvent::json("s", "T", &json!("y".repeat(100 << 10)));
+    match ledger.append_one(big).await {
+        Err(LedgerError::InvalidArgument(why)) => assert!(why.contains("65536"), "{why}"),
+        other => panic!("a 100 KiB event in a ledger of 64 KiB blocks: {other:?}"),
+    }
+    ledger
+        .append_one(NewEvent::json("s", "T", &json!(0)))
+        .await
+        .unwrap();
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(default, "small").await.unwrap();
+    assert_eq!(seqs(&reader).await.unwrap(), vec![0]);
+    verified(&reader).await.unwrap();
+}
