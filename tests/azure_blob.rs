@@ -205,6 +205,22 @@ async fn ledger_the_block_size_is_the_ledgers() {
     .await;
 }
 
+/// `tests/ledger_api.rs` on Azure: stream indexes merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_stream_indexes_are_merged() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "merged", AzureOptions::default()).await;
+    ledger::stream_indexes_are_merged(c.dyn_store()).await;
+}
+
+/// `tests/ledger_api.rs` on Azure: a merge that fails is tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_a_merge_that_fails_is_tried_again() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "remerge", AzureOptions::default()).await;
+    ledger::a_merge_that_fails_is_tried_again(c.dyn_store()).await;
+}
+
 /// `tests/ledger_api.rs` on Azure: an orphan node cache is only a hint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_orphan_node_caches_are_only_hints() {

@@ -166,6 +166,18 @@ async fn the_block_size_is_the_ledgers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_indexes_are_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger::stream_indexes_are_merged(store(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_that_fails_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger::a_merge_that_fails_is_tried_again(store(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_node_caches_are_only_hints() {
     let dir = tempfile::tempdir().unwrap();
     ledger::orphan_node_caches_are_only_hints(store(dir.path())).await;

@@ -86,6 +86,19 @@ pub fn stream_index_size(ledger: &str, blob: &str) -> Option<u64> {
     size_after(blob, &stream_index_prefix(ledger))
 }
 
+/// The merged stream index (format §11.3.1) that ends at checkpoint `size`.
+pub fn merged_stream_index(ledger: &str, size: u64) -> String {
+    format!("{ledger}/streams-merged-{size:020}")
+}
+
+pub fn merged_stream_index_prefix(ledger: &str) -> String {
+    format!("{ledger}/streams-merged-")
+}
+
+pub fn merged_stream_index_size(ledger: &str, blob: &str) -> Option<u64> {
+    size_after(blob, &merged_stream_index_prefix(ledger))
+}
+
 /// The Merkle node cache of the records up to checkpoint `size`.
 pub fn nodes(ledger: &str, size: u64) -> String {
     format!("{ledger}/nodes-{size:020}")

@@ -22,6 +22,7 @@ pub const BATCH_OVERHEAD: usize = FRAME_HEADER_LEN + BODY_HEADER_LEN;
 
 pub mod layout;
 mod log_roots;
+pub mod merge;
 mod node_cache;
 pub mod proof;
 pub mod reader;
@@ -49,6 +50,11 @@ pub struct LedgerOptions {
     pub checkpoint_every_events: Option<u64>,
     /// ...or this long after the last checkpoint, whichever comes first.
     pub checkpoint_interval: Option<Duration>,
+    /// Merge the stream indexes of this many checkpoints into one blob
+    /// (format §11.3.1)...
+    pub merge_index_count: usize,
+    /// ...or of as many as cover this many records, whichever comes first.
+    pub merge_index_records: u64,
 }
 
 impl LedgerOptions {
@@ -70,6 +76,8 @@ impl LedgerOptions {
             segment_max_blocks: crate::backend::AZURE_MAX_BLOCKS,
             checkpoint_every_events: Some(250_000),
             checkpoint_interval: Some(Duration::from_secs(300)),
+            merge_index_count: 256,
+            merge_index_records: 262_144,
         }
     }
 }
@@ -271,6 +279,7 @@ impl Ledger {
             checkpoint_retry: None,
             unanswered: None,
             snapshots: snapshots.into_iter().collect(),
+            merge_run: None,
         };
         // The writer gets a thread (and a small runtime) of its own: its
         // store may then write in place, without the thread hand-offs that

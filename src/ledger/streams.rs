@@ -53,10 +53,9 @@ impl LedgerReader {
     /// order within a stream): through the stream indexes where they pay
     /// off, else by scanning the log.
     pub async fn read_stream(&self, stream: &str) -> Result<Vec<Record>> {
-        let blobs = self.stream_index_blobs().await?;
-        let indexed = blobs.last().map_or(0, |(size, _)| *size);
-        if indexed / (blobs.len() as u64).max(1) >= MIN_RECORDS_PER_INDEX {
-            if let Some(out) = self.read_stream_through(stream, blobs).await? {
+        let mut chain = self.index_chain().await?;
+        if chain.worth_reading().await? {
+            if let Some(out) = self.read_stream_through(stream, chain).await? {
                 return Ok(out);
             }
         }
@@ -131,41 +130,74 @@ impl LedgerReader {
         Ok(None)
     }
 
-    /// The stream index blobs beside stored checkpoints and the size each
-    /// covers up to, oldest first. An index without its checkpoint was left
-    /// by a crash between the two puts; the one beside the next checkpoint
-    /// starts where it does, so chaining it would end the chain there.
-    async fn stream_index_blobs(&self) -> Result<Vec<(u64, String)>> {
-        let prefix = layout::stream_index_prefix(self.name());
-        let signed: std::collections::HashSet<u64> =
-            super::recover::checkpoint_blobs(self.store().as_ref(), self.name())
+    /// The stream index blobs beside stored checkpoints whose size is above
+    /// `after`, and the size each covers up to, oldest first, listed by
+    /// window from `after`'s. An index without its checkpoint was left by a
+    /// crash between the two puts; the one beside the next checkpoint starts
+    /// where it does, so chaining it would end the chain there.
+    async fn stream_index_blobs(&self, after: u64) -> Result<Vec<(u64, String)>> {
+        let name = self.name();
+        let (cp_prefix, idx_prefix) = (
+            layout::checkpoint_prefix(name),
+            layout::stream_index_prefix(name),
+        );
+        let mut signed = std::collections::HashSet::new();
+        let mut blobs = Vec::new();
+        let last = self.signed_at_open().max(after) / layout::WINDOW + 1;
+        for w in after / layout::WINDOW..=last {
+            for b in self.store().list(&layout::in_window(&cp_prefix, w)).await? {
+                signed.extend(layout::checkpoint_size(name, &b.name));
+            }
+            for b in self
+                .store()
+                .list(&layout::in_window(&idx_prefix, w))
                 .await?
-                .into_iter()
-                .map(|(size, _)| size)
-                .collect();
-        let mut blobs: Vec<(u64, String)> = self
-            .store()
-            .list(&prefix)
-            .await?
-            .into_iter()
-            .filter_map(|b| layout::stream_index_size(self.name(), &b.name).map(|s| (s, b.name)))
-            .filter(|(size, _)| signed.contains(size))
-            .collect();
+            {
+                if let Some(size) = layout::stream_index_size(name, &b.name) {
+                    blobs.push((size, b.name));
+                }
+            }
+        }
+        blobs.retain(|(size, _)| *size > after && signed.contains(size));
         blobs.sort();
         Ok(blobs)
+    }
+
+    /// The merged stream indexes (format §11.3.1) up to the checkpoint this
+    /// reader saw when it opened, oldest first.
+    async fn merged_index_blobs(&self) -> Result<Vec<(u64, String)>> {
+        let mut blobs: Vec<(u64, String)> =
+            super::merge::merged_sizes(self.store().as_ref(), self.name())
+                .await?
+                .into_iter()
+                .filter(|&to| to <= self.signed_at_open())
+                .map(|to| (to, layout::merged_stream_index(self.name(), to)))
+                .collect();
+        blobs.sort();
+        Ok(blobs)
+    }
+
+    async fn index_chain(&self) -> Result<IndexChain<'_>> {
+        Ok(IndexChain {
+            reader: self,
+            merged: self.merged_index_blobs().await?.into(),
+            pending: None,
+            single: None,
+            covered: 0,
+        })
     }
 
     /// [`Self::read_stream`] through the indexes, however small: `None`
     /// when they are missing or do not add up, and a full scan is needed.
     pub async fn read_stream_indexed(&self, stream: &str) -> Result<Option<Vec<Record>>> {
-        let blobs = self.stream_index_blobs().await?;
-        self.read_stream_through(stream, blobs).await
+        let chain = self.index_chain().await?;
+        self.read_stream_through(stream, chain).await
     }
 
     async fn read_stream_through(
         &self,
         stream: &str,
-        blobs: Vec<(u64, String)>,
+        mut chain: IndexChain<'_>,
     ) -> Result<Option<Vec<Record>>> {
         let mut out: Vec<Record> = Vec::new();
         // Where the indexed part ends: the next record, and the last batch
@@ -173,10 +205,7 @@ impl LedgerReader {
         let mut covered = 0u64;
         let mut resume: Option<BatchFilter> = None;
         let hashes = stream_hashes(stream);
-        for (size, blob) in blobs {
-            let Some(idx) = self.index_in_line(&blob, size, covered).await? else {
-                break;
-            };
+        while let Some(idx) = chain.next().await? {
             for batch in idx.batches.iter().filter(|b| b.may_hold(hashes)) {
                 let Some(found) = self.stream_in_batch(stream, batch).await? else {
                     return Ok(None);
@@ -339,5 +368,91 @@ impl LedgerReader {
             }
         }
         Ok(Some(out))
+    }
+}
+
+/// The stream indexes a read of one stream goes through, in order, each
+/// starting where the one before ended: a merged index where one starts
+/// there, else the index beside the next checkpoint. Those are listed only
+/// once the merged ones do not go on, from there: a ledger whose indexes
+/// are merged is not listed whole for one read.
+pub(crate) struct IndexChain<'a> {
+    reader: &'a LedgerReader,
+    /// Merged indexes not yet used, by `to`.
+    merged: std::collections::VecDeque<(u64, String)>,
+    /// The first of them, read, when it starts after `covered`.
+    pending: Option<StreamIndex>,
+    /// The indexes beside checkpoints above a size, listed when first
+    /// needed there.
+    single: Option<(u64, std::collections::VecDeque<(u64, String)>)>,
+    covered: u64,
+}
+
+impl IndexChain<'_> {
+    /// The next index in line, or `None` where the chain ends.
+    async fn next(&mut self) -> Result<Option<StreamIndex>> {
+        let idx = self.next_in_line().await?;
+        if let Some(idx) = &idx {
+            self.covered = idx.to;
+        }
+        Ok(idx)
+    }
+
+    async fn next_in_line(&mut self) -> Result<Option<StreamIndex>> {
+        loop {
+            if let Some(p) = &self.pending {
+                if p.from == self.covered {
+                    return Ok(self.pending.take());
+                }
+                if p.from > self.covered {
+                    break;
+                }
+                self.pending = None;
+            }
+            let Some((to, blob)) = self.merged.pop_front() else {
+                break;
+            };
+            if to <= self.covered {
+                continue;
+            }
+            match self.reader.read_index(&blob).await? {
+                Some(idx) if idx.to == to && idx.from < to => self.pending = Some(idx),
+                Some(_) => {
+                    warn!(index = %blob, "merged stream index does not cover what its name says; not used")
+                }
+                None => {}
+            }
+        }
+        if self
+            .single
+            .as_ref()
+            .is_none_or(|(after, _)| *after > self.covered)
+        {
+            let listed = self.reader.stream_index_blobs(self.covered).await?;
+            self.single = Some((self.covered, listed.into()));
+        }
+        let (_, single) = self.single.as_mut().expect("listed");
+        while single
+            .front()
+            .is_some_and(|(size, _)| *size <= self.covered)
+        {
+            single.pop_front();
+        }
+        let Some((size, blob)) = single.pop_front() else {
+            return Ok(None);
+        };
+        self.reader.index_in_line(&blob, size, self.covered).await
+    }
+
+    /// Whether reading the indexes costs less than scanning the log: at
+    /// least [`MIN_RECORDS_PER_INDEX`] records per index blob on average,
+    /// counting the merged ones and the others after them.
+    async fn worth_reading(&mut self) -> Result<bool> {
+        let merged_end = self.merged.back().map_or(0, |(to, _)| *to);
+        let listed = self.reader.stream_index_blobs(merged_end).await?;
+        let indexed = listed.last().map_or(merged_end, |(size, _)| *size);
+        let blobs = (self.merged.len() + listed.len()) as u64;
+        self.single = Some((merged_end, listed.into()));
+        Ok(indexed / blobs.max(1) >= MIN_RECORDS_PER_INDEX)
     }
 }

@@ -116,6 +116,15 @@ impl LedgerReader {
                 restored: Vec::new(),
                 listed: None,
             },
+            merged: Merged {
+                ahead: super::merge::merged_sizes(store.as_ref(), &meta.name)
+                    .await?
+                    .into_iter()
+                    .map(|to| (to, super::layout::merged_stream_index(&meta.name, to)))
+                    .collect(),
+                spans: Vec::new(),
+                start: 0,
+            },
         };
         let last = segments.len().saturating_sub(1);
         for (index, info) in &segments {
@@ -257,9 +266,13 @@ async fn list_caches(reader: &LedgerReader) -> Result<Vec<(u64, String)>> {
     use super::layout;
     type SizeOf = fn(&str, &str) -> Option<u64>;
     let name = reader.name();
-    let kinds: [(String, SizeOf); 3] = [
+    let kinds: [(String, SizeOf); 4] = [
         (layout::snapshot_prefix(name), layout::snapshot_size),
         (layout::stream_index_prefix(name), layout::stream_index_size),
+        (
+            layout::merged_stream_index_prefix(name),
+            layout::merged_stream_index_size,
+        ),
         (layout::nodes_prefix(name), layout::nodes_size),
     ];
     let mut caches = Vec::new();
@@ -289,6 +302,20 @@ struct Walker {
     tip: Tip,
     since: Since,
     caches: Caches,
+    merged: Merged,
+}
+
+/// The merged stream indexes (format §11.3.1) not yet reached, and the
+/// batches of the checkpoints since the last one checked: a merged index
+/// must list exactly the batches of the checkpoints it spans.
+struct Merged {
+    /// By `to`.
+    ahead: std::collections::BTreeMap<u64, String>,
+    /// Each checkpoint's size and its stream index's batches, since the
+    /// last merged index checked (kept only while one lies ahead).
+    spans: Vec<(u64, Vec<BatchFilter>)>,
+    /// Where `spans` start: the end of the last merged index checked.
+    start: u64,
 }
 
 /// Stream indexes and node caches found missing, and what became of them.
@@ -616,7 +643,12 @@ async fn check_checkpoints<'a, I>(
 where
     I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
 {
-    let Walker { tip, since, caches } = w;
+    let Walker {
+        tip,
+        since,
+        caches,
+        merged,
+    } = w;
     while let Some((blob, cp)) = next.peek() {
         if cp.size > tip.size {
             break;
@@ -664,6 +696,7 @@ where
         }
         check_snapshot(reader, cp, tip, next.len() == 1).await?;
         let (index, nodes) = tip.take_caches();
+        check_merged(reader, cp, &index, merged).await?;
         let absent = check_stream_index(reader, cp, index, caches).await?;
         caches.note(absent);
         let absent = check_nodes(reader, cp, nodes, caches).await?;
@@ -697,8 +730,72 @@ async fn check_stream_index(
     let idx = StreamIndex::decode(&bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
     if idx != want {
-        let what = if (idx.from, idx.to) != (want.from, want.to) || idx.ledger_id != want.ledger_id
-        {
+        return Err(
+            IntegrityError::new(&blob, 0, Some(cp.size), index_differs(&idx, &want)).into(),
+        );
+    }
+    Ok(None)
+}
+
+/// A merged stream index that ends at checkpoint `cp` must list exactly the
+/// batches of the checkpoints it spans, starting at one of them (or at 0),
+/// and not before the end of the merged index before it.
+async fn check_merged(
+    reader: &LedgerReader,
+    cp: &Checkpoint,
+    index: &StreamIndex,
+    m: &mut Merged,
+) -> Result<()> {
+    if m.ahead.range(cp.size..).next().is_none() {
+        return Ok(());
+    }
+    m.spans.push((cp.size, index.batches.clone()));
+    let Some(blob) = m.ahead.remove(&cp.size) else {
+        return Ok(());
+    };
+    let Some(bytes) = read_cache(reader, &blob).await? else {
+        return Ok(()); // deleted since it was listed: a cache
+    };
+    let idx = StreamIndex::decode(&bytes)
+        .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
+    let starts = std::iter::once(m.start).chain(m.spans.iter().map(|(size, _)| *size));
+    if idx.from >= cp.size || !starts.into_iter().any(|s| s == idx.from) {
+        return Err(IntegrityError::new(
+            &blob,
+            0,
+            Some(cp.size),
+            format!(
+                "merged stream index covers records {}..{}, but {} is not a checkpoint after the merged index before it (which ends at {})",
+                idx.from, idx.to, idx.from, m.start
+            ),
+        )
+        .into());
+    }
+    let want = StreamIndex {
+        ledger_id: index.ledger_id,
+        from: idx.from,
+        to: cp.size,
+        batches: m
+            .spans
+            .iter()
+            .filter(|(size, _)| *size > idx.from)
+            .flat_map(|(_, b)| b.iter().cloned())
+            .collect(),
+    };
+    if idx != want {
+        return Err(
+            IntegrityError::new(&blob, 0, Some(cp.size), index_differs(&idx, &want)).into(),
+        );
+    }
+    m.spans.clear();
+    m.start = cp.size;
+    Ok(())
+}
+
+/// How a stream index read differs from the one the log gives.
+fn index_differs(idx: &StreamIndex, want: &StreamIndex) -> String {
+    {
+        if (idx.from, idx.to) != (want.from, want.to) || idx.ledger_id != want.ledger_id {
             format!(
                 "stream index covers records {}..{} of ledger {}, the log says {}..{} of {}{}",
                 idx.from,
@@ -714,16 +811,21 @@ async fn check_stream_index(
             )
         } else {
             match idx.batches.iter().zip(&want.batches).find(|(a, b)| a != b) {
+                Some((a, b)) if a.position == b.position => format!(
+                    "stream index differs from the log at the batch of sequence number {} (segment {} byte {}): its {} differs",
+                    b.first_seq,
+                    b.position.0,
+                    b.position.1,
+                    if a.first_seq != b.first_seq || a.count != b.count { "record count" } else { "stream filter" }
+                ),
                 Some((a, b)) => format!(
                     "stream index differs from the log at the batch of sequence number {} (it says segment {} byte {}, the log segment {} byte {})",
                     b.first_seq, a.position.0, a.position.1, b.position.0, b.position.1
                 ),
                 None => "stream index lists other batches than the log has".to_owned(),
             }
-        };
-        return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
+        }
     }
-    Ok(None)
 }
 
 /// A cache beside a checkpoint starts where the checkpoint before it was

@@ -80,6 +80,9 @@ pub struct Writer {
     /// the local store every listing reads the ledger's whole directory,
     /// which ten years of checkpoints fill with millions of files).
     pub snapshots: std::collections::BTreeSet<u64>,
+    /// The stream indexes not merged yet (`merge`); listed at the first
+    /// checkpoint, so that opening lists nothing for it.
+    pub merge_run: Option<super::merge::Run>,
 }
 
 type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
@@ -653,7 +656,8 @@ impl Writer {
         );
         // The stream index, node cache and snapshot go first: a checkpoint
         // must never exist without them (caches the reader relies on).
-        if self.tip.index.to > self.tip.index.from {
+        let indexed = self.tip.index.to > self.tip.index.from;
+        if indexed {
             let blob = layout::stream_index(&self.meta.name, cp.size);
             self.put_cache(&blob, &self.tip.index.encode()).await?;
         }
@@ -696,6 +700,19 @@ impl Writer {
         self.last_checkpoint_at = Instant::now();
         self.checkpoint_retry = None;
         self.tip.take_caches();
+        // After the checkpoint: a merged index covers only checkpointed
+        // records, and is never an orphan.
+        if self.check_lock().is_ok() {
+            super::merge::after_checkpoint(
+                self.store.as_ref(),
+                &self.meta,
+                &mut self.merge_run,
+                info.checkpoint.size,
+                indexed,
+                (self.opts.merge_index_records, self.opts.merge_index_count),
+            )
+            .await;
+        }
         Ok(info)
     }
 

@@ -502,6 +502,10 @@ pub struct Interrupted {
     stop: Option<RolloverStop>,
     pub lose_checkpoint: std::sync::atomic::AtomicBool,
     pub prefixes: std::sync::Mutex<Vec<String>>,
+    /// The names of the blobs read, in order.
+    pub reads: std::sync::Mutex<Vec<String>>,
+    /// Fails the next put of a merged stream index.
+    pub lose_merged: std::sync::atomic::AtomicBool,
 }
 
 impl Interrupted {
@@ -512,6 +516,8 @@ impl Interrupted {
             stop: None,
             lose_checkpoint: false.into(),
             prefixes: Default::default(),
+            reads: Default::default(),
+            lose_merged: false.into(),
         }
     }
 }
@@ -543,6 +549,7 @@ impl BlobStore for Interrupted {
         self.inner.append(name, at, block).await
     }
     async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.reads.lock().unwrap().push(name.to_owned());
         self.inner.read(name, offset, len).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<bi_ledger::backend::BlobInfo>, StoreError> {
@@ -563,6 +570,17 @@ impl BlobStore for Interrupted {
         self.inner.seal(name).await
     }
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        if name.contains("/streams-merged-")
+            && self
+                .lose_merged
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Io {
+                op: "put",
+                name: name.to_owned(),
+                source: std::io::Error::other("injected: the merged index was not put"),
+            });
+        }
         if name.contains("/checkpoint-")
             && self
                 .lose_checkpoint
@@ -607,6 +625,8 @@ pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
         stop: Some(stop),
         lose_checkpoint: false.into(),
         prefixes: Default::default(),
+        reads: Default::default(),
+        lose_merged: false.into(),
     });
     let ledger = Ledger::create(cut, "main", opts()).await.unwrap();
     for i in 0..2 {
@@ -857,29 +877,48 @@ pub async fn opening_lists_only_what_it_needs(s: Arc<dyn BlobStore>) {
         .unwrap();
     assert_eq!((r[0].seq, r[0].version), (5, 5));
     // A checkpoint prunes the snapshots it knows of without listing them.
+    // The first one lists the merged stream indexes and, in the windows
+    // since the newest of them, the checkpoints and stream indexes not
+    // merged yet (`merge::Run::restore`); later ones list nothing.
     assert_eq!(ledger.checkpoint().await.unwrap().checkpoint.size, 6);
+    let prefixes = std::mem::take(&mut *listed.prefixes.lock().unwrap());
+    for p in &prefixes {
+        let window = ["main/checkpoint-", "main/streams-"].iter().any(|k| {
+            p.strip_prefix(k)
+                .is_some_and(|d| d.len() == 14 && d.bytes().all(|b| b.is_ascii_digit()))
+        });
+        assert!(
+            p == "main/streams-merged-" || window,
+            "the first checkpoint listed {p:?} (all it listed: {prefixes:?})"
+        );
+    }
+    ledger
+        .append(vec![NewEvent::json("a", "X", &json!({ "i": 6 }))])
+        .await
+        .unwrap();
+    assert_eq!(ledger.checkpoint().await.unwrap().checkpoint.size, 7);
     ledger.close().await.unwrap();
     let prefixes = std::mem::take(&mut *listed.prefixes.lock().unwrap());
     assert_eq!(
         prefixes,
         Vec::<String>::new(),
-        "the writer listed after open"
+        "the writer listed after its first checkpoint"
     );
     let snapshots = names(s.as_ref(), "main/snapshot-").await;
     assert_eq!(
         snapshots,
         [
-            "main/snapshot-00000000000000000005",
-            "main/snapshot-00000000000000000006"
+            "main/snapshot-00000000000000000006",
+            "main/snapshot-00000000000000000007"
         ]
     );
     let reader = LedgerReader::open(listed.clone(), "main").await.unwrap();
-    assert_eq!(reader.signed_at_open(), 6);
-    assert_eq!(reader.len().await.unwrap(), 6);
+    assert_eq!(reader.signed_at_open(), 7);
+    assert_eq!(reader.len().await.unwrap(), 7);
     let (blob, cp, _) = reader.signed_checkpoint(None).await.unwrap().unwrap();
     assert_eq!(
         (blob.as_str(), cp.size),
-        ("main/checkpoint-00000000000000000006", 6)
+        ("main/checkpoint-00000000000000000007", 7)
     );
     narrow("LedgerReader::open, len and signed_checkpoint(None)");
 }
@@ -941,4 +980,121 @@ pub async fn the_block_size_is_the_ledgers(
     let reader = LedgerReader::open(default, "small").await.unwrap();
     assert_eq!(seqs(&reader).await.unwrap(), vec![0]);
     verified(&reader).await.unwrap();
+}
+
+/// Stream indexes merged (format §11.3.1): with `merge_index_count` 4, the
+/// indexes of every four checkpoints are put again as one blob, also across
+/// a reopen (the run is listed back from the store). A read of one stream
+/// goes through the merged blobs and the indexes after them, never the
+/// merged ones' parts, and gives what a scan gives; `verify` checks the
+/// merged blobs against the log and names one that differs.
+pub async fn stream_indexes_are_merged(s: Arc<dyn BlobStore>) {
+    let mut opts = ledger_opts();
+    opts.checkpoint_every_events = None;
+    opts.checkpoint_interval = None;
+    opts.merge_index_count = 4;
+    let mut ledger = Ledger::create(s.clone(), "main", opts.clone())
+        .await
+        .unwrap();
+    for round in 0..10u64 {
+        if round == 6 {
+            ledger.close().await.unwrap();
+            ledger = Ledger::open(s.clone(), "main", opts.clone()).await.unwrap();
+        }
+        let events = ["a", "b", ["c", "d", "e"][round as usize % 3]]
+            .iter()
+            .map(|stream| NewEvent::json(*stream, "E", &json!({ "round": round })))
+            .collect();
+        ledger.append(events).await.unwrap();
+        assert_eq!(
+            ledger.checkpoint().await.unwrap().checkpoint.size,
+            3 * (round + 1)
+        );
+    }
+    ledger.close().await.unwrap();
+    assert_eq!(
+        names(s.as_ref(), "main/streams-merged-").await,
+        [
+            "main/streams-merged-00000000000000000012",
+            "main/streams-merged-00000000000000000024"
+        ]
+    );
+
+    let counted = Arc::new(Interrupted::losing_a_checkpoint(s.clone()));
+    let reader = LedgerReader::open(counted.clone(), "main").await.unwrap();
+    let scanned = reader.read_stream_scan("a").await.unwrap();
+    assert_eq!(scanned.len(), 10);
+    for stream in ["a", "c", "d", "e", "none"] {
+        counted.reads.lock().unwrap().clear();
+        let through = reader.read_stream_indexed(stream).await.unwrap();
+        let want = reader.read_stream_scan(stream).await.unwrap();
+        assert_eq!(through.as_ref(), Some(&want), "{stream}");
+        let reads = std::mem::take(&mut *counted.reads.lock().unwrap());
+        let indexes: Vec<&String> = reads.iter().filter(|n| n.contains("/streams-")).collect();
+        assert_eq!(
+            indexes,
+            [
+                "main/streams-merged-00000000000000000012",
+                "main/streams-merged-00000000000000000024",
+                "main/streams-00000000000000000027",
+                "main/streams-00000000000000000030",
+            ],
+            "{stream}"
+        );
+    }
+    verified(&reader).await.unwrap();
+
+    // A merged index that lists other batches than its checkpoints' is
+    // named by verify.
+    let blob = "main/streams-merged-00000000000000000024";
+    let mut idx = StreamIndex::decode(&s.read_all(blob).await.unwrap()).unwrap();
+    idx.batches[1].filter[0] ^= 0x01;
+    s.delete(blob).await.unwrap();
+    s.put(blob, &idx.encode()).await.unwrap();
+    match verified(&reader).await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_eq!(e.blob, blob, "{e}");
+            assert!(e.what.ends_with("its stream filter differs"), "{e}");
+        }
+        other => panic!("verify of a changed merged index: {other:?}"),
+    }
+    // It is a cache: a stream read that finds it out of place scans.
+    assert_eq!(
+        reader.read_stream("a").await.unwrap(),
+        reader.read_stream_scan("a").await.unwrap()
+    );
+}
+
+/// A merged stream index whose put fails costs nothing but the merge: the
+/// checkpoint stands, and the next checkpoint merges the longer run.
+pub async fn a_merge_that_fails_is_tried_again(s: Arc<dyn BlobStore>) {
+    let failing = Arc::new(Interrupted::losing_a_checkpoint(s.clone()));
+    failing
+        .lose_merged
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut opts = ledger_opts();
+    opts.merge_index_count = 2;
+    let ledger = Ledger::create(failing.clone(), "main", opts).await.unwrap();
+    for round in 0..3u64 {
+        ledger
+            .append(vec![NewEvent::json("a", "E", &json!(round))])
+            .await
+            .unwrap();
+        let cp = ledger.checkpoint().await.unwrap();
+        assert_eq!(cp.checkpoint.size, round + 1);
+        let merged = names(s.as_ref(), "main/streams-merged-").await;
+        if round < 2 {
+            assert_eq!(merged, Vec::<String>::new(), "after round {round}");
+        } else {
+            assert_eq!(merged, ["main/streams-merged-00000000000000000003"]);
+        }
+    }
+    assert!(!failing
+        .lose_merged
+        .load(std::sync::atomic::Ordering::SeqCst));
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(s, "main").await.unwrap();
+    verified(&reader).await.unwrap();
+    let a = reader.read_stream_indexed("a").await.unwrap().unwrap();
+    assert_eq!(a.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
 }
