@@ -136,6 +136,10 @@ fn init_append_read_filter_stats_verify() {
         seqs(&f.read(&["--stream", "order-1", "--from", "1", "--to", "4"])),
         vec![1, 3]
     );
+    assert_eq!(
+        seqs(&f.read(&["--stream", "order-1", "--to", "3"])),
+        vec![0, 1]
+    );
     assert_eq!(seqs(&f.read(&["--as-of", &between])), vec![0, 1, 2]);
     // As of the exact time of the first batch: it is included.
     let t0 = receipts[0]["timestamp"].as_str().unwrap();

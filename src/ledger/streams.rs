@@ -22,7 +22,7 @@ use super::reader::{LedgerReader, SegmentRef};
 use super::scan::Chunk;
 use crate::error::{IntegrityError, Result};
 use crate::format::batch::{BODY_HEADER_LEN, FRAME_HEADER_LEN};
-use crate::format::record::Record;
+use crate::format::record::{Record, RecordRef};
 use crate::format::segment::HEADER_LEN;
 use crate::format::stream_index::{stream_hashes, BatchFilter, StreamIndex};
 use crate::format::DecodeError;
@@ -53,13 +53,48 @@ impl LedgerReader {
     /// order within a stream): through the stream indexes where they pay
     /// off, else by scanning the log.
     pub async fn read_stream(&self, stream: &str) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        self.read_stream_with(stream, |r| {
+            out.push(r.to_owned());
+            ControlFlow::Continue(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// [`Self::read_stream`], one record at a time, in version order,
+    /// without holding the stream in memory; `f` may stop the read. Each
+    /// record is passed once: where the indexes turn out to miss one (the
+    /// next record found is not the next version), the read goes on by
+    /// scanning the log from the start, past the versions already passed.
+    pub async fn read_stream_with<F>(&self, stream: &str, f: F) -> Result<()>
+    where
+        F: FnMut(&RecordRef<'_>) -> ControlFlow<()>,
+    {
+        let mut emit = InOrder {
+            stream,
+            next: 0,
+            f,
+            stopped: false,
+            gapped: false,
+        };
         let mut chain = self.index_chain().await?;
-        if chain.worth_reading().await? {
-            if let Some(out) = self.read_stream_through(stream, chain).await? {
-                return Ok(out);
-            }
+        if chain.worth_reading().await?
+            && self.read_stream_through(&mut emit, chain).await?.is_some()
+        {
+            return Ok(());
         }
-        self.read_stream_scan(stream).await
+        if emit.gapped {
+            warn!(
+                passed = emit.next,
+                "stream index misses records; scanning the log for the rest"
+            );
+        }
+        self.scan(0, None, |r, _| match emit.offer(r) {
+            Offer::Stop => ControlFlow::Break(()),
+            Offer::Taken | Offer::Gap => ControlFlow::Continue(()),
+        })
+        .await
     }
 
     /// Where a scan for record `from` starts: (position in
@@ -191,26 +226,45 @@ impl LedgerReader {
     /// when they are missing or do not add up, and a full scan is needed.
     pub async fn read_stream_indexed(&self, stream: &str) -> Result<Option<Vec<Record>>> {
         let chain = self.index_chain().await?;
-        self.read_stream_through(stream, chain).await
+        let mut out = Vec::new();
+        let mut emit = InOrder {
+            stream,
+            next: 0,
+            f: |r: &RecordRef<'_>| {
+                out.push(r.to_owned());
+                ControlFlow::Continue(())
+            },
+            stopped: false,
+            gapped: false,
+        };
+        let done = self.read_stream_through(&mut emit, chain).await?;
+        Ok(done.map(|()| out))
     }
 
-    async fn read_stream_through(
+    /// Passes the stream's records through the indexes in `chain`, then
+    /// the log after them. `None` when the indexes cannot be used (missing,
+    /// out of line, a batch not where they say) or miss a record: `emit`
+    /// knows how far it got.
+    async fn read_stream_through<F>(
         &self,
-        stream: &str,
+        emit: &mut InOrder<'_, F>,
         mut chain: IndexChain<'_>,
-    ) -> Result<Option<Vec<Record>>> {
-        let mut out: Vec<Record> = Vec::new();
+    ) -> Result<Option<()>>
+    where
+        F: FnMut(&RecordRef<'_>) -> ControlFlow<()>,
+    {
         // Where the indexed part ends: the next record, and the last batch
         // an index listed (the scan resumes there and skips what it holds).
         let mut covered = 0u64;
         let mut resume: Option<BatchFilter> = None;
-        let hashes = stream_hashes(stream);
+        let hashes = stream_hashes(emit.stream);
         while let Some(idx) = chain.next().await? {
             for batch in idx.batches.iter().filter(|b| b.may_hold(hashes)) {
-                let Some(found) = self.stream_in_batch(stream, batch).await? else {
-                    return Ok(None);
-                };
-                out.extend(found);
+                match self.stream_in_batch(emit, batch).await? {
+                    Some(Offer::Taken) => {}
+                    Some(Offer::Stop) => return Ok(Some(())),
+                    Some(Offer::Gap) | None => return Ok(None),
+                }
             }
             covered = idx.to;
             resume = idx.batches.last().cloned().or(resume);
@@ -223,25 +277,17 @@ impl LedgerReader {
         let Some(at) = self.seek_batch(&batch).await? else {
             return Ok(None);
         };
-        self.scan_at(at, covered, None, |r, _| {
-            if r.stream == stream {
-                out.push(r.to_owned());
+        let mut gap = false;
+        self.scan_at(at, covered, None, |r, _| match emit.offer(r) {
+            Offer::Taken => ControlFlow::Continue(()),
+            Offer::Stop => ControlFlow::Break(()),
+            Offer::Gap => {
+                gap = true;
+                ControlFlow::Break(())
             }
-            ControlFlow::Continue(())
         })
         .await?;
-        if out
-            .iter()
-            .enumerate()
-            .any(|(i, r)| r.stream_version != i as u64)
-        {
-            warn!(
-                stream_records = out.len(),
-                "stream index misses records; scanning the log"
-            );
-            return Ok(None);
-        }
-        Ok(Some(out))
+        Ok((!gap).then_some(()))
     }
 
     /// The index in `blob` if it continues the chain at record `covered`.
@@ -346,28 +392,74 @@ impl LedgerReader {
             .map(|chunk| (pos, chunk)))
     }
 
-    /// `stream`'s records in the batch `batch` describes; `None` if that
-    /// batch is not where the index says.
-    async fn stream_in_batch(
+    /// Offers the stream's records in the batch `batch` describes to
+    /// `emit`: how the last offer went, or `None` if that batch is not where
+    /// the index says.
+    async fn stream_in_batch<F>(
         &self,
-        stream: &str,
+        emit: &mut InOrder<'_, F>,
         batch: &BatchFilter,
-    ) -> Result<Option<Vec<Record>>> {
+    ) -> Result<Option<Offer>>
+    where
+        F: FnMut(&RecordRef<'_>) -> ControlFlow<()>,
+    {
         let Some((pos, chunk)) = self.batch_at(batch).await? else {
             return Ok(None);
         };
         let (seg, offset) = (&self.segments()[pos], batch.position.1);
         let body = chunk.frame(0);
-        let mut out = Vec::new();
         for r in body.iter() {
             let r = r.map_err(|e: DecodeError| {
                 IntegrityError::new(&seg.name, offset + e.offset as u64, None, e.what)
             })?;
-            if r.stream == stream {
-                out.push(r.to_owned());
+            match emit.offer(&r) {
+                Offer::Taken => {}
+                other => return Ok(Some(other)),
             }
         }
-        Ok(Some(out))
+        Ok(Some(Offer::Taken))
+    }
+}
+
+/// Passes one stream's records to `f` in version order, each once.
+struct InOrder<'s, F> {
+    stream: &'s str,
+    /// The version the next record passed must have.
+    next: u64,
+    f: F,
+    /// `f` asked to stop.
+    stopped: bool,
+    /// A record came before the one with the next version.
+    gapped: bool,
+}
+
+enum Offer {
+    /// Passed on, or not this stream's, or a version already passed.
+    Taken,
+    /// `f` asked to stop.
+    Stop,
+    /// A version after the next one: the records between were missed.
+    Gap,
+}
+
+impl<F: FnMut(&RecordRef<'_>) -> ControlFlow<()>> InOrder<'_, F> {
+    fn offer(&mut self, r: &RecordRef<'_>) -> Offer {
+        if self.stopped {
+            return Offer::Stop;
+        }
+        if r.stream != self.stream || r.stream_version < self.next {
+            return Offer::Taken;
+        }
+        if r.stream_version > self.next {
+            self.gapped = true;
+            return Offer::Gap;
+        }
+        self.next += 1;
+        if (self.f)(r).is_break() {
+            self.stopped = true;
+            return Offer::Stop;
+        }
+        Offer::Taken
     }
 }
 

@@ -743,25 +743,30 @@ async fn read(
     let reader = open_reader(cli).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
-    reader
-        .scan(from, to, |r, _| {
-            if as_of.is_some_and(|t| r.timestamp_us > t) {
-                return std::ops::ControlFlow::Break(());
-            }
-            if stream.is_some_and(|s| s != r.stream) {
-                return std::ops::ControlFlow::Continue(());
-            }
-            let line = bi_ledger::model::record_json(r);
-            if let Err(e) = serde_json::to_writer(&mut out, &line)
-                .map_err(std::io::Error::from)
-                .and_then(|()| out.write_all(b"\n"))
-            {
-                failed = Some(e);
-                return std::ops::ControlFlow::Break(());
-            }
-            std::ops::ControlFlow::Continue(())
-        })
-        .await?;
+    let mut each = |r: &bi_ledger::format::record::RecordRef<'_>| {
+        use std::ops::ControlFlow;
+        if as_of.is_some_and(|t| r.timestamp_us > t) || to.is_some_and(|to| r.seq >= to) {
+            return ControlFlow::Break(());
+        }
+        if r.seq < from || stream.is_some_and(|s| s != r.stream) {
+            return ControlFlow::Continue(());
+        }
+        let line = bi_ledger::model::record_json(r);
+        if let Err(e) = serde_json::to_writer(&mut out, &line)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+        {
+            failed = Some(e);
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    };
+    match stream {
+        // One entity's history from its start: through the stream indexes,
+        // not a scan of the whole log.
+        Some(stream) if from == 0 => reader.read_stream_with(stream, each).await?,
+        _ => reader.scan(from, to, |r, _| each(r)).await?,
+    }
     if let Some(e) = failed {
         // A closed pipe (`| head`) is not an error worth a message.
         if e.kind() != std::io::ErrorKind::BrokenPipe {
