@@ -1983,3 +1983,50 @@ async fn a_stream_index_that_misses_a_batch_passes_each_version_once() {
         .unwrap();
     assert_eq!(first, (0..1500).collect::<Vec<_>>());
 }
+
+/// A reader holds frames to the block size the LEDGER file records, not to
+/// its store's: a ledger whose file says 64 KiB blocks and holds a 100 KiB
+/// frame is damaged (here the file was changed; §3.4 says why checkpoints
+/// cannot tell). And no ledger is created on a store whose blocks cannot
+/// hold a segment header: nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_held_to_the_recorded_block_size() {
+    use bi_ledger::{LedgerError, LedgerReader, NewEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = checkpointed_on_demand(dir.path(), 8).await;
+    let big = NewEvent::json("s", "T", &serde_json::json!("x".repeat(100 << 10)));
+    let r = ledger.append_one(big).await.unwrap();
+    ledger.close().await.unwrap();
+    let s = store(dir.path());
+    let text = String::from_utf8(s.read_all("main/LEDGER").await.unwrap()).unwrap();
+    s.delete("main/LEDGER").await.unwrap();
+    s.put("main/LEDGER", format!("{text}block 65536\n").as_bytes())
+        .await
+        .unwrap();
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
+    match reader.read(0, None).await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_eq!((e.seq, e.offset), (Some(0), r.offset), "{e}");
+            assert!(e.what.contains("out of range (20..=65524)"), "{e}");
+        }
+        other => panic!("a frame larger than the recorded block size read as {other:?}"),
+    }
+
+    let tiny = tempfile::tempdir().unwrap();
+    let opts = bi_ledger::backend::fs::FsOptions {
+        max_block_size: 83,
+        ..Default::default()
+    };
+    let s: Arc<dyn BlobStore> =
+        Arc::new(FsStore::with_options(tiny.path(), opts).unwrap().shared());
+    match bi_ledger::Ledger::create(s.clone(), "main", options(8)).await {
+        Err(LedgerError::InvalidArgument(why)) => {
+            assert!(why.contains("83 is outside 84..=4294967295"), "{why}")
+        }
+        other => panic!("a ledger on a store of 83-byte blocks: {other:?}"),
+    }
+    assert!(matches!(
+        s.info("main/LEDGER").await,
+        Err(bi_ledger::backend::StoreError::NotFound { .. })
+    ));
+}

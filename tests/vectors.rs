@@ -789,6 +789,14 @@ fn build() -> Built {
         )
     );
     v.push(Vector::text("ledger-file", &meta_text));
+    // The same ledger on a store of 64 KiB blocks.
+    let blocks_text = Meta {
+        max_block: 65_536,
+        ..meta.clone()
+    }
+    .encode();
+    assert_eq!(blocks_text, format!("{meta_text}block 65536\n"));
+    v.push(Vector::text("ledger-file-blocks", &blocks_text));
     v.push(Vector::text("signing-key", &private));
     v.push(Vector::text("verifier-key", &format!("{vkey}\n")));
 
@@ -1218,6 +1226,9 @@ fn document_bytes_decode() {
     assert_eq!(meta.id, LEDGER_ID);
     let verifier = Verifier::from_vkey(&doc_str(&doc, "verifier-key")).unwrap();
     assert_eq!(meta.verifier, verifier);
+    assert_eq!(meta.max_block, 4 << 20);
+    let blocks = Meta::decode("vectors/LEDGER", &doc_str(&doc, "ledger-file-blocks")).unwrap();
+    assert_eq!((blocks.id, blocks.max_block), (LEDGER_ID, 65_536));
     assert_eq!(verifier.name, "bi-ledger/vectors");
     let (name, key) = keys::decode_signing_key(&doc_str(&doc, "signing-key")).unwrap();
     assert_eq!(name, verifier.name);

@@ -190,7 +190,7 @@ pub fn parse_frame(buf: &[u8], max_body: usize) -> Frame<'_> {
     if !(BODY_HEADER_LEN..=max_body).contains(&body_len) {
         let why = if body_len > max_body {
             format!(
-                ": larger than the ledger's largest block ({} bytes with its header, format §5.1)",
+                ": larger than the ledger's largest block ({} bytes with its header, format §5.1; a ledger written through a store of larger blocks before its LEDGER file recorded them needs its block line, §3.4)",
                 max_body + FRAME_HEADER_LEN
             )
         } else {

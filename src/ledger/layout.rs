@@ -220,22 +220,20 @@ impl Meta {
                     .strip_prefix("block ")
                     .ok_or_else(|| bad(5, "expected \"block <maximum block size>\""))?;
                 let canonical = !digits.is_empty()
-                    && digits.len() <= 10
                     && digits.bytes().all(|b| b.is_ascii_digit())
                     && !(digits.starts_with('0'));
-                let block = canonical
-                    .then(|| digits.parse::<u64>().ok())
-                    .flatten()
-                    .ok_or_else(|| {
-                        bad(
-                            5,
-                            "block size must be a decimal number without leading zeros",
-                        )
-                    })?;
+                if !canonical {
+                    return Err(bad(
+                        5,
+                        "block size must be a decimal number without leading zeros",
+                    ));
+                }
+                // More digits than a u64 holds is out of range too.
+                let block = digits.parse::<u64>().unwrap_or(u64::MAX);
                 if block < MIN_BLOCK as u64 || block > MAX_BLOCK as u64 {
                     return Err(bad(
                         5,
-                        &format!("block size {block} is outside {MIN_BLOCK}..={MAX_BLOCK}"),
+                        &format!("block size {digits} is outside {MIN_BLOCK}..={MAX_BLOCK}"),
                     ));
                 }
                 if block as usize == crate::backend::DEFAULT_MAX_BLOCK {
@@ -312,7 +310,11 @@ mod tests {
             ("block +65536", "without leading zeros"),
             ("block ", "without leading zeros"),
             ("block 65536 ", "without leading zeros"),
-            ("block 12345678901", "without leading zeros"),
+            ("block 12345678901", "outside 84..=4294967295"),
+            (
+                "block 123456789012345678901234567890",
+                "outside 84..=4294967295",
+            ),
             ("block 83", "outside 84..=4294967295"),
             ("block 4294967296", "outside 84..=4294967295"),
             ("block 4194304", "leaving the line out"),

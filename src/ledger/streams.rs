@@ -15,6 +15,8 @@
 
 use std::ops::ControlFlow;
 
+use futures::{StreamExt, TryStreamExt};
+
 use tracing::warn;
 
 use super::layout;
@@ -47,6 +49,9 @@ pub(crate) struct Seek {
 /// the log is scanned. A quiet ledger checkpointed every five minutes for
 /// ten years has a million small indexes; scanning its log is cheaper.
 const MIN_RECORDS_PER_INDEX: u64 = 4096;
+
+/// Batches and index blobs a stream read keeps in flight.
+const READ_AHEAD: usize = 8;
 
 impl LedgerReader {
     /// One stream's events in version order (the log order is version
@@ -218,6 +223,7 @@ impl LedgerReader {
             merged: self.merged_index_blobs().await?.into(),
             pending: None,
             single: None,
+            fetched: Default::default(),
             covered: 0,
         })
     }
@@ -259,11 +265,20 @@ impl LedgerReader {
         let mut resume: Option<BatchFilter> = None;
         let hashes = stream_hashes(emit.stream);
         while let Some(idx) = chain.next().await? {
-            for batch in idx.batches.iter().filter(|b| b.may_hold(hashes)) {
-                match self.stream_in_batch(emit, batch).await? {
-                    Some(Offer::Taken) => {}
-                    Some(Offer::Stop) => return Ok(Some(())),
-                    Some(Offer::Gap) | None => return Ok(None),
+            // In order, a few at a time: on a remote store each batch is a
+            // request, and its latency, not its bytes, is the cost.
+            let mut frames = futures::stream::iter(idx.batches.iter())
+                .filter(|b| std::future::ready(b.may_hold(hashes)))
+                .map(|b| async move { (b, self.batch_at(b).await) })
+                .buffered(READ_AHEAD);
+            while let Some((batch, frame)) = frames.next().await {
+                let Some((pos, chunk)) = frame? else {
+                    return Ok(None); // not where the index says
+                };
+                match self.offer_batch(emit, batch, pos, &chunk)? {
+                    Offer::Taken => {}
+                    Offer::Stop => return Ok(Some(())),
+                    Offer::Gap => return Ok(None),
                 }
             }
             covered = idx.to;
@@ -290,20 +305,21 @@ impl LedgerReader {
         Ok((!gap).then_some(()))
     }
 
-    /// The index in `blob` if it continues the chain at record `covered`.
-    async fn index_in_line(
-        &self,
+    /// The index `idx` read from `blob`, if it continues the chain at
+    /// record `covered`.
+    fn in_line(
         blob: &str,
+        idx: Option<StreamIndex>,
         size: u64,
         covered: u64,
-    ) -> Result<Option<StreamIndex>> {
-        match self.read_index(blob).await? {
-            Some(idx) if idx.from == covered && idx.to == size => Ok(Some(idx)),
+    ) -> Option<StreamIndex> {
+        match idx {
+            Some(idx) if idx.from == covered && idx.to == size => Some(idx),
             Some(_) => {
                 warn!(index = %blob, "stream index out of line with the ones before; scanning from there");
-                Ok(None)
+                None
             }
-            None => Ok(None),
+            None => None,
         }
     }
 
@@ -392,20 +408,18 @@ impl LedgerReader {
             .map(|chunk| (pos, chunk)))
     }
 
-    /// Offers the stream's records in the batch `batch` describes to
-    /// `emit`: how the last offer went, or `None` if that batch is not where
-    /// the index says.
-    async fn stream_in_batch<F>(
+    /// Offers the stream's records in the batch `batch` describes, read
+    /// at `pos` in [`Self::segments`], to `emit`: how the last offer went.
+    fn offer_batch<F>(
         &self,
         emit: &mut InOrder<'_, F>,
         batch: &BatchFilter,
-    ) -> Result<Option<Offer>>
+        pos: usize,
+        chunk: &Chunk,
+    ) -> Result<Offer>
     where
         F: FnMut(&RecordRef<'_>) -> ControlFlow<()>,
     {
-        let Some((pos, chunk)) = self.batch_at(batch).await? else {
-            return Ok(None);
-        };
         let (seg, offset) = (&self.segments()[pos], batch.position.1);
         let body = chunk.frame(0);
         for r in body.iter() {
@@ -414,10 +428,10 @@ impl LedgerReader {
             })?;
             match emit.offer(&r) {
                 Offer::Taken => {}
-                other => return Ok(Some(other)),
+                other => return Ok(other),
             }
         }
-        Ok(Some(Offer::Taken))
+        Ok(Offer::Taken)
     }
 }
 
@@ -477,6 +491,8 @@ pub(crate) struct IndexChain<'a> {
     /// The indexes beside checkpoints above a size, listed when first
     /// needed there.
     single: Option<(u64, std::collections::VecDeque<(u64, String)>)>,
+    /// The next of those, read ahead (a request each), with what they hold.
+    fetched: std::collections::VecDeque<(u64, String, Option<StreamIndex>)>,
     covered: u64,
 }
 
@@ -522,18 +538,32 @@ impl IndexChain<'_> {
         {
             let listed = self.reader.stream_index_blobs(self.covered).await?;
             self.single = Some((self.covered, listed.into()));
+            self.fetched.clear();
         }
-        let (_, single) = self.single.as_mut().expect("listed");
-        while single
-            .front()
-            .is_some_and(|(size, _)| *size <= self.covered)
-        {
-            single.pop_front();
+        let covered = self.covered;
+        self.fetched.retain(|(size, _, _)| *size > covered);
+        if self.fetched.is_empty() {
+            let (_, single) = self.single.as_mut().expect("listed");
+            while single.front().is_some_and(|(size, _)| *size <= covered) {
+                single.pop_front();
+            }
+            let next: Vec<(u64, String)> =
+                single.drain(..single.len().min(4 * READ_AHEAD)).collect();
+            let reader = self.reader;
+            let read: Vec<_> = futures::stream::iter(next)
+                .map(|(size, blob)| async move {
+                    let idx = reader.read_index(&blob).await?;
+                    Ok::<_, crate::error::LedgerError>((size, blob, idx))
+                })
+                .buffered(READ_AHEAD)
+                .try_collect()
+                .await?;
+            self.fetched = read.into();
         }
-        let Some((size, blob)) = single.pop_front() else {
+        let Some((size, blob, idx)) = self.fetched.pop_front() else {
             return Ok(None);
         };
-        self.reader.index_in_line(&blob, size, self.covered).await
+        Ok(LedgerReader::in_line(&blob, idx, size, covered))
     }
 
     /// Whether reading the indexes costs less than scanning the log: at

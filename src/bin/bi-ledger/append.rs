@@ -95,7 +95,15 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
     let store = store(cli, false).await?;
     ledger_exists(cli, store.as_ref()).await?;
     let opts = LedgerOptions::new(load_key(cli)?);
-    let meta = bi_ledger::ledger::recover::read_meta(store.as_ref(), &cli.ledger).await?;
+    let meta = bi_ledger::ledger::recover::read_meta(store.as_ref(), &cli.ledger)
+        .await
+        .with_context(|| {
+            format!(
+                "opening ledger {:?} in {} for writing",
+                cli.ledger,
+                store.location()
+            )
+        })?;
     let max = opts.batch_limit(store.as_ref(), &meta);
     let mut events = input::Events::new(input.reader(u64::MAX)?)
         .parallel()
