@@ -1363,7 +1363,7 @@ fn a_ledger_of_small_blocks_keeps_them_small() {
 /// Every byte of a merged stream index (format §11.3.1), flipped, makes
 /// `verify` exit 1 naming the index and the checkpoint it ends at. The
 /// ledger is written through the library, merging every two checkpoints'
-/// indexes; `read --stream` goes through the merged index.
+/// indexes.
 #[test]
 fn tamper_every_merged_stream_index_byte() {
     let f = Fixture::new();
@@ -1392,4 +1392,36 @@ fn tamper_every_merged_stream_index_byte() {
     assert_eq!(seqs(&a), vec![0, 2, 3, 5, 6, 8]);
     f.verify().ok();
     tamper_every_byte_of_cache(&f, blob, 6, 0, |_, _| None);
+}
+
+/// `read --stream` with `--to` or `--as-of` stops where the log passes
+/// them, as a filtered scan does: a damaged batch after that point is not
+/// reached. The whole stream's read goes to the log's end and finds it.
+#[test]
+fn stream_reads_that_end_early_do_not_read_on() {
+    let (f, _) = Fixture::init();
+    let lines = |stream: &str| {
+        (0..3)
+            .map(|i| line(stream, "T", json!(i)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    f.append(&lines("x")).ok();
+    f.append(&lines("y")).ok();
+    let z = f.append(&lines("z")).ok().json_lines();
+    let at = z[0]["offset"].as_u64().unwrap() + 40;
+    let seg = f.path(SEG);
+    fs::set_permissions(&seg, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[at as usize] ^= 0x01;
+    fs::write(&seg, bytes).unwrap();
+    let to = f.read(&["--stream", "x", "--to", "3"]);
+    assert_eq!(seqs(&to), vec![0, 1, 2]);
+    let t = to[2]["timestamp"].as_str().unwrap().to_owned();
+    assert_eq!(
+        seqs(&f.read(&["--stream", "x", "--as-of", &t])),
+        vec![0, 1, 2]
+    );
+    let whole = f.run(&["read", "--stream", "x"]);
+    assert_eq!(whole.code, 1, "{}", whole.describe());
 }

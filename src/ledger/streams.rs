@@ -198,7 +198,10 @@ impl LedgerReader {
                 }
             }
         }
-        blobs.retain(|(size, _)| *size > after && signed.contains(size));
+        // Not past the checkpoint this reader saw when it opened: those
+        // indexes name batches beyond the segment lengths it listed.
+        let seen = self.signed_at_open();
+        blobs.retain(|(size, _)| *size > after && *size <= seen && signed.contains(size));
         blobs.sort();
         Ok(blobs)
     }
@@ -224,6 +227,7 @@ impl LedgerReader {
             pending: None,
             single: None,
             fetched: Default::default(),
+            gap_checked: false,
             covered: 0,
         })
     }
@@ -493,6 +497,8 @@ pub(crate) struct IndexChain<'a> {
     single: Option<(u64, std::collections::VecDeque<(u64, String)>)>,
     /// The next of those, read ahead (a request each), with what they hold.
     fetched: std::collections::VecDeque<(u64, String, Option<StreamIndex>)>,
+    /// The gap before `pending` is worth filling with those.
+    gap_checked: bool,
     covered: u64,
 }
 
@@ -513,6 +519,19 @@ impl IndexChain<'_> {
                     return Ok(self.pending.take());
                 }
                 if p.from > self.covered {
+                    // A gap between merged indexes, filled by the indexes
+                    // beside its checkpoints: only where they are worth
+                    // their requests (a ledger merged only lately has a
+                    // gap of every checkpoint before). Looked at once.
+                    if !self.gap_checked {
+                        let (gap_end, gap) = (p.from, p.from - self.covered);
+                        let singles = self.single_sizes().await?;
+                        let n = singles.iter().filter(|&&s| s <= gap_end).count() as u64;
+                        if gap / n.max(1) < MIN_RECORDS_PER_INDEX {
+                            return Ok(None);
+                        }
+                        self.gap_checked = true;
+                    }
                     break;
                 }
                 self.pending = None;
@@ -523,6 +542,7 @@ impl IndexChain<'_> {
             if to <= self.covered {
                 continue;
             }
+            self.gap_checked = false;
             match self.reader.read_index(&blob).await? {
                 Some(idx) if idx.to == to && idx.from < to => self.pending = Some(idx),
                 Some(_) => {
@@ -531,15 +551,7 @@ impl IndexChain<'_> {
                 None => {}
             }
         }
-        if self
-            .single
-            .as_ref()
-            .is_none_or(|(after, _)| *after > self.covered)
-        {
-            let listed = self.reader.stream_index_blobs(self.covered).await?;
-            self.single = Some((self.covered, listed.into()));
-            self.fetched.clear();
-        }
+        self.single_sizes().await?;
         let covered = self.covered;
         self.fetched.retain(|(size, _, _)| *size > covered);
         if self.fetched.is_empty() {
@@ -547,8 +559,7 @@ impl IndexChain<'_> {
             while single.front().is_some_and(|(size, _)| *size <= covered) {
                 single.pop_front();
             }
-            let next: Vec<(u64, String)> =
-                single.drain(..single.len().min(4 * READ_AHEAD)).collect();
+            let next: Vec<(u64, String)> = single.drain(..single.len().min(READ_AHEAD)).collect();
             let reader = self.reader;
             let read: Vec<_> = futures::stream::iter(next)
                 .map(|(size, blob)| async move {
@@ -564,6 +575,26 @@ impl IndexChain<'_> {
             return Ok(None);
         };
         Ok(LedgerReader::in_line(&blob, idx, size, covered))
+    }
+
+    /// The sizes of the indexes beside checkpoints above `covered`,
+    /// listed (by window, from there) when first needed.
+    async fn single_sizes(&mut self) -> Result<Vec<u64>> {
+        if self
+            .single
+            .as_ref()
+            .is_none_or(|(after, _)| *after > self.covered)
+        {
+            let listed = self.reader.stream_index_blobs(self.covered).await?;
+            self.single = Some((self.covered, listed.into()));
+            self.fetched.clear();
+        }
+        let (_, single) = self.single.as_ref().expect("listed");
+        let fetched = self.fetched.iter().map(|(size, _, _)| *size);
+        Ok(fetched
+            .chain(single.iter().map(|(size, _)| *size))
+            .filter(|&s| s > self.covered)
+            .collect())
     }
 
     /// Whether reading the indexes costs less than scanning the log: at

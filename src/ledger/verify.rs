@@ -117,13 +117,10 @@ impl LedgerReader {
                 listed: None,
             },
             merged: Merged {
-                ahead: super::merge::merged_sizes(store.as_ref(), &meta.name)
-                    .await?
-                    .into_iter()
-                    .map(|to| (to, super::layout::merged_stream_index(&meta.name, to)))
-                    .collect(),
+                ahead: merged_ahead(self, &checkpoints).await?,
                 spans: Vec::new(),
                 start: 0,
+                checkpoints: checkpoints.iter().map(|(_, c)| c.size).collect(),
             },
         };
         let last = segments.len().saturating_sub(1);
@@ -309,13 +306,16 @@ struct Walker {
 /// batches of the checkpoints since the last one checked: a merged index
 /// must list exactly the batches of the checkpoints it spans.
 struct Merged {
-    /// By `to`.
-    ahead: std::collections::BTreeMap<u64, String>,
+    /// By `to`: the blob and where it says it starts.
+    ahead: std::collections::BTreeMap<u64, (String, u64)>,
     /// Each checkpoint's size and its stream index's batches, since the
     /// last merged index checked (kept only while one lies ahead).
     spans: Vec<(u64, Vec<BatchFilter>)>,
-    /// Where `spans` start: the end of the last merged index checked.
+    /// The end of the last merged index checked: the next starts there or
+    /// later.
     start: u64,
+    /// The sizes of the checkpoints.
+    checkpoints: std::collections::HashSet<u64>,
 }
 
 /// Stream indexes and node caches found missing, and what became of them.
@@ -737,6 +737,46 @@ async fn check_stream_index(
     Ok(None)
 }
 
+/// The merged stream indexes to check, each with the `from` its header
+/// gives (so that the walk keeps the batches of only the checkpoints it
+/// spans). One at a size no checkpoint has, at or below the newest, is an
+/// integrity error: the writer puts one only after its checkpoint, and
+/// readers would use it. One past the newest is from a writer at work since
+/// the checkpoints were listed, and is left (reported without a checkpoint).
+async fn merged_ahead(
+    reader: &LedgerReader,
+    checkpoints: &[(String, Checkpoint)],
+) -> Result<std::collections::BTreeMap<u64, (String, u64)>> {
+    use super::layout;
+    let name = reader.name();
+    let signed: std::collections::HashSet<u64> = checkpoints.iter().map(|(_, c)| c.size).collect();
+    let newest = checkpoints.last().map_or(0, |(_, c)| c.size);
+    let mut ahead = std::collections::BTreeMap::new();
+    for to in super::merge::merged_sizes(reader.store().as_ref(), name).await? {
+        let blob = layout::merged_stream_index(name, to);
+        if to > newest {
+            continue;
+        }
+        if !signed.contains(&to) {
+            return Err(IntegrityError::new(
+                &blob,
+                0,
+                Some(to),
+                format!("merged stream index ends at {to}, where no checkpoint is; a writer puts one only after the checkpoint it ends at"),
+            )
+            .into());
+        }
+        // Bytes 28..36 hold `from` (format §11.3); a header that cannot be
+        // read keeps every batch from the start, and fails the check later.
+        let from = match reader.store().read(&blob, 28, 8).await {
+            Ok(b) if b.len() == 8 => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+            _ => 0,
+        };
+        ahead.insert(to, (blob, from));
+    }
+    Ok(ahead)
+}
+
 /// A merged stream index that ends at checkpoint `cp` must list exactly the
 /// batches of the checkpoints it spans, starting at one of them (or at 0),
 /// and not before the end of the merged index before it.
@@ -746,11 +786,13 @@ async fn check_merged(
     index: &StreamIndex,
     m: &mut Merged,
 ) -> Result<()> {
-    if m.ahead.range(cp.size..).next().is_none() {
-        return Ok(());
+    // Only the batches the next merged index spans are kept.
+    match m.ahead.range(cp.size..).next() {
+        Some((_, (_, from))) if *from < cp.size => m.spans.push((cp.size, index.batches.clone())),
+        Some(_) => {}
+        None => return Ok(()),
     }
-    m.spans.push((cp.size, index.batches.clone()));
-    let Some(blob) = m.ahead.remove(&cp.size) else {
+    let Some((blob, _)) = m.ahead.remove(&cp.size) else {
         return Ok(());
     };
     let Some(bytes) = read_cache(reader, &blob).await? else {
@@ -758,8 +800,8 @@ async fn check_merged(
     };
     let idx = StreamIndex::decode(&bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
-    let starts = std::iter::once(m.start).chain(m.spans.iter().map(|(size, _)| *size));
-    if idx.from >= cp.size || !starts.into_iter().any(|s| s == idx.from) {
+    let at_checkpoint = idx.from == 0 || m.checkpoints.contains(&idx.from);
+    if idx.from >= cp.size || idx.from < m.start || !at_checkpoint {
         return Err(IntegrityError::new(
             &blob,
             0,

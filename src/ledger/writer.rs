@@ -744,6 +744,9 @@ impl Writer {
             Ok(_) => {
                 let (checkpoint, note) = self.adopt_checkpoint(&blob, ours).await?;
                 self.tip.rebase_caches(checkpoint.size);
+                // Found again from the store at the next checkpoint: the
+                // run counted this checkpoint as unwritten.
+                self.merge_run = None;
                 self.last_checkpoint = Some(CheckpointInfo {
                     blob,
                     checkpoint,

@@ -762,9 +762,13 @@ async fn read(
         ControlFlow::Continue(())
     };
     match stream {
-        // One entity's history from its start: through the stream indexes,
-        // not a scan of the whole log.
-        Some(stream) if from == 0 => reader.read_stream_with(stream, each).await?,
+        // One entity's whole history: through the stream indexes, not a
+        // scan of the whole log. (A read that ends at a record or a time
+        // scans to there: the stream may have nothing after it, and the
+        // indexed read would go on to the log's end to find out.)
+        Some(stream) if from == 0 && to.is_none() && as_of.is_none() => {
+            reader.read_stream_with(stream, each).await?
+        }
         _ => reader.scan(from, to, |r, _| each(r)).await?,
     }
     if let Some(e) = failed {
