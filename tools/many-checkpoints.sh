@@ -17,28 +17,8 @@ cd "$(dirname "$0")/.."
 calls="${1:-1200}"
 events="${2:-1000}"
 bin="${3:-target/release/bi-ledger}"
-[ -x /usr/bin/time ] || { echo "needs /usr/bin/time (GNU time)" >&2; exit 2; }
-if [ "$bin" = target/release/bi-ledger ]; then
-    cargo build --release --quiet --bin bi-ledger
-fi
-
 work="target/many-checkpoints"
-rm -rf "$work"
-mkdir -p "$work"
-data="$work/data"
-"$bin" --data "$data" init >/dev/null
-
-timed() {
-    local what="$1"
-    shift
-    /usr/bin/time -o "$work/time" -f "%e %M" "$bin" --data "$data" "$@" >"$work/stdout" 2>"$work/stderr" || {
-        echo "$what failed:" >&2
-        cat "$work/stderr" >&2
-        exit 1
-    }
-    read -r secs kb <"$work/time"
-    printf '%-34s %7.2f s %8.1f MiB\n' "$what" "$secs" "$(awk "BEGIN{print $kb/1024}")"
-}
+. tools/timed.sh
 
 start=$(date +%s)
 for c in $(seq 0 $((calls - 1))); do

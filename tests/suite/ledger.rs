@@ -525,6 +525,19 @@ impl Interrupted {
     }
 }
 
+/// Whether a put of `name` (a blob of `kind`) is to fail: once, if `flag`.
+fn taken(name: &str, kind: &str, flag: &std::sync::atomic::AtomicBool) -> bool {
+    name.contains(kind) && flag.swap(false, std::sync::atomic::Ordering::SeqCst)
+}
+
+fn injected(name: &str, what: &str) -> StoreError {
+    StoreError::Io {
+        op: "put",
+        name: name.to_owned(),
+        source: std::io::Error::other(format!("injected: {what}")),
+    }
+}
+
 #[async_trait::async_trait]
 impl BlobStore for Interrupted {
     fn location(&self) -> String {
@@ -573,39 +586,16 @@ impl BlobStore for Interrupted {
         self.inner.seal(name).await
     }
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        if name.contains("/streams-merged-")
-            && self
-                .lose_merged
-                .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(StoreError::Io {
-                op: "put",
-                name: name.to_owned(),
-                source: std::io::Error::other("injected: the merged index was not put"),
-            });
+        if taken(name, "/streams-merged-", &self.lose_merged) {
+            return Err(injected(name, "the merged index was not put"));
         }
-        if name.contains("/checkpoint-")
-            && self
-                .lose_checkpoint
-                .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(StoreError::Io {
-                op: "put",
-                name: name.to_owned(),
-                source: std::io::Error::other("injected: crashed before the checkpoint"),
-            });
+        if taken(name, "/checkpoint-", &self.lose_checkpoint) {
+            return Err(injected(name, "crashed before the checkpoint"));
         }
-        let lose_answer = name.contains("/streams-merged-")
-            && self
-                .lose_merged_answer
-                .swap(false, std::sync::atomic::Ordering::SeqCst);
+        let lose_answer = taken(name, "/streams-merged-", &self.lose_merged_answer);
         self.inner.put(name, data).await?;
         if lose_answer {
-            return Err(StoreError::Io {
-                op: "put",
-                name: name.to_owned(),
-                source: std::io::Error::other("injected: the answer was lost"),
-            });
+            return Err(injected(name, "the answer was lost"));
         }
         Ok(())
     }
