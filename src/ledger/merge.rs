@@ -18,7 +18,7 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
 use super::layout::{self, Meta};
-use crate::backend::{BlobStore, StoreError};
+use crate::backend::{BlobStore, StoreError, WriterLock};
 use crate::error::Result;
 use crate::format::stream_index::StreamIndex;
 
@@ -49,16 +49,20 @@ pub async fn merged_sizes(store: &dyn BlobStore, ledger: &str) -> Result<Vec<u64
         .collect())
 }
 
-/// Why a run could not be merged.
+/// Why a merge stopped.
 enum Failed {
-    /// The store failed: try again with the next checkpoint.
+    /// The store failed, or the writer lost its lock: try again with the
+    /// next checkpoint.
     Store(crate::error::LedgerError),
     /// The put of the merged index of this `to` failed: it may have landed.
     Put(u64, crate::error::LedgerError),
-    /// An index of the run is unreadable or out of line: the run is not
-    /// merged, now or later.
-    Broken(String),
 }
+
+/// At most this many merges of `max_count` indexes after one checkpoint:
+/// a backlog (a writer that opens for each append merges by records only,
+/// and then a whole run at once) is caught up over the next checkpoints
+/// rather than in one long pause of the appends.
+const MERGES_PER_CHECKPOINT: usize = 8;
 
 /// The sizes of the checkpoints in `from + 1 ..= to` that have a stream
 /// index, listed by window (an index without its checkpoint is an orphan
@@ -84,74 +88,85 @@ async fn run_sizes(store: &dyn BlobStore, ledger: &str, from: u64, to: u64) -> R
     Ok(sizes)
 }
 
-/// Merges the first (at most `max_count`) indexes of the run from
-/// `run.from` up to checkpoint `to`, and puts the result. Returns where the
-/// merged index ends, or `None` when there was nothing to merge (one index
-/// alone, which serves as it is).
+/// Merges the stream indexes beside checkpoints `sizes` (the first of a
+/// run, in order) and puts the result: the longest stretch of them that
+/// reads and continues from one to the next, from where its first starts.
+/// Returns where the next run starts: after the merged index, or after the
+/// first index where no stretch of two or more could be merged.
 async fn merge(
     store: &dyn BlobStore,
     meta: &Meta,
-    from: u64,
-    to: u64,
-    max_count: usize,
-) -> std::result::Result<Option<u64>, Failed> {
-    let mut sizes = run_sizes(store, &meta.name, from, to)
-        .await
-        .map_err(Failed::Store)?;
-    sizes.truncate(max_count.max(2));
-    if sizes.len() < 2 {
-        return Ok(None);
-    }
+    lock: &dyn WriterLock,
+    start: u64,
+    sizes: &[u64],
+) -> std::result::Result<u64, Failed> {
     let names: Vec<String> = sizes
         .iter()
         .map(|&s| layout::stream_index(&meta.name, s))
         .collect();
-    let blobs: Vec<Vec<u8>> = futures::stream::iter(names.iter())
+    let blobs: Vec<Option<Vec<u8>>> = futures::stream::iter(names.iter())
         .map(|name| async move {
             match store.read_all(name).await {
-                Ok(b) => Ok(b),
-                Err(StoreError::NotFound { .. }) => {
-                    Err(Failed::Broken(format!("{name} is missing")))
-                }
+                Ok(b) => Ok(Some(b)),
+                Err(StoreError::NotFound { .. }) => Ok(None),
                 Err(e) => Err(Failed::Store(e.into())),
             }
         })
         .buffered(CONCURRENT_READS)
         .try_collect()
         .await?;
-    let mut merged = StreamIndex::new(meta.id, from);
-    for (name, bytes) in names.iter().zip(&blobs) {
-        let idx = StreamIndex::decode(bytes)
-            .map_err(|e| Failed::Broken(format!("{name} is unreadable: {e}")))?;
-        if idx.ledger_id != meta.id || idx.from != merged.to {
-            return Err(Failed::Broken(format!(
-                "{name} covers {}..{}, not from {}",
-                idx.from, idx.to, merged.to
-            )));
+    let mut merged: Option<StreamIndex> = None;
+    let mut count = 0;
+    for ((name, bytes), &size) in names.iter().zip(&blobs).zip(sizes) {
+        let idx = bytes
+            .as_deref()
+            .map(StreamIndex::decode)
+            .and_then(|r| r.ok())
+            .filter(|idx| idx.ledger_id == meta.id && idx.to == size);
+        match (idx, merged.as_mut()) {
+            (Some(idx), None) if idx.from >= start => {
+                merged = Some(idx);
+                count = 1;
+            }
+            (Some(idx), Some(m)) if idx.from == m.to => {
+                m.batches.extend(idx.batches);
+                m.to = idx.to;
+                count += 1;
+            }
+            _ => {
+                warn!(index = %name, "stream index missing, unreadable or out of line; merging up to it");
+                break;
+            }
         }
-        merged.batches.extend(idx.batches);
-        merged.to = idx.to;
     }
-    let end = merged.to;
+    let Some(merged) = merged.filter(|_| count >= 2) else {
+        return Ok(sizes[0]);
+    };
+    let (from, end) = (merged.from, merged.to);
     let blob = layout::merged_stream_index(&meta.name, end);
     let bytes = merged.encode();
+    let locked = || lock.check().map_err(|e| Failed::Store(e.into()));
     // One of this name is there if an earlier put of it landed but its
     // answer was lost; one that differs is replaced (a cache, written from
     // the immutable indexes).
+    locked()?;
     let put = match store.put(&blob, &bytes).await {
         Err(StoreError::AlreadyExists { .. }) => match store.read_all(&blob).await {
             Ok(old) if old == bytes => Ok(()),
-            Ok(_) => match store.delete(&blob).await {
-                Ok(()) => store.put(&blob, &bytes).await,
-                Err(e) => Err(e),
-            },
+            Ok(_) => {
+                locked()?;
+                match store.delete(&blob).await {
+                    Ok(()) => store.put(&blob, &bytes).await,
+                    Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         },
         other => other,
     };
     put.map_err(|e| Failed::Put(end, e.into()))?;
-    info!(index = %blob, from, to = end, indexes = sizes.len(), "merged stream indexes");
-    Ok(Some(end))
+    info!(index = %blob, from, to = end, indexes = count, "merged stream indexes");
+    Ok(end)
 }
 
 /// What the writer does after a checkpoint of size `to` whose stream index,
@@ -159,6 +174,7 @@ async fn merge(
 pub async fn after_checkpoint(
     store: &dyn BlobStore,
     meta: &Meta,
+    lock: &dyn WriterLock,
     run: &mut Option<Run>,
     to: u64,
     indexed: bool,
@@ -199,24 +215,44 @@ pub async fn after_checkpoint(
     if to <= r.from || (to - r.from < max_records && r.since_open < max_count) {
         return;
     }
-    match merge(store, meta, r.from, to, max_count).await {
-        Ok(end) => {
-            // Nothing to merge (one index alone covers the run) starts the
-            // next run after it.
-            r.from = end.unwrap_or(to);
-            r.since_open = 0;
+    let sizes = match run_sizes(store, &meta.name, r.from, to).await {
+        Ok(sizes) => sizes,
+        Err(e) => {
+            warn!(error = %e, "could not list the stream indexes to merge; trying again at the next checkpoint");
+            return;
         }
-        Err(Failed::Store(e)) => {
-            warn!(error = %e, "could not merge stream indexes; trying again at the next checkpoint")
+    };
+    let max_count = max_count.max(2);
+    let mut rest = &sizes[..];
+    for _ in 0..MERGES_PER_CHECKPOINT {
+        // A whole run is merged (by the records, its indexes may number far
+        // more than one merge takes), but not a short tail of it.
+        if rest.len() < 2
+            || (rest.len() < max_count && r.from + max_records > to && r.since_open < max_count)
+        {
+            break;
         }
-        Err(Failed::Put(end, e)) => {
-            warn!(error = %e, "could not put a merged stream index; looking for it at the next checkpoint");
-            r.unanswered = Some(end);
-        }
-        Err(Failed::Broken(why)) => {
-            warn!(%why, "stream indexes cannot be merged; starting a new run after them");
-            r.from = to;
-            r.since_open = 0;
+        let chunk = &rest[..rest.len().min(max_count)];
+        match merge(store, meta, lock, r.from, chunk).await {
+            Ok(next) => {
+                r.from = next;
+                r.since_open = 0;
+                rest = &rest[rest.partition_point(|&s| s <= next)..];
+            }
+            Err(Failed::Store(e)) => {
+                warn!(error = %e, "could not merge stream indexes; trying again at the next checkpoint");
+                return;
+            }
+            Err(Failed::Put(end, e)) => {
+                warn!(error = %e, "could not put a merged stream index; looking for it at the next checkpoint");
+                r.unanswered = Some(end);
+                return;
+            }
         }
     }
+    if rest.is_empty() {
+        r.from = to;
+    }
+    // What is left of the run is known now: it counts toward the next merge.
+    r.since_open = rest.len();
 }

@@ -525,9 +525,8 @@ impl IndexChain<'_> {
                     // gap of every checkpoint before). Looked at once.
                     if !self.gap_checked {
                         let (gap_end, gap) = (p.from, p.from - self.covered);
-                        let singles = self.single_sizes().await?;
-                        let n = singles.iter().filter(|&&s| s <= gap_end).count() as u64;
-                        if gap / n.max(1) < MIN_RECORDS_PER_INDEX {
+                        let n = self.singles_up_to(gap_end).await? as u64;
+                        if n == 0 || gap / n < MIN_RECORDS_PER_INDEX {
                             return Ok(None);
                         }
                         self.gap_checked = true;
@@ -551,7 +550,7 @@ impl IndexChain<'_> {
                 None => {}
             }
         }
-        self.single_sizes().await?;
+        self.list_singles().await?;
         let covered = self.covered;
         self.fetched.retain(|(size, _, _)| *size > covered);
         if self.fetched.is_empty() {
@@ -577,9 +576,9 @@ impl IndexChain<'_> {
         Ok(LedgerReader::in_line(&blob, idx, size, covered))
     }
 
-    /// The sizes of the indexes beside checkpoints above `covered`,
-    /// listed (by window, from there) when first needed.
-    async fn single_sizes(&mut self) -> Result<Vec<u64>> {
+    /// Lists the indexes beside checkpoints above `covered` (by window,
+    /// from there), unless a listing from no later is at hand.
+    async fn list_singles(&mut self) -> Result<()> {
         if self
             .single
             .as_ref()
@@ -589,12 +588,20 @@ impl IndexChain<'_> {
             self.single = Some((self.covered, listed.into()));
             self.fetched.clear();
         }
+        Ok(())
+    }
+
+    /// How many indexes beside checkpoints lie above `covered`, up to
+    /// size `end`.
+    async fn singles_up_to(&mut self, end: u64) -> Result<usize> {
+        self.list_singles().await?;
         let (_, single) = self.single.as_ref().expect("listed");
         let fetched = self.fetched.iter().map(|(size, _, _)| *size);
         Ok(fetched
             .chain(single.iter().map(|(size, _)| *size))
             .filter(|&s| s > self.covered)
-            .collect())
+            .take_while(|&s| s <= end)
+            .count())
     }
 
     /// Whether reading the indexes costs less than scanning the log: at

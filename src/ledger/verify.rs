@@ -10,6 +10,7 @@
 
 use std::ops::Range;
 
+use futures::StreamExt;
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 
@@ -751,7 +752,7 @@ async fn merged_ahead(
     let name = reader.name();
     let signed: std::collections::HashSet<u64> = checkpoints.iter().map(|(_, c)| c.size).collect();
     let newest = checkpoints.last().map_or(0, |(_, c)| c.size);
-    let mut ahead = std::collections::BTreeMap::new();
+    let mut blobs = Vec::new();
     for to in super::merge::merged_sizes(reader.store().as_ref(), name).await? {
         let blob = layout::merged_stream_index(name, to);
         if to > newest {
@@ -766,14 +767,25 @@ async fn merged_ahead(
             )
             .into());
         }
-        // Bytes 28..36 hold `from` (format §11.3); a header that cannot be
-        // read keeps every batch from the start, and fails the check later.
-        let from = match reader.store().read(&blob, 28, 8).await {
-            Ok(b) if b.len() == 8 => u64::from_le_bytes(b.try_into().expect("8 bytes")),
-            _ => 0,
-        };
-        ahead.insert(to, (blob, from));
+        blobs.push((to, blob));
     }
+    // Bytes 28..36 hold `from` (format §11.3); a header that cannot be
+    // read keeps every batch from the start, and fails the check later.
+    let store = reader.store();
+    let ahead = futures::stream::iter(blobs)
+        .map(|(to, blob)| {
+            let store = store.clone();
+            async move {
+                let from = match store.read(&blob, 28, 8).await {
+                    Ok(b) if b.len() == 8 => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+                    _ => 0,
+                };
+                (to, (blob, from))
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
     Ok(ahead)
 }
 

@@ -706,6 +706,7 @@ impl Writer {
             super::merge::after_checkpoint(
                 self.store.as_ref(),
                 &self.meta,
+                self.lock.as_ref(),
                 &mut self.merge_run,
                 info.checkpoint.size,
                 indexed,
