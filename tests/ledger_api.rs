@@ -2130,3 +2130,34 @@ async fn a_missing_stream_index_is_merged_around() {
     assert_eq!(reader.read_stream_indexed("a").await.unwrap(), None);
     assert_eq!(reader.read_stream("a").await.unwrap().len(), 18);
 }
+
+/// Merging by count only (`merge_index_records` at its largest) works
+/// across a reopen: the records bound is never added to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merging_by_count_only() {
+    use bi_ledger::Ledger;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(11);
+    opts.checkpoint_every_events = None;
+    opts.checkpoint_interval = None;
+    opts.merge_index_count = 4;
+    opts.merge_index_records = u64::MAX;
+    let mut ledger = Ledger::create(store(dir.path()), "main", opts.clone())
+        .await
+        .unwrap();
+    for round in 0..11 {
+        if round == 3 || round == 7 {
+            ledger.close().await.unwrap();
+            ledger = Ledger::open(store(dir.path()), "main", opts.clone())
+                .await
+                .unwrap();
+        }
+        ledger.append(counted("a", 1)).await.unwrap();
+        ledger.checkpoint().await.unwrap();
+    }
+    ledger.close().await.unwrap();
+    // Checkpoints 1..11. The writer opened at round 3 counts four at 7
+    // and merges 1..4 (three are left); the one opened at round 7 counts
+    // four at 11 and merges 5..8, leaving 9..11 for later.
+    assert_eq!(merged_ranges(&store(dir.path())).await, [(0, 4), (4, 8)]);
+}

@@ -4,9 +4,9 @@
 //! a reader of one stream would fetch them one request each, or give up
 //! and scan the whole log. Once the indexes since the newest merged one
 //! cover `merge_index_records` records, or `merge_index_count` checkpoints
-//! with an index went by since the writer opened, the writer puts the
-//! first `merge_index_count` of them again as one blob, and a reader
-//! fetches that instead.
+//! with an index went by since the writer opened, the writer puts them
+//! again, `merge_index_count` at a time, as one blob each, and a reader
+//! fetches those instead.
 //!
 //! The writer keeps only where the run of unmerged indexes starts: it finds
 //! that by listing the merged indexes at its first checkpoint, and the run's
@@ -30,7 +30,8 @@ const CONCURRENT_READS: usize = 16;
 pub struct Run {
     /// Where the newest merged index ends (0 if there is none).
     pub from: u64,
-    /// Checkpoints with a stream index since the writer opened (or merged).
+    /// Indexes of the run known not to be merged: those counted since the
+    /// writer opened, or those left by the last merge.
     pub since_open: usize,
     /// A merged index whose put failed: it may have landed all the same,
     /// and is looked for before the next merge, which would otherwise
@@ -117,7 +118,9 @@ async fn merge(
         .await?;
     let mut merged: Option<StreamIndex> = None;
     let mut count = 0;
-    for ((name, bytes), &size) in names.iter().zip(&blobs).zip(sizes) {
+    // Where the stretch ended: the first index not in it.
+    let mut broke_at = sizes.len();
+    for (i, ((name, bytes), &size)) in names.iter().zip(&blobs).zip(sizes).enumerate() {
         let idx = bytes
             .as_deref()
             .map(StreamIndex::decode)
@@ -135,12 +138,15 @@ async fn merge(
             }
             _ => {
                 warn!(index = %name, "stream index missing, unreadable or out of line; merging up to it");
+                broke_at = i;
                 break;
             }
         }
     }
     let Some(merged) = merged.filter(|_| count >= 2) else {
-        return Ok(sizes[0]);
+        // Nothing to merge here: go on after the index that broke the
+        // stretch (and a lone index before it, which stays as it is).
+        return Ok(sizes[broke_at.min(sizes.len() - 1)]);
     };
     let (from, end) = (merged.from, merged.to);
     let blob = layout::merged_stream_index(&meta.name, end);
@@ -228,7 +234,7 @@ pub async fn after_checkpoint(
         // A whole run is merged (by the records, its indexes may number far
         // more than one merge takes), but not a short tail of it.
         if rest.len() < 2
-            || (rest.len() < max_count && r.from + max_records > to && r.since_open < max_count)
+            || (rest.len() < max_count && to - r.from < max_records && r.since_open < max_count)
         {
             break;
         }
@@ -241,11 +247,13 @@ pub async fn after_checkpoint(
             }
             Err(Failed::Store(e)) => {
                 warn!(error = %e, "could not merge stream indexes; trying again at the next checkpoint");
+                r.since_open = rest.len();
                 return;
             }
             Err(Failed::Put(end, e)) => {
                 warn!(error = %e, "could not put a merged stream index; looking for it at the next checkpoint");
                 r.unanswered = Some(end);
+                r.since_open = rest.len();
                 return;
             }
         }
