@@ -22,6 +22,8 @@ use serde_json::json;
 mod azure_env;
 #[path = "conformance/blob.rs"]
 mod blob;
+#[path = "support/names.rs"]
+mod listing;
 #[path = "support/proxy.rs"]
 mod proxy;
 

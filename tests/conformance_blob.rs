@@ -12,6 +12,8 @@ use bi_ledger::backend::BlobStore;
 
 #[path = "conformance/blob.rs"]
 mod blob;
+#[path = "support/names.rs"]
+mod listing;
 
 /// Each namespace is a fresh temporary directory; each handle a new
 /// `FsStore` on it, with its own open-file cache, as another process has.

@@ -11,6 +11,8 @@ use bi_ledger::backend::{BlobInfo, BlobStore, StoreError, WriterLock};
 mod forge;
 #[path = "suite/ledger.rs"]
 mod ledger;
+#[path = "support/names.rs"]
+mod listing;
 
 fn store(dir: &std::path::Path) -> Arc<dyn BlobStore> {
     Arc::new(FsStore::new(dir).unwrap().shared())

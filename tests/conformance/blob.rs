@@ -129,15 +129,7 @@ async fn size_of(s: &dyn BlobStore, name: &str) -> u64 {
     s.info(name).await.unwrap().size
 }
 
-/// The names of the blobs under `prefix`.
-pub async fn names(s: &dyn BlobStore, prefix: &str) -> Vec<String> {
-    s.list(prefix)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.name)
-        .collect()
-}
+pub use crate::listing::names;
 
 async fn contents(s: &dyn BlobStore, name: &str) -> Vec<u8> {
     s.read_all(name).await.unwrap()

@@ -367,15 +367,7 @@ pub async fn tree(
     )
 }
 
-/// The names of the blobs under `prefix`.
-pub async fn names(s: &dyn BlobStore, prefix: &str) -> Vec<String> {
-    s.list(prefix)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.name)
-        .collect()
-}
+pub use crate::listing::names;
 
 /// Hashes as a proof object spells them.
 pub fn hexes(v: &[bi_ledger::format::Hash]) -> Vec<String> {
