@@ -210,15 +210,9 @@ impl Walk<'_> {
                 None => return Err(self.unexpected(path)),
             }
         }
-        serde_json::from_str(&self.text[start..self.i]).map_err(|e| {
-            // serde_json's position is within this string token, not the
-            // input: left out.
-            let msg = e.to_string();
-            let at = format!(" at line {} column {}", e.line(), e.column());
-            JsonError {
-                path: path.to_owned(),
-                what: msg.strip_suffix(&at).unwrap_or(&msg).to_owned(),
-            }
+        unescape(&self.text[start..self.i]).map_err(|what| JsonError {
+            path: path.to_owned(),
+            what,
         })
     }
 
@@ -228,6 +222,47 @@ impl Walk<'_> {
             what: format!("unexpected JSON at byte {}", self.i),
         }
     }
+}
+
+/// A JSON string token (quotes included) unescaped. The error has no
+/// position: serde_json's would be within the token, not the input.
+pub fn unescape(token: &str) -> Result<String, String> {
+    serde_json::from_str(token).map_err(|e| {
+        if let Some(escape) = lone_surrogate(token) {
+            // serde_json calls this "unexpected end of hex escape" or
+            // "lone leading surrogate", which hides what to fix.
+            return format!(
+                "{escape} is half of a UTF-16 surrogate pair without its other half, which is not a character"
+            );
+        }
+        let msg = e.to_string();
+        let at = format!(" at line {} column {}", e.line(), e.column());
+        msg.strip_suffix(&at).unwrap_or(&msg).to_owned()
+    })
+}
+
+/// The first `\uXXXX` escape of a surrogate (D800–DFFF) that is not a
+/// high surrogate followed at once by an escaped low one.
+fn lone_surrogate(token: &str) -> Option<&str> {
+    let unit = |i: usize| -> Option<u16> {
+        let hex = token.get(i..i + 6)?.strip_prefix("\\u")?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let bytes = token.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match unit(i) {
+            Some(0xD800..=0xDBFF) if matches!(unit(i + 6), Some(0xDC00..=0xDFFF)) => i += 12,
+            Some(0xD800..=0xDFFF) => return token.get(i..i + 6),
+            Some(_) => i += 6,
+            None => i += 2,
+        }
+    }
+    None
 }
 
 /// `.key` for a plain key; `["key"]`, escaped, for any other, so that a
@@ -268,6 +303,24 @@ mod tests {
         assert_eq!(canon("[]"), "[]");
         assert_eq!(canon("{}"), "{}");
         assert_eq!(canon(" 7 "), "7");
+    }
+
+    #[test]
+    fn names_a_lone_surrogate() {
+        for (text, escape) in [
+            (r#""\ud800""#, r"\ud800"),
+            (r#""a\uDC00b""#, r"\uDC00"),
+            (r#""\ud83d\ude00\ud83d""#, r"\ud83d"),
+            (r#""\ud800\u0041""#, r"\ud800"),
+        ] {
+            let e = canonicalize(text).unwrap_err().what;
+            assert!(
+                e.starts_with(escape) && e.contains("surrogate pair without its other half"),
+                "{text}: {e}"
+            );
+        }
+        assert_eq!(canon(r#""\ud83d\ude00""#), "\"\u{1F600}\"");
+        assert_eq!(unescape(r#""\u00e9\\ud800""#).unwrap(), "\u{e9}\\ud800");
     }
 
     #[test]

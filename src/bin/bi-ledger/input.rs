@@ -13,9 +13,12 @@ use serde_json::value::RawValue;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line<'a> {
-    stream: String,
-    #[serde(rename = "type")]
-    event_type: String,
+    /// This and the other fields raw, so that an error names its field
+    /// (serde's names only the column) and quotes the value as written.
+    #[serde(borrow)]
+    stream: &'a RawValue,
+    #[serde(rename = "type", borrow)]
+    event_type: &'a RawValue,
     /// As written: it is canonicalized from its text (`bi_ledger::json`),
     /// never through a parsed value that could round its numbers.
     #[serde(borrow)]
@@ -23,15 +26,10 @@ struct Line<'a> {
     /// Raw too: a map would keep the last of two equal keys silently.
     #[serde(default, borrow)]
     metadata: Option<&'a RawValue>,
-    #[serde(default = "one")]
-    schema_version: u32,
-    /// Raw, so that an error can quote it as written.
+    #[serde(default, borrow)]
+    schema_version: Option<&'a RawValue>,
     #[serde(default, borrow)]
     expected_version: Option<&'a RawValue>,
-}
-
-fn one() -> u32 {
-    1
 }
 
 /// The events of `append` input, one line at a time, so that an input of
@@ -225,6 +223,29 @@ fn parse_line(n: usize, raw: &str) -> Result<Option<NewEvent>> {
         Ok(l) => l,
         Err(e) => bail!("line {n}, column {}: {}", e.column(), without_position(&e)),
     };
+    let text = |field: &str, raw: &RawValue| -> Result<String> {
+        let raw = raw.get();
+        if !raw.starts_with('"') {
+            bail!(
+                "line {n}: field `{field}`: expected a string, found {}",
+                excerpt(raw)
+            );
+        }
+        bi_ledger::json::unescape(raw)
+            .map_err(|e| anyhow::anyhow!("line {n}: field `{field}`: {e}"))
+    };
+    let stream = text("stream", line.stream)?;
+    let event_type = text("type", line.event_type)?;
+    let schema_version = match line.schema_version.map(RawValue::get) {
+        None => 1,
+        Some(raw) => serde_json::from_str::<u32>(raw).map_err(|_| {
+            anyhow::anyhow!(
+                "line {n}: field `schema_version`: expected a whole number from 0 to {}, found {}",
+                u32::MAX,
+                excerpt(raw)
+            )
+        })?,
+    };
     let expected = match line.expected_version.map(RawValue::get) {
         None => ExpectedVersion::Any,
         Some(raw) => match (
@@ -253,9 +274,9 @@ fn parse_line(n: usize, raw: &str) -> Result<Option<NewEvent>> {
     let payload = bi_ledger::json::canonicalize(line.payload.get())
         .map_err(|e| anyhow::anyhow!("line {n}: field `payload`: {e}"))?;
     let event = NewEvent {
-        stream: line.stream,
-        event_type: line.event_type,
-        schema_version: line.schema_version,
+        stream,
+        event_type,
+        schema_version,
         content_type: "application/json".into(),
         metadata,
         payload,
@@ -298,6 +319,48 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("expected_version"), "{e}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_is_named_by_its_field() {
+        let cases = [
+            (
+                r#""stream":1,"type":"t""#,
+                "field `stream`: expected a string, found 1",
+            ),
+            (
+                r#""stream":"s","type":null"#,
+                "field `type`: expected a string, found null",
+            ),
+            (
+                r#""stream":"s\ud800","type":"t""#,
+                r"field `stream`: \ud800 is half of a UTF-16 surrogate pair",
+            ),
+            (
+                r#""stream":"s","type":"t","schema_version":-1"#,
+                "field `schema_version`: expected a whole number from 0 to 4294967295, found -1",
+            ),
+            (
+                r#""stream":"s","type":"t","schema_version":"1""#,
+                r#"field `schema_version`: expected a whole number from 0 to 4294967295, found "1""#,
+            ),
+            (
+                r#""stream":"s","type":"t","schema_version":99999999999999999999"#,
+                "found 99999999999999999999",
+            ),
+        ];
+        for (fields, want) in cases {
+            let line = format!("{{{fields},\"payload\":1}}");
+            let e = parse_events(&line).unwrap_err().to_string();
+            assert!(e.starts_with("line 1: ") && e.contains(want), "{line}: {e}");
+        }
+        let evs =
+            parse_events(r#"{"stream":"caf\u00e9","type":"t","payload":1,"schema_version":7}"#)
+                .unwrap();
+        assert_eq!(
+            (evs[0].1.stream.as_str(), evs[0].1.schema_version),
+            ("caf\u{e9}", 7)
+        );
     }
 
     #[test]

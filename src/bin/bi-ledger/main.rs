@@ -247,15 +247,27 @@ fn usage_error(e: clap::Error) -> ExitCode {
 /// subcommand it was about (which a bad value's error does not name).
 fn usage_line(rendered: &str, args: &[std::ffi::OsString]) -> String {
     use clap::CommandFactory;
-    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    // What follows the error line up to the usage is part of it: the
+    // missing arguments, the possible values, tips.
+    let mut lines = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("error: invalid arguments");
     let mut line = if first.starts_with("error:") {
         first.to_owned()
     } else {
         format!("error: {first}")
     };
-    for tip in lines.filter_map(|l| l.strip_prefix("tip:")) {
-        line.push_str(&format!(" ({})", tip.trim()));
+    let (tips, rest): (Vec<&str>, Vec<&str>) = lines.partition(|l| l.starts_with("tip:"));
+    if !rest.is_empty() {
+        // After "…not provided:", a list of arguments, a line each.
+        line.push(' ');
+        line.push_str(&rest.join(if first.ends_with(':') { ", " } else { " " }));
+    }
+    for tip in tips {
+        line.push_str(&format!(" ({})", tip["tip:".len()..].trim()));
     }
     let sub = Cli::command()
         .ignore_errors(true)
@@ -1135,7 +1147,7 @@ mod tests {
 
     #[test]
     fn usage_errors_are_one_line_naming_the_command_and_its_help() {
-        let cases: [(&[&str], &str, &str); 4] = [
+        let cases: [(&[&str], &str, &str); 7] = [
             (
                 &["bi-ledger", "read", "--form", "3"],
                 "'--form'",
@@ -1151,6 +1163,21 @@ mod tests {
                 &["bi-ledger", "demo", "--writers", "0"],
                 "'0'",
                 "see 'bi-ledger demo --help'",
+            ),
+            (
+                &["bi-ledger", "verify-proof", "p.json"],
+                "not provided: --public-key <PUBLIC_KEY>;",
+                "see 'bi-ledger verify-proof --help'",
+            ),
+            (
+                &["bi-ledger", "keygen"],
+                "not provided: --out <OUT>;",
+                "see 'bi-ledger keygen --help'",
+            ),
+            (
+                &["bi-ledger", "--backend", "foo", "stats"],
+                "'foo' for '--backend <BACKEND>' [possible values: fs, azure];",
+                "see 'bi-ledger stats --help'",
             ),
         ];
         for (args, names, help) in cases {
