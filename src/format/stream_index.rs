@@ -244,6 +244,28 @@ mod tests {
             let got: Vec<u64> = probes((h1, h2), bits, wrap_mod(bits)).collect();
             proptest::prop_assert_eq!(got, want);
         }
+
+        /// A batch's filter sets exactly the bits that the format's
+        /// formula, stream by stream, sets.
+        #[test]
+        fn filters_follow_the_formula(streams in proptest::collection::vec(".{0,40}", 0..40)) {
+            let n = streams.len() as u64;
+            let f = BatchFilter::build((0, 84), 0, n, streams.iter().map(String::as_str));
+            let bits = filter_len(n) * 8;
+            let mut want = vec![0u8; filter_len(n) as usize];
+            for s in &streams {
+                let mut h = 0xcbf2_9ce4_8422_2325u64;
+                for b in s.as_bytes() {
+                    h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+                }
+                let h2 = h.rotate_left(32) | 1;
+                for i in 0..PROBES {
+                    let b = h.wrapping_add(i.wrapping_mul(h2)) % bits;
+                    want[(b / 8) as usize] |= 1 << (b % 8);
+                }
+            }
+            proptest::prop_assert_eq!(f.filter, want);
+        }
     }
     use proptest::prelude::*;
 
