@@ -414,6 +414,60 @@ async fn rollover_interrupted_at_every_header_byte() {
     }
 }
 
+/// The same step on a file system that made the new segment's length
+/// durable but not its data: the header is 84 zero bytes. Readers see no
+/// records in it, `verify` fails naming it as an interrupted rollover, and
+/// the writer's open completes it. Zeros anywhere else (a segment before
+/// the last, or with bytes after the header) are damage, left as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_interrupted_with_a_zeroed_header() {
+    let c = build(3, &[1, 2, 1, 1, 2], None).await;
+    let header = std::fs::read(seg_path(c.path(), 2)).unwrap()[..HEADER_LEN].to_vec();
+    let zero = |dir: &Path, index: u64| {
+        let p = seg_path(dir, index);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[..HEADER_LEN].fill(0);
+        std::fs::write(&p, bytes).unwrap();
+    };
+
+    let dir = c.copy();
+    truncate(&seg_path(dir.path(), 2), HEADER_LEN as u64);
+    zero(dir.path(), 2);
+    assert_eq!(read_all(dir.path()).await, c.before(4));
+    let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
+    let verifier = reader.recorded_verifier().clone();
+    match reader.verify(&verifier, &|_, _| {}).await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_names(&e, &seg_name(2), 0, Some(c.before(4).len() as u64));
+            assert!(e.what.contains("rollover that a crash interrupted"), "{e}");
+        }
+        other => panic!("verify of a zeroed last header: {other:?}"),
+    }
+    let ledger = open_recovered(dir.path(), 3, c.before(4)).await;
+    assert_eq!(std::fs::read(seg_path(dir.path(), 2)).unwrap(), header);
+    assert!(is_sealed(&seg_path(dir.path(), 1)));
+    continues(
+        ledger,
+        dir.path(),
+        c.before(4),
+        Some((2, HEADER_LEN as u64)),
+        true,
+    )
+    .await;
+
+    // With its batches after it, a zeroed header was durable once: damage.
+    let dir = c.copy();
+    zero(dir.path(), 2);
+    let e = open_err(dir.path(), 3).await;
+    assert_eq!(e.blob, seg_name(2), "{e}");
+    assert!(file_len(&seg_path(dir.path(), 2)) > HEADER_LEN as u64);
+    // So is a zeroed header of a segment before the last.
+    let dir = c.copy();
+    zero(dir.path(), 1);
+    let e = open_err(dir.path(), 3).await;
+    assert_eq!(e.blob, seg_name(1), "{e}");
+}
+
 /// Older segments left unsealed (a rollover's last step lost, more than
 /// once) are all sealed by the next open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,16 @@ use super::{DecodeError, Hash, FORMAT_VERSION};
 pub const MAGIC: &[u8; 8] = b"BILEDGER";
 pub const HEADER_LEN: usize = 84;
 
+/// Whether `bytes`, a whole last segment, are a header that a crash left
+/// unwritten: exactly a header's length of zeros. A file system may make a
+/// file's new length durable before its data, so a rollover interrupted
+/// between writing the header and its `fdatasync` can leave this; the
+/// writer's `fdatasync` returned before anything followed the header, so
+/// nothing else is a crash artifact.
+pub fn is_unwritten_header(bytes: &[u8]) -> bool {
+    bytes.len() == HEADER_LEN && bytes.iter().all(|&b| b == 0)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
     pub ledger_id: [u8; 16],

@@ -13,7 +13,7 @@ use crate::backend::{BlobStore, StoreError};
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
 use crate::format::record::{Record, RecordRef};
-use crate::format::segment::{SegmentHeader, HEADER_LEN};
+use crate::format::segment::{is_unwritten_header, SegmentHeader, HEADER_LEN};
 
 #[derive(Clone, Debug)]
 pub struct SegmentRef {
@@ -97,12 +97,19 @@ impl LedgerReader {
         let newest = recover::newest_checkpoint_near(store.as_ref(), name).await?;
         let signed = newest.unwrap_or(0);
         let mut segments = Vec::new();
-        for (index, info) in recover::list_segments(store.as_ref(), name).await? {
+        let listed = recover::list_segments(store.as_ref(), name).await?;
+        let last = listed.last().map(|(index, _)| *index);
+        for (index, info) in listed {
             if info.size < HEADER_LEN as u64 {
                 // A rollover in progress (or interrupted): nothing to read yet.
                 continue;
             }
             let bytes = store.read(&info.name, 0, HEADER_LEN as u64).await?;
+            if Some(index) == last && is_unwritten_header(&bytes) {
+                // A rollover that a crash interrupted, and the writer's
+                // open completes: no records (format §12.3).
+                continue;
+            }
             let h = SegmentHeader::decode(&bytes)
                 .map_err(|e| IntegrityError::new(&info.name, e.offset as u64, None, e.what))?;
             if h.ledger_id != meta.id || h.index != index {

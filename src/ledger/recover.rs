@@ -14,7 +14,7 @@ use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::Checkpoint;
 use crate::format::merkle::Frontier;
 use crate::format::record::RecordRef;
-use crate::format::segment::{SegmentHeader, HEADER_LEN};
+use crate::format::segment::{is_unwritten_header, SegmentHeader, HEADER_LEN};
 use crate::format::snapshot::Snapshot;
 use crate::format::{chain, hex, Hash};
 
@@ -396,7 +396,10 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         let is_last = *index as usize == last;
         let name = &info.name;
         if *index > tip.segment_index || tip.segment_len == 0 {
-            if info.size < HEADER_LEN as u64 {
+            let unwritten = is_last
+                && info.size == HEADER_LEN as u64
+                && is_unwritten_header(&store.read(name, 0, HEADER_LEN as u64).await?);
+            if info.size < HEADER_LEN as u64 || unwritten {
                 if !is_last {
                     return Err(IntegrityError::new(
                         name,
@@ -406,7 +409,8 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
                     )
                     .into());
                 }
-                // Rollover or creation crashed before the header was durable.
+                // Rollover or creation crashed before the header was
+                // durable (whole in length but zeros, or shorter).
                 let header = SegmentHeader {
                     ledger_id: meta.id,
                     index: *index,

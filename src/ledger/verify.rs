@@ -21,7 +21,7 @@ use super::tip::{Linked, Tip};
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
 use crate::format::nodes::{self, NodeCache};
-use crate::format::segment::{SegmentHeader, HEADER_LEN};
+use crate::format::segment::{is_unwritten_header, SegmentHeader, HEADER_LEN};
 use crate::format::snapshot::Snapshot;
 use crate::format::stream_index::{BatchFilter, StreamIndex};
 use crate::format::{chain, merkle};
@@ -140,6 +140,17 @@ impl LedgerReader {
                 .into());
             }
             let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
+            if *index as usize == last && is_unwritten_header(&bytes) {
+                // A torn tail, and so a failure (§12.3), but named as what
+                // it is rather than as a bad magic number.
+                return Err(IntegrityError::new(
+                    name,
+                    0,
+                    Some(w.tip.size),
+                    "segment header is 84 zero bytes: a rollover that a crash interrupted (the file system kept the length, not the data); opening the ledger for writing completes it",
+                )
+                .into());
+            }
             let h = SegmentHeader::decode(&bytes).map_err(|e| {
                 IntegrityError::new(name, e.offset as u64, Some(w.tip.size), e.what)
             })?;

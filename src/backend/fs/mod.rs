@@ -113,8 +113,9 @@ impl FsStore {
 
     pub fn with_options(root: impl Into<PathBuf>, opts: FsOptions) -> Result<Self, StoreError> {
         let root = root.into();
-        fs::create_dir_all(&root)
-            .map_err(|e| io("create directory", &root.display().to_string(), e))?;
+        // Each directory made is synced into its parent: a ledger's first
+        // durable write must not vanish with a directory entry a crash lost.
+        create_dirs(&root).map_err(|e| io("create directory", &root.display().to_string(), e))?;
         let location = format!(
             "file://{}",
             fs::canonicalize(&root)
@@ -520,12 +521,19 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Creates `dir` and its missing parents, syncing each parent so that the
-/// new entries survive a crash.
-fn create_dirs(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
+/// new entries survive a crash (`create_dir_all` leaves them to chance).
+pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(()); // "" is the current directory, the parent of "a"
     }
-    if let Some(parent) = dir.parent() {
+    let parent = dir.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
+    if let Some(parent) = parent {
         create_dirs(parent)?;
     }
     match fs::create_dir(dir) {
@@ -533,7 +541,7 @@ fn create_dirs(dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
     }
-    if let Some(parent) = dir.parent() {
+    if let Some(parent) = parent {
         sync_dir(parent)?;
     }
     Ok(())

@@ -454,7 +454,8 @@ fn made_dir_of(path: &Path) -> Result<(&Path, std::borrow::Cow<'_, str>)> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    bi_ledger::backend::fs::create_dirs(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     Ok((dir, path.file_name().unwrap_or_default().to_string_lossy()))
 }
 
