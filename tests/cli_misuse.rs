@@ -844,7 +844,16 @@ fn failures_after_the_point_of_no_return_say_what_was_written() {
     );
     fs::remove_dir(snapshot(1)).unwrap();
     assert_eq!(f.read(&[]).len(), 1);
-    f.verify().ok();
+    // The writer of `append` signed the checkpoint 0 that `init` could not,
+    // before appending.
+    let report = f.verify().ok().json();
+    assert_eq!(
+        (
+            report["checkpoints"].as_u64(),
+            report["unsigned_tail"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
 }
 
 /// An `init` interrupted after it wrote the key and before the LEDGER file

@@ -829,6 +829,27 @@ async fn flipped_byte_in_a_segment_header() {
     }
 }
 
+/// A reader names the header field that does not fit the file: the ledger
+/// id at 16, the segment index at 32.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_names_the_wrong_header_field() {
+    let c = build(3, &[1, 1, 1, 1, 1], None).await;
+    for (at, len) in [(16u64, 16usize), (32, 8)] {
+        let dir = c.copy();
+        let p = seg_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[at as usize] ^= 0x01;
+        let crc = crc32c::crc32c(&bytes[..80]);
+        bytes[80..84].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        match LedgerReader::open(store(dir.path()), NAME).await {
+            Err(LedgerError::Integrity(e)) => assert_names(&e, &seg_name(1), at, None),
+            Err(e) => panic!("field at {at} (+{len}): {e}"),
+            Ok(_) => panic!("field at {at} (+{len}): the reader opened"),
+        }
+    }
+}
+
 /// A segment cut shorter than the newest checkpoint covers: `open`
 /// refuses, naming the segment and where its whole batches end: the byte
 /// and the sequence number after the last of them (none if the header is

@@ -1567,6 +1567,25 @@ async fn a_forged_record_is_placed_between_two_checkpoints() {
         "{e}"
     );
     assert!(e.what.contains("records 6..10"), "{e}");
+
+    // Nor is a proof handed out: the node caches do not give the signed
+    // root (they hold none here), and neither does the log.
+    match reader.inclusion_proof(6, 10).await {
+        Err(bi_ledger::LedgerError::Integrity(e)) => assert_eq!(
+            (e.blob.as_str(), e.seq),
+            ("main/checkpoint-00000000000000000010", Some(6)),
+            "{e}"
+        ),
+        other => panic!("an inclusion proof against a forged log: {other:?}"),
+    }
+    match reader.consistency_proof(6, 10).await {
+        Err(bi_ledger::LedgerError::Integrity(e)) => {
+            assert_eq!(e.blob, "main/checkpoint-00000000000000000010", "{e}")
+        }
+        other => panic!("a consistency proof against a forged log: {other:?}"),
+    }
+    // What the forgery did not touch is still proven.
+    assert!(reader.inclusion_proof(2, 6).await.is_ok());
 }
 
 /// While checkpoints cannot be written (a full disk, a store outage),

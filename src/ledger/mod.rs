@@ -9,7 +9,7 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::BlobStore;
-use crate::error::{LedgerError, Result};
+use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::batch::{BODY_HEADER_LEN, FRAME_HEADER_LEN};
 use crate::format::checkpoint::{Checkpoint, Verifier};
 use crate::format::segment::SegmentHeader;
@@ -238,7 +238,29 @@ impl Ledger {
             }
             None => None,
         };
-        Self::start(store, meta, opts, tip, last, snapshots, lock)
+        // Without any checkpoint, `create` was cut short before checkpoint
+        // 0, or checkpoints were deleted. A writer signs checkpoint 0 before
+        // it appends anything, so records here mean the latter, and signing
+        // them would vouch for whatever the log now holds.
+        if last.is_none() && tip.size > 0 {
+            return Err(IntegrityError::new(
+                layout::checkpoint(name, 0),
+                0,
+                Some(0),
+                format!(
+                    "the log holds {} records but the ledger has no checkpoint: a writer signs checkpoint 0 before it appends, so checkpoints were deleted; nothing binds these records to the key",
+                    tip.size
+                ),
+            )
+            .into());
+        }
+        let unsigned = last.is_none();
+        let ledger = Self::start(store, meta, opts, tip, last, snapshots, lock)?;
+        if unsigned {
+            // Completes a creation cut short (format §10.4).
+            ledger.checkpoint().await?;
+        }
+        Ok(ledger)
     }
 
     fn start(

@@ -170,7 +170,15 @@ impl LedgerReader {
                 }
                 _ => {
                     cache_disagrees(size);
-                    self.logged_roots(&ranges, Some(seq), size).await?
+                    let (roots, entry) = self.logged_roots(&ranges, Some(seq), size).await?;
+                    let holds = entry.as_ref().is_some_and(|e| {
+                        merkle::verify_inclusion(&merkle::leaf_hash(e), seq, size, &roots, &root)
+                            .is_ok()
+                    });
+                    if !holds {
+                        return Err(self.log_disagrees(size, Some(seq)));
+                    }
+                    (roots, entry)
                 }
             },
             None => self.logged_roots(&ranges, Some(seq), size).await?,
@@ -203,7 +211,11 @@ impl LedgerReader {
                     roots
                 } else {
                     cache_disagrees(new_size);
-                    self.logged_roots(&ranges, None, new_size).await?.0
+                    let roots = self.logged_roots(&ranges, None, new_size).await?.0;
+                    if merkle::verify_consistency(old_size, new_size, &old, &new, &roots).is_err() {
+                        return Err(self.log_disagrees(new_size, None));
+                    }
+                    roots
                 }
             }
             None => self.logged_roots(&ranges, None, new_size).await?.0,
@@ -213,6 +225,20 @@ impl LedgerReader {
             new_size,
             proof: roots.iter().map(|h| hex(h)).collect(),
         })
+    }
+
+    /// A proof hashed from the log itself that its signed checkpoint does
+    /// not accept: the log is damaged, and no proof is handed out. `seq` is
+    /// the record an inclusion proof is about.
+    fn log_disagrees(&self, size: u64, seq: Option<u64>) -> LedgerError {
+        let blob = super::layout::checkpoint(self.name(), size);
+        crate::error::IntegrityError::new(
+            &blob,
+            0,
+            seq,
+            format!("the log up to {size} records does not give the root this checkpoint signs: a record before {size} was changed (run verify to find which)"),
+        )
+        .into()
     }
 
     /// The root of the checkpoint of `size`, if one is stored. Proofs built

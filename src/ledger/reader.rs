@@ -112,14 +112,26 @@ impl LedgerReader {
             }
             let h = SegmentHeader::decode(&bytes)
                 .map_err(|e| IntegrityError::new(&info.name, e.offset as u64, None, e.what))?;
-            if h.ledger_id != meta.id || h.index != index {
-                return Err(IntegrityError::new(
-                    &info.name,
+            // Each field at its own offset (format §4.1).
+            let wrong = if h.ledger_id != meta.id {
+                Some((
                     16,
-                    None,
-                    "segment header names another ledger or index",
-                )
-                .into());
+                    format!(
+                        "segment belongs to ledger {}, not {}",
+                        crate::format::hex(&h.ledger_id),
+                        crate::format::hex(&meta.id)
+                    ),
+                ))
+            } else if h.index != index {
+                Some((
+                    32,
+                    format!("header says segment {}, file is segment {index}", h.index),
+                ))
+            } else {
+                None
+            };
+            if let Some((offset, what)) = wrong {
+                return Err(IntegrityError::new(&info.name, offset, None, what).into());
             }
             segments.push(SegmentRef {
                 index,

@@ -93,6 +93,17 @@ impl LedgerReader {
             tracing::warn!("the public key given differs from the one recorded in the ledger");
         }
         let checkpoints = self.checkpoints(verifier).await?;
+        if checkpoints.is_empty() {
+            // Nothing would bind the log to the key: whoever can write the
+            // store could have rewritten all of it (format §12.5).
+            return Err(IntegrityError::new(
+                super::layout::checkpoint(self.name(), 0),
+                0,
+                Some(0),
+                "the ledger has no checkpoint, so nothing binds its log to the key: checkpoint 0 is signed when a ledger is created, so checkpoints were deleted or the creation was cut short (only if you know it was the latter, a checkpoint signs the log as it is now)",
+            )
+            .into());
+        }
         let meta = self.meta().clone();
         let store = self.store().clone();
         let segments = recover::list_every_segment(store.as_ref(), &meta.name).await?;

@@ -887,12 +887,18 @@ async fn prove(cli: &Cli, seq: Option<u64>, old_size: Option<u64>, size: Option<
                     cp.size
                 );
             }
-            let proof = reader.inclusion_proof(seq, cp.size).await?;
+            let proof = match reader.inclusion_proof(seq, cp.size).await {
+                Err(LedgerError::Integrity(e)) => return integrity_json(e),
+                other => other?,
+            };
             print(json!({"type": "inclusion", "proof": proof, "checkpoint": note}))?;
         }
         (None, Some(old)) => {
             let (_, old_note) = checkpoint_note(&reader, Some(old)).await?;
-            let proof = reader.consistency_proof(old, cp.size).await?;
+            let proof = match reader.consistency_proof(old, cp.size).await {
+                Err(LedgerError::Integrity(e)) => return integrity_json(e),
+                other => other?,
+            };
             print(
                 json!({"type": "consistency", "proof": proof, "old_checkpoint": old_note, "checkpoint": note}),
             )?;
