@@ -540,6 +540,48 @@ async fn lost_lease_stops_the_writer() {
     drop(ledger);
 }
 
+/// The lease is renewed on a runtime of the store's own, not on the one
+/// that opened the ledger: a ledger opened on a setup runtime that is then
+/// dropped, and left idle with no runtime driven for longer than the
+/// lease, still holds its lease (another handle is refused) and appends.
+#[test]
+fn the_lease_outlives_the_runtime_that_took_it() {
+    let account = account_or_skip!();
+    let c = unique_container("outlive");
+    let store = |rt: &tokio::runtime::Runtime| -> Arc<dyn BlobStore> {
+        let s = AzureBlobStore::new(account.clone(), &c, short_lease()).unwrap();
+        rt.block_on(s.create_container_if_missing()).unwrap();
+        Arc::new(s)
+    };
+    let ledger = {
+        let setup = tokio::runtime::Runtime::new().unwrap();
+        let ledger = setup
+            .block_on(Ledger::create(store(&setup), "l", ledger_opts()))
+            .unwrap();
+        setup
+            .block_on(ledger.append_one(NewEvent::json("s", "E", &json!({"i": 0}))))
+            .unwrap();
+        ledger
+    };
+    // Longer than the 15 s lease, with no runtime of the caller's running.
+    std::thread::sleep(Duration::from_secs(17));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let other = store(&rt);
+    match rt.block_on(other.lock("l/writer")) {
+        Err(StoreError::Locked { .. }) => {}
+        Err(e) => panic!("a second lock: {e}"),
+        Ok(_) => panic!("a second handle took the lease of an open writer"),
+    }
+    let r = rt.block_on(ledger.append_one(NewEvent::json("s", "E", &json!({"i": 1}))));
+    assert_eq!(r.unwrap().seq, 1);
+    rt.block_on(ledger.close()).unwrap();
+    let s = AzureBlobStore::new(account.clone(), &c, short_lease()).unwrap();
+    rt.block_on(s.delete_container()).unwrap();
+}
+
 /// Set in the child process of `a_writer_that_dies_holding_its_lease`: the
 /// container it writes in.
 const DYING_WRITER_ENV: &str = "BI_LEDGER_TEST_DYING_WRITER_CONTAINER";

@@ -58,7 +58,7 @@ impl Lease {
             lost: Mutex::new(None),
             renewed_at: Mutex::new(acquired_at),
         });
-        let renewer = tokio::spawn({
+        let renewer = lease_runtime().spawn({
             let (client, state, id, name, redactor) = (
                 client.clone(),
                 state.clone(),
@@ -154,10 +154,8 @@ impl Drop for Lease {
         self.renewer.abort();
         // Release in the background; until it lands, `lock()` in this
         // process waits for it (see `wait_for_release`), so close-then-open
-        // is not refused. Without a runtime the lease simply expires.
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+        // is not refused.
+        let rt = lease_runtime();
         let in_flight = InFlight::new(&self.key);
         let (client, id, name, redactor) = (
             self.client.clone(),
@@ -175,6 +173,28 @@ impl Drop for Lease {
             drop(in_flight);
         });
     }
+}
+
+/// Where leases are renewed and released: a runtime on a thread of its
+/// own, for the life of the process. On the runtime that opened the ledger,
+/// renewal would stop whenever that runtime is dropped or not driven (a
+/// setup runtime, `block_on` per request, a busy worker), and the writer
+/// would lose its lease while its handle is open and idle; the writer's
+/// own thread may sit in a long synchronous step.
+fn lease_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for lease renewals");
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("bi-ledger-lease".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .expect("a thread for lease renewals");
+        handle
+    })
 }
 
 /// Counts a release in flight for as long as it lives.
