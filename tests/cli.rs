@@ -203,6 +203,77 @@ fn init_append_read_filter_stats_verify() {
     assert_eq!(r["seq"], 5);
 }
 
+/// Two ledgers signed by one key: either verifies against the key, so a
+/// whole ledger swapped for the other goes unseen unless the verifier pins
+/// the origin that `init` printed (the ledger's name and id). With
+/// `--origin`, `verify` and `verify-proof` fail on the other ledger.
+#[test]
+fn the_origin_tells_two_ledgers_of_one_key_apart() {
+    let (f, made) = Fixture::init();
+    let origin = made["origin"].as_str().unwrap().to_owned();
+    assert!(origin.starts_with("bi-ledger/main/"), "{made}");
+    f.append(&line("s", "T", json!(1))).ok();
+    let key = f.path("main.key");
+    let other = Fixture::new();
+    let out = other
+        .run(&["init", "--signing-key", key.to_str().unwrap()])
+        .ok();
+    let other_origin = out.json()["origin"].as_str().unwrap().to_owned();
+    assert_ne!(origin, other_origin);
+    other
+        .run_stdin(
+            &["append", "--signing-key", key.to_str().unwrap()],
+            &line("s", "T", json!(2)),
+        )
+        .ok();
+    let proof = other.run(&["prove", "--seq", "0"]).ok().stdout;
+
+    // The other ledger put where this one was.
+    fs::remove_dir_all(f.path("main")).unwrap();
+    let copied = Command::new("cp")
+        .args([
+            "-a",
+            other.path("main").to_str().unwrap(),
+            f.path("main").to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let public = f.path("main.key.pub");
+    let public = public.to_str().unwrap();
+    let out = f.verify().ok();
+    assert_eq!(
+        out.json()["origin"],
+        other_origin.as_str(),
+        "{}",
+        out.describe()
+    );
+    let out = f.run(&["verify", "--public-key", public, "--origin", &origin]);
+    assert_eq!(out.code, 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains(&format!("not the expected {origin}")),
+        "{}",
+        out.describe()
+    );
+    let out = f.run(&["verify", "--public-key", public, "--origin", &other_origin]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+
+    let verify_proof = |origin: &str| {
+        f.run_stdin(
+            &["verify-proof", "--public-key", public, "--origin", origin],
+            &proof,
+        )
+    };
+    let out = verify_proof(&origin);
+    assert_eq!(out.code, 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("not the expected"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(verify_proof(&other_origin).code, 0);
+}
+
 #[test]
 fn other_ledger_names_and_missing_ledger() {
     let f = Fixture::new();

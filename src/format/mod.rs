@@ -36,17 +36,21 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Parses 64 hex digits into a hash.
+/// Parses 64 lower-case hex digits (as [`hex`] writes them, and the
+/// format's text forms require) into a hash.
 pub fn parse_hash_hex(s: &str) -> Option<Hash> {
     let bytes = s.as_bytes();
     if bytes.len() != 64 {
         return None;
     }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
     let mut out = [0u8; 32];
     for (i, pair) in bytes.chunks(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     Some(out)
 }
@@ -125,5 +129,19 @@ impl DecodeError {
             offset,
             what: what.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_read_as_written_in_lower_case() {
+        let h: Hash = std::array::from_fn(|i| (i * 37) as u8);
+        assert_eq!(parse_hash_hex(&hex(&h)), Some(h));
+        assert_eq!(parse_hash_hex(&hex(&h).to_uppercase()), None);
+        assert_eq!(parse_hash_hex(&hex(&h)[1..]), None);
+        assert_eq!(parse_hash_hex(&format!("{}g", &hex(&h)[1..])), None);
     }
 }

@@ -355,6 +355,12 @@ impl Ledger {
         &self.meta.verifier
     }
 
+    /// The origin line its checkpoints carry, `bi-ledger/<name>/<id>`: what
+    /// tells this ledger from another signed by the same key.
+    pub fn origin(&self) -> String {
+        self.meta.origin()
+    }
+
     pub fn store(&self) -> &Arc<dyn BlobStore> {
         &self.store
     }

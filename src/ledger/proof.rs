@@ -70,7 +70,9 @@ fn hashes(v: &[String]) -> Result<Vec<Hash>> {
         .enumerate()
         .map(|(i, h)| {
             parse_hash_hex(h).ok_or_else(|| {
-                LedgerError::InvalidArgument(format!("proof node {i} is not 64 hex digits"))
+                LedgerError::InvalidArgument(format!(
+                    "proof node {i} is not 64 lower-case hex digits"
+                ))
             })
         })
         .collect()

@@ -122,6 +122,10 @@ enum Cmd {
         /// verified log; a cache that is there is never replaced).
         #[arg(long)]
         restore_caches: bool,
+        /// The origin the ledger's checkpoints must name, `bi-ledger/NAME/LEDGER-ID`
+        /// (printed by `init` and `verify`): another ledger signed by the same key fails.
+        #[arg(long, env = "BI_LEDGER_ORIGIN")]
+        origin: Option<String>,
     },
     /// Sign a checkpoint of the ledger as it is now and print it (the newest
     /// checkpoint, if it already covers every record).
@@ -143,6 +147,10 @@ enum Cmd {
         /// Trusted public key file (verifier key).
         #[arg(long, env = "BI_LEDGER_PUBLIC_KEY")]
         public_key: PathBuf,
+        /// The origin the ledger's checkpoints must name, `bi-ledger/NAME/LEDGER-ID`
+        /// (printed by `init` and `verify`): another ledger signed by the same key fails.
+        #[arg(long, env = "BI_LEDGER_ORIGIN")]
+        origin: Option<String>,
         /// Proof file (default, or `-`: stdin).
         file: Option<PathBuf>,
     },
@@ -594,7 +602,16 @@ async fn run(cli: Cli) -> Outcome {
         Cmd::Verify {
             public_key,
             restore_caches,
-        } => verify(&cli, public_key.as_deref(), *restore_caches).await,
+            origin,
+        } => {
+            verify(
+                &cli,
+                public_key.as_deref(),
+                *restore_caches,
+                origin.as_deref(),
+            )
+            .await
+        }
         Cmd::Checkpoint => {
             let ledger = open_writer_here(&cli).await?;
             ledger.checkpoint().await?;
@@ -615,7 +632,11 @@ async fn run(cli: Cli) -> Outcome {
             old_size,
             size,
         } => prove(&cli, *seq, *old_size, *size).await,
-        Cmd::VerifyProof { public_key, file } => verify_proof(public_key, file.as_deref()),
+        Cmd::VerifyProof {
+            public_key,
+            origin,
+            file,
+        } => verify_proof(public_key, origin.as_deref(), file.as_deref()),
         Cmd::Stats => stats(&cli).await,
         Cmd::Demo { stories, writers } => run_demo(&cli, *stories, *writers).await,
     }
@@ -643,10 +664,11 @@ async fn init(cli: &Cli) -> Outcome {
         return Err(LedgerError::AlreadyExists(cli.ledger.clone()).into());
     }
     let (ledger, key_file) = create_ledger(cli, store).await?;
-    let vkey = ledger.verifier().to_vkey();
+    let (vkey, origin) = (ledger.verifier().to_vkey(), ledger.origin());
     ledger.close().await?;
     print(json!({
         "ledger": cli.ledger,
+        "origin": origin,
         "data": cli.data,
         "signing_key_file": key_file,
         "public_key": vkey,
@@ -794,7 +816,12 @@ async fn read(
     Ok(Ok(()))
 }
 
-async fn verify(cli: &Cli, public_key: Option<&Path>, restore_caches: bool) -> Outcome {
+async fn verify(
+    cli: &Cli,
+    public_key: Option<&Path>,
+    restore_caches: bool,
+    origin: Option<&str>,
+) -> Outcome {
     // Damage found while opening (the LEDGER file, a segment header, the
     // segment listing) is reported like damage found later.
     let reader = match LedgerReader::open(store(cli, false).await?, &cli.ledger).await {
@@ -811,6 +838,17 @@ async fn verify(cli: &Cli, public_key: Option<&Path>, restore_caches: bool) -> O
             reader.recorded_verifier().clone()
         }
     };
+    let found = reader.meta().origin();
+    if let Some(want) = origin.filter(|w| *w != found) {
+        // Checkpoints name the origin of the LEDGER file, which nothing
+        // signs: a whole other ledger under the same key verifies.
+        return integrity_json(bi_ledger::error::IntegrityError::new(
+            bi_ledger::ledger::layout::meta(&cli.ledger),
+            0,
+            None,
+            format!("this is ledger {found}, not the expected {want}"),
+        ));
+    }
     let bar = progress::Progress::new("verify");
     let start = Instant::now();
     let opts = VerifyOptions { restore_caches };
@@ -822,6 +860,7 @@ async fn verify(cli: &Cli, public_key: Option<&Path>, restore_caches: bool) -> O
         Ok(r) => {
             print(json!({
                 "valid": true,
+                "origin": found,
                 "records": r.records,
                 "segments": r.segments,
                 "bytes": r.bytes,
@@ -908,7 +947,7 @@ async fn prove(cli: &Cli, seq: Option<u64>, old_size: Option<u64>, size: Option<
     Ok(Ok(()))
 }
 
-fn verify_proof(public_key: &Path, file: Option<&Path>) -> Outcome {
+fn verify_proof(public_key: &Path, origin: Option<&str>, file: Option<&Path>) -> Outcome {
     let verifier = load_verifier(public_key)?;
     let text = read_input(file)?;
     let v: serde_json::Value = serde_json::from_str(text.trim()).context("proof is not JSON")?;
@@ -917,11 +956,17 @@ fn verify_proof(public_key: &Path, file: Option<&Path>) -> Outcome {
             .and_then(|x| x.as_str())
             .ok_or_else(|| anyhow!("proof: missing string field `{name}`"))
     };
-    let open =
-        |name: &str| -> Result<std::result::Result<Checkpoint, Integrity>> {
-            Ok(Checkpoint::open(field(name)?, &verifier)
-                .map_err(|e| Integrity(format!("{name}: {e}"))))
-        };
+    let open = |name: &str| -> Result<std::result::Result<Checkpoint, Integrity>> {
+        Ok(Checkpoint::open(field(name)?, &verifier)
+            .map_err(|e| Integrity(format!("{name}: {e}")))
+            .and_then(|cp| match origin {
+                Some(want) if cp.origin != want => Err(Integrity(format!(
+                    "{name}: signed for {}, not the expected {want}",
+                    cp.origin
+                ))),
+                _ => Ok(cp),
+            }))
+    };
     // A checkpoint that does not open is a failed proof like any other:
     // it is reported on stdout as well.
     let failed = |e: Integrity| -> Outcome {
