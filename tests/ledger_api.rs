@@ -2182,3 +2182,40 @@ async fn merging_by_count_only() {
     // four at 11 and merges 5..8, leaving 9..11 for later.
     assert_eq!(merged_ranges(&store(dir.path())).await, [(0, 4), (4, 8)]);
 }
+
+/// Verify opens checkpoints a few at a time ahead of the walk, not all
+/// before it: every one is still checked, and one forged far past the
+/// first few is named when the walk reaches it, after the records before it
+/// checked out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_checkpoint_of_many_is_checked_as_the_walk_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", options(9))
+        .await
+        .unwrap();
+    for i in 0..40 {
+        ledger.append(counted(&format!("s{i}"), 2)).await.unwrap();
+        ledger.checkpoint().await.unwrap();
+    }
+    ledger.close().await.unwrap();
+    let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")
+        .await
+        .unwrap();
+    let verifier = reader.recorded_verifier().clone();
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!((report.records, report.checkpoints), (80, 41));
+
+    // Checkpoint 31 of 41 signed by another key, under its name.
+    let blob = "main/checkpoint-00000000000000000062";
+    let path = FsStore::file_path(dir.path(), blob);
+    let note = std::fs::read_to_string(&path).unwrap();
+    let cp = bi_ledger::format::checkpoint::Checkpoint::open(&note, &verifier).unwrap();
+    let other = ed25519_dalek::SigningKey::from_bytes(&[10; 32]);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&path, cp.sign(&verifier.name, &other)).unwrap();
+    match reader.verify(&verifier, &|_, _| {}).await {
+        Err(bi_ledger::LedgerError::Integrity(e)) => assert_eq!(e.blob, blob, "{e}"),
+        Err(e) => assert!(e.to_string().contains(blob), "{e}"),
+        Ok(r) => panic!("a checkpoint signed by another key verified: {r:?}"),
+    }
+}

@@ -29,6 +29,7 @@ pub mod reader;
 pub mod recover;
 mod running;
 pub mod scan;
+mod signed;
 mod streams;
 pub mod tip;
 pub mod verify;

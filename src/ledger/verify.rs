@@ -14,9 +14,11 @@ use futures::StreamExt;
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 
+use super::layout::Meta;
 use super::reader::LedgerReader;
 use super::recover;
 use super::scan::{Chunk, Scanner};
+use super::signed::Signed;
 use super::tip::{Linked, Tip};
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
@@ -92,8 +94,13 @@ impl LedgerReader {
         if verifier.key != self.recorded_verifier().key {
             tracing::warn!("the public key given differs from the one recorded in the ledger");
         }
-        let checkpoints = self.checkpoints(verifier).await?;
-        if checkpoints.is_empty() {
+        let meta = Meta {
+            verifier: verifier.clone(),
+            ..self.meta().clone()
+        };
+        let mut signed = Signed::list(self.store().clone(), meta).await?;
+        let sizes = signed.sizes().clone();
+        if sizes.is_empty() {
             // Nothing would bind the log to the key: whoever can write the
             // store could have rewritten all of it (format §12.5).
             return Err(IntegrityError::new(
@@ -109,12 +116,16 @@ impl LedgerReader {
         let segments = recover::list_every_segment(store.as_ref(), &meta.name).await?;
         // Opening the reader checked this too; the segments may have
         // gone since.
-        if let (true, Some((blob, cp))) = (segments.is_empty(), checkpoints.first()) {
-            return Err(recover::segment_zero_missing(&meta.name, blob, cp.size));
+        if segments.is_empty() {
+            let first = sizes[0];
+            return Err(recover::segment_zero_missing(
+                &meta.name,
+                &signed.blob(first),
+                first,
+            ));
         }
         let total: u64 = segments.iter().map(|(_, s)| s.size).sum();
         let mut done_before = 0u64;
-        let mut next_cp = checkpoints.iter().peekable();
         let mut w = Walker {
             tip: Tip::genesis(meta.id),
             since: Since {
@@ -129,10 +140,10 @@ impl LedgerReader {
                 listed: None,
             },
             merged: Merged {
-                ahead: merged_ahead(self, &checkpoints).await?,
+                ahead: merged_ahead(self, &sizes).await?,
                 spans: Vec::new(),
                 start: 0,
-                checkpoints: checkpoints.iter().map(|(_, c)| c.size).collect(),
+                checkpoints: sizes.clone(),
             },
         };
         let last = segments.len().saturating_sub(1);
@@ -171,7 +182,7 @@ impl LedgerReader {
             w.tip.segment_blocks = 1;
             if *index == 0 {
                 // Checkpoint 0 signs the empty ledger.
-                check_checkpoints(self, &mut next_cp, &mut w).await?;
+                check_checkpoints(self, &mut signed, &mut w).await?;
             }
             let mut scan = Scanner::new(
                 store.as_ref(),
@@ -181,13 +192,13 @@ impl LedgerReader {
                 self.max_body(),
             );
             let at = done_before;
-            w = walk_segment(self, &mut scan, name, *index, w, &mut next_cp, &|end| {
+            w = walk_segment(self, &mut scan, name, *index, w, &mut signed, &|end| {
                 progress(at + end, total)
             })
             .await?;
             if let Some(bad) = scan.bad {
-                let signed = checkpoints.last().map_or(0, |(_, c)| c.size);
-                let at_end = *index as usize == last && bad.reaches_end && w.tip.size >= signed;
+                let newest = sizes.last().copied().unwrap_or(0);
+                let at_end = *index as usize == last && bad.reaches_end && w.tip.size >= newest;
                 let present = info.size - bad.offset;
                 if at_end && changed_since(store.as_ref(), name, info.size, present).await? {
                     // Not torn: a live writer's block, listed while it was
@@ -213,7 +224,8 @@ impl LedgerReader {
             done_before += info.size;
             progress(done_before, total);
         }
-        if let Some((blob, cp)) = next_cp.next() {
+        if let Some(opened) = signed.take().await {
+            let (blob, cp) = opened?;
             return Err(IntegrityError::new(
                 blob,
                 0,
@@ -225,10 +237,10 @@ impl LedgerReader {
             )
             .into());
         }
-        let signed = checkpoints.last().map_or(0, |(_, c)| c.size);
+        let newest = sizes.last().copied().unwrap_or(0);
         // After the whole log checked out, a failed listing must not undo
         // that: it is reported as not known.
-        let orphans = caches_without_checkpoint(self, &checkpoints)
+        let orphans = caches_without_checkpoint(self, &sizes)
             .await
             .inspect_err(|e| tracing::warn!(error = %e, "could not list the caches to look for ones without a checkpoint"))
             .ok();
@@ -248,10 +260,10 @@ impl LedgerReader {
             records: w.tip.size,
             segments: segments.len() as u64,
             bytes: total,
-            checkpoints: checkpoints.len() as u64,
+            checkpoints: sizes.len() as u64,
             chain_head: w.tip.chain_head,
             root: w.tip.frontier.root(),
-            unsigned_tail: w.tip.size - signed,
+            unsigned_tail: w.tip.size - newest,
             caches_without_checkpoint: orphans,
             missing_caches: w.caches.missing,
             restored_caches: w.caches.restored,
@@ -264,17 +276,21 @@ impl LedgerReader {
 /// checkpoint's caches first, so they are listed before it here).
 async fn caches_without_checkpoint(
     reader: &LedgerReader,
-    checkpoints: &[(String, Checkpoint)],
+    checkpoints: &[u64],
 ) -> Result<Vec<String>> {
     let (name, store) = (reader.name(), reader.store());
     let caches = list_caches(reader).await?;
-    let mut signed: std::collections::HashSet<u64> =
-        checkpoints.iter().map(|(_, c)| c.size).collect();
-    let since = recover::checkpoint_blobs(store.as_ref(), name).await?;
-    signed.extend(since.into_iter().map(|(size, _)| size));
+    let since: Vec<u64> = recover::checkpoint_blobs(store.as_ref(), name)
+        .await?
+        .into_iter()
+        .map(|(size, _)| size)
+        .collect();
+    // Both listings are sorted.
+    let signed =
+        |size: &u64| checkpoints.binary_search(size).is_ok() || since.binary_search(size).is_ok();
     let mut out: Vec<String> = caches
         .into_iter()
-        .filter(|(size, _)| !signed.contains(size))
+        .filter(|(size, _)| !signed(size))
         .map(|(_, blob)| blob)
         .collect();
     out.sort();
@@ -337,8 +353,8 @@ struct Merged {
     /// The end of the last merged index checked: the next starts there or
     /// later.
     start: u64,
-    /// The sizes of the checkpoints.
-    checkpoints: std::collections::HashSet<u64>,
+    /// The sizes of the checkpoints, ascending.
+    checkpoints: std::sync::Arc<[u64]>,
 }
 
 /// Stream indexes and node caches found missing, and what became of them.
@@ -435,18 +451,15 @@ struct HashedBatch {
 /// behind, and the pool it feeds runs dry (`perf` saw rayon's workers sleep
 /// about twice per chunk, with 1.65 CPUs busy). Within one `rayon::join`,
 /// the worker that finishes the walk steals hashing instead.
-async fn walk_segment<'a, I>(
+async fn walk_segment(
     reader: &LedgerReader,
     scan: &mut Scanner<'_>,
     name: &str,
     segment: u64,
     mut w: Walker,
-    next_cp: &mut std::iter::Peekable<I>,
+    signed: &mut Signed,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<Walker>
-where
-    I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
-{
+) -> Result<Walker> {
     let mut read = scan.next_chunk().await;
     let mut hashed: Option<Walking> = None;
     loop {
@@ -463,7 +476,7 @@ where
             };
         }
         let more = chunk.is_some();
-        let stop = next_cp.peek().map(|(_, cp)| cp.size);
+        let stop = signed.peek();
         let job = spawn_step(chunk, hashed.take(), w, name.to_owned(), segment, stop);
         let reading = async {
             if more {
@@ -478,8 +491,8 @@ where
         if let Some((mut walking, reached)) = step.walked {
             let mut reached = reached?;
             while reached {
-                check_checkpoints(reader, next_cp, &mut w).await?;
-                let stop = next_cp.peek().map(|(_, cp)| cp.size);
+                check_checkpoints(reader, signed, &mut w).await?;
+                let stop = signed.peek();
                 reached = walk_until(name, &mut walking, &mut w, stop)?;
             }
             progress(walking.end);
@@ -658,24 +671,26 @@ fn walk_until(
 }
 
 /// Checks every checkpoint whose size the walk has just reached.
-async fn check_checkpoints<'a, I>(
+async fn check_checkpoints(
     reader: &LedgerReader,
-    next: &mut std::iter::Peekable<I>,
+    signed: &mut Signed,
     w: &mut Walker,
-) -> Result<()>
-where
-    I: ExactSizeIterator<Item = &'a (String, Checkpoint)>,
-{
+) -> Result<()> {
     let Walker {
         tip,
         since,
         caches,
         merged,
     } = w;
-    while let Some((blob, cp)) = next.peek() {
-        if cp.size > tip.size {
+    while let Some(size) = signed.peek() {
+        if size > tip.size {
             break;
         }
+        let Some(opened) = signed.take().await else {
+            break;
+        };
+        let (blob, cp) = opened?;
+        let (blob, cp) = (&blob, &cp);
         if cp.size < tip.size {
             return Err(IntegrityError::new(
                 blob,
@@ -717,7 +732,7 @@ where
             )
             .into());
         }
-        check_snapshot(reader, cp, tip, next.len() == 1).await?;
+        check_snapshot(reader, cp, tip, signed.remaining() == 0).await?;
         let (index, nodes) = tip.take_caches();
         check_merged(reader, cp, &index, merged).await?;
         let absent = check_stream_index(reader, cp, index, caches).await?;
@@ -726,7 +741,6 @@ where
         caches.note(absent);
         // The walk fills in where the next batch is when it gets there.
         since.seq = tip.size;
-        next.next();
     }
     Ok(())
 }
@@ -768,19 +782,18 @@ async fn check_stream_index(
 /// the checkpoints were listed, and is left (reported without a checkpoint).
 async fn merged_ahead(
     reader: &LedgerReader,
-    checkpoints: &[(String, Checkpoint)],
+    checkpoints: &[u64],
 ) -> Result<std::collections::BTreeMap<u64, (String, u64)>> {
     use super::layout;
     let name = reader.name();
-    let signed: std::collections::HashSet<u64> = checkpoints.iter().map(|(_, c)| c.size).collect();
-    let newest = checkpoints.last().map_or(0, |(_, c)| c.size);
+    let newest = checkpoints.last().copied().unwrap_or(0);
     let mut blobs = Vec::new();
     for to in super::merge::merged_sizes(reader.store().as_ref(), name).await? {
         let blob = layout::merged_stream_index(name, to);
         if to > newest {
             continue;
         }
-        if !signed.contains(&to) {
+        if checkpoints.binary_search(&to).is_err() {
             return Err(IntegrityError::new(
                 &blob,
                 0,
@@ -834,7 +847,7 @@ async fn check_merged(
     };
     let idx = StreamIndex::decode(&bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
-    let at_checkpoint = idx.from == 0 || m.checkpoints.contains(&idx.from);
+    let at_checkpoint = idx.from == 0 || m.checkpoints.binary_search(&idx.from).is_ok();
     if idx.from >= cp.size || idx.from < m.start || !at_checkpoint {
         return Err(IntegrityError::new(
             &blob,
