@@ -6,7 +6,10 @@
 //! and a serial read and signature check each before the walk began; here
 //! verify holds their sizes (8 bytes each), and the next [`AHEAD`] are read
 //! and their signatures checked concurrently, on the runtime's threads,
-//! while the walk hashes the records before them.
+//! while the walk hashes the records before them. Their stream indexes and
+//! node caches are read with them, and the snapshots are listed once (only
+//! the newest two are kept), so that a checkpoint reached costs the walk no
+//! round trip to the store.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::layout::{self, Meta};
 use super::recover;
-use crate::backend::BlobStore;
+use crate::backend::{BlobStore, StoreError};
 use crate::error::{LedgerError, Result};
 use crate::format::checkpoint::Checkpoint;
 
@@ -32,7 +35,20 @@ pub struct Signed {
     /// `sizes[next]` is the next checkpoint to take.
     next: usize,
     /// Opening `sizes[next..next + opening.len()]`.
-    opening: VecDeque<JoinHandle<Result<Checkpoint>>>,
+    opening: VecDeque<JoinHandle<Result<Opened>>>,
+    /// The sizes of the snapshots, listed after the checkpoints.
+    snapshots: Vec<u64>,
+}
+
+/// A cache blob read ahead: its bytes, or `None` if it did not exist.
+pub type ReadAhead = std::result::Result<Option<Vec<u8>>, StoreError>;
+
+/// A checkpoint taken: its blob, its statement, and its stream index and
+/// node cache as read.
+pub struct Opened {
+    pub blob: String,
+    pub checkpoint: Checkpoint,
+    pub caches: Vec<(String, ReadAhead)>,
 }
 
 impl Signed {
@@ -43,12 +59,22 @@ impl Signed {
             .into_iter()
             .map(|(size, _)| size)
             .collect();
+        // After the checkpoints: a snapshot is put before its checkpoint,
+        // so every listed checkpoint's snapshot that still exists is here.
+        let mut snapshots: Vec<u64> = store
+            .list(&layout::snapshot_prefix(&meta.name))
+            .await?
+            .iter()
+            .filter_map(|b| layout::snapshot_size(&meta.name, &b.name))
+            .collect();
+        snapshots.sort_unstable();
         Ok(Signed {
             store,
             meta,
             sizes: sizes.into(),
             next: 0,
             opening: VecDeque::new(),
+            snapshots,
         })
     }
 
@@ -71,16 +97,41 @@ impl Signed {
         layout::checkpoint(&self.meta.name, size)
     }
 
+    /// Whether the snapshot of `size` was there when listed.
+    pub fn has_snapshot(&self, size: u64) -> bool {
+        self.snapshots.binary_search(&size).is_ok()
+    }
+
     /// The next checkpoint, its signature, origin and size checked: its
     /// blob and statement.
-    pub async fn take(&mut self) -> Option<Result<(String, Checkpoint)>> {
-        let size = self.peek()?;
+    pub async fn take(&mut self) -> Option<Result<Opened>> {
+        self.peek()?;
         while self.opening.len() < AHEAD && self.next + self.opening.len() < self.sizes.len() {
             let at = self.sizes[self.next + self.opening.len()];
             let (store, meta) = (self.store.clone(), self.meta.clone());
             self.opening.push_back(tokio::spawn(async move {
                 let blob = layout::checkpoint(&meta.name, at);
-                recover::open_checkpoint(store.as_ref(), &meta, at, &blob).await
+                let cache = |blob: String| {
+                    let store = store.clone();
+                    async move {
+                        let read = match store.read_all(&blob).await {
+                            Ok(b) => Ok(Some(b)),
+                            Err(StoreError::NotFound { .. }) => Ok(None),
+                            Err(e) => Err(e),
+                        };
+                        (blob, read)
+                    }
+                };
+                let (checkpoint, index, nodes) = tokio::join!(
+                    recover::open_checkpoint(store.as_ref(), &meta, at, &blob),
+                    cache(layout::stream_index(&meta.name, at)),
+                    cache(layout::nodes(&meta.name, at)),
+                );
+                Ok(Opened {
+                    blob,
+                    checkpoint: checkpoint?,
+                    caches: vec![index, nodes],
+                })
             }));
         }
         let opened = self.opening.pop_front()?.await;
@@ -92,7 +143,7 @@ impl Signed {
             // Only a runtime shutting down cancels it.
             Err(_) => Err(LedgerError::Closed),
         };
-        Some(cp.map(|cp| (self.blob(size), cp)))
+        Some(cp)
     }
 }
 

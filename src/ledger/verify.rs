@@ -18,7 +18,7 @@ use super::layout::Meta;
 use super::reader::LedgerReader;
 use super::recover;
 use super::scan::{Chunk, Scanner};
-use super::signed::Signed;
+use super::signed::{Opened, ReadAhead, Signed};
 use super::tip::{Linked, Tip};
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
@@ -225,7 +225,11 @@ impl LedgerReader {
             progress(done_before, total);
         }
         if let Some(opened) = signed.take().await {
-            let (blob, cp) = opened?;
+            let Opened {
+                blob,
+                checkpoint: cp,
+                ..
+            } = opened?;
             return Err(IntegrityError::new(
                 blob,
                 0,
@@ -689,7 +693,11 @@ async fn check_checkpoints(
         let Some(opened) = signed.take().await else {
             break;
         };
-        let (blob, cp) = opened?;
+        let Opened {
+            blob,
+            checkpoint: cp,
+            caches: mut ahead,
+        } = opened?;
         let (blob, cp) = (&blob, &cp);
         if cp.size < tip.size {
             return Err(IntegrityError::new(
@@ -732,12 +740,15 @@ async fn check_checkpoints(
             )
             .into());
         }
-        check_snapshot(reader, cp, tip, signed.remaining() == 0).await?;
+        let newest = signed.remaining() == 0;
+        if newest || signed.has_snapshot(cp.size) {
+            check_snapshot(reader, cp, tip, newest).await?;
+        }
         let (index, nodes) = tip.take_caches();
         check_merged(reader, cp, &index, merged).await?;
-        let absent = check_stream_index(reader, cp, index, caches).await?;
+        let absent = check_stream_index(reader, cp, index, caches, &mut ahead).await?;
         caches.note(absent);
-        let absent = check_nodes(reader, cp, nodes, caches).await?;
+        let absent = check_nodes(reader, cp, nodes, caches, &mut ahead).await?;
         caches.note(absent);
         // The walk fills in where the next batch is when it gets there.
         since.seq = tip.size;
@@ -754,16 +765,19 @@ async fn check_stream_index(
     cp: &Checkpoint,
     want: StreamIndex,
     caches: &mut Caches,
+    ahead: &mut Ahead,
 ) -> Result<Option<Absent>> {
     if want.from == want.to {
         return Ok(None);
     }
     let blob = super::layout::stream_index(reader.name(), cp.size);
     let range = (want.from, want.to);
-    let bytes = match read_or_restore(reader, &blob, range, Some(caches), || want.encode()).await? {
-        Ok(bytes) => bytes,
-        Err(absent) => return Ok(Some(absent)),
-    };
+    let ready = take_ahead(ahead, &blob);
+    let bytes =
+        match read_or_restore(reader, &blob, ready, range, Some(caches), || want.encode()).await? {
+            Ok(bytes) => bytes,
+            Err(absent) => return Ok(Some(absent)),
+        };
     let idx = StreamIndex::decode(&bytes)
         .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
     if idx != want {
@@ -940,12 +954,17 @@ fn missing_checkpoint(cache: ([u8; 16], u64, u64), log: ([u8; 16], u64, u64)) ->
 async fn read_or_restore(
     reader: &LedgerReader,
     blob: &str,
+    mut ready: Option<ReadAhead>,
     (from, to): (u64, u64),
     mut caches: Option<&mut Caches>,
     encode: impl Fn() -> Vec<u8>,
 ) -> Result<std::result::Result<Vec<u8>, Absent>> {
     loop {
-        if let Some(bytes) = read_cache(reader, blob).await? {
+        let read = match ready.take() {
+            Some(r) => r.map_err(LedgerError::Store)?,
+            None => read_cache(reader, blob).await?,
+        };
+        if let Some(bytes) = read {
             return Ok(Ok(bytes));
         }
         let missing = Ok(Err(Absent::Missing(blob.to_owned())));
@@ -971,6 +990,14 @@ async fn read_or_restore(
 
 /// A cache blob beside a checkpoint, if there is one (missing ones only
 /// make reads or proofs do more work).
+/// Cache blobs read ahead of the walk (see `signed.rs`).
+type Ahead = Vec<(String, ReadAhead)>;
+
+fn take_ahead(ahead: &mut Ahead, blob: &str) -> Option<ReadAhead> {
+    let at = ahead.iter().position(|(b, _)| b == blob)?;
+    Some(ahead.swap_remove(at).1)
+}
+
 async fn read_cache(reader: &LedgerReader, blob: &str) -> Result<Option<Vec<u8>>> {
     match reader.store().read_all(blob).await {
         Ok(b) => Ok(Some(b)),
@@ -991,13 +1018,16 @@ async fn check_nodes(
     cp: &Checkpoint,
     want: NodeCache,
     caches: &mut Caches,
+    ahead: &mut Ahead,
 ) -> Result<Option<Absent>> {
     let blob = super::layout::nodes(reader.name(), cp.size);
     // Written only where a node was completed (see `Writer::checkpoint`).
     let due = !want.hashes.is_empty();
     let range = (want.from, want.to);
     let caches = due.then_some(caches);
-    let bytes = match read_or_restore(reader, &blob, range, caches, || want.encode()).await? {
+    let ready = take_ahead(ahead, &blob);
+    let bytes = match read_or_restore(reader, &blob, ready, range, caches, || want.encode()).await?
+    {
         Ok(bytes) => bytes,
         Err(Absent::Missing(_)) if !due => return Ok(None),
         Err(absent) => return Ok(Some(absent)),
