@@ -540,37 +540,37 @@ async fn lost_lease_stops_the_writer() {
     drop(ledger);
 }
 
-/// The lease is renewed on a runtime of the store's own, not on the one
-/// that opened the ledger: a ledger opened on a setup runtime that is then
-/// dropped, and left idle with no runtime driven for longer than the
-/// lease, still holds its lease (another handle is refused) and appends.
+/// The lease is renewed on a runtime of the store's own, over connections
+/// of its own, not on the runtime that took it: a ledger opened and used
+/// with `block_on` on a current-thread runtime, which nothing drives
+/// between calls, and left idle for longer than the lease, still holds its
+/// lease (another handle is refused) and appends.
 #[test]
 fn the_lease_outlives_the_runtime_that_took_it() {
     let account = account_or_skip!();
     let c = unique_container("outlive");
+    let current = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     let store = |rt: &tokio::runtime::Runtime| -> Arc<dyn BlobStore> {
         let s = AzureBlobStore::new(account.clone(), &c, short_lease()).unwrap();
         rt.block_on(s.create_container_if_missing()).unwrap();
         Arc::new(s)
     };
-    let ledger = {
-        let setup = tokio::runtime::Runtime::new().unwrap();
-        let ledger = setup
-            .block_on(Ledger::create(store(&setup), "l", ledger_opts()))
-            .unwrap();
-        setup
-            .block_on(ledger.append_one(NewEvent::json("s", "E", &json!({"i": 0}))))
-            .unwrap();
-        ledger
-    };
-    // Longer than the 15 s lease, with no runtime of the caller's running.
-    std::thread::sleep(Duration::from_secs(17));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let rt = current();
+    let ledger = rt
+        .block_on(Ledger::create(store(&rt), "l", ledger_opts()))
         .unwrap();
-    let other = store(&rt);
-    match rt.block_on(other.lock("l/writer")) {
+    rt.block_on(ledger.append_one(NewEvent::json("s", "E", &json!({"i": 0}))))
+        .unwrap();
+    // Longer than the 15 s lease, with the caller's runtime not driven.
+    std::thread::sleep(Duration::from_secs(17));
+    let other_rt = current();
+    let other = store(&other_rt);
+    match other_rt.block_on(other.lock("l/writer")) {
         Err(StoreError::Locked { .. }) => {}
         Err(e) => panic!("a second lock: {e}"),
         Ok(_) => panic!("a second handle took the lease of an open writer"),

@@ -455,12 +455,21 @@ async fn rollover_interrupted_with_a_zeroed_header() {
     )
     .await;
 
-    // With its batches after it, a zeroed header was durable once: damage.
+    // With its batches after it, a zeroed header was durable once: damage,
+    // to the writer, to readers and to verify.
     let dir = c.copy();
     zero(dir.path(), 2);
     let e = open_err(dir.path(), 3).await;
     assert_eq!(e.blob, seg_name(2), "{e}");
     assert!(file_len(&seg_path(dir.path(), 2)) > HEADER_LEN as u64);
+    match LedgerReader::open(store(dir.path()), NAME).await {
+        Err(LedgerError::Integrity(e)) => assert_eq!(e.blob, seg_name(2), "{e}"),
+        Err(e) => panic!("reader of a zeroed header with batches after it: {e}"),
+        Ok(r) => {
+            let r = r.read(0, None).await;
+            panic!("a zeroed header with batches after it was read: {r:?}")
+        }
+    }
     // So is a zeroed header of a segment before the last.
     let dir = c.copy();
     zero(dir.path(), 1);

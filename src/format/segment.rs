@@ -17,7 +17,8 @@ use super::{DecodeError, Hash, FORMAT_VERSION};
 pub const MAGIC: &[u8; 8] = b"BILEDGER";
 pub const HEADER_LEN: usize = 84;
 
-/// Whether `bytes`, a whole last segment, are a header that a crash left
+/// Whether `bytes`, a whole last segment (the caller checks that it holds
+/// nothing more), are a header that a crash left
 /// unwritten: exactly a header's length of zeros. A file system may make a
 /// file's new length durable before its data, so a rollover interrupted
 /// between writing the header and its `fdatasync` can leave this; the

@@ -197,6 +197,21 @@ fn lease_runtime() -> &'static tokio::runtime::Handle {
     })
 }
 
+/// Runs `f` on the lease runtime and waits for it here.
+pub(super) async fn on_lease_runtime<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    match lease_runtime().spawn(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(StoreError::Io {
+            op: "take the writer lease on",
+            name: String::new(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
 /// Counts a release in flight for as long as it lives.
 struct InFlight(tokio::sync::watch::Sender<usize>);
 

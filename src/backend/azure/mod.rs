@@ -119,6 +119,11 @@ struct Inner {
     retrying: BlobContainerClient,
     /// Pipeline without retries: conditional writes, retried by `attempt`.
     once: BlobContainerClient,
+    /// Pipeline with retries on a connection pool of its own, used only on
+    /// the lease runtime (`lease.rs`): pooled connections are driven by the
+    /// runtime that opened them, and a caller's runtime left idle (a
+    /// `block_on` per call) would stall a renewal that reused one.
+    leasing: BlobContainerClient,
     container: String,
     /// Container URL without query, for logs and errors.
     location: String,
@@ -324,10 +329,18 @@ impl AzureBlobStore {
             u.set_query(None);
             u.to_string()
         };
-        let conn = Connection::new(signing, secrets, opts.connect_timeout, opts.read_timeout)
-            .map_err(|e| config_err("HTTP client", e))?;
+        let connect = || {
+            Connection::new(
+                signing.clone(),
+                secrets.clone(),
+                opts.connect_timeout,
+                opts.read_timeout,
+            )
+            .map_err(|e| config_err("HTTP client", e))
+        };
+        let (conn, lease_conn) = (connect()?, connect()?);
         let redactor = conn.redactor.clone();
-        let client = |retry: RetryOptions| {
+        let client = |conn: &Connection, retry: RetryOptions| {
             let options = BlobContainerClientOptions {
                 client_options: conn.client_options(retry),
                 ..Default::default()
@@ -335,12 +348,14 @@ impl AzureBlobStore {
             BlobContainerClient::new(container_url.clone(), credential.clone(), Some(options))
                 .map_err(|e| config_err("blob container client", redactor.redact(&describe(&e))))
         };
-        let retrying = client(opts.retry.pipeline_policy())?;
-        let once = client(RetryOptions::none())?;
+        let retrying = client(&conn, opts.retry.pipeline_policy())?;
+        let once = client(&conn, RetryOptions::none())?;
+        let leasing = client(&lease_conn, opts.retry.pipeline_policy())?;
         Ok(AzureBlobStore {
             inner: Arc::new(Inner {
                 retrying,
                 once,
+                leasing,
                 container: container.to_owned(),
                 location,
                 opts,
@@ -970,47 +985,56 @@ impl BlobStore for AzureBlobStore {
         // A lease this process released a moment ago (a writer closed and
         // the ledger is reopened) may still be on its way to the service.
         lease::wait_for_release(&key, Duration::from_secs(10)).await;
-        let client = self.inner.retrying.blob_client(&blob);
-        match client
-            .block_blob_client()
-            .upload(
-                RequestContent::from(Vec::new()),
-                Some(BlockBlobClientUploadOptions {
-                    if_none_match: Some(Etag::from("*")),
-                    ..Default::default()
-                }),
-            )
-            .await
-        {
-            Ok(_) => {}
-            // Exists, and maybe leased (a leased blob answers a write
-            // without its lease id with 412).
-            Err(e) if matches!(status_of(&e), Some(409 | 412)) => {}
-            Err(e) => return Err(self.err("create lock blob", name, &e)),
-        }
-        // A proposed id makes the acquire idempotent: if the pipeline
-        // retries after an attempt that landed, acquiring again with the
-        // lease's own id succeeds.
-        let proposed = uuid::Uuid::new_v4().to_string();
-        let sent = Instant::now();
-        let res = client
-            .acquire_lease(
-                self.inner.opts.lease_duration.as_secs() as i32,
-                Some(BlobClientAcquireLeaseOptions {
-                    proposed_lease_id: Some(proposed.clone()),
-                    ..Default::default()
-                }),
-            )
-            .await;
-        let lease_id = match res {
-            Ok(r) => r.lease_id().ok().flatten().unwrap_or(proposed),
-            Err(e) if code_of(&e) == Some("LeaseAlreadyPresent") => {
-                return Err(StoreError::Locked {
-                    what: name.to_owned(),
-                })
+        // On the lease runtime, with the lease's own connections, like
+        // every renewal after it (see `Inner::leasing`).
+        let store = self.clone();
+        let lock_name = name.to_owned();
+        let (client, lease_id, sent) = lease::on_lease_runtime(async move {
+            let name = lock_name.as_str();
+            let client = store.inner.leasing.blob_client(&blob);
+            match client
+                .block_blob_client()
+                .upload(
+                    RequestContent::from(Vec::new()),
+                    Some(BlockBlobClientUploadOptions {
+                        if_none_match: Some(Etag::from("*")),
+                        ..Default::default()
+                    }),
+                )
+                .await
+            {
+                Ok(_) => {}
+                // Exists, and maybe leased (a leased blob answers a write
+                // without its lease id with 412).
+                Err(e) if matches!(status_of(&e), Some(409 | 412)) => {}
+                Err(e) => return Err(store.err("create lock blob", name, &e)),
             }
-            Err(e) => return Err(self.err("acquire writer lease on", name, &e)),
-        };
+            // A proposed id makes the acquire idempotent: if the pipeline
+            // retries after an attempt that landed, acquiring again with the
+            // lease's own id succeeds.
+            let proposed = uuid::Uuid::new_v4().to_string();
+            let sent = Instant::now();
+            let res = client
+                .acquire_lease(
+                    store.inner.opts.lease_duration.as_secs() as i32,
+                    Some(BlobClientAcquireLeaseOptions {
+                        proposed_lease_id: Some(proposed.clone()),
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            let lease_id = match res {
+                Ok(r) => r.lease_id().ok().flatten().unwrap_or(proposed),
+                Err(e) if code_of(&e) == Some("LeaseAlreadyPresent") => {
+                    return Err(StoreError::Locked {
+                        what: name.to_owned(),
+                    })
+                }
+                Err(e) => return Err(store.err("acquire writer lease on", name, &e)),
+            };
+            Ok((client, lease_id, sent))
+        })
+        .await?;
         debug!(lock = %name, "acquired writer lease");
         Ok(Box::new(lease::Lease::start(
             name.to_owned(),

@@ -538,7 +538,7 @@ pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
     }
     match fs::create_dir(dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
         Err(e) => return Err(e),
     }
     if let Some(parent) = parent {
@@ -888,6 +888,20 @@ impl WriterLock for FsLock {
 #[cfg(test)]
 mod tests {
     use super::joined_starts_with;
+
+    /// The root and its missing parents are made; a file where a directory
+    /// should be is refused, as `create_dir_all` refuses it.
+    #[test]
+    fn the_root_is_made_and_must_be_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("a/b/c");
+        super::FsStore::new(&root).unwrap();
+        assert!(root.is_dir());
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(super::FsStore::new(&file).is_err());
+        assert!(super::FsStore::new(file.join("below")).is_err());
+    }
 
     /// Against the name built whole, over every short combination.
     #[test]

@@ -26,10 +26,15 @@ struct Line<'a> {
     /// Raw too: a map would keep the last of two equal keys silently.
     #[serde(default, borrow)]
     metadata: Option<&'a RawValue>,
-    #[serde(default, borrow)]
+    /// `null` included (`Option` would take it for a missing field).
+    #[serde(default, borrow, deserialize_with = "present")]
     schema_version: Option<&'a RawValue>,
     #[serde(default, borrow)]
     expected_version: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// The events of `append` input, one line at a time, so that an input of
@@ -347,6 +352,10 @@ mod tests {
             (
                 r#""stream":"s","type":"t","schema_version":99999999999999999999"#,
                 "found 99999999999999999999",
+            ),
+            (
+                r#""stream":"s","type":"t","schema_version":null"#,
+                "field `schema_version`: expected a whole number from 0 to 4294967295, found null",
             ),
         ];
         for (fields, want) in cases {
