@@ -991,8 +991,6 @@ async fn read_or_restore(
     }
 }
 
-/// A cache blob beside a checkpoint, if there is one (missing ones only
-/// make reads or proofs do more work).
 /// Cache blobs read ahead of the walk (see `signed.rs`).
 type Ahead = Vec<(String, ReadAhead)>;
 
@@ -1001,6 +999,8 @@ fn take_ahead(ahead: &mut Ahead, blob: &str) -> Option<ReadAhead> {
     Some(ahead.swap_remove(at).1)
 }
 
+/// A cache blob beside a checkpoint, if there is one (missing ones only
+/// make reads or proofs do more work).
 async fn read_cache(reader: &LedgerReader, blob: &str) -> Result<Option<Vec<u8>>> {
     match reader.store().read_all(blob).await {
         Ok(b) => Ok(Some(b)),
