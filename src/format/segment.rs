@@ -17,15 +17,15 @@ use super::{DecodeError, Hash, FORMAT_VERSION};
 pub const MAGIC: &[u8; 8] = b"BILEDGER";
 pub const HEADER_LEN: usize = 84;
 
-/// Whether `bytes`, a whole last segment (the caller checks that it holds
-/// nothing more), are a header that a crash left
-/// unwritten: exactly a header's length of zeros. A file system may make a
-/// file's new length durable before its data, so a rollover interrupted
-/// between writing the header and its `fdatasync` can leave this; the
-/// writer's `fdatasync` returned before anything followed the header, so
-/// nothing else is a crash artifact.
-pub fn is_unwritten_header(bytes: &[u8]) -> bool {
-    bytes.len() == HEADER_LEN && bytes.iter().all(|&b| b == 0)
+/// Whether a last segment of `size` bytes that starts with `header` is a
+/// header a crash left unwritten: exactly a header's length of zeros,
+/// nothing after it. A file system may make a file's new length durable
+/// before its data, so a rollover interrupted between writing the header
+/// and its `fdatasync` can leave this; the writer's `fdatasync` returned
+/// before anything followed the header, so nothing else is a crash
+/// artifact.
+pub fn is_unwritten_header(size: u64, header: &[u8]) -> bool {
+    size == HEADER_LEN as u64 && header.len() == HEADER_LEN && header.iter().all(|&b| b == 0)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

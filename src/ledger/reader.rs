@@ -105,8 +105,7 @@ impl LedgerReader {
                 continue;
             }
             let bytes = store.read(&info.name, 0, HEADER_LEN as u64).await?;
-            if Some(index) == last && info.size == HEADER_LEN as u64 && is_unwritten_header(&bytes)
-            {
+            if Some(index) == last && is_unwritten_header(info.size, &bytes) {
                 // A rollover that a crash interrupted, and the writer's
                 // open completes: no records (format §12.3).
                 continue;

@@ -396,10 +396,13 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         let is_last = *index as usize == last;
         let name = &info.name;
         if *index > tip.segment_index || tip.segment_len == 0 {
-            let unwritten = is_last
-                && info.size == HEADER_LEN as u64
-                && is_unwritten_header(&store.read(name, 0, HEADER_LEN as u64).await?);
-            if info.size < HEADER_LEN as u64 || unwritten {
+            // Read once: to tell an unwritten header, or to check it.
+            let bytes = if info.size >= HEADER_LEN as u64 {
+                store.read(name, 0, HEADER_LEN as u64).await?
+            } else {
+                Vec::new()
+            };
+            if info.size < HEADER_LEN as u64 || is_last && is_unwritten_header(info.size, &bytes) {
                 if !is_last {
                     return Err(IntegrityError::new(
                         name,
@@ -427,7 +430,6 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
                 tip.segment_blocks = 1;
                 continue; // the last segment, with nothing after its header
             } else {
-                let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
                 let h = SegmentHeader::decode(&bytes).map_err(|e| {
                     IntegrityError::new(name, e.offset as u64, Some(tip.size), e.what)
                 })?;

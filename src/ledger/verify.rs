@@ -162,10 +162,7 @@ impl LedgerReader {
                 .into());
             }
             let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
-            if *index as usize == last
-                && info.size == HEADER_LEN as u64
-                && is_unwritten_header(&bytes)
-            {
+            if *index as usize == last && is_unwritten_header(info.size, &bytes) {
                 // A torn tail, and so a failure (§12.3), but named as what
                 // it is rather than as a bad magic number.
                 return Err(IntegrityError::new(

@@ -198,7 +198,9 @@ fn lease_runtime() -> &'static tokio::runtime::Handle {
 }
 
 /// Runs `f` on the lease runtime and waits for it here.
+/// (`lock` names the lock, for the error if that runtime is gone.)
 pub(super) async fn on_lease_runtime<T: Send + 'static>(
+    lock: &str,
     f: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
 ) -> Result<T, StoreError> {
     match lease_runtime().spawn(f).await {
@@ -206,7 +208,7 @@ pub(super) async fn on_lease_runtime<T: Send + 'static>(
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => Err(StoreError::Io {
             op: "take the writer lease on",
-            name: String::new(),
+            name: lock.to_owned(),
             source: std::io::Error::other(e.to_string()),
         }),
     }

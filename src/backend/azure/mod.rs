@@ -989,7 +989,7 @@ impl BlobStore for AzureBlobStore {
         // every renewal after it (see `Inner::leasing`).
         let store = self.clone();
         let lock_name = name.to_owned();
-        let (client, lease_id, sent) = lease::on_lease_runtime(async move {
+        let (client, lease_id, sent) = lease::on_lease_runtime(name, async move {
             let name = lock_name.as_str();
             let client = store.inner.leasing.blob_client(&blob);
             match client
