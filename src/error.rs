@@ -2,6 +2,7 @@
 //! sequence number, so an operator can look at the bytes.
 
 use crate::backend::StoreError;
+use crate::format::DecodeError;
 use crate::model::ExpectedVersion;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +28,13 @@ impl IntegrityError {
             seq,
             what: what.into(),
         }
+    }
+
+    /// `e`, found in `blob` at `base + e.offset`: at the record that failed
+    /// to decode if it names one, else at `seq` (the batch's first record,
+    /// or the checkpoint a cache belongs to).
+    pub fn decoding(blob: impl Into<String>, base: u64, e: DecodeError, seq: Option<u64>) -> Self {
+        IntegrityError::new(blob, base + e.offset as u64, e.seq.or(seq), e.what)
     }
 }
 

@@ -1588,6 +1588,55 @@ async fn a_forged_record_is_placed_between_two_checkpoints() {
     assert!(reader.inclusion_proof(2, 6).await.is_ok());
 }
 
+/// A record that does not decode (forged under a mended CRC) is named by
+/// its own sequence number, not by its batch's first: the number in the
+/// error is the one an operator looks up.
+#[tokio::test]
+async fn a_record_that_does_not_decode_is_named_by_its_own_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", options(9))
+        .await
+        .unwrap();
+    ledger.append(counted("first", 2)).await.unwrap();
+    let events = (0..5)
+        .map(|i| bi_ledger::NewEvent::json(format!("entity-{i}"), "Named", &serde_json::json!({})))
+        .collect();
+    let r = ledger.append(events).await.unwrap();
+    ledger.close().await.unwrap();
+    let seg = dir.path().join("main/0000000000.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    forge::forge_in_frame(
+        &mut bytes,
+        r[0].offset as usize,
+        b"entity-3",
+        b"entity\xff3",
+    );
+    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")
+        .await
+        .unwrap();
+    let named = |e: &bi_ledger::IntegrityError| {
+        assert_eq!(
+            (e.blob.as_str(), e.seq),
+            ("main/0000000000.seg", Some(r[3].seq)),
+            "{e}"
+        );
+        assert!(e.offset > r[0].offset, "{e}");
+        assert!(e.what.contains("stream is not UTF-8"), "{e}");
+    };
+    let verifier = reader.recorded_verifier().clone();
+    match reader.verify(&verifier, &|_, _| {}).await {
+        Err(bi_ledger::LedgerError::Integrity(e)) => named(&e),
+        other => panic!("verify of a forged record gave {other:?}"),
+    }
+    match reader.read(0, None).await {
+        Err(bi_ledger::LedgerError::Integrity(e)) => named(&e),
+        other => panic!("a read over a forged record gave {other:?}"),
+    }
+}
+
 /// While checkpoints cannot be written (a full disk, a store outage),
 /// appends go on and are answered: a due checkpoint is retried with a
 /// growing pause, not in a loop that admits nothing. Once the store

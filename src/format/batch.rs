@@ -331,6 +331,7 @@ impl<'a> Iterator for RecordIter<'a> {
                     BatchBody::RECORDS_OFFSET + e.offset,
                     format!("record {seq}: {}", e.what),
                 )
+                .in_record(seq)
             });
         match r {
             Ok(r) => {

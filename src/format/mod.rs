@@ -121,6 +121,9 @@ pub(crate) fn open_cache<'a>(
 pub struct DecodeError {
     pub offset: usize,
     pub what: String,
+    /// The sequence number of the record that failed to decode, where one
+    /// did: a batch's frame names only its first.
+    pub seq: Option<u64>,
 }
 
 impl DecodeError {
@@ -128,7 +131,13 @@ impl DecodeError {
         DecodeError {
             offset,
             what: what.into(),
+            seq: None,
         }
+    }
+
+    pub fn in_record(mut self, seq: u64) -> Self {
+        self.seq = Some(seq);
+        self
     }
 }
 

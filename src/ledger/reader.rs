@@ -111,7 +111,7 @@ impl LedgerReader {
                 continue;
             }
             let h = SegmentHeader::decode(&bytes)
-                .map_err(|e| IntegrityError::new(&info.name, e.offset as u64, None, e.what))?;
+                .map_err(|e| IntegrityError::decoding(&info.name, 0, e, None))?;
             // Each field at its own offset (format §4.1).
             let wrong = if h.ledger_id != meta.id {
                 Some((
@@ -298,12 +298,7 @@ impl LedgerReader {
                     };
                     for r in body.iter() {
                         let r = r.map_err(|e| {
-                            IntegrityError::new(
-                                &seg.name,
-                                loc.offset + e.offset as u64,
-                                None,
-                                e.what,
-                            )
+                            IntegrityError::decoding(&seg.name, loc.offset, e, None)
                         })?;
                         if r.seq < from {
                             continue;

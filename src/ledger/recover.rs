@@ -430,9 +430,8 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
                 tip.segment_blocks = 1;
                 continue; // the last segment, with nothing after its header
             } else {
-                let h = SegmentHeader::decode(&bytes).map_err(|e| {
-                    IntegrityError::new(name, e.offset as u64, Some(tip.size), e.what)
-                })?;
+                let h = SegmentHeader::decode(&bytes)
+                    .map_err(|e| IntegrityError::decoding(name, 0, e, Some(tip.size)))?;
                 check_header(name, &h, meta, *index, &tip)?;
             }
             tip.segment_index = *index;
@@ -444,7 +443,7 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
             // what ties the segment to the chain, so check it.
             let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
             let h = SegmentHeader::decode(&bytes)
-                .map_err(|e| IntegrityError::new(name, e.offset as u64, Some(tip.size), e.what))?;
+                .map_err(|e| IntegrityError::decoding(name, 0, e, Some(tip.size)))?;
             check_header(name, &h, meta, *index, &tip)?;
         }
         let size = store.info(name).await?.size;
@@ -698,7 +697,7 @@ pub fn apply_batch(
     }
     let records = body
         .decode_all()
-        .map_err(|e| IntegrityError::new(blob, offset + e.offset as u64, Some(tip.size), e.what))?;
+        .map_err(|e| IntegrityError::decoding(blob, offset, e, Some(tip.size)))?;
     for (r, (leaf, mid)) in records.iter().zip(hash_records(&records)) {
         tip.apply(r, mid, leaf)
             .map_err(|what| IntegrityError::new(blob, offset, Some(r.seq), what))?;
@@ -729,7 +728,7 @@ async fn load_snapshot(
         e => e.into(),
     })?;
     let snap = Snapshot::decode_owned(bytes)
-        .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
+        .map_err(|e| IntegrityError::decoding(&blob, 0, e, Some(cp.size)))?;
     let root = Frontier::from_parts(snap.size, snap.frontier.clone())
         .map_err(|e| IntegrityError::new(&blob, 0, Some(cp.size), e.to_string()))?
         .root();

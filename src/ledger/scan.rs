@@ -41,14 +41,8 @@ impl Chunk {
     /// is an integrity error naming `blob`, its offset and the batch.
     pub fn records(&self, i: usize, blob: &str) -> Result<Vec<RecordRef<'_>>, IntegrityError> {
         let body = self.frame(i);
-        body.decode_all().map_err(|e| {
-            IntegrityError::new(
-                blob,
-                self.offset(i) + e.offset as u64,
-                Some(body.first_seq),
-                e.what,
-            )
-        })
+        body.decode_all()
+            .map_err(|e| IntegrityError::decoding(blob, self.offset(i), e, Some(body.first_seq)))
     }
 }
 

@@ -427,9 +427,8 @@ impl LedgerReader {
         let (seg, offset) = (&self.segments()[pos], batch.position.1);
         let body = chunk.frame(0);
         for r in body.iter() {
-            let r = r.map_err(|e: DecodeError| {
-                IntegrityError::new(&seg.name, offset + e.offset as u64, None, e.what)
-            })?;
+            let r =
+                r.map_err(|e: DecodeError| IntegrityError::decoding(&seg.name, offset, e, None))?;
             match emit.offer(&r) {
                 Offer::Taken => {}
                 other => return Ok(other),

@@ -173,9 +173,8 @@ impl LedgerReader {
                 )
                 .into());
             }
-            let h = SegmentHeader::decode(&bytes).map_err(|e| {
-                IntegrityError::new(name, e.offset as u64, Some(w.tip.size), e.what)
-            })?;
+            let h = SegmentHeader::decode(&bytes)
+                .map_err(|e| IntegrityError::decoding(name, 0, e, Some(w.tip.size)))?;
             recover::check_header(name, &h, &meta, *index, &w.tip)?;
             w.tip.segment_index = *index;
             w.tip.segment_len = HEADER_LEN as u64;
@@ -779,7 +778,7 @@ async fn check_stream_index(
             Err(absent) => return Ok(Some(absent)),
         };
     let idx = StreamIndex::decode(&bytes)
-        .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
+        .map_err(|e| IntegrityError::decoding(&blob, 0, e, Some(cp.size)))?;
     if idx != want {
         return Err(
             IntegrityError::new(&blob, 0, Some(cp.size), index_differs(&idx, &want)).into(),
@@ -860,7 +859,7 @@ async fn check_merged(
         return Ok(()); // deleted since it was listed: a cache
     };
     let idx = StreamIndex::decode(&bytes)
-        .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
+        .map_err(|e| IntegrityError::decoding(&blob, 0, e, Some(cp.size)))?;
     let at_checkpoint = idx.from == 0 || m.checkpoints.binary_search(&idx.from).is_ok();
     if idx.from >= cp.size || idx.from < m.start || !at_checkpoint {
         return Err(IntegrityError::new(
@@ -1033,7 +1032,7 @@ async fn check_nodes(
         Err(absent) => return Ok(Some(absent)),
     };
     let got = NodeCache::decode(&bytes)
-        .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
+        .map_err(|e| IntegrityError::decoding(&blob, 0, e, Some(cp.size)))?;
     if (got.ledger_id, got.from, got.to) != (want.ledger_id, want.from, want.to) {
         let what = format!(
             "node cache covers records {}..{} of ledger {}, the log says {}..{} of {}{}",
@@ -1102,7 +1101,7 @@ async fn check_snapshot(
         Err(e) => return Err(LedgerError::Store(e)),
     };
     let snap = Snapshot::decode_owned(bytes)
-        .map_err(|e| IntegrityError::new(&blob, e.offset as u64, Some(cp.size), e.what))?;
+        .map_err(|e| IntegrityError::decoding(&blob, 0, e, Some(cp.size)))?;
     // The streams are compared entry by entry, so that the first that
     // differs is named; the rest of the state as a whole.
     if let Some((stream, log, snapshot)) = tip.streams.first_difference(&snap.streams) {
