@@ -164,6 +164,90 @@ impl StreamTable {
         out
     }
 
+    /// [`Self::merged`] in this table's own buffer, for a table nobody else
+    /// holds: a table of millions of streams (76 MB at four million) is then
+    /// not held twice while it is rewritten. The changes' worst-case room is
+    /// added at the end, the entries are merged backwards from there (every
+    /// entry lands at or after where it was read from, so nothing unread is
+    /// overwritten) and the result is moved to the front.
+    pub fn merge_in_place(&mut self, changes: &[(&str, u64)]) {
+        if changes.is_empty() {
+            return;
+        }
+        let room: usize = changes.iter().map(|(s, _)| entry_len_bound(s)).sum();
+        let old_end = self.end;
+        self.bytes.truncate(old_end);
+        // Exactly: `resize` alone would double a buffer of tens of MB.
+        self.bytes.reserve_exact(room);
+        self.bytes.resize(old_end + room, 0);
+        let mut w = old_end + room;
+        let mut entry = Vec::new();
+        let mut count = 0u64;
+        let mut emit = |bytes: &mut Vec<u8>, w: &mut usize, stream: &[u8], version: u64| {
+            entry.clear();
+            varint::put(&mut entry, stream.len() as u64);
+            entry.extend_from_slice(stream);
+            varint::put(&mut entry, version);
+            *w -= entry.len();
+            bytes[*w..*w + entry.len()].copy_from_slice(&entry);
+            count += 1;
+        };
+        let mut rest = changes;
+        // Entries between two sparse points, decoded forwards so that they
+        // can be walked backwards: (stream start, stream end, version).
+        let mut run: Vec<(usize, usize, u64)> = Vec::with_capacity(STRIDE);
+        let mut run_end = old_end;
+        let mut stream = Vec::new();
+        for &point in self.points.iter().rev() {
+            run.clear();
+            let mut pos = point;
+            while pos < run_end {
+                let (s, _) = stream_at(&self.bytes, &mut pos).expect("entries checked");
+                let s_end = pos;
+                let v = varint::get(&self.bytes, &mut pos).expect("entries checked");
+                run.push((s_end - s.len(), s_end, v));
+            }
+            for &(s_start, s_end, v) in run.iter().rev() {
+                // A copy: the entry written may overlap where it was read.
+                stream.clear();
+                stream.extend_from_slice(&self.bytes[s_start..s_end]);
+                while let Some((&(c, cv), before)) = rest.split_last() {
+                    if c.as_bytes() <= stream.as_slice() {
+                        break;
+                    }
+                    emit(&mut self.bytes, &mut w, c.as_bytes(), cv);
+                    rest = before;
+                }
+                match rest.split_last() {
+                    Some((&(c, cv), before)) if c.as_bytes() == stream.as_slice() => {
+                        emit(&mut self.bytes, &mut w, &stream, cv);
+                        rest = before;
+                    }
+                    _ => emit(&mut self.bytes, &mut w, &stream, v),
+                }
+            }
+            run_end = point;
+        }
+        for &(c, cv) in rest.iter().rev() {
+            emit(&mut self.bytes, &mut w, c.as_bytes(), cv);
+        }
+        let len = old_end + room - w;
+        self.bytes.copy_within(w.., 0);
+        self.bytes.truncate(len);
+        self.start = 0;
+        self.end = len;
+        self.count = count;
+        self.points.clear();
+        let mut pos = 0;
+        for i in 0..count {
+            if i.is_multiple_of(STRIDE as u64) {
+                self.points.push(pos);
+            }
+            stream_at(&self.bytes, &mut pos).expect("entries written");
+            varint::get(&self.bytes, &mut pos).expect("entries written");
+        }
+    }
+
     /// The entries of [`Self::merged`], in order, without building it.
     pub fn overlaid<'a>(
         &'a self,
@@ -245,6 +329,13 @@ mod tests {
             let m = t.merged(&changes);
             prop_assert!(m.bytes.capacity() <= t.entries_bytes().len() + changes.iter().map(|(s, _)| entry_len_bound(s)).sum::<usize>());
             prop_assert_eq!(&m, &table(&want));
+            let mut in_place = t.clone();
+            in_place.merge_in_place(&changes);
+            prop_assert_eq!(&in_place, &m);
+            prop_assert_eq!(&in_place.points, &m.points);
+            for p in probes.iter().chain(want.keys()) {
+                prop_assert_eq!(in_place.get(p), want.get(p).copied());
+            }
             for p in probes.iter().chain(want.keys()) {
                 prop_assert_eq!(m.get(p), want.get(p).copied());
             }
@@ -258,6 +349,19 @@ mod tests {
                 prop_assert_eq!(d.get(p), want.get(p).copied());
             }
             prop_assert!(d.iter().eq(m.iter()));
+            // A table still in its snapshot's buffer, with bytes before and
+            // after its entries, is merged in place too.
+            let mut framed = vec![7u8; 3];
+            framed.extend_from_slice(t.entries_bytes());
+            framed.push(9);
+            let (mut d, _) = StreamTable::decode(framed, 3, t.len()).unwrap();
+            d.merge_in_place(&changes);
+            prop_assert_eq!(&d, &m);
+            let relative = |t: &StreamTable| t.points.iter().map(|p| p - t.start).collect::<Vec<_>>();
+            prop_assert_eq!(relative(&d), relative(&m));
+            for p in probes.iter().chain(want.keys()) {
+                prop_assert_eq!(d.get(p), want.get(p).copied());
+            }
         }
     }
 

@@ -84,18 +84,16 @@ impl StreamVersions {
     /// Folds the changed streams into the table and returns it.
     pub fn table(&mut self) -> Arc<StreamTable> {
         if !self.changed.is_empty() {
-            let table = self.table.merged(&self.sorted_changes());
-            self.changed = HashMap::new();
-            self.table = Arc::new(table);
+            let changed = std::mem::take(&mut self.changed);
+            let changes = sorted(&changed);
+            match Arc::get_mut(&mut self.table) {
+                // Held only here (verify's walk; a writer whose last
+                // snapshot is written): rewritten in its own buffer.
+                Some(table) => table.merge_in_place(&changes),
+                None => self.table = Arc::new(self.table.merged(&changes)),
+            }
         }
         self.table.clone()
-    }
-
-    fn sorted_changes(&self) -> Vec<(&str, u64)> {
-        let mut changes: Vec<(&str, u64)> =
-            self.changed.iter().map(|(s, v)| (s.as_str(), *v)).collect();
-        changes.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        changes
     }
 
     /// The first stream (in byte order) whose version in `other` is not
@@ -106,7 +104,7 @@ impl StreamVersions {
         &self,
         other: &StreamTable,
     ) -> Option<(String, Option<u64>, Option<u64>)> {
-        let changes = self.sorted_changes();
+        let changes = sorted(&self.changed);
         let mut ours = self.table.overlaid(changes).peekable();
         let mut theirs = other.iter().peekable();
         let (stream, ours, theirs) = loop {
@@ -134,6 +132,12 @@ impl StreamVersions {
             self.table();
         }
     }
+}
+
+fn sorted(changed: &HashMap<String, u64>) -> Vec<(&str, u64)> {
+    let mut changes: Vec<(&str, u64)> = changed.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+    changes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    changes
 }
 
 #[cfg(test)]

@@ -556,6 +556,11 @@ pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
 /// core: measured at 75 µs there and 60 µs back on a 2-vCPU VM, a third of
 /// the `fdatasync` itself. The writer's thread has nothing else to do
 /// meanwhile, so it does the I/O itself.
+/// The longest read whose buffer is allocated before the size is checked:
+/// a scan's chunk (`ledger::scan::CHUNK`) and a snapshot of millions of
+/// streams.
+const READ_ON_CALLER: u64 = 256 << 20;
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
@@ -644,6 +649,17 @@ impl BlobStore for SharedFs {
 
     async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         let (me, name) = (self.clone(), name.to_owned());
+        // Allocated here, on the caller's thread, not on one of the many
+        // threads of tokio's blocking pool: glibc gives each thread an arena
+        // of its own, and the chunks a scan frees stay resident in the arena
+        // that allocated them (verify of 4M streams: 387 MiB resident with
+        // the buffers allocated there). A length past any chunk is allocated
+        // after the size check instead.
+        let mut buf = Vec::with_capacity(if len <= READ_ON_CALLER {
+            len as usize
+        } else {
+            0
+        });
         blocking(move || {
             let path = me.path(&name)?;
             let f = File::open(&path).map_err(|e| not_found_or(e, "open", &name))?;
@@ -663,7 +679,7 @@ impl BlobStore for SharedFs {
             }
             // read_to_end fills spare capacity without zeroing it first,
             // which for 8 MiB scan chunks is a measurable share of a read.
-            let mut buf = Vec::with_capacity(len as usize);
+            buf.reserve_exact(len as usize);
             let mut f = f;
             f.seek(std::io::SeekFrom::Start(offset))
                 .and_then(|_| (&f).take(len).read_to_end(&mut buf))
