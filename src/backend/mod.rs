@@ -115,6 +115,14 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// The ledger never deletes segments or checkpoints.
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
 
+    /// [`Self::put`] of `parts` one after the other, for a caller whose blob
+    /// is in pieces (a snapshot: its header and a stream table of tens of
+    /// MB) and should not be copied into one. Stores that can write pieces
+    /// override this; the rest are given the pieces joined.
+    async fn put_parts(&self, name: &str, parts: &[&[u8]]) -> Result<(), StoreError> {
+        self.put(name, &parts.concat()).await
+    }
+
     /// Reads a whole blob.
     async fn read_all(&self, name: &str) -> Result<Vec<u8>, StoreError> {
         let info = self.info(name).await?;

@@ -659,12 +659,12 @@ impl Writer {
         let indexed = self.tip.index.to > self.tip.index.from;
         if indexed {
             let blob = layout::stream_index(&self.meta.name, cp.size);
-            self.put_cache(&blob, &self.tip.index.encode()).await?;
+            self.put_cache(&blob, &[&self.tip.index.encode()]).await?;
         }
         if !self.tip.nodes.is_empty() {
             self.check_lock()?;
             let blob = layout::nodes(&self.meta.name, cp.size);
-            self.put_cache(&blob, &self.tip.node_cache().encode())
+            self.put_cache(&blob, &[&self.tip.node_cache().encode()])
                 .await?;
         }
         self.check_lock()?;
@@ -674,10 +674,14 @@ impl Writer {
         // simply not found when pruned).
         self.snapshots.insert(cp.size);
         {
-            // Scoped: a ledger of millions of streams frees its snapshot's
-            // bytes before the checkpoint's put.
-            let snapshot = self.tip.snapshot().encode();
-            self.put_cache(&snap_blob, &snapshot).await?;
+            // In parts, so that the stream table (76 MB at four million
+            // streams) is written from where it lies, not copied; scoped,
+            // so that nothing else holds the table at its next fold, which
+            // then rewrites it in place.
+            let snapshot = self.tip.snapshot();
+            let (head, entries, digest) = snapshot.encoded_parts();
+            self.put_cache(&snap_blob, &[&head, entries, &digest])
+                .await?;
         }
         self.check_lock()?;
         let blob = layout::checkpoint(&self.meta.name, cp.size);
@@ -815,13 +819,22 @@ impl Writer {
     /// this name. No checkpoint refers to it (or this one would not be
     /// written), so it is replaced; usually its bytes are the same, but a
     /// recovered rollover since moves the position.
-    async fn put_cache(&self, blob: &str, bytes: &[u8]) -> Result<()> {
-        match self.store.put(blob, bytes).await {
+    async fn put_cache(&self, blob: &str, parts: &[&[u8]]) -> Result<()> {
+        match self.store.put_parts(blob, parts).await {
             Ok(()) => Ok(()),
             Err(StoreError::AlreadyExists { .. }) => {
-                if self.store.read_all(blob).await? != bytes {
+                let stored = self.store.read_all(blob).await?;
+                let same = stored.len() == parts.iter().map(|p| p.len()).sum::<usize>()
+                    && parts
+                        .iter()
+                        .scan(0, |at, p| {
+                            *at += p.len();
+                            Some(&stored[*at - p.len()..*at] == *p)
+                        })
+                        .all(|same| same);
+                if !same {
                     self.store.delete(blob).await?;
-                    self.store.put(blob, bytes).await?;
+                    self.store.put_parts(blob, parts).await?;
                 }
                 Ok(())
             }

@@ -60,6 +60,7 @@ macro_rules! for_each_check {
             seal_makes_read_only,
             seal_seen_by_other_handle,
             put_is_immutable,
+            put_parts_is_one_put,
             concurrent_puts_one_wins,
             second_handle_stale_offset,
             lock_is_exclusive,
@@ -680,6 +681,24 @@ pub async fn put_is_immutable(b: &dyn Backend) {
         names(s2.as_ref(), "p/").await,
         ["p/app", "p/deep/er/blob", "p/empty", "p/one"]
     );
+}
+
+/// `put_parts` writes its parts as one blob, with `put`'s rules.
+pub async fn put_parts_is_one_put(b: &dyn Backend) {
+    let (_ns, s) = fresh(b);
+    let (head, body) = (block(3, 1, 70), block(4, 2, 300_000));
+    s.put_parts("pp/snapshot", &[&head, &body, b"", b"end"])
+        .await
+        .unwrap();
+    assert_eq!(
+        contents(s.as_ref(), "pp/snapshot").await,
+        [&head[..], &body, b"end"].concat()
+    );
+    assert_already_exists(s.put_parts("pp/snapshot", &[b"x"]).await, "pp/snapshot");
+    assert_already_exists(s.put("pp/snapshot", b"x").await, "pp/snapshot");
+    s.put_parts("pp/none", &[]).await.unwrap();
+    assert_eq!(contents(s.as_ref(), "pp/none").await, b"");
+    assert_eq!(size_of(_ns.open().as_ref(), "pp/snapshot").await, 300_073);
 }
 
 pub async fn concurrent_puts_one_wins(b: &dyn Backend) {

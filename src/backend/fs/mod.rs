@@ -59,14 +59,16 @@ struct OpenBlob {
 impl FsStore {
     /// `put`, blocking: written to a side file, fsynced, made read-only,
     /// then linked to its name and the directory fsynced.
-    fn put_in_place(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+    fn put_in_place(&self, name: &str, parts: &[&[u8]]) -> Result<(), StoreError> {
         let path = self.path(name)?;
         let dir = path.parent().unwrap().to_owned();
         create_dirs(&dir).map_err(|e| io("create directory for", name, e))?;
         let tmp = self.side_path(name, &format!("tmp-{}", uuid::Uuid::new_v4().simple()))?;
         let result = (|| {
             let mut f = File::create(&tmp)?;
-            f.write_all(data)?;
+            for part in parts {
+                f.write_all(part)?;
+            }
             f.sync_all()?;
             let mut perms = f.metadata()?.permissions();
             perms.set_readonly(true);
@@ -767,14 +769,18 @@ impl BlobStore for SharedFs {
     }
 
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        self.put_parts(name, &[data]).await
+    }
+
+    async fn put_parts(&self, name: &str, parts: &[&[u8]]) -> Result<(), StoreError> {
         // On the writer's own thread the put runs in place and writes the
         // caller's bytes: a snapshot of millions of streams is tens of MB,
         // and a copy for the thread pool would be one more of them.
         if crate::backend::may_block_here() {
-            return self.put_in_place(name, data);
+            return self.put_in_place(name, parts);
         }
-        let (me, name, data) = (self.clone(), name.to_owned(), data.to_vec());
-        blocking(move || me.put_in_place(&name, &data)).await
+        let (me, name, data) = (self.clone(), name.to_owned(), parts.concat());
+        blocking(move || me.put_in_place(&name, &[&data])).await
     }
 
     async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
