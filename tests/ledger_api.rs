@@ -1637,6 +1637,103 @@ async fn a_record_that_does_not_decode_is_named_by_its_own_number() {
     }
 }
 
+/// Four segments of one batch (2 records, stream `s{i}`) each.
+async fn four_small_segments(dir: &std::path::Path) -> Vec<bi_ledger::Receipt> {
+    let mut opts = options(8);
+    opts.checkpoint_every_events = None;
+    opts.checkpoint_interval = None;
+    opts.segment_max_blocks = 2; // header and one batch a segment
+    let ledger = bi_ledger::Ledger::create(store(dir), "main", opts)
+        .await
+        .unwrap();
+    let mut firsts = Vec::new();
+    for i in 0..4 {
+        firsts.push(ledger.append(counted(&format!("s{i}"), 2)).await.unwrap()[0].clone());
+    }
+    ledger.close().await.unwrap();
+    firsts
+}
+
+/// Cuts segment `index` to `len` bytes, leaving it writable (unsealed) or
+/// read-only as asked.
+fn cut_segment_n(dir: &std::path::Path, index: u64, len: u64, sealed: bool) {
+    let seg = dir.join(format!("main/{index:010}.seg"));
+    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    if sealed {
+        std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+}
+
+/// Readers do not rely on sealing (format §4.2): a segment before the last
+/// that lost its batches at a frame boundary is a gap whether or not the
+/// store shows it sealed (a restore that drops file modes, a crash between
+/// a rollover and its seal), never a shorter log. Found in a review: reads
+/// returned records 0, 1, 4..8 and stream `s1` empty, without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_after_an_unsealed_segment_is_an_integrity_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let firsts = four_small_segments(dir.path()).await;
+    assert_eq!(
+        firsts.iter().map(|r| r.segment).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    cut_segment_n(
+        dir.path(),
+        1,
+        bi_ledger::format::segment::HEADER_LEN as u64,
+        false,
+    );
+    let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")
+        .await
+        .unwrap();
+    match reader.read(0, None).await {
+        Err(bi_ledger::LedgerError::Integrity(e)) => {
+            assert_eq!(
+                (e.blob.as_str(), e.seq),
+                ("main/0000000002.seg", Some(2)),
+                "{e}"
+            )
+        }
+        other => panic!("records 2 and 3 are gone: {other:?}"),
+    }
+    match reader.read_stream("s1").await {
+        Err(bi_ledger::LedgerError::Integrity(_)) => {}
+        other => panic!("stream s1 lost its events: {other:?}"),
+    }
+    match reader.inclusion_proof(5, 8).await {
+        Err(bi_ledger::LedgerError::Integrity(_)) => {}
+        other => panic!("a proof across the gap: {other:?}"),
+    }
+}
+
+/// Only the last segment may be shorter than a header (a rollover in
+/// progress, format §12.3); one before it lost its header, and is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_middle_segment_without_its_header_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    four_small_segments(dir.path()).await;
+    for sealed in [true, false] {
+        cut_segment_n(dir.path(), 1, 40, sealed);
+        match bi_ledger::LedgerReader::open(store(dir.path()), "main").await {
+            Err(bi_ledger::LedgerError::Integrity(e)) => assert_eq!(
+                (e.blob.as_str(), e.offset),
+                ("main/0000000001.seg", 40),
+                "{e}"
+            ),
+            other => panic!(
+                "a middle segment without its header: {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+}
+
 /// While checkpoints cannot be written (a full disk, a store outage),
 /// appends go on and are answered: a due checkpoint is retried with a
 /// growing pause, not in a loop that admits nothing. Once the store

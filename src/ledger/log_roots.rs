@@ -50,7 +50,7 @@ impl LedgerReader {
         let last = segments.len().saturating_sub(1);
         for (i, seg) in segments.iter().enumerate().skip(first) {
             if i > first {
-                due.segment(seg, &segments[i - 1])?;
+                due.segment(seg)?;
             }
             if seg.first_seq >= size {
                 break;

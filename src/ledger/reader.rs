@@ -29,12 +29,13 @@ pub struct SegmentRef {
 pub(crate) struct Due(pub u64);
 
 impl Due {
-    /// Entering segment `seg`, after `prev`. Only a sealed segment's listed
-    /// length is final: a listing taken while the writer rolled over may
-    /// show the one before the new segment shorter than it ended, so after
-    /// one that is not sealed the new segment's header is taken at its word.
-    pub fn segment(&mut self, seg: &SegmentRef, prev: &SegmentRef) -> Result<()> {
-        if prev.sealed && self.0 != seg.first_seq {
+    /// Entering segment `seg`. Every segment before the last has its final
+    /// length in [`LedgerReader::segments`] (`LedgerReader::open` looks
+    /// again at one the listing did not show sealed), so a new segment
+    /// that does not start where the one before it ended is a gap, sealed
+    /// or not: readers do not rely on sealing (format §4.2).
+    pub fn segment(&mut self, seg: &SegmentRef) -> Result<()> {
+        if self.0 != seg.first_seq {
             return Err(IntegrityError::new(
                 &seg.name,
                 0,
@@ -99,8 +100,27 @@ impl LedgerReader {
         let mut segments = Vec::new();
         let listed = recover::list_segments(store.as_ref(), name).await?;
         let last = listed.last().map(|(index, _)| *index);
-        for (index, info) in listed {
+        for (index, mut info) in listed {
+            if Some(index) != last && !info.sealed {
+                // A listing taken while the writer rolled over may show the
+                // segment before the new one shorter than it ended (or not
+                // yet sealed). Its appends ended before the next segment
+                // was created, which this listing shows: its length now is
+                // final.
+                info = store.info(&info.name).await?;
+            }
             if info.size < HEADER_LEN as u64 {
+                if Some(index) != last {
+                    // Only the last segment may be a rollover in progress
+                    // (format §12.3); one before it lost its header.
+                    return Err(IntegrityError::new(
+                        &info.name,
+                        info.size,
+                        None,
+                        "segment header is incomplete",
+                    )
+                    .into());
+                }
                 // A rollover in progress (or interrupted): nothing to read yet.
                 continue;
             }
@@ -264,7 +284,7 @@ impl LedgerReader {
                 HEADER_LEN as u64
             };
             if i > start {
-                due.segment(seg, &self.segments[i - 1])?;
+                due.segment(seg)?;
             }
             // After the gap check: a read that ends before this segment
             // still holds the one before it to its end.
