@@ -78,6 +78,22 @@ impl NewEvent {
         }
     }
 
+    /// The record this event becomes at sequence number `seq`, stamped
+    /// `timestamp_us`, as version `stream_version` of its stream.
+    pub fn into_record(self, seq: u64, timestamp_us: i64, stream_version: u64) -> Record {
+        Record {
+            seq,
+            timestamp_us,
+            stream: self.stream,
+            stream_version,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            content_type: self.content_type,
+            metadata: self.metadata.into_iter().collect(),
+            payload: self.payload,
+        }
+    }
+
     /// An event with an opaque binary payload.
     pub fn bytes(
         stream: impl Into<String>,

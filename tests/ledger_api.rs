@@ -43,14 +43,7 @@ async fn checkpointed_on_demand(dir: &std::path::Path, seed: u8) -> bi_ledger::L
 
 /// Cuts segment 0 back to `len` bytes, as damage or a recovery would.
 fn cut_segment(dir: &std::path::Path, len: u64) {
-    let seg = dir.join("main/0000000000.seg");
-    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&seg)
-        .unwrap()
-        .set_len(len)
-        .unwrap();
+    cut_segment_n(dir, 0, len, false);
 }
 
 /// Flips a byte of the batch at `offset` of segment 0, past its frame
@@ -1637,17 +1630,21 @@ async fn a_record_that_does_not_decode_is_named_by_its_own_number() {
     }
 }
 
-/// Four segments of one batch (2 records, stream `s{i}`) each.
-async fn four_small_segments(dir: &std::path::Path) -> Vec<bi_ledger::Receipt> {
+/// `batches` batches of 2 records (stream `s{i}` for the `i`th), each
+/// segment holding `per_segment` of them; the receipt of each batch's first
+/// record.
+async fn batches_in_small_segments(
+    dir: &std::path::Path,
+    batches: usize,
+    per_segment: u64,
+) -> Vec<bi_ledger::Receipt> {
     let mut opts = options(8);
-    opts.checkpoint_every_events = None;
-    opts.checkpoint_interval = None;
-    opts.segment_max_blocks = 2; // header and one batch a segment
+    opts.segment_max_blocks = per_segment + 1; // and the header
     let ledger = bi_ledger::Ledger::create(store(dir), "main", opts)
         .await
         .unwrap();
     let mut firsts = Vec::new();
-    for i in 0..4 {
+    for i in 0..batches {
         firsts.push(ledger.append(counted(&format!("s{i}"), 2)).await.unwrap()[0].clone());
     }
     ledger.close().await.unwrap();
@@ -1678,7 +1675,7 @@ fn cut_segment_n(dir: &std::path::Path, index: u64, len: u64, sealed: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_after_an_unsealed_segment_is_an_integrity_error() {
     let dir = tempfile::tempdir().unwrap();
-    let firsts = four_small_segments(dir.path()).await;
+    let firsts = batches_in_small_segments(dir.path(), 4, 1).await;
     assert_eq!(
         firsts.iter().map(|r| r.segment).collect::<Vec<_>>(),
         [0, 1, 2, 3]
@@ -1717,7 +1714,7 @@ async fn a_gap_after_an_unsealed_segment_is_an_integrity_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_middle_segment_without_its_header_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    four_small_segments(dir.path()).await;
+    batches_in_small_segments(dir.path(), 4, 1).await;
     for sealed in [true, false] {
         cut_segment_n(dir.path(), 1, 40, sealed);
         match bi_ledger::LedgerReader::open(store(dir.path()), "main").await {
@@ -1784,16 +1781,7 @@ async fn appends_go_on_while_checkpoints_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_refuse_batches_cut_out_at_frame_boundaries() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = options(8);
-    opts.segment_max_blocks = 4; // header and three batches a segment
-    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", opts)
-        .await
-        .unwrap();
-    let mut firsts = Vec::new();
-    for i in 0..6 {
-        firsts.push(ledger.append(counted(&format!("s{i}"), 2)).await.unwrap()[0].clone());
-    }
-    ledger.close().await.unwrap();
+    let firsts = batches_in_small_segments(dir.path(), 6, 3).await;
     assert_eq!((firsts[2].segment, firsts[3].segment), (0, 1));
     let read_all = || async {
         let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")

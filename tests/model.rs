@@ -420,17 +420,7 @@ impl Model {
                 (first.segment, first.offset, first.timestamp_us),
                 "one call, one batch"
             );
-            let record = Record {
-                seq,
-                timestamp_us: r.timestamp_us,
-                stream: e.stream,
-                stream_version: v,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-                content_type: e.content_type,
-                metadata: e.metadata.into_iter().collect(),
-                payload: e.payload,
-            };
+            let record = e.into_record(seq, r.timestamp_us, v);
             let hash = chain::link(&self.head(), &record.leaf_hash());
             assert_eq!(r.hash, hash, "chain hash of {seq}");
             self.versions.insert(record.stream.clone(), v);

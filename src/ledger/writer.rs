@@ -475,17 +475,7 @@ impl Writer {
         let ts = crate::time::now_us().max(self.tip.last_ts);
         let start = next.records.len();
         for (e, (v, _)) in events.into_iter().zip(versions) {
-            next.records.push(Record {
-                seq: self.tip.size,
-                timestamp_us: ts,
-                stream: e.stream,
-                stream_version: v,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-                content_type: e.content_type,
-                metadata: e.metadata.into_iter().collect(),
-                payload: e.payload,
-            });
+            next.records.push(e.into_record(self.tip.size, ts, v));
             self.tip.size += 1;
         }
         self.tip.last_ts = ts;
