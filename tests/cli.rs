@@ -10,7 +10,6 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -21,7 +20,10 @@ use serde_json::{json, Value};
 
 #[path = "support/cli.rs"]
 mod cli_support;
+#[path = "support/dirs.rs"]
+mod dirs;
 use cli_support::*;
+use dirs::copy_dir;
 
 // ---------------------------------------------------------------------------
 // init, append, read, stats, verify
@@ -1185,19 +1187,6 @@ fn second_writer_is_refused() {
 // ---------------------------------------------------------------------------
 // A torn last batch, recovered by the next writer
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
 #[test]
 fn torn_tail_is_cut_on_reopen() {
     let (f, _) = Fixture::init();
@@ -1495,4 +1484,121 @@ fn stream_reads_that_end_early_do_not_read_on() {
     );
     let whole = f.run(&["read", "--stream", "x"]);
     assert_eq!(whole.code, 1, "{}", whole.describe());
+}
+
+// ---------------------------------------------------------------------------
+// verify --trusted-checkpoint: checkpoints kept outside the ledger
+
+/// A checkpoint kept elsewhere, in any of the three forms the tool prints
+/// or stores it in, finds a tail cut off with its checkpoints (which
+/// `verify` alone passes); a file that is not a checkpoint signed by the
+/// key is refused before anything is read.
+#[test]
+fn verify_against_kept_checkpoints_finds_a_cut_tail() {
+    let (f, _) = Fixture::init();
+    f.append(&line("order-1", "OrderPlaced", json!({"n": 1})))
+        .ok();
+    let before = f.dir.path().join("before");
+    copy_dir(&f.data(), &before);
+    f.append(&line("order-1", "OrderShipped", json!({"n": 2})))
+        .ok();
+    let cp = f.run(&["checkpoint"]).ok();
+    let kept = f.dir.path().join("kept");
+    std::fs::create_dir(&kept).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = kept.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let as_json = file("checkpoint.json", &cp.stdout);
+    let note = cp.json()["note"].as_str().unwrap().to_owned();
+    let as_note = file("checkpoint.note", &note);
+    let proof = f.run(&["prove", "--seq", "0"]).ok();
+    let as_proof = file("proof.json", &proof.stdout);
+    let key = f.path("main.key.pub");
+    let key = key.to_str().unwrap();
+
+    let v = f
+        .run(&[
+            "verify",
+            "--public-key",
+            key,
+            "--trusted-checkpoint",
+            &as_json,
+            "--trusted-checkpoint",
+            &as_note,
+            "--trusted-checkpoint",
+            &as_proof,
+        ])
+        .ok()
+        .json();
+    let matched: Vec<_> = v["trusted_checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["size"].as_u64().unwrap(),
+                m["matched"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(matched, vec![(2, "checkpoint".to_owned()); 3], "{v}");
+
+    // The ledger as it was before the second event: whole and signed, so
+    // verify alone passes; the kept checkpoint says two records.
+    let rolled_back = |args: &[&str]| {
+        let mut a = vec!["verify", "--public-key", key];
+        a.extend_from_slice(args);
+        run_in(&before, &a, None)
+    };
+    rolled_back(&[]).ok();
+    let out = rolled_back(&["--trusted-checkpoint", &as_note]);
+    assert_eq!(out.code, 1, "{}", out.describe());
+    let v = out.json();
+    assert_eq!(
+        (&v["valid"], &v["blob"], &v["seq"]),
+        (&json!(false), &json!("main/0000000000.seg"), &json!(1)),
+        "{v}"
+    );
+    let seg_len = std::fs::metadata(before.join("main/0000000000.seg"))
+        .unwrap()
+        .len();
+    assert_eq!(v["offset"], seg_len, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("records 1..2 were removed"),
+        "{v}"
+    );
+
+    // Not a checkpoint, or not one this key signed: a usage error, named.
+    let other_key = f.dir.path().join("other.key");
+    f.run(&["keygen", "--out", other_key.to_str().unwrap()])
+        .ok();
+    let other_pub = format!("{}.pub", other_key.display());
+    for (args, says) in [
+        (
+            vec![
+                "--trusted-checkpoint",
+                &as_proof[..],
+                "--public-key",
+                &other_pub[..],
+            ],
+            "no signature by key",
+        ),
+        (vec!["--trusted-checkpoint", key], "trusted checkpoint"),
+        (
+            vec!["--trusted-checkpoint", "/nonexistent/cp"],
+            "/nonexistent/cp",
+        ),
+    ] {
+        let mut a = vec!["verify"];
+        a.extend(args);
+        let out = f.run(&a);
+        assert_eq!(out.code, 2, "{}", out.describe());
+        assert!(out.stdout.is_empty(), "{}", out.describe());
+        assert!(strip_ansi(&out.stderr).contains(says), "{}", out.describe());
+    }
 }

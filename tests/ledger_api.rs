@@ -7,6 +7,8 @@ use std::sync::Arc;
 use bi_ledger::backend::fs::FsStore;
 use bi_ledger::backend::{BlobInfo, BlobStore, StoreError, WriterLock};
 
+#[path = "support/dirs.rs"]
+mod dirs;
 #[path = "support/forge.rs"]
 mod forge;
 #[path = "suite/ledger.rs"]
@@ -2351,5 +2353,129 @@ async fn every_checkpoint_of_many_is_checked_as_the_walk_reaches_it() {
         Err(bi_ledger::LedgerError::Integrity(e)) => assert_eq!(e.blob, blob, "{e}"),
         Err(e) => assert!(e.to_string().contains(blob), "{e}"),
         Ok(r) => panic!("a checkpoint signed by another key verified: {r:?}"),
+    }
+}
+
+/// What a checkpoint kept outside the ledger tells that the ledger's own
+/// cannot: records cut off with every checkpoint that signed them, and a
+/// history written again under the same key. Ledger A crashes at 5 records
+/// with its last checkpoint at 3; a copy of it (B) signs the 5 (`t5`), and
+/// A goes on to 7. C and D are copies of A at 3: C writes other records
+/// after them, D nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_checkpoint_finds_records_removed_or_rewritten() {
+    use bi_ledger::ledger::trusted::TrustedMatch;
+    let root = tempfile::tempdir().unwrap();
+    let [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map(|n| root.path().join(n));
+    let ledger = checkpointed_on_demand(&a, 7).await;
+    let verifier = ledger.verifier().clone();
+    ledger.append(counted("s", 3)).await.unwrap();
+    let t3 = ledger.checkpoint().await.unwrap().checkpoint;
+    // Where segment 0 ends at 3 records.
+    let seg_at_3 = ledger.append(counted("s", 2)).await.unwrap()[0].offset;
+    drop(ledger);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    dirs::copy_dir(&a, &b);
+    let ledger = bi_ledger::Ledger::open(store(&b), "main", options(7))
+        .await
+        .unwrap();
+    let t5 = ledger.checkpoint().await.unwrap().checkpoint;
+    ledger.close().await.unwrap();
+    let ledger = bi_ledger::Ledger::open(store(&a), "main", options(7))
+        .await
+        .unwrap();
+    ledger.append(counted("s", 2)).await.unwrap();
+    let t7 = ledger.close().await.unwrap().checkpoint;
+    assert_eq!((t3.size, t5.size, t7.size), (3, 5, 7));
+
+    let check = |dir: std::path::PathBuf, cps: Vec<bi_ledger::format::checkpoint::Checkpoint>| {
+        let verifier = verifier.clone();
+        async move {
+            let reader = bi_ledger::LedgerReader::open(store(&dir), "main")
+                .await
+                .unwrap();
+            let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+            let mut out = Vec::new();
+            for cp in &cps {
+                out.push(reader.check_trusted(cp, &report).await);
+            }
+            out
+        }
+    };
+    let matched: Vec<_> = check(a.clone(), vec![t3.clone(), t5.clone(), t7.clone()])
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        matched,
+        [
+            TrustedMatch::Checkpoint,
+            TrustedMatch::Log, // A never stored a checkpoint of 5
+            TrustedMatch::Checkpoint,
+        ]
+    );
+
+    // C and D: A as it was at 3 records, its later segment bytes cut off.
+    for dir in [&c, &d] {
+        dirs::copy_dir(&a, dir);
+        cut_segment_n(dir, 0, seg_at_3, false);
+        let cps = dir.join("main/.checkpoint-00000000000000");
+        std::fs::set_permissions(&cps, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::remove_file(cps.join("000007")).unwrap();
+        for cache in [
+            ".streams-00000000000000",
+            ".nodes-00000000000000",
+            ".snapshot-00000000000000",
+        ] {
+            let _ = std::fs::remove_file(dir.join("main").join(cache).join("000007"));
+        }
+    }
+    let ledger = bi_ledger::Ledger::open(store(&c), "main", options(7))
+        .await
+        .unwrap();
+    ledger.append(counted("other", 4)).await.unwrap();
+    assert_eq!(ledger.close().await.unwrap().checkpoint.size, 7);
+    for (dir, cp, blob, seq, says) in [
+        (
+            &c,
+            &t5,
+            "main/LEDGER",
+            None,
+            "records before 5 were changed",
+        ),
+        (
+            &c,
+            &t7,
+            "main/checkpoint-00000000000000000007",
+            None,
+            "records before 7 were changed",
+        ),
+        (
+            &d,
+            &t5,
+            "main/0000000000.seg",
+            Some(3),
+            "records 3..5 were removed",
+        ),
+    ] {
+        let got = check(dir.clone(), vec![cp.clone()]).await.pop().unwrap();
+        match got {
+            Err(bi_ledger::LedgerError::Integrity(e)) => {
+                assert_eq!((e.blob.as_str(), e.seq), (blob, seq), "{e}");
+                assert!(e.what.contains(says), "{e}");
+            }
+            other => panic!("{} against {}: {other:?}", dir.display(), cp.size),
+        }
+    }
+
+    // Another ledger under the same key is not this one.
+    checkpointed_on_demand(&e, 7).await.close().await.unwrap();
+    match check(e.clone(), vec![t3]).await.pop().unwrap() {
+        Err(bi_ledger::LedgerError::Integrity(err)) => {
+            assert_eq!(err.blob, "main/LEDGER");
+            assert!(err.what.contains("another ledger"), "{err}");
+        }
+        other => panic!("{other:?}"),
     }
 }

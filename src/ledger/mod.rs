@@ -32,6 +32,7 @@ pub mod scan;
 mod signed;
 mod streams;
 pub mod tip;
+pub mod trusted;
 pub mod verify;
 pub mod versions;
 mod writer;

@@ -126,6 +126,13 @@ enum Cmd {
         /// (printed by `init` and `verify`): another ledger signed by the same key fails.
         #[arg(long, env = "BI_LEDGER_ORIGIN")]
         origin: Option<String>,
+        /// A checkpoint kept outside the ledger (the output of `checkpoint` or
+        /// `prove`, or a checkpoint's note text); repeatable. The ledger must
+        /// still hold at least its records, unchanged: this finds records cut
+        /// off together with the checkpoints that signed them, and a history
+        /// signed again with the same key, which the ledger's own checkpoints cannot.
+        #[arg(long = "trusted-checkpoint", value_name = "FILE")]
+        trusted_checkpoints: Vec<PathBuf>,
     },
     /// Sign a checkpoint of the ledger as it is now and print it (the newest
     /// checkpoint, if it already covers every record).
@@ -603,12 +610,14 @@ async fn run(cli: Cli) -> Outcome {
             public_key,
             restore_caches,
             origin,
+            trusted_checkpoints,
         } => {
             verify(
                 &cli,
                 public_key.as_deref(),
                 *restore_caches,
                 origin.as_deref(),
+                trusted_checkpoints,
             )
             .await
         }
@@ -821,6 +830,7 @@ async fn verify(
     public_key: Option<&Path>,
     restore_caches: bool,
     origin: Option<&str>,
+    trusted_files: &[PathBuf],
 ) -> Outcome {
     // Damage found while opening (the LEDGER file, a segment header, the
     // segment listing) is reported like damage found later.
@@ -849,6 +859,12 @@ async fn verify(
             format!("this is ledger {found}, not the expected {want}"),
         ));
     }
+    // Before the long part: a file that is not a checkpoint signed by the
+    // key is the caller's mistake, found at once.
+    let trusted = trusted_files
+        .iter()
+        .map(|f| Ok((f, load_trusted_checkpoint(f, &verifier)?)))
+        .collect::<Result<Vec<_>>>()?;
     let bar = progress::Progress::new("verify");
     let start = Instant::now();
     let opts = VerifyOptions { restore_caches };
@@ -856,6 +872,31 @@ async fn verify(
         .verify_with(&verifier, opts, &|done, total| bar.update(done, total))
         .await;
     bar.finish();
+    let mut matched = Vec::with_capacity(trusted.len());
+    if let (Ok(r), false) = (&result, trusted.is_empty()) {
+        // Opened again: verify lists the segments afresh, and may have
+        // seen records that a live writer appended after the first open.
+        let reader = LedgerReader::open(store(cli, false).await?, &cli.ledger).await?;
+        for (file, cp) in &trusted {
+            match reader.check_trusted(cp, r).await {
+                Ok(how) => matched.push(json!({
+                    "file": file.display().to_string(),
+                    "size": cp.size,
+                    "matched": how.as_str(),
+                })),
+                Err(LedgerError::Integrity(mut e)) => {
+                    e.what = format!("{} ({})", e.what, file.display());
+                    return integrity_json(e);
+                }
+                Err(e) => {
+                    return Err(anyhow!(e).context(format!(
+                        "checking the trusted checkpoint {}",
+                        file.display()
+                    )))
+                }
+            }
+        }
+    }
     match result {
         Ok(r) => {
             print(json!({
@@ -869,6 +910,7 @@ async fn verify(
                 "caches_without_checkpoint": r.caches_without_checkpoint,
                 "missing_caches": r.missing_caches,
                 "restored_caches": r.restored_caches,
+                "trusted_checkpoints": matched,
                 "root": hex(&r.root),
                 "chain_head": hex(&r.chain_head),
                 "seconds": start.elapsed().as_secs_f64(),
@@ -878,6 +920,32 @@ async fn verify(
         Err(LedgerError::Integrity(e)) => integrity_json(e),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A checkpoint kept outside the ledger, from FILE: the JSON that
+/// `checkpoint` (its `note`) or `prove` (its `checkpoint`) printed, or the
+/// note's own text. Its signature is checked against `verifier`.
+fn load_trusted_checkpoint(file: &Path, verifier: &Verifier) -> Result<Checkpoint> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading trusted checkpoint {}", file.display()))?;
+    let note = if text.trim_start().starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("trusted checkpoint {}: not JSON", file.display()))?;
+        match ["note", "checkpoint"]
+            .iter()
+            .find_map(|k| v.get(k).and_then(|x| x.as_str()))
+        {
+            Some(n) => n.to_owned(),
+            None => bail!(
+                "trusted checkpoint {}: JSON without a string field `note` (as `checkpoint` prints) or `checkpoint` (as `prove` prints)",
+                file.display()
+            ),
+        }
+    } else {
+        text
+    };
+    Checkpoint::open(&note, verifier)
+        .with_context(|| format!("trusted checkpoint {}", file.display()))
 }
 
 fn integrity_json(e: bi_ledger::error::IntegrityError) -> Outcome {
