@@ -178,6 +178,14 @@ impl Verifier {
         let bytes: [u8; 32] = typed[1..].try_into().expect("length checked above");
         let key = VerifyingKey::from_bytes(&bytes)
             .map_err(|_| problem("key: not a valid Ed25519 public key".into()))?;
+        // RFC 8032 (5.1.3) refuses a y of p or more; the decoder reduces
+        // it, and would take the key for another encoding of a canonical
+        // one, under another key id.
+        if key.to_edwards().compress().to_bytes() != bytes {
+            return Err(problem(
+                "key: not the canonical encoding of an Ed25519 point (its y is p or more)".into(),
+            ));
+        }
         // A small-order key verifies signatures over many messages, so it
         // would not bind a checkpoint to its signer.
         if key.is_weak() {
@@ -588,10 +596,7 @@ mod tests {
     }
 
     fn verifier_for(name: &str, key: &SigningKey) -> Verifier {
-        Verifier {
-            name: name.to_owned(),
-            key: key.verifying_key(),
-        }
+        verifier_for_key(name, key.verifying_key())
     }
 
     fn test_checkpoint() -> Checkpoint {
@@ -963,6 +968,27 @@ mod tests {
         let mut cp = test_checkpoint();
         cp.origin = "two words".into();
         cp.sign(TEST_NAME, &test_key());
+    }
+
+    /// A y of p or more decodes in ed25519-dalek (reduced mod p), as a
+    /// second spelling of a canonical key; RFC 8032 refuses it, and so do we.
+    #[test]
+    fn a_non_canonical_key_encoding_is_refused() {
+        let mut bytes = [0xff; 32];
+        bytes[0] = 0xed + 3; // p + 3, the y of a point of large order
+        bytes[31] = 0x7f;
+        let key = VerifyingKey::from_bytes(&bytes).expect("dalek decodes it");
+        assert!(!key.is_weak());
+        let vkey = verifier_for_key(TEST_NAME, key).to_vkey();
+        let e = Verifier::from_vkey(&vkey).unwrap_err().to_string();
+        assert!(e.contains("canonical"), "{e}");
+    }
+
+    fn verifier_for_key(name: &str, key: VerifyingKey) -> Verifier {
+        Verifier {
+            name: name.to_owned(),
+            key,
+        }
     }
 
     #[test]
