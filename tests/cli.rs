@@ -1544,6 +1544,10 @@ fn verify_against_kept_checkpoints_finds_a_cut_tail() {
         })
         .collect();
     assert_eq!(matched, vec![(2, "checkpoint".to_owned()); 3], "{v}");
+    // verify's own output carries the newest checkpoint it verified: kept,
+    // it is the next run's trusted checkpoint.
+    assert_eq!(v["checkpoint"].as_str(), Some(&note[..]), "{v}");
+    let as_verified = file("verified.json", &f.verify().ok().stdout);
 
     // The ledger as it was before the second event: whole and signed, so
     // verify alone passes; the kept checkpoint says two records.
@@ -1553,8 +1557,11 @@ fn verify_against_kept_checkpoints_finds_a_cut_tail() {
         run_in(&before, &a, None)
     };
     rolled_back(&[]).ok();
+    for kept in [&as_note, &as_verified] {
+        let out = rolled_back(&["--trusted-checkpoint", kept]);
+        assert_eq!(out.code, 1, "{}", out.describe());
+    }
     let out = rolled_back(&["--trusted-checkpoint", &as_note]);
-    assert_eq!(out.code, 1, "{}", out.describe());
     let v = out.json();
     assert_eq!(
         (&v["valid"], &v["blob"], &v["seq"]),

@@ -126,8 +126,8 @@ enum Cmd {
         /// (printed by `init` and `verify`): another ledger signed by the same key fails.
         #[arg(long, env = "BI_LEDGER_ORIGIN")]
         origin: Option<String>,
-        /// A checkpoint kept outside the ledger (the output of `checkpoint` or
-        /// `prove`, or a checkpoint's note text); repeatable. The ledger must
+        /// A checkpoint kept outside the ledger (the output of `checkpoint`,
+        /// `prove` or `verify`, or a checkpoint's note text); repeatable. The ledger must
         /// still hold at least its records, unchanged: this finds records cut
         /// off together with the checkpoints that signed them, and a history
         /// signed again with the same key, which the ledger's own checkpoints cannot.
@@ -899,9 +899,17 @@ async fn verify(
     }
     match result {
         Ok(r) => {
+            // The newest checkpoint verified, as its note: this output, kept,
+            // is what the next run's --trusted-checkpoint reads.
+            let newest = r.records - r.unsigned_tail;
+            let note = match reader.signed_checkpoint(Some(newest)).await? {
+                Some((_, _, note)) if Checkpoint::open(&note, &verifier).is_ok() => Some(note),
+                _ => None,
+            };
             print(json!({
                 "valid": true,
                 "origin": found,
+                "checkpoint": note,
                 "records": r.records,
                 "segments": r.segments,
                 "bytes": r.bytes,
@@ -923,8 +931,8 @@ async fn verify(
 }
 
 /// A checkpoint kept outside the ledger, from FILE: the JSON that
-/// `checkpoint` (its `note`) or `prove` (its `checkpoint`) printed, or the
-/// note's own text. Its signature is checked against `verifier`.
+/// `checkpoint` (its `note`), or `prove` or `verify` (their `checkpoint`)
+/// printed, or the note's own text. Its signature is checked against `verifier`.
 fn load_trusted_checkpoint(file: &Path, verifier: &Verifier) -> Result<Checkpoint> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("reading trusted checkpoint {}", file.display()))?;
@@ -937,7 +945,7 @@ fn load_trusted_checkpoint(file: &Path, verifier: &Verifier) -> Result<Checkpoin
         {
             Some(n) => n.to_owned(),
             None => bail!(
-                "trusted checkpoint {}: JSON without a string field `note` (as `checkpoint` prints) or `checkpoint` (as `prove` prints)",
+                "trusted checkpoint {}: JSON without a string field `note` (as `checkpoint` prints) or `checkpoint` (as `prove` and `verify` print)",
                 file.display()
             ),
         }
