@@ -120,14 +120,18 @@ fn every_command_on_azure() {
     assert_eq!(lines(&ok(&run(d, &container, &["read"], None))).len(), 3);
 
     let pubkey = d.join("main.key.pub");
-    let v = lines(&ok(&run(
+    let verified = ok(&run(
         d,
         &container,
         &["verify", "--public-key", pubkey.to_str().unwrap()],
         None,
-    )));
+    ));
+    let v = lines(&verified);
     assert_eq!(v[0]["valid"], true);
     assert_eq!(v[0]["records"], 3);
+    // Kept, it is a later run's trusted checkpoint (checked at the end).
+    let kept = d.join("kept.json");
+    std::fs::write(&kept, &verified).unwrap();
 
     ok(&run(d, &container, &["checkpoint"], None));
     let proof = ok(&run(d, &container, &["prove", "--seq", "1"], None));
@@ -180,8 +184,19 @@ fn every_command_on_azure() {
         refused,
         "a second writer was never refused while the demo wrote"
     );
-    let v = lines(&ok(&run(d, &container, &["verify"], None)));
+    let v = lines(&ok(&run(
+        d,
+        &container,
+        &["verify", "--trusted-checkpoint", kept.to_str().unwrap()],
+        None,
+    )));
     assert_eq!(v[0]["valid"], true);
+    assert_eq!(
+        v[0]["trusted_checkpoints"],
+        serde_json::json!([{"file": kept.to_str().unwrap(), "size": 3, "matched": "checkpoint"}]),
+        "{}",
+        v[0]
+    );
 }
 
 /// Without a connection string: an account URL with the account key, as
