@@ -22,63 +22,18 @@ use serde_json::json;
 mod azure_env;
 #[path = "conformance/blob.rs"]
 mod blob;
+#[path = "support/container.rs"]
+mod container;
 #[path = "support/names.rs"]
 mod listing;
 #[path = "support/proxy.rs"]
 mod proxy;
 
 use azure_env::account_or_skip;
+use container::{block_on, unique_container, Container};
 use proxy::{start_proxy, upstream_of, Fault, Faults};
 #[path = "suite/ledger.rs"]
 mod ledger;
-
-fn unique_container(tag: &str) -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    format!("{tag}-{}", &id[..20])
-}
-
-/// Runs a future to completion from synchronous code inside a
-/// multi-threaded runtime (the conformance suite's namespaces are sync).
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
-}
-
-/// A container that is deleted when dropped.
-struct Container {
-    account: ConnectionInfo,
-    name: String,
-    opts: AzureOptions,
-}
-
-impl Container {
-    async fn new(account: &ConnectionInfo, tag: &str, opts: AzureOptions) -> Container {
-        let c = Container {
-            account: account.clone(),
-            name: unique_container(tag),
-            opts,
-        };
-        c.store().create_container_if_missing().await.unwrap();
-        c
-    }
-
-    /// A new, independent store handle on the container.
-    fn store(&self) -> AzureBlobStore {
-        AzureBlobStore::new(self.account.clone(), &self.name, self.opts.clone()).unwrap()
-    }
-
-    fn dyn_store(&self) -> Arc<dyn BlobStore> {
-        Arc::new(self.store())
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let s = self.store();
-            let _ = block_on(s.delete_container());
-        }
-    }
-}
 
 // ------------------------------------------------------------ conformance
 
