@@ -104,6 +104,28 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     async fn info(&self, name: &str) -> Result<BlobInfo, StoreError>;
     /// Makes the blob read-only for good.
     async fn seal(&self, name: &str) -> Result<(), StoreError>;
+    /// [`Self::seal`], only if the blob holds exactly `expected_len` bytes:
+    /// else `OffsetMismatch` (with its length now), and nothing is sealed.
+    /// A blob already sealed at that length is `Ok`. The writer seals a
+    /// full segment with it when it rolls over, so that a writer that lost
+    /// its lock can never seal a segment another writer has appended to
+    /// since. Stores where another writer cannot exist (the fs store's
+    /// lock is exclusive) may check and seal in two steps, as here; the
+    /// Azure store makes the seal itself conditional.
+    async fn seal_at(&self, name: &str, expected_len: u64) -> Result<(), StoreError> {
+        let info = self.info(name).await?;
+        if info.size != expected_len {
+            return Err(StoreError::OffsetMismatch {
+                name: name.to_owned(),
+                expected: expected_len,
+                actual: info.size,
+            });
+        }
+        if info.sealed {
+            return Ok(());
+        }
+        self.seal(name).await
+    }
     /// Creates a whole immutable blob atomically; fails if it exists.
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError>;
     /// Cuts a blob back to `len` bytes. Only crash recovery calls this, for a

@@ -595,10 +595,17 @@ impl Writer {
     }
 
     /// Starts the next segment. Order matters for recovery: the new blob,
-    /// then its header, then sealing the old one; a crash between any two
-    /// leaves a state that `recover` completes.
+    /// then sealing the old one, then the new one's header; a crash between
+    /// any two leaves an empty last segment, which `recover` completes.
     /// `first_seq` is the first record of the block about to be written
     /// (the tip's size already counts records admitted after it).
+    ///
+    /// The seal comes before the header, and holds only if the old segment
+    /// is still the length this writer left it (`seal_at`): a writer that
+    /// lost its lock (an Azure lease broken, or expired, and taken) while a
+    /// new one appended to that segment is refused there, before it has
+    /// written a header that starts the next segment where the old one no
+    /// longer ends.
     async fn roll_over(&mut self, first_seq: u64) -> Result<(), StoreError> {
         let old = layout::segment(&self.meta.name, self.tip.segment_index);
         let index = self.tip.segment_index + 1;
@@ -610,8 +617,8 @@ impl Writer {
             prev_chain: self.tip.chain_head,
         };
         self.store.create(&name).await?;
+        self.store.seal_at(&old, self.tip.segment_len).await?;
         self.store.append(&name, 0, &header.encode()).await?;
-        self.store.seal(&old).await?;
         debug!(segment = %name, first_seq, "rolled over to a new segment");
         self.tip.segment_index = index;
         self.tip.segment_len = HEADER_LEN as u64;
