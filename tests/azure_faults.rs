@@ -238,3 +238,41 @@ async fn a_rollover_overtaken_after_its_lease_check_seals_nothing() {
     next.close().await.unwrap();
     assert_eq!(verified_log(c.dyn_store(), "l").await.len(), 4);
 }
+
+/// Writer A's lease is broken and writer B takes over and appends; then A,
+/// not knowing yet, is asked for a checkpoint (or closes, which writes
+/// one). Its checkpoint must not land beside B's log: B's next checkpoint
+/// puts a stream index and node cache that start at the checkpoint B found
+/// when it opened, and one of A's in between would leave them covering
+/// records a checkpoint before them already covers. A's caller gets an
+/// error; B's checkpoints verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_writer_puts_no_checkpoint() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "deposedcp", slow_renewal()).await;
+    let a = Ledger::create(c.dyn_store(), "l", rollover_opts())
+        .await
+        .unwrap();
+    a.append_one(event("a", 0, 0)).await.unwrap();
+
+    let b = take_over(&c, "l").await;
+    let late = a.checkpoint().await;
+    assert!(
+        matches!(&late, Err(LedgerError::Poisoned(why)) if why.contains("lease")),
+        "the deposed writer put a checkpoint: {late:?}"
+    );
+    assert!(matches!(a.close().await, Err(LedgerError::Poisoned(_))));
+    let s = c.store();
+    assert!(matches!(
+        s.info("l/checkpoint-00000000000000000001").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    b.append_one(event("b", 1, 0)).await.unwrap();
+    b.close().await.unwrap();
+    let log = verified_log(c.dyn_store(), "l").await;
+    assert_eq!(
+        log,
+        [("a".into(), 0), ("b".into(), 0), ("b".into(), 1)],
+        "{log:?}"
+    );
+}

@@ -155,7 +155,22 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 /// Held for as long as the writer may write; dropping it releases the lock.
 pub trait WriterLock: Send + Sync + fmt::Debug {
     /// Fails if the lock has been lost (a lease that could not be renewed).
+    /// Answers from what is known here, without asking anyone: a lease
+    /// broken (or expired and taken) since its last renewal still passes
+    /// until the next one.
     fn check(&self) -> Result<(), StoreError>;
+
+    /// Asks whoever grants the lock whether it is still held, now: for
+    /// writes that nothing else fences against another writer (a
+    /// checkpoint's puts, a rollover), unlike appends, which the store
+    /// makes conditional on the blob's length. Once refused, [`Self::check`]
+    /// fails too. A lock that cannot be taken away answers as `check`.
+    fn confirm(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + '_>>
+    {
+        Box::pin(std::future::ready(self.check()))
+    }
 
     /// Gives the lock up and returns once another writer can take it.
     /// Dropping the guard also releases it, but a remote lock (a lease) only

@@ -616,6 +616,9 @@ impl Writer {
             first_seq,
             prev_chain: self.tip.chain_head,
         };
+        // Asked first, so that a writer that lost its lock does not even
+        // leave an empty next segment in the new holder's way.
+        self.lock.confirm().await?;
         self.store.create(&name).await?;
         self.store.seal_at(&old, self.tip.segment_len).await?;
         self.store.append(&name, 0, &header.encode()).await?;
@@ -632,7 +635,7 @@ impl Writer {
         if let Some(p) = &self.poisoned {
             return Err(LedgerError::Poisoned(p.clone()));
         }
-        self.check_lock()?;
+        self.confirm_lock().await?;
         self.settle_unanswered().await?;
         if let Some(last) = &self.last_checkpoint {
             if last.checkpoint.size == self.tip.size {
@@ -680,7 +683,11 @@ impl Writer {
             self.put_cache(&snap_blob, &[&head, entries, &digest])
                 .await?;
         }
-        self.check_lock()?;
+        // The checkpoint itself, once the service says the lease is still
+        // ours (not only the last renewal): a writer whose lease was broken
+        // or taken since would put it beside the new holder's log, whose
+        // next caches start at the checkpoint that holder found.
+        self.confirm_lock().await?;
         let blob = layout::checkpoint(&self.meta.name, cp.size);
         let (cp, note) = match self.store.put(&blob, note.as_bytes()).await {
             Ok(()) => (cp, note),
@@ -729,6 +736,20 @@ impl Writer {
             let why = format!("writer lock lost: {e}");
             self.poisoned = Some(why.clone());
             return Err(LedgerError::Poisoned(why));
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_lock`], then asks the lock's holder whether it is
+    /// still held now (on Azure, renews the lease): before the writes that
+    /// nothing but the lock keeps from racing another writer's. A lock
+    /// refused poisons the writer, as `check_lock` does; one that could not
+    /// be asked fails this call only.
+    async fn confirm_lock(&mut self) -> Result<()> {
+        self.check_lock()?;
+        if let Err(e) = self.lock.confirm().await {
+            self.check_lock()?;
+            return Err(e.into());
         }
         Ok(())
     }
