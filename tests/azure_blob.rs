@@ -30,8 +30,8 @@ mod listing;
 mod proxy;
 
 use azure_env::account_or_skip;
-use container::{block_on, unique_container, Container};
-use proxy::{start_proxy, upstream_of, Fault, Faults};
+use container::{block_on, proxied, unique_container, Container};
+use proxy::Fault;
 #[path = "suite/ledger.rs"]
 mod ledger;
 
@@ -679,25 +679,6 @@ async fn dying_writer() {
 }
 
 // ------------------------------------------------------- injected faults
-
-/// A store whose requests go through a fault-injecting proxy, with short
-/// retry delays.
-async fn proxied(account: &ConnectionInfo, tag: &str) -> (Container, Arc<Faults>) {
-    let faults = Arc::new(Faults::default());
-    let upstream = upstream_of(&account.blob_endpoint);
-    let port = start_proxy(upstream, faults.clone()).await;
-    let mut via = account.clone();
-    via.blob_endpoint.set_port(Some(port)).unwrap();
-    let opts = AzureOptions {
-        retry: RetrySettings {
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(100),
-            ..RetrySettings::default()
-        },
-        ..AzureOptions::default()
-    };
-    (Container::new(&via, tag, opts).await, faults)
-}
 
 /// 503s to reads, listings and writes are retried; the writes land once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

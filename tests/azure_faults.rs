@@ -12,15 +12,18 @@ use bi_ledger::backend::{BlobInfo, BlobStore, StoreError, WriterLock};
 use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, Mutex};
 
 #[path = "support/azure.rs"]
 mod azure_env;
 #[path = "support/container.rs"]
 mod container;
+#[path = "support/proxy.rs"]
+mod proxy;
 
 use azure_env::account_or_skip;
-use container::Container;
+use container::{proxied_with, Container};
+use proxy::Fault;
 
 fn ledger_opts() -> LedgerOptions {
     let mut o = LedgerOptions::new(SigningKey::from_bytes(&[42; 32]));
@@ -126,15 +129,62 @@ async fn a_deposed_writer_cannot_roll_over_past_the_new_writers_appends() {
     assert_eq!(verified_log(c.dyn_store(), "l").await.len(), 4);
 }
 
-/// A store that holds the first `create` of a blob whose name ends with
-/// `pause_at` until the test lets it go, having said so: what a writer
-/// does between checking its lease and reaching the service can then be
-/// overtaken by another writer, deterministically.
-#[derive(Debug)]
+/// Where [`Paused`] stops a call: before it reaches the store, or after.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stop {
+    Before,
+    After,
+}
+
+/// Which calls [`Paused`] stops, by operation and blob name, and where.
+type When = dyn Fn(&str, &str) -> Option<Stop> + Send + Sync;
+
+/// A store that stops the calls `when` picks (by operation and blob name)
+/// until the test lets them go, having said which: what a writer does
+/// between two steps can then be overtaken by another writer, or looked at
+/// by readers, deterministically.
 struct Paused {
     inner: Arc<dyn BlobStore>,
-    pause_at: &'static str,
-    gate: Mutex<Option<(mpsc::Sender<()>, oneshot::Receiver<()>)>>,
+    when: Box<When>,
+    paused: mpsc::Sender<String>,
+    resume: Mutex<mpsc::Receiver<()>>,
+}
+
+impl std::fmt::Debug for Paused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paused")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl Paused {
+    /// The store, where it says what it paused at, and where the test
+    /// lets it go on.
+    fn new(
+        inner: Arc<dyn BlobStore>,
+        when: impl Fn(&str, &str) -> Option<Stop> + Send + Sync + 'static,
+    ) -> (Arc<Paused>, mpsc::Receiver<String>, mpsc::Sender<()>) {
+        let (paused, paused_rx) = mpsc::channel(1);
+        let (resume_tx, resume) = mpsc::channel(1);
+        let store = Arc::new(Paused {
+            inner,
+            when: Box::new(when),
+            paused,
+            resume: Mutex::new(resume),
+        });
+        (store, paused_rx, resume_tx)
+    }
+
+    async fn stop(&self, op: &str, name: &str, at: Stop) {
+        if (self.when)(op, name) == Some(at) {
+            self.paused
+                .send(format!("{at:?} {op} {name}"))
+                .await
+                .unwrap();
+            self.resume.lock().await.recv().await.unwrap();
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -149,13 +199,10 @@ impl BlobStore for Paused {
         self.inner.max_blocks()
     }
     async fn create(&self, name: &str) -> Result<(), StoreError> {
-        if name.ends_with(self.pause_at) {
-            if let Some((paused, resume)) = self.gate.lock().await.take() {
-                paused.send(()).await.unwrap();
-                resume.await.unwrap();
-            }
-        }
-        self.inner.create(name).await
+        self.stop("create", name, Stop::Before).await;
+        self.inner.create(name).await?;
+        self.stop("create", name, Stop::After).await;
+        Ok(())
     }
     async fn append(&self, name: &str, at: u64, block: &[u8]) -> Result<u64, StoreError> {
         self.inner.append(name, at, block).await
@@ -173,7 +220,10 @@ impl BlobStore for Paused {
         self.inner.seal(name).await
     }
     async fn seal_at(&self, name: &str, len: u64) -> Result<(), StoreError> {
-        self.inner.seal_at(name, len).await
+        self.stop("seal_at", name, Stop::Before).await;
+        self.inner.seal_at(name, len).await?;
+        self.stop("seal_at", name, Stop::After).await;
+        Ok(())
     }
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
         self.inner.put(name, data).await
@@ -198,12 +248,8 @@ impl BlobStore for Paused {
 async fn a_rollover_overtaken_after_its_lease_check_seals_nothing() {
     let account = account_or_skip!();
     let c = Container::new(&account, "overtaken", slow_renewal()).await;
-    let (paused_tx, mut paused) = mpsc::channel(1);
-    let (resume, resume_rx) = oneshot::channel();
-    let s: Arc<dyn BlobStore> = Arc::new(Paused {
-        inner: c.dyn_store(),
-        pause_at: "/0000000001.seg",
-        gate: Mutex::new(Some((paused_tx, resume_rx))),
+    let (s, mut paused, resume) = Paused::new(c.dyn_store(), |op, name| {
+        (op == "create" && name.ends_with("/0000000001.seg")).then_some(Stop::Before)
     });
     let a = Ledger::create(s, "l", rollover_opts()).await.unwrap();
     a.append_one(event("a", 0, 0)).await.unwrap();
@@ -213,7 +259,7 @@ async fn a_rollover_overtaken_after_its_lease_check_seals_nothing() {
     });
     paused.recv().await.unwrap();
     let b = take_over(&c, "l").await;
-    resume.send(()).unwrap();
+    resume.send(()).await.unwrap();
     let (a, late) = late.await.unwrap();
     assert!(
         matches!(&late, Err(LedgerError::Poisoned(_))),
@@ -275,4 +321,173 @@ async fn a_deposed_writer_puts_no_checkpoint() {
         [("a".into(), 0), ("b".into(), 0), ("b".into(), 1)],
         "{log:?}"
     );
+}
+
+/// Life of an event, step 5, when every answer of the rollover is lost
+/// after the service acted on it: the `create` of the next segment, the
+/// conditional seal of the full one, and the next one's header. Each retry
+/// finds its own earlier attempt landed (the create by its id, the seal by
+/// the segment sealed at the length it was asked to seal at, the header by
+/// reading it back), and the writer goes on: nothing is written twice and
+/// the log verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollover_whose_answers_are_lost_goes_through() {
+    let account = account_or_skip!();
+    let opts = AzureOptions {
+        max_blocks: 3,
+        ..AzureOptions::default()
+    };
+    let (c, faults) = proxied_with(&account, "lostroll", opts).await;
+    let s = c.dyn_store();
+    let ledger = Ledger::create(s.clone(), "l", ledger_opts()).await.unwrap();
+    for i in 0..2 {
+        let r = ledger.append_one(event("s", i, 0)).await.unwrap();
+        assert_eq!(r.segment, 0);
+    }
+    faults.add("x-ms-blob-type: AppendBlob", Fault::DropAfterForward, 1);
+    faults.add("comp=seal", Fault::DropAfterForward, 1);
+    faults.add(
+        "/l/0000000001.seg?comp=appendblock",
+        Fault::DropAfterForward,
+        1,
+    );
+    let r = ledger.append_one(event("s", 2, 0)).await.unwrap();
+    assert_eq!((r.seq, r.segment, r.offset), (2, 1, 84));
+    assert_eq!(
+        faults.injected.load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    let r = ledger.append_one(event("s", 3, 0)).await.unwrap();
+    assert_eq!((r.seq, r.segment), (3, 1));
+    ledger.close().await.unwrap();
+    let seg0 = s.info("l/0000000000.seg").await.unwrap();
+    let seg1 = s.info("l/0000000001.seg").await.unwrap();
+    assert!(seg0.sealed && !seg1.sealed, "{seg0:?} {seg1:?}");
+    assert_eq!((seg0.block_count, seg1.block_count), (3, 3));
+    assert_eq!(verified_log(s, "l").await.len(), 4);
+}
+
+/// Readers at work while a writer appends and rolls over every two
+/// batches (and checkpoints every few events): every `open`, `read`,
+/// `len` and `verify` sees a whole prefix of the log, never a torn tail, a
+/// gap between segments or an integrity error, whichever rollover step it
+/// meets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_during_appends_and_rollovers_see_whole_prefixes() {
+    let account = account_or_skip!();
+    let opts = AzureOptions {
+        max_blocks: 3,
+        ..AzureOptions::default()
+    };
+    let c = Container::new(&account, "liveread", opts).await;
+    let mut o = ledger_opts();
+    o.checkpoint_every_events = Some(5);
+    let ledger = Ledger::create(c.dyn_store(), "l", o).await.unwrap();
+    const EVENTS: usize = 60;
+    let writer = tokio::spawn(async move {
+        for i in 0..EVENTS {
+            ledger.append_one(event("s", i, 100)).await.unwrap();
+        }
+        ledger.close().await.unwrap();
+    });
+    let (mut reads, mut last) = (0, 0);
+    loop {
+        let done = writer.is_finished();
+        let reader = LedgerReader::open(c.dyn_store(), "l")
+            .await
+            .unwrap_or_else(|e| panic!("open after {reads} reads: {e}"));
+        let all = reader
+            .read(0, None)
+            .await
+            .unwrap_or_else(|e| panic!("read after {reads} reads: {e}"));
+        assert!(all
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.seq == i as u64 && r.stream_version == i as u64));
+        assert!(all.len() >= last, "{} then {}", last, all.len());
+        last = all.len();
+        let len = reader.len().await.unwrap();
+        assert_eq!(len as usize, all.len());
+        if reads % 3 == 0 {
+            let report = reader
+                .verify(reader.recorded_verifier(), &|_, _| {})
+                .await
+                .unwrap_or_else(|e| panic!("verify after {reads} reads: {e}"));
+            assert!(report.records as usize >= all.len());
+        }
+        reads += 1;
+        if done {
+            break;
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(last, EVENTS);
+    eprintln!("{reads} rounds of reads");
+}
+
+/// Readers between the steps of a rollover: the writer is held right after
+/// it created the next segment, and right after it sealed the full one
+/// (before the next one has its header). Each time, `open`, `read`, `len`
+/// and `verify` see exactly the records acknowledged so far, and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_between_rollover_steps_see_the_log_whole() {
+    let account = account_or_skip!();
+    let opts = AzureOptions {
+        max_blocks: 3,
+        ..AzureOptions::default()
+    };
+    let c = Container::new(&account, "rollsteps", opts).await;
+    let (s, mut paused, resume) = Paused::new(c.dyn_store(), |op, name| {
+        let next_segment = name.ends_with(".seg") && !name.ends_with("/0000000000.seg");
+        match op {
+            "create" if next_segment => Some(Stop::After),
+            "seal_at" => Some(Stop::After),
+            _ => None,
+        }
+    });
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut o = ledger_opts();
+    o.checkpoint_every_events = Some(3);
+    let ledger = Ledger::create(s, "l", o).await.unwrap();
+    const EVENTS: usize = 7;
+    let writer = tokio::spawn({
+        let acked = acked.clone();
+        async move {
+            for i in 0..EVENTS {
+                ledger.append_one(event("s", i, 10)).await.unwrap();
+                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            ledger.close().await.unwrap();
+        }
+    });
+    let mut stops = Vec::new();
+    loop {
+        // The store goes with the writer, and with it the channel.
+        let Some(what) = paused.recv().await else {
+            break;
+        };
+        let want = acked.load(std::sync::atomic::Ordering::SeqCst);
+        let reader = LedgerReader::open(c.dyn_store(), "l")
+            .await
+            .unwrap_or_else(|e| panic!("{what}: open: {e}"));
+        let all = reader
+            .read(0, None)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: read: {e}"));
+        assert_eq!(all.len() as u64, want, "{what}");
+        assert_eq!(reader.len().await.unwrap(), want, "{what}");
+        let report = reader
+            .verify(reader.recorded_verifier(), &|_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("{what}: verify: {e}"));
+        assert_eq!(report.records, want, "{what}");
+        assert_eq!(reader.read_stream("s").await.unwrap().len() as u64, want);
+        stops.push(what);
+        resume.send(()).await.unwrap();
+    }
+    writer.await.unwrap();
+    // Segments of a header and two one-event batches: 7 events roll over
+    // three times, each stopped twice.
+    assert_eq!(stops.len(), 6, "{stops:?}");
+    assert_eq!(verified_log(c.dyn_store(), "l").await.len(), EVENTS);
 }
