@@ -491,3 +491,38 @@ async fn readers_between_rollover_steps_see_the_log_whole() {
     assert_eq!(stops.len(), 6, "{stops:?}");
     assert_eq!(verified_log(c.dyn_store(), "l").await.len(), EVENTS);
 }
+
+/// A delete whose first request is held up on its way (the client times
+/// out and retries, the retry deletes) and reaches the service only after
+/// a new blob of that name was put: it must not delete the new blob. The
+/// writer does exactly this delete-then-put when it replaces a cache left
+/// by an unfinished checkpoint (`put_cache`); the snapshot of the
+/// checkpoint it then puts, deleted so, would leave a ledger that no longer
+/// opens ("snapshot for checkpoint … is missing").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_delete_does_not_remove_a_blob_put_since() {
+    let account = account_or_skip!();
+    let opts = AzureOptions {
+        read_timeout: Duration::from_millis(300),
+        ..AzureOptions::default()
+    };
+    let (c, faults) = proxied_with(&account, "latedelete", opts).await;
+    let s = c.dyn_store();
+    s.put("l/snapshot-1", b"orphan").await.unwrap();
+    faults.add("DELETE /", Fault::DelayForward(1500), 1);
+    s.delete("l/snapshot-1").await.unwrap();
+    assert_eq!(
+        faults.injected.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    s.put("l/snapshot-1", b"the snapshot").await.unwrap();
+    // The first delete reaches the service now.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(s.read_all("l/snapshot-1").await.unwrap(), b"the snapshot");
+    // Deletes still delete, and say when there was nothing to.
+    s.delete("l/snapshot-1").await.unwrap();
+    assert!(matches!(
+        s.delete("l/snapshot-1").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}

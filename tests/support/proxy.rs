@@ -1,6 +1,7 @@
 //! A small fault-injecting HTTP/1.1 proxy on loopback, between an Azure
-//! client and Azurite: it answers 503 instead of forwarding, or forwards
-//! and then drops the answer, for requests whose head matches a pattern.
+//! client and Azurite: it answers 503 instead of forwarding, forwards and
+//! then drops the answer, or forwards late, for requests whose head
+//! matches a pattern.
 //! Shared by the Azure test files (declare it as `#[path =
 //! "support/proxy.rs"] mod proxy;`). It speaks plain HTTP only, so it
 //! works with Azurite, not with a real account.
@@ -23,6 +24,11 @@ pub enum Fault {
     /// Forward, let the service act on it, then drop the connection
     /// without relaying the answer: the client cannot know the outcome.
     DropAfterForward,
+    /// Hold the request this many milliseconds, then forward it (and relay
+    /// the answer, if the client still waits): with a client read timeout
+    /// shorter than that, a request that reaches the service after the
+    /// client's retry of it, as one stuck in a network or a front end can.
+    DelayForward(u64),
 }
 
 #[derive(Default)]
@@ -113,6 +119,9 @@ async fn proxy_one(mut client: TcpStream, upstream: &str, faults: &Faults) -> st
             )
             .await?;
         return client.shutdown().await;
+    }
+    if let Some(Fault::DelayForward(ms)) = fault {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     // Ask the service to close after answering, so its answer ends at EOF.
     let mut forwarded = String::new();

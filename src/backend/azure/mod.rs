@@ -29,9 +29,9 @@ use azure_core::http::{Etag, RequestContent, RetryOptions, Url};
 use azure_storage_blob::models::{
     AppendBlobClientAppendBlockOptions, AppendBlobClientAppendBlockResultHeaders,
     AppendBlobClientCreateOptions, AppendBlobClientSealOptions, BlobClientAcquireLeaseOptions,
-    BlobClientAcquireLeaseResultHeaders, BlobClientBreakLeaseOptions, BlobClientDownloadOptions,
-    BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions, BlobType,
-    BlockBlobClientUploadOptions,
+    BlobClientAcquireLeaseResultHeaders, BlobClientBreakLeaseOptions, BlobClientDeleteOptions,
+    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
+    BlobContainerClientListBlobsOptions, BlobType, BlockBlobClientUploadOptions,
 };
 use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
 use futures::{StreamExt, TryStreamExt};
@@ -1024,18 +1024,46 @@ impl BlobStore for AzureBlobStore {
         )))
     }
 
+    /// Get Blob Properties for the blob's ETag, then Delete Blob with
+    /// `If-Match` on it: every attempt deletes that blob and no other. An
+    /// attempt held up on its way, reaching the service after its retry
+    /// deleted the blob and after a new one of the same name was put (the
+    /// writer replaces a cache so: delete, then put), is refused by the
+    /// service instead of deleting the new blob.
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         validate_name(name)?;
+        let not_found = || StoreError::NotFound {
+            name: name.to_owned(),
+        };
+        let etag = self
+            .inner
+            .retrying
+            .blob_client(name)
+            .get_properties(None)
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => not_found(),
+                _ => self.err("get properties of", name, &e),
+            })?
+            .etag()
+            .map_err(|e| self.err("read properties of", name, &e))?;
         let client = self.inner.once.blob_client(name);
-        let a = self.attempt("delete", name, || client.delete(None)).await;
+        let a = self
+            .attempt("delete", name, || {
+                client.delete(Some(BlobClientDeleteOptions {
+                    if_match: etag.clone(),
+                    ..Default::default()
+                }))
+            })
+            .await;
         self.inner.blocks.lock().unwrap().remove(name);
         match a.result {
             Ok(_) => Ok(()),
-            // After an attempt that may have landed, "not found" is ours.
-            Err(e) if status_of(&e) == Some(404) && a.uncertain => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Err(StoreError::NotFound {
-                name: name.to_owned(),
-            }),
+            // The blob looked at is gone: "not found", or "condition not
+            // met" where another of that name was put since. After an
+            // attempt that may have landed, that is this delete's doing.
+            Err(e) if matches!(status_of(&e), Some(404 | 412)) && a.uncertain => Ok(()),
+            Err(e) if matches!(status_of(&e), Some(404 | 412)) => Err(not_found()),
             Err(e) => Err(self.err("delete", name, &e)),
         }
     }
