@@ -526,3 +526,45 @@ async fn a_late_delete_does_not_remove_a_blob_put_since() {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+/// What the deposed writer of `a_rollover_overtaken_after_its_lease_check_seals_nothing`
+/// leaves, an empty next segment, does not stop the writer that took over:
+/// when its own segment fills, it rolls over into that empty segment (the
+/// seal of the old one and the header, both conditional, decide) rather
+/// than failing because the segment exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_writer_rolls_over_into_the_empty_segment_a_deposed_one_left() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "emptynext", slow_renewal()).await;
+    let (s, mut paused, resume) = Paused::new(c.dyn_store(), |op, name| {
+        (op == "create" && name.ends_with("/0000000001.seg")).then_some(Stop::Before)
+    });
+    let a = Ledger::create(s, "l", rollover_opts()).await.unwrap();
+    a.append_one(event("a", 0, 0)).await.unwrap();
+    let late = tokio::spawn(async move {
+        let r = a.append_one(event("a", 1, 5000)).await;
+        (a, r)
+    });
+    paused.recv().await.unwrap();
+    let b = take_over(&c, "l").await;
+    resume.send(()).await.unwrap();
+    let (a, late) = late.await.unwrap();
+    assert!(matches!(&late, Err(LedgerError::Poisoned(_))), "{late:?}");
+    drop(a);
+    let seg1 = c.store().info("l/0000000001.seg").await.unwrap();
+    assert_eq!((seg1.size, seg1.sealed), (0, false));
+    // B's next event does not fit segment 0.
+    let r = b
+        .append_one(event("b", 1, 5000))
+        .await
+        .unwrap_or_else(|e| panic!("the new writer's rollover: {e}"));
+    assert_eq!((r.seq, r.segment, r.offset), (2, 1, 84));
+    b.close().await.unwrap();
+    let log = verified_log(c.dyn_store(), "l").await;
+    assert_eq!(
+        log,
+        [("a".into(), 0), ("b".into(), 0), ("b".into(), 1)],
+        "{log:?}"
+    );
+    assert!(c.store().info("l/0000000000.seg").await.unwrap().sealed);
+}

@@ -619,7 +619,24 @@ impl Writer {
         // Asked first, so that a writer that lost its lock does not even
         // leave an empty next segment in the new holder's way.
         self.lock.confirm().await?;
-        self.store.create(&name).await?;
+        match self.store.create(&name).await {
+            Ok(()) => {}
+            // Left empty by a writer that lost its lock and was stopped at
+            // the seal below (or by a crash right after `create`, which
+            // `open` completes before any writer gets here): it holds
+            // nothing, and the seal and the header, both conditional,
+            // decide whether this writer may go on in it.
+            Err(StoreError::AlreadyExists { .. })
+                if self
+                    .store
+                    .info(&name)
+                    .await
+                    .is_ok_and(|i| i.size == 0 && !i.sealed) =>
+            {
+                info!(segment = %name, "rolling over into an empty segment another writer created");
+            }
+            Err(e) => return Err(e),
+        }
         self.store.seal_at(&old, self.tip.segment_len).await?;
         self.store.append(&name, 0, &header.encode()).await?;
         debug!(segment = %name, first_seq, "rolled over to a new segment");
