@@ -568,3 +568,48 @@ async fn the_new_writer_rolls_over_into_the_empty_segment_a_deposed_one_left() {
     );
     assert!(c.store().info("l/0000000000.seg").await.unwrap().sealed);
 }
+
+/// A checkpoint whose every put times out, and whose first put reaches the
+/// service only later, after the writer has checked that it is not there
+/// and moved on to the next checkpoint. It must not land beside a next
+/// checkpoint whose stream index starts at the checkpoint before it (verify
+/// would then find that index covering records the late one covers too,
+/// on an intact log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_put_that_lands_late_is_settled_before_the_next() {
+    let account = account_or_skip!();
+    let opts = AzureOptions {
+        read_timeout: Duration::from_millis(300),
+        ..AzureOptions::default()
+    };
+    let (c, faults) = proxied_with(&account, "latecp", opts).await;
+    let s = c.dyn_store();
+    let ledger = Ledger::create(s.clone(), "l", ledger_opts()).await.unwrap();
+    ledger.append_one(event("s", 0, 0)).await.unwrap();
+    // Every attempt (the first and 6 retries) times out at the client and
+    // reaches the service 4 s after it was sent.
+    let put = format!("PUT /devstoreaccount1/{}/l/checkpoint-", c.name);
+    faults.add(&put, Fault::DelayForward(4000), 7);
+    let started = std::time::Instant::now();
+    let failed = ledger.checkpoint().await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(
+        faults.injected.load(std::sync::atomic::Ordering::Relaxed),
+        7
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(3500),
+        "too slow for the test's timing"
+    );
+    ledger.append_one(event("s", 1, 0)).await.unwrap();
+    let cp = ledger.checkpoint().await.unwrap();
+    assert_eq!(cp.checkpoint.size, 2);
+    // The failed one was put again before it, and is there for certain.
+    s.info("l/checkpoint-00000000000000000001").await.unwrap();
+    // The held puts reach the service.
+    tokio::time::sleep(Duration::from_millis(4500).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ledger.append_one(event("s", 2, 0)).await.unwrap();
+    ledger.close().await.unwrap();
+    assert_eq!(verified_log(s.clone(), "l").await.len(), 3);
+}

@@ -72,9 +72,11 @@ pub struct Writer {
     /// that led there (doubling, up to `MAX_CHECKPOINT_RETRY`). Without
     /// it a failing store would be retried in a loop that admits nothing.
     pub checkpoint_retry: Option<(Instant, Duration)>,
-    /// A checkpoint whose put failed: it may have landed all the same (an
-    /// answer lost on the way back), so the next checkpoint looks first.
-    pub unanswered: Option<(Checkpoint, String)>,
+    /// A checkpoint whose put failed, its blob and its signed note: it may
+    /// have landed all the same (an answer lost on the way back), or land
+    /// yet (a request still on its way), so the next checkpoint settles it
+    /// first.
+    pub unanswered: Option<(Checkpoint, String, String)>,
     /// Sizes of the snapshots there are: listed once by `open`, then each
     /// one put. Pruning goes by these, so a checkpoint lists nothing (on
     /// the local store every listing reads the ledger's whole directory,
@@ -708,9 +710,11 @@ impl Writer {
         let blob = layout::checkpoint(&self.meta.name, cp.size);
         let (cp, note) = match self.store.put(&blob, note.as_bytes()).await {
             Ok(()) => (cp, note),
-            Err(StoreError::AlreadyExists { .. }) => self.adopt_checkpoint(&blob, cp).await?,
+            Err(StoreError::AlreadyExists { .. }) => {
+                self.adopt_checkpoint(&blob, cp, &note).await?
+            }
             Err(e) => {
-                self.unanswered = Some((cp, blob));
+                self.unanswered = Some((cp, blob, note));
                 return Err(e.into());
             }
         };
@@ -771,35 +775,55 @@ impl Writer {
         Ok(())
     }
 
-    /// Whether the checkpoint whose put failed is stored after all. If it
-    /// is (and it is ours: `adopt_checkpoint`), it is the newest: its
-    /// stream index and node cache were put before it, so the ones beside
-    /// the next checkpoint start there, as `verify` expects. If the store
-    /// cannot tell, the next checkpoint waits until it can.
+    /// Makes sure the checkpoint whose put failed is stored, and counts it
+    /// as the newest: its stream index and node cache were put before it,
+    /// so the ones beside the next checkpoint start there, as `verify`
+    /// expects. If it is there (and it is ours: `adopt_checkpoint`), it
+    /// landed after all. If it is not, it is put again rather than left
+    /// out: an attempt of the failed put may still be on its way (every
+    /// attempt timed out), and landing after the next checkpoint's caches
+    /// were put from the checkpoint before it, it would leave them covering
+    /// records it covers too, which `verify` reports as damage. Put again,
+    /// it is there for certain, and such a late attempt is refused (the
+    /// put's `If-None-Match: *`). If the store cannot tell or take it, the
+    /// next checkpoint waits until it can.
     async fn settle_unanswered(&mut self) -> Result<()> {
-        let Some((ours, blob)) = self.unanswered.take() else {
+        let Some((ours, blob, note)) = self.unanswered.take() else {
             return Ok(());
         };
-        match self.store.info(&blob).await {
-            Ok(_) => {
-                let (checkpoint, note) = self.adopt_checkpoint(&blob, ours).await?;
-                self.tip.rebase_caches(checkpoint.size);
-                // Found again from the store at the next checkpoint: the
-                // run counted this checkpoint as unwritten.
-                self.merge_run = None;
-                self.last_checkpoint = Some(CheckpointInfo {
-                    blob,
-                    checkpoint,
-                    note,
-                });
-                Ok(())
+        let stored = match self.store.info(&blob).await {
+            Ok(_) => self.adopt_checkpoint(&blob, ours, &note).await?,
+            Err(StoreError::NotFound { .. }) => {
+                match self.store.put(&blob, note.as_bytes()).await {
+                    Ok(()) => {
+                        info!(size = ours.size, checkpoint = %blob, "wrote a checkpoint whose earlier put failed");
+                        (ours, note)
+                    }
+                    Err(StoreError::AlreadyExists { .. }) => {
+                        self.adopt_checkpoint(&blob, ours, &note).await?
+                    }
+                    Err(e) => {
+                        self.unanswered = Some((ours, blob, note));
+                        return Err(e.into());
+                    }
+                }
             }
-            Err(StoreError::NotFound { .. }) => Ok(()),
             Err(e) => {
-                self.unanswered = Some((ours, blob));
-                Err(e.into())
+                self.unanswered = Some((ours, blob, note));
+                return Err(e.into());
             }
-        }
+        };
+        let (checkpoint, note) = stored;
+        self.tip.rebase_caches(checkpoint.size);
+        // Found again from the store at the next checkpoint: the run
+        // counted this checkpoint as unwritten.
+        self.merge_run = None;
+        self.last_checkpoint = Some(CheckpointInfo {
+            blob,
+            checkpoint,
+            note,
+        });
+        Ok(())
     }
 
     /// A checkpoint of this size is already stored. Its bytes differ from
@@ -814,10 +838,11 @@ impl Writer {
         &mut self,
         blob: &str,
         ours: Checkpoint,
+        note: &str,
     ) -> Result<(Checkpoint, String)> {
         let adopted = self.read_and_match_checkpoint(blob, &ours).await;
         if adopted.is_err() {
-            self.unanswered = Some((ours, blob.to_owned()));
+            self.unanswered = Some((ours, blob.to_owned(), note.to_owned()));
         }
         adopted
     }
