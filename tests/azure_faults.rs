@@ -717,3 +717,39 @@ async fn an_append_that_lands_after_it_was_reported_failed_is_there_once() {
         [("s".into(), 0), ("s".into(), 1), ("s".into(), 2)]
     );
 }
+
+/// Answers whose body breaks off half-way, to a read, a listing and a
+/// whole-blob read: retried (they change nothing), never taken for a
+/// shorter blob or listing, and never a torn batch to a reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_cut_short_are_read_again() {
+    let account = account_or_skip!();
+    let (c, faults) = proxied_with(&account, "cutshort", AzureOptions::default()).await;
+    let s = c.dyn_store();
+    let ledger = Ledger::create(s.clone(), "l", ledger_opts()).await.unwrap();
+    for i in 0..20 {
+        ledger.append_one(event("s", i, 200)).await.unwrap();
+    }
+    ledger.close().await.unwrap();
+    let want = verified_log(s.clone(), "l").await;
+    assert_eq!(want.len(), 20);
+    let injected = || faults.injected.load(std::sync::atomic::Ordering::Relaxed);
+    faults.add("GET /", Fault::CutAnswer, 1);
+    let all = s.read_all("l/0000000000.seg").await.unwrap();
+    assert_eq!(
+        all.len() as u64,
+        s.info("l/0000000000.seg").await.unwrap().size
+    );
+    assert_eq!(injected(), 1);
+    faults.add("comp=list", Fault::CutAnswer, 1);
+    let listed = s.list("l/").await.map(|l| l.len());
+    assert_eq!(injected(), 2);
+    assert!(matches!(listed, Ok(n) if n >= 4), "{listed:?}");
+    // Each kind of request the reader makes, cut once.
+    for (i, pattern) in ["comp=list", "GET /"].into_iter().enumerate() {
+        faults.add(pattern, Fault::CutAnswer, 1);
+        let got = verified_log(s.clone(), "l").await;
+        assert_eq!(got, want, "{pattern}");
+        assert_eq!(injected(), 3 + i);
+    }
+}

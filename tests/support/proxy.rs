@@ -29,6 +29,9 @@ pub enum Fault {
     /// shorter than that, a request that reaches the service after the
     /// client's retry of it, as one stuck in a network or a front end can.
     DelayForward(u64),
+    /// Forward, then relay the answer's head and only part of its body
+    /// before closing the connection: a body that breaks off.
+    CutAnswer,
 }
 
 #[derive(Default)]
@@ -139,6 +142,16 @@ async fn proxy_one(mut client: TcpStream, upstream: &str, faults: &Faults) -> st
     up.read_to_end(&mut answer).await?;
     if fault == Some(Fault::DropAfterForward) {
         // The service acted; the client hears nothing.
+        drop(client);
+        return Ok(());
+    }
+    if fault == Some(Fault::CutAnswer) {
+        let body_at = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |i| i + 4);
+        let keep = body_at + (answer.len() - body_at) / 2;
+        client.write_all(&answer[..keep]).await?;
         drop(client);
         return Ok(());
     }
