@@ -509,7 +509,7 @@ async fn a_late_delete_does_not_remove_a_blob_put_since() {
     let (c, faults) = proxied_with(&account, "latedelete", opts).await;
     let s = c.dyn_store();
     s.put("l/snapshot-1", b"orphan").await.unwrap();
-    faults.add("DELETE /", Fault::DelayForward(1500), 1);
+    faults.add("DELETE /", Fault::Hold, 1);
     s.delete("l/snapshot-1").await.unwrap();
     assert_eq!(
         faults.injected.load(std::sync::atomic::Ordering::Relaxed),
@@ -517,7 +517,7 @@ async fn a_late_delete_does_not_remove_a_blob_put_since() {
     );
     s.put("l/snapshot-1", b"the snapshot").await.unwrap();
     // The first delete reaches the service now.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    faults.release(1).await;
     assert_eq!(s.read_all("l/snapshot-1").await.unwrap(), b"the snapshot");
     // Deletes still delete, and say when there was nothing to.
     s.delete("l/snapshot-1").await.unwrap();
@@ -586,20 +586,15 @@ async fn a_checkpoint_put_that_lands_late_is_settled_before_the_next() {
     let s = c.dyn_store();
     let ledger = Ledger::create(s.clone(), "l", ledger_opts()).await.unwrap();
     ledger.append_one(event("s", 0, 0)).await.unwrap();
-    // Every attempt (the first and 6 retries) times out at the client and
-    // reaches the service 4 s after it was sent.
+    // Every attempt (the first and 6 retries) times out at the client,
+    // held by the proxy until after the next checkpoint.
     let put = format!("PUT /devstoreaccount1/{}/l/checkpoint-", c.name);
-    faults.add(&put, Fault::DelayForward(4000), 7);
-    let started = std::time::Instant::now();
+    faults.add(&put, Fault::Hold, 7);
     let failed = ledger.checkpoint().await;
     assert!(failed.is_err(), "{failed:?}");
     assert_eq!(
         faults.injected.load(std::sync::atomic::Ordering::Relaxed),
         7
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(3500),
-        "too slow for the test's timing"
     );
     ledger.append_one(event("s", 1, 0)).await.unwrap();
     let cp = ledger.checkpoint().await.unwrap();
@@ -607,8 +602,7 @@ async fn a_checkpoint_put_that_lands_late_is_settled_before_the_next() {
     // The failed one was put again before it, and is there for certain.
     s.info("l/checkpoint-00000000000000000001").await.unwrap();
     // The held puts reach the service.
-    tokio::time::sleep(Duration::from_millis(4500).saturating_sub(started.elapsed())).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    faults.release(7).await;
     ledger.append_one(event("s", 2, 0)).await.unwrap();
     ledger.close().await.unwrap();
     assert_eq!(verified_log(s.clone(), "l").await.len(), 3);
@@ -634,12 +628,10 @@ async fn a_merged_index_put_that_lands_late_does_not_overlap_the_next() {
     o.merge_index_count = 2;
     let ledger = Ledger::create(s.clone(), "l", o).await.unwrap();
     let put = format!("PUT /devstoreaccount1/{}/l/streams-merged-", c.name);
-    let mut started = None;
     for round in 0..4 {
         ledger.append_one(event("a", round, 0)).await.unwrap();
         if round == 1 {
-            faults.add(&put, Fault::DelayForward(4000), 7);
-            started = Some(std::time::Instant::now());
+            faults.add(&put, Fault::Hold, 7);
         }
         ledger.checkpoint().await.unwrap();
         if round == 1 {
@@ -649,13 +641,8 @@ async fn a_merged_index_put_that_lands_late_does_not_overlap_the_next() {
             );
         }
     }
-    let started = started.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_millis(3500),
-        "too slow for the test's timing"
-    );
     // The held puts reach the service.
-    tokio::time::sleep(Duration::from_millis(5000).saturating_sub(started.elapsed())).await;
+    faults.release(7).await;
     ledger.close().await.unwrap();
     // Merged again under the same name: the late put was refused.
     let merged: Vec<String> = s
@@ -695,8 +682,7 @@ async fn an_append_that_lands_after_it_was_reported_failed_is_there_once() {
     let s = c.dyn_store();
     let ledger = Ledger::create(s.clone(), "l", ledger_opts()).await.unwrap();
     ledger.append_one(event("s", 0, 0)).await.unwrap();
-    faults.add("comp=appendblock", Fault::DelayForward(4000), 7);
-    let started = std::time::Instant::now();
+    faults.add("comp=appendblock", Fault::Hold, 7);
     let failed = ledger.append_one(event("s", 1, 0)).await;
     assert!(
         matches!(failed, Err(LedgerError::Poisoned(_))),
@@ -707,7 +693,9 @@ async fn an_append_that_lands_after_it_was_reported_failed_is_there_once() {
         Err(LedgerError::Poisoned(_))
     ));
     assert!(ledger.close().await.is_err());
-    tokio::time::sleep(Duration::from_millis(5000).saturating_sub(started.elapsed())).await;
+    // The held attempts reach the service: the first lands, the others
+    // meet the append-position condition.
+    faults.release(7).await;
     let next = Ledger::open(s.clone(), "l", ledger_opts()).await.unwrap();
     let r = next.append_one(event("s", 2, 0)).await.unwrap();
     assert_eq!((r.seq, r.version), (2, 2));
