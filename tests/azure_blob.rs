@@ -22,63 +22,18 @@ use serde_json::json;
 mod azure_env;
 #[path = "conformance/blob.rs"]
 mod blob;
+#[path = "support/container.rs"]
+mod container;
 #[path = "support/names.rs"]
 mod listing;
 #[path = "support/proxy.rs"]
 mod proxy;
 
 use azure_env::account_or_skip;
-use proxy::{start_proxy, upstream_of, Fault, Faults};
+use container::{block_on, proxied, unique_container, Container};
+use proxy::Fault;
 #[path = "suite/ledger.rs"]
 mod ledger;
-
-fn unique_container(tag: &str) -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    format!("{tag}-{}", &id[..20])
-}
-
-/// Runs a future to completion from synchronous code inside a
-/// multi-threaded runtime (the conformance suite's namespaces are sync).
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
-}
-
-/// A container that is deleted when dropped.
-struct Container {
-    account: ConnectionInfo,
-    name: String,
-    opts: AzureOptions,
-}
-
-impl Container {
-    async fn new(account: &ConnectionInfo, tag: &str, opts: AzureOptions) -> Container {
-        let c = Container {
-            account: account.clone(),
-            name: unique_container(tag),
-            opts,
-        };
-        c.store().create_container_if_missing().await.unwrap();
-        c
-    }
-
-    /// A new, independent store handle on the container.
-    fn store(&self) -> AzureBlobStore {
-        AzureBlobStore::new(self.account.clone(), &self.name, self.opts.clone()).unwrap()
-    }
-
-    fn dyn_store(&self) -> Arc<dyn BlobStore> {
-        Arc::new(self.store())
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let s = self.store();
-            let _ = block_on(s.delete_container());
-        }
-    }
-}
 
 // ------------------------------------------------------------ conformance
 
@@ -724,25 +679,6 @@ async fn dying_writer() {
 }
 
 // ------------------------------------------------------- injected faults
-
-/// A store whose requests go through a fault-injecting proxy, with short
-/// retry delays.
-async fn proxied(account: &ConnectionInfo, tag: &str) -> (Container, Arc<Faults>) {
-    let faults = Arc::new(Faults::default());
-    let upstream = upstream_of(&account.blob_endpoint);
-    let port = start_proxy(upstream, faults.clone()).await;
-    let mut via = account.clone();
-    via.blob_endpoint.set_port(Some(port)).unwrap();
-    let opts = AzureOptions {
-        retry: RetrySettings {
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(100),
-            ..RetrySettings::default()
-        },
-        ..AzureOptions::default()
-    };
-    (Container::new(&via, tag, opts).await, faults)
-}
 
 /// 503s to reads, listings and writes are retried; the writes land once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,7 +179,9 @@ fn every_command_on_azure() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let status = holder.wait().unwrap();
-    assert!(status.success(), "demo on azure failed");
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut progress, &mut rest);
+    assert!(status.success(), "demo on azure failed: {rest}");
     assert!(
         refused,
         "a second writer was never refused while the demo wrote"

@@ -832,9 +832,11 @@ impl Run {
         if torn.is_multiple_of(4) && offset == header && segment > signed_segment {
             // The batch began its segment, and the newest checkpoint lies
             // before that: a crash in the rollover, before the new
-            // segment's header was durable (and before the segment before
-            // it was sealed), leaves its header cut short or, in length
-            // but not yet in content, zeros.
+            // segment's header was durable, leaves its header cut short
+            // or, in length but not yet in content, zeros. The writer seals
+            // the segment before it first; it is left unsealed here, as a
+            // crash before that seal leaves it (with no header at all),
+            // which recovery must handle alike.
             let kept = u64::from(torn >> 2) % (header + 1);
             if kept < header {
                 self.store.truncate(&name, kept).await.unwrap();

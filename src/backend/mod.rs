@@ -104,6 +104,28 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     async fn info(&self, name: &str) -> Result<BlobInfo, StoreError>;
     /// Makes the blob read-only for good.
     async fn seal(&self, name: &str) -> Result<(), StoreError>;
+    /// [`Self::seal`], only if the blob holds exactly `expected_len` bytes:
+    /// else `OffsetMismatch` (with its length now), and nothing is sealed.
+    /// A blob already sealed at that length is `Ok`. The writer seals a
+    /// full segment with it when it rolls over, so that a writer that lost
+    /// its lock can never seal a segment another writer has appended to
+    /// since. Stores where another writer cannot exist (the fs store's
+    /// lock is exclusive) may check and seal in two steps, as here; the
+    /// Azure store makes the seal itself conditional.
+    async fn seal_at(&self, name: &str, expected_len: u64) -> Result<(), StoreError> {
+        let info = self.info(name).await?;
+        if info.size != expected_len {
+            return Err(StoreError::OffsetMismatch {
+                name: name.to_owned(),
+                expected: expected_len,
+                actual: info.size,
+            });
+        }
+        if info.sealed {
+            return Ok(());
+        }
+        self.seal(name).await
+    }
     /// Creates a whole immutable blob atomically; fails if it exists.
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError>;
     /// Cuts a blob back to `len` bytes. Only crash recovery calls this, for a
@@ -133,7 +155,22 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 /// Held for as long as the writer may write; dropping it releases the lock.
 pub trait WriterLock: Send + Sync + fmt::Debug {
     /// Fails if the lock has been lost (a lease that could not be renewed).
+    /// Answers from what is known here, without asking anyone: a lease
+    /// broken (or expired and taken) since its last renewal still passes
+    /// until the next one.
     fn check(&self) -> Result<(), StoreError>;
+
+    /// Asks whoever grants the lock whether it is still held, now: for
+    /// writes that nothing else fences against another writer (a
+    /// checkpoint's puts, a rollover), unlike appends, which the store
+    /// makes conditional on the blob's length. Once refused, [`Self::check`]
+    /// fails too. A lock that cannot be taken away answers as `check`.
+    fn confirm(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + '_>>
+    {
+        Box::pin(std::future::ready(self.check()))
+    }
 
     /// Gives the lock up and returns once another writer can take it.
     /// Dropping the guard also releases it, but a remote lock (a lease) only

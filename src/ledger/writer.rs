@@ -72,9 +72,11 @@ pub struct Writer {
     /// that led there (doubling, up to `MAX_CHECKPOINT_RETRY`). Without
     /// it a failing store would be retried in a loop that admits nothing.
     pub checkpoint_retry: Option<(Instant, Duration)>,
-    /// A checkpoint whose put failed: it may have landed all the same (an
-    /// answer lost on the way back), so the next checkpoint looks first.
-    pub unanswered: Option<(Checkpoint, String)>,
+    /// A checkpoint whose put failed, its blob and its signed note: it may
+    /// have landed all the same (an answer lost on the way back), or land
+    /// yet (a request still on its way), so the next checkpoint settles it
+    /// first.
+    pub unanswered: Option<(Checkpoint, String, String)>,
     /// Sizes of the snapshots there are: listed once by `open`, then each
     /// one put. Pruning goes by these, so a checkpoint lists nothing (on
     /// the local store every listing reads the ledger's whole directory,
@@ -595,10 +597,17 @@ impl Writer {
     }
 
     /// Starts the next segment. Order matters for recovery: the new blob,
-    /// then its header, then sealing the old one; a crash between any two
-    /// leaves a state that `recover` completes.
+    /// then sealing the old one, then the new one's header; a crash between
+    /// any two leaves an empty last segment, which `recover` completes.
     /// `first_seq` is the first record of the block about to be written
     /// (the tip's size already counts records admitted after it).
+    ///
+    /// The seal comes before the header, and holds only if the old segment
+    /// is still the length this writer left it (`seal_at`): a writer that
+    /// lost its lock (an Azure lease broken, or expired, and taken) while a
+    /// new one appended to that segment is refused there, before it has
+    /// written a header that starts the next segment where the old one no
+    /// longer ends.
     async fn roll_over(&mut self, first_seq: u64) -> Result<(), StoreError> {
         let old = layout::segment(&self.meta.name, self.tip.segment_index);
         let index = self.tip.segment_index + 1;
@@ -609,9 +618,29 @@ impl Writer {
             first_seq,
             prev_chain: self.tip.chain_head,
         };
-        self.store.create(&name).await?;
+        // Asked first, so that a writer that lost its lock does not even
+        // leave an empty next segment in the new holder's way.
+        self.lock.confirm().await?;
+        match self.store.create(&name).await {
+            Ok(()) => {}
+            // Left empty by a writer that lost its lock and was stopped at
+            // the seal below (or by a crash right after `create`, which
+            // `open` completes before any writer gets here): it holds
+            // nothing, and the seal and the header, both conditional,
+            // decide whether this writer may go on in it.
+            Err(StoreError::AlreadyExists { .. })
+                if self
+                    .store
+                    .info(&name)
+                    .await
+                    .is_ok_and(|i| i.size == 0 && !i.sealed) =>
+            {
+                info!(segment = %name, "rolling over into an empty segment another writer created");
+            }
+            Err(e) => return Err(e),
+        }
+        self.store.seal_at(&old, self.tip.segment_len).await?;
         self.store.append(&name, 0, &header.encode()).await?;
-        self.store.seal(&old).await?;
         debug!(segment = %name, first_seq, "rolled over to a new segment");
         self.tip.segment_index = index;
         self.tip.segment_len = HEADER_LEN as u64;
@@ -625,7 +654,7 @@ impl Writer {
         if let Some(p) = &self.poisoned {
             return Err(LedgerError::Poisoned(p.clone()));
         }
-        self.check_lock()?;
+        self.confirm_lock().await?;
         self.settle_unanswered().await?;
         if let Some(last) = &self.last_checkpoint {
             if last.checkpoint.size == self.tip.size {
@@ -673,13 +702,19 @@ impl Writer {
             self.put_cache(&snap_blob, &[&head, entries, &digest])
                 .await?;
         }
-        self.check_lock()?;
+        // The checkpoint itself, once the service says the lease is still
+        // ours (not only the last renewal): a writer whose lease was broken
+        // or taken since would put it beside the new holder's log, whose
+        // next caches start at the checkpoint that holder found.
+        self.confirm_lock().await?;
         let blob = layout::checkpoint(&self.meta.name, cp.size);
         let (cp, note) = match self.store.put(&blob, note.as_bytes()).await {
             Ok(()) => (cp, note),
-            Err(StoreError::AlreadyExists { .. }) => self.adopt_checkpoint(&blob, cp).await?,
+            Err(StoreError::AlreadyExists { .. }) => {
+                self.adopt_checkpoint(&blob, cp, &note).await?
+            }
             Err(e) => {
-                self.unanswered = Some((cp, blob));
+                self.unanswered = Some((cp, blob, note));
                 return Err(e.into());
             }
         };
@@ -726,35 +761,69 @@ impl Writer {
         Ok(())
     }
 
-    /// Whether the checkpoint whose put failed is stored after all. If it
-    /// is (and it is ours: `adopt_checkpoint`), it is the newest: its
-    /// stream index and node cache were put before it, so the ones beside
-    /// the next checkpoint start there, as `verify` expects. If the store
-    /// cannot tell, the next checkpoint waits until it can.
+    /// [`Self::check_lock`], then asks the lock's holder whether it is
+    /// still held now (on Azure, renews the lease): before the writes that
+    /// nothing but the lock keeps from racing another writer's. A lock
+    /// refused poisons the writer, as `check_lock` does; one that could not
+    /// be asked fails this call only.
+    async fn confirm_lock(&mut self) -> Result<()> {
+        self.check_lock()?;
+        if let Err(e) = self.lock.confirm().await {
+            self.check_lock()?;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Makes sure the checkpoint whose put failed is stored, and counts it
+    /// as the newest: its stream index and node cache were put before it,
+    /// so the ones beside the next checkpoint start there, as `verify`
+    /// expects. If it is there (and it is ours: `adopt_checkpoint`), it
+    /// landed after all. If it is not, it is put again rather than left
+    /// out: an attempt of the failed put may still be on its way (every
+    /// attempt timed out), and landing after the next checkpoint's caches
+    /// were put from the checkpoint before it, it would leave them covering
+    /// records it covers too, which `verify` reports as damage. Put again,
+    /// it is there for certain, and such a late attempt is refused (the
+    /// put's `If-None-Match: *`). If the store cannot tell or take it, the
+    /// next checkpoint waits until it can.
     async fn settle_unanswered(&mut self) -> Result<()> {
-        let Some((ours, blob)) = self.unanswered.take() else {
+        let Some((ours, blob, note)) = self.unanswered.take() else {
             return Ok(());
         };
-        match self.store.info(&blob).await {
-            Ok(_) => {
-                let (checkpoint, note) = self.adopt_checkpoint(&blob, ours).await?;
-                self.tip.rebase_caches(checkpoint.size);
-                // Found again from the store at the next checkpoint: the
-                // run counted this checkpoint as unwritten.
-                self.merge_run = None;
-                self.last_checkpoint = Some(CheckpointInfo {
-                    blob,
-                    checkpoint,
-                    note,
-                });
-                Ok(())
+        let stored = match self.store.info(&blob).await {
+            Ok(_) => self.adopt_checkpoint(&blob, ours, &note).await?,
+            Err(StoreError::NotFound { .. }) => {
+                match self.store.put(&blob, note.as_bytes()).await {
+                    Ok(()) => {
+                        info!(size = ours.size, checkpoint = %blob, "wrote a checkpoint whose earlier put failed");
+                        (ours, note)
+                    }
+                    Err(StoreError::AlreadyExists { .. }) => {
+                        self.adopt_checkpoint(&blob, ours, &note).await?
+                    }
+                    Err(e) => {
+                        self.unanswered = Some((ours, blob, note));
+                        return Err(e.into());
+                    }
+                }
             }
-            Err(StoreError::NotFound { .. }) => Ok(()),
             Err(e) => {
-                self.unanswered = Some((ours, blob));
-                Err(e.into())
+                self.unanswered = Some((ours, blob, note));
+                return Err(e.into());
             }
-        }
+        };
+        let (checkpoint, note) = stored;
+        self.tip.rebase_caches(checkpoint.size);
+        // Found again from the store at the next checkpoint: the run
+        // counted this checkpoint as unwritten.
+        self.merge_run = None;
+        self.last_checkpoint = Some(CheckpointInfo {
+            blob,
+            checkpoint,
+            note,
+        });
+        Ok(())
     }
 
     /// A checkpoint of this size is already stored. Its bytes differ from
@@ -769,10 +838,11 @@ impl Writer {
         &mut self,
         blob: &str,
         ours: Checkpoint,
+        note: &str,
     ) -> Result<(Checkpoint, String)> {
         let adopted = self.read_and_match_checkpoint(blob, &ours).await;
         if adopted.is_err() {
-            self.unanswered = Some((ours, blob.to_owned()));
+            self.unanswered = Some((ours, blob.to_owned(), note.to_owned()));
         }
         adopted
     }

@@ -59,6 +59,7 @@ macro_rules! for_each_check {
             numbered_names,
             seal_makes_read_only,
             seal_seen_by_other_handle,
+            seal_at_only_at_the_expected_length,
             put_is_immutable,
             put_parts_is_one_put,
             concurrent_puts_one_wins,
@@ -649,6 +650,40 @@ pub async fn seal_seen_by_other_handle(b: &dyn Backend) {
     let fresh = ns.open();
     assert!(fresh.info("s").await.unwrap().sealed);
     assert_sealed(fresh.append("s", 3, b"d").await, "s");
+}
+
+/// `seal_at` seals only a blob of the length given: one another handle
+/// appended to since is refused with `OffsetMismatch` and stays open (the
+/// writer's rollover relies on it); one already sealed at that length is
+/// fine.
+pub async fn seal_at_only_at_the_expected_length(b: &dyn Backend) {
+    let ns = b.namespace(None);
+    let (a, other) = (ns.open(), ns.open());
+    a.create("s").await.unwrap();
+    a.append("s", 0, b"abc").await.unwrap();
+    other.append("s", 3, b"de").await.unwrap();
+    match a.seal_at("s", 3).await {
+        Err(StoreError::OffsetMismatch {
+            name,
+            expected: 3,
+            actual: 5,
+        }) => assert_eq!(name, "s"),
+        r => panic!("seal_at a stale length: {r:?}"),
+    }
+    assert!(!a.info("s").await.unwrap().sealed);
+    assert_eq!(a.append("s", 5, b"f").await.unwrap(), 6);
+    a.seal_at("s", 6).await.unwrap();
+    assert!(other.info("s").await.unwrap().sealed);
+    assert_sealed(other.append("s", 6, b"g").await, "s");
+    // Again, from either handle: already sealed at that length.
+    a.seal_at("s", 6).await.unwrap();
+    other.seal_at("s", 6).await.unwrap();
+    assert!(matches!(
+        other.seal_at("s", 5).await,
+        Err(StoreError::OffsetMismatch { actual: 6, .. })
+    ));
+    assert_not_found(a.seal_at("missing", 0).await, "missing");
+    assert_eq!(contents(a.as_ref(), "s").await, b"abcdef");
 }
 
 pub async fn put_is_immutable(b: &dyn Backend) {

@@ -477,10 +477,11 @@ pub async fn signed_checkpoint_reads_the_one_asked_for(s: Arc<dyn BlobStore>) {
 /// Where `Interrupted` stops a rollover.
 #[derive(Clone, Copy, Debug)]
 pub enum RolloverStop {
-    /// After `create` of the next segment: it is empty, the full one is
-    /// not sealed (life of an event, step 5a).
+    /// After `create` of the next segment and the seal of the full one:
+    /// the next is empty (life of an event, step 5b).
     BeforeHeader,
-    /// After the next segment's header: the full one is not sealed (5b).
+    /// After `create` of the next segment: it is empty, the full one is
+    /// not sealed (5a).
     BeforeSeal,
 }
 
@@ -606,10 +607,11 @@ impl BlobStore for Interrupted {
 }
 
 /// Life of an event, step 5: a rollover cut short after `create` of the
-/// next segment (5a) or after its header (5b). The next `open` writes the
-/// header if it is missing, byte for byte the one the writer would have
-/// written, seals the full segment, and appends right after the header;
-/// nothing acknowledged is lost and the log verifies.
+/// next segment (5a) or after the seal of the full one (5b). The next
+/// `open` writes the missing header, byte for byte the one the writer
+/// would have written, seals the full segment if it is not, and appends
+/// right after the header; nothing acknowledged is lost and the log
+/// verifies.
 pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
     let opts = || {
         let mut o = ledger_opts();
@@ -651,11 +653,12 @@ pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
     let (seg0, seg1) = ("main/0000000000.seg", "main/0000000001.seg");
     let left = s.info(seg1).await.unwrap();
     let header_len = bi_ledger::format::segment::HEADER_LEN as u64;
-    match stop {
-        RolloverStop::BeforeHeader => assert_eq!(left.size, 0, "{left:?}"),
-        RolloverStop::BeforeSeal => assert_eq!(left.size, header_len, "{left:?}"),
-    }
-    assert!(!s.info(seg0).await.unwrap().sealed, "{stop:?}");
+    assert_eq!(left.size, 0, "{stop:?}: {left:?}");
+    assert_eq!(
+        s.info(seg0).await.unwrap().sealed,
+        matches!(stop, RolloverStop::BeforeHeader),
+        "{stop:?}"
+    );
 
     let ledger = Ledger::open(s.clone(), "main", opts()).await.unwrap();
     assert!(

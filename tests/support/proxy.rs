@@ -1,6 +1,8 @@
 //! A small fault-injecting HTTP/1.1 proxy on loopback, between an Azure
-//! client and Azurite: it answers 503 instead of forwarding, or forwards
-//! and then drops the answer, for requests whose head matches a pattern.
+//! client and Azurite: it answers 503 instead of forwarding, forwards and
+//! then drops the answer or cuts it short, or holds the request and
+//! forwards it when the test says, for requests whose head matches a
+//! pattern.
 //! Shared by the Azure test files (declare it as `#[path =
 //! "support/proxy.rs"] mod proxy;`). It speaks plain HTTP only, so it
 //! works with Azurite, not with a real account.
@@ -23,6 +25,14 @@ pub enum Fault {
     /// Forward, let the service act on it, then drop the connection
     /// without relaying the answer: the client cannot know the outcome.
     DropAfterForward,
+    /// Hold the request until the test calls [`Faults::release`], then
+    /// forward it (and relay the answer, if the client still waits): with
+    /// a client read timeout, a request that reaches the service after the
+    /// client's retry of it, as one stuck in a network or a front end can.
+    Hold,
+    /// Forward, then relay the answer's head and only part of its body
+    /// before closing the connection: a body that breaks off.
+    CutAnswer,
 }
 
 #[derive(Default)]
@@ -31,6 +41,10 @@ pub struct Faults {
     pub rules: Mutex<Vec<(String, Fault, usize)>>,
     pub injected: AtomicUsize,
     pub requests: AtomicUsize,
+    /// Whether held requests may go on (see [`Fault::Hold`]).
+    pub released: std::sync::atomic::AtomicBool,
+    /// Held requests that reached the service once released.
+    pub held_forwarded: AtomicUsize,
 }
 
 impl Faults {
@@ -39,6 +53,20 @@ impl Faults {
             .lock()
             .unwrap()
             .push((pattern.to_owned(), fault, times));
+    }
+
+    /// Lets every held request go on (see [`Fault::Hold`]), and waits
+    /// until `n` of them have reached the service and been answered.
+    pub async fn release(&self, n: usize) {
+        self.released.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.held_forwarded.load(Ordering::SeqCst) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "held requests did not reach the service"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     fn take(&self, head: &str) -> Option<Fault> {
@@ -114,6 +142,11 @@ async fn proxy_one(mut client: TcpStream, upstream: &str, faults: &Faults) -> st
             .await?;
         return client.shutdown().await;
     }
+    if fault == Some(Fault::Hold) {
+        while !faults.released.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
     // Ask the service to close after answering, so its answer ends at EOF.
     let mut forwarded = String::new();
     for line in head[..head_end - 4].split("\r\n") {
@@ -128,8 +161,21 @@ async fn proxy_one(mut client: TcpStream, upstream: &str, faults: &Faults) -> st
     up.write_all(&buf[head_end..head_end + body_len]).await?;
     let mut answer = Vec::new();
     up.read_to_end(&mut answer).await?;
+    if fault == Some(Fault::Hold) {
+        faults.held_forwarded.fetch_add(1, Ordering::SeqCst);
+    }
     if fault == Some(Fault::DropAfterForward) {
         // The service acted; the client hears nothing.
+        drop(client);
+        return Ok(());
+    }
+    if fault == Some(Fault::CutAnswer) {
+        let body_at = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |i| i + 4);
+        let keep = body_at + (answer.len() - body_at) / 2;
+        client.write_all(&answer[..keep]).await?;
         drop(client);
         return Ok(());
     }

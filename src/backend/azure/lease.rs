@@ -129,6 +129,60 @@ impl WriterLock for Lease {
                 source: std::io::Error::other(why),
             })
     }
+
+    /// Renews the lease now, on the lease runtime (its client's pooled
+    /// connections belong there). A renewal the service refuses (the
+    /// lease was broken, or expired and taken) marks the lease lost, as a
+    /// failed background renewal does; one that could not reach the service
+    /// is an error for this call only.
+    fn confirm(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + '_>>
+    {
+        Box::pin(async move {
+            self.check()?;
+            let (client, state, id, name, redactor) = (
+                self.client.clone(),
+                self.state.clone(),
+                self.lease_id.clone(),
+                self.name.clone(),
+                self.redactor.clone(),
+            );
+            let renewed = lease_runtime()
+                .spawn(async move {
+                    let sent = Instant::now();
+                    match client.renew_lease(id, None).await {
+                        Ok(_) => {
+                            let mut at = state.renewed_at.lock().unwrap();
+                            *at = (*at).max(sent);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let why = redactor.redact(&describe(&e));
+                            if !super::transport::is_transient(&e) {
+                                error!(lock = %name, error = %why, "the writer lease was refused; the writer stops");
+                                *state.lost.lock().unwrap() = Some(why.clone());
+                            }
+                            Err(why)
+                        }
+                    }
+                })
+                .await;
+            match renewed {
+                Ok(Ok(())) => self.check(),
+                Ok(Err(why)) => Err(StoreError::Io {
+                    op: "renew the writer lease on",
+                    name: self.name.clone(),
+                    source: std::io::Error::other(why),
+                }),
+                Err(e) => Err(StoreError::Io {
+                    op: "renew the writer lease on",
+                    name: self.name.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                }),
+            }
+        })
+    }
 }
 
 impl State {

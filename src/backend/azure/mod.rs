@@ -28,10 +28,10 @@ use azure_core::error::ErrorKind;
 use azure_core::http::{Etag, RequestContent, RetryOptions, Url};
 use azure_storage_blob::models::{
     AppendBlobClientAppendBlockOptions, AppendBlobClientAppendBlockResultHeaders,
-    AppendBlobClientCreateOptions, BlobClientAcquireLeaseOptions,
-    BlobClientAcquireLeaseResultHeaders, BlobClientBreakLeaseOptions, BlobClientDownloadOptions,
-    BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions, BlobType,
-    BlockBlobClientUploadOptions,
+    AppendBlobClientCreateOptions, AppendBlobClientSealOptions, BlobClientAcquireLeaseOptions,
+    BlobClientAcquireLeaseResultHeaders, BlobClientBreakLeaseOptions, BlobClientDeleteOptions,
+    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
+    BlobContainerClientListBlobsOptions, BlobType, BlockBlobClientUploadOptions,
 };
 use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
 use futures::{StreamExt, TryStreamExt};
@@ -913,6 +913,68 @@ impl BlobStore for AzureBlobStore {
         }
     }
 
+    /// One Get Blob Properties for the length and ETag, then Append Blob
+    /// Seal conditional on both (`If-Match` and the append-position
+    /// condition; Azurite checks only the first): an append by anyone
+    /// between the two changes the ETag, and the seal is refused.
+    async fn seal_at(&self, name: &str, expected_len: u64) -> Result<(), StoreError> {
+        validate_name(name)?;
+        let client = self.inner.retrying.blob_client(name);
+        let not_found = || StoreError::NotFound {
+            name: name.to_owned(),
+        };
+        let props = client
+            .get_properties(None)
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => not_found(),
+                _ => self.err("get properties of", name, &e),
+            })?;
+        let info = info_from_headers(name, &props)
+            .map_err(|e| self.err("read properties of", name, &e))?;
+        let mismatch = |actual| StoreError::OffsetMismatch {
+            name: name.to_owned(),
+            expected: expected_len,
+            actual,
+        };
+        if info.size != expected_len {
+            return Err(mismatch(info.size));
+        }
+        if info.sealed {
+            return Ok(());
+        }
+        let etag = props
+            .etag()
+            .map_err(|e| self.err("read properties of", name, &e))?;
+        let res = client
+            .append_blob_client()
+            .seal(Some(AppendBlobClientSealOptions {
+                append_position: Some(expected_len as i64),
+                if_match: etag,
+                ..Default::default()
+            }))
+            .await;
+        self.inner.blocks.lock().unwrap().remove(name);
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Err(not_found()),
+            // The blob changed since it was looked at: appended to (by
+            // another writer), or sealed (perhaps by this very seal, whose
+            // answer was lost and which the pipeline sent again).
+            Err(e) if status_of(&e) == Some(412) => {
+                let now = self.info(name).await?;
+                if now.size != expected_len {
+                    Err(mismatch(now.size))
+                } else if now.sealed {
+                    Ok(())
+                } else {
+                    Err(self.err("seal", name, &e))
+                }
+            }
+            Err(e) => Err(self.err("seal", name, &e)),
+        }
+    }
+
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
         validate_name(name)?;
         let client = self.inner.once.blob_client(name).block_blob_client();
@@ -962,18 +1024,46 @@ impl BlobStore for AzureBlobStore {
         )))
     }
 
+    /// Get Blob Properties for the blob's ETag, then Delete Blob with
+    /// `If-Match` on it: every attempt deletes that blob and no other. An
+    /// attempt held up on its way, reaching the service after its retry
+    /// deleted the blob and after a new one of the same name was put (the
+    /// writer replaces a cache so: delete, then put), is refused by the
+    /// service instead of deleting the new blob.
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         validate_name(name)?;
+        let not_found = || StoreError::NotFound {
+            name: name.to_owned(),
+        };
+        let etag = self
+            .inner
+            .retrying
+            .blob_client(name)
+            .get_properties(None)
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => not_found(),
+                _ => self.err("get properties of", name, &e),
+            })?
+            .etag()
+            .map_err(|e| self.err("read properties of", name, &e))?;
         let client = self.inner.once.blob_client(name);
-        let a = self.attempt("delete", name, || client.delete(None)).await;
+        let a = self
+            .attempt("delete", name, || {
+                client.delete(Some(BlobClientDeleteOptions {
+                    if_match: etag.clone(),
+                    ..Default::default()
+                }))
+            })
+            .await;
         self.inner.blocks.lock().unwrap().remove(name);
         match a.result {
             Ok(_) => Ok(()),
-            // After an attempt that may have landed, "not found" is ours.
-            Err(e) if status_of(&e) == Some(404) && a.uncertain => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Err(StoreError::NotFound {
-                name: name.to_owned(),
-            }),
+            // The blob looked at is gone: "not found", or "condition not
+            // met" where another of that name was put since. After an
+            // attempt that may have landed, that is this delete's doing.
+            Err(e) if matches!(status_of(&e), Some(404 | 412)) && a.uncertain => Ok(()),
+            Err(e) if matches!(status_of(&e), Some(404 | 412)) => Err(not_found()),
             Err(e) => Err(self.err("delete", name, &e)),
         }
     }
