@@ -25,6 +25,11 @@ use bi_ledger::{IntegrityError, Ledger, LedgerError, LedgerOptions, LedgerReader
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 
+#[path = "support/files.rs"]
+mod files;
+
+use files::copy_dir;
+
 const NAME: &str = "main";
 
 fn opts(segment_max_blocks: u64) -> LedgerOptions {
@@ -99,20 +104,6 @@ impl Crashed {
 
 fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().len()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            // Copies the permission bits too, so sealed stays sealed.
-            std::fs::copy(e.path(), &dst).unwrap();
-        }
-    }
 }
 
 fn set_sealed(p: &Path, sealed: bool) {
