@@ -98,18 +98,19 @@ fn rollover_opts() -> LedgerOptions {
 async fn a_deposed_writer_cannot_roll_over_past_the_new_writers_appends() {
     let account = account_or_skip!();
     let c = Container::new(&account, "deposedroll", slow_renewal()).await;
-    let a = Ledger::create(c.dyn_store(), "l", rollover_opts())
-        .await
-        .unwrap();
-    a.append_one(event("a", 0, 0)).await.unwrap();
-
-    let b = take_over(&c, "l").await;
+    let (a, b) = deposed(&c).await;
     let late = a.append_one(event("a", 1, 5000)).await;
     assert!(
         matches!(&late, Err(LedgerError::Poisoned(_))),
         "the deposed writer's rollover went through: {late:?}"
     );
-    // B goes on in segment 0, undisturbed.
+    b_goes_on_and_the_next_writer_rolls_over(&c, a, b).await;
+}
+
+/// After a deposed writer A was refused its rollover: B goes on in segment 0,
+/// undisturbed; the log holds A's first event and B's two; and a writer
+/// that opens it again rolls over itself.
+async fn b_goes_on_and_the_next_writer_rolls_over(c: &Container, a: Ledger, b: Ledger) {
     b.append_one(event("b", 1, 0)).await.unwrap();
     b.close().await.unwrap();
     drop(a);
@@ -119,7 +120,6 @@ async fn a_deposed_writer_cannot_roll_over_past_the_new_writers_appends() {
         [("a".into(), 0), ("b".into(), 0), ("b".into(), 1)],
         "{log:?}"
     );
-    // And a writer opens it again and rolls over itself.
     let next = Ledger::open(c.dyn_store(), "l", rollover_opts())
         .await
         .unwrap();
@@ -127,6 +127,53 @@ async fn a_deposed_writer_cannot_roll_over_past_the_new_writers_appends() {
     assert_eq!((r.seq, r.segment), (3, 1));
     next.close().await.unwrap();
     assert_eq!(verified_log(c.dyn_store(), "l").await.len(), 4);
+}
+
+/// Writer A has decided to roll over and checked its lease, and is held on
+/// its way to create the next segment while B breaks the lease, opens the
+/// ledger and appends to the segment A is about to seal; then A goes on.
+/// Returns A, what its append that rolls over returned, and B.
+async fn overtaken_rollover(
+    c: &Container,
+) -> (Ledger, bi_ledger::Result<bi_ledger::Receipt>, Ledger) {
+    let (s, mut paused, resume) = Paused::new(c.dyn_store(), |op, name| {
+        (op == "create" && name.ends_with("/0000000001.seg")).then_some(Stop::Before)
+    });
+    let a = Ledger::create(s, "l", rollover_opts()).await.unwrap();
+    a.append_one(event("a", 0, 0)).await.unwrap();
+    let late = tokio::spawn(async move {
+        let r = a.append_one(event("a", 1, 5000)).await;
+        (a, r)
+    });
+    paused.recv().await.unwrap();
+    let b = take_over(c, "l").await;
+    resume.send(()).await.unwrap();
+    let (a, late) = late.await.unwrap();
+    (a, late, b)
+}
+
+/// A proxied container whose client gives up on an answer after 300 ms, so
+/// that a request the proxy holds times out (and is sent again) at once.
+async fn impatient(
+    account: &bi_ledger::backend::azure::ConnectionInfo,
+    tag: &str,
+) -> (Container, Arc<proxy::Faults>) {
+    let opts = AzureOptions {
+        read_timeout: Duration::from_millis(300),
+        ..AzureOptions::default()
+    };
+    proxied_with(account, tag, opts).await
+}
+
+/// Writer A appends one event; then its lease is broken and B takes the
+/// ledger over. Returns A, which does not know yet, and B.
+async fn deposed(c: &Container) -> (Ledger, Ledger) {
+    let a = Ledger::create(c.dyn_store(), "l", rollover_opts())
+        .await
+        .unwrap();
+    a.append_one(event("a", 0, 0)).await.unwrap();
+    let b = take_over(c, "l").await;
+    (a, b)
 }
 
 /// Where [`Paused`] stops a call: before it reaches the store, or after.
@@ -248,41 +295,14 @@ impl BlobStore for Paused {
 async fn a_rollover_overtaken_after_its_lease_check_seals_nothing() {
     let account = account_or_skip!();
     let c = Container::new(&account, "overtaken", slow_renewal()).await;
-    let (s, mut paused, resume) = Paused::new(c.dyn_store(), |op, name| {
-        (op == "create" && name.ends_with("/0000000001.seg")).then_some(Stop::Before)
-    });
-    let a = Ledger::create(s, "l", rollover_opts()).await.unwrap();
-    a.append_one(event("a", 0, 0)).await.unwrap();
-    let late = tokio::spawn(async move {
-        let r = a.append_one(event("a", 1, 5000)).await;
-        (a, r)
-    });
-    paused.recv().await.unwrap();
-    let b = take_over(&c, "l").await;
-    resume.send(()).await.unwrap();
-    let (a, late) = late.await.unwrap();
+    let (a, late, b) = overtaken_rollover(&c).await;
     assert!(
         matches!(&late, Err(LedgerError::Poisoned(_))),
         "the deposed writer's rollover went through: {late:?}"
     );
     let seg0 = c.store().info("l/0000000000.seg").await.unwrap();
     assert!(!seg0.sealed, "{seg0:?}");
-    b.append_one(event("b", 1, 0)).await.unwrap();
-    b.close().await.unwrap();
-    drop(a);
-    let log = verified_log(c.dyn_store(), "l").await;
-    assert_eq!(
-        log,
-        [("a".into(), 0), ("b".into(), 0), ("b".into(), 1)],
-        "{log:?}"
-    );
-    let next = Ledger::open(c.dyn_store(), "l", rollover_opts())
-        .await
-        .unwrap();
-    let r = next.append_one(event("a", 1, 5000)).await.unwrap();
-    assert_eq!((r.seq, r.segment), (3, 1));
-    next.close().await.unwrap();
-    assert_eq!(verified_log(c.dyn_store(), "l").await.len(), 4);
+    b_goes_on_and_the_next_writer_rolls_over(&c, a, b).await;
 }
 
 /// Writer A's lease is broken and writer B takes over and appends; then A,
@@ -296,12 +316,7 @@ async fn a_rollover_overtaken_after_its_lease_check_seals_nothing() {
 async fn a_deposed_writer_puts_no_checkpoint() {
     let account = account_or_skip!();
     let c = Container::new(&account, "deposedcp", slow_renewal()).await;
-    let a = Ledger::create(c.dyn_store(), "l", rollover_opts())
-        .await
-        .unwrap();
-    a.append_one(event("a", 0, 0)).await.unwrap();
-
-    let b = take_over(&c, "l").await;
+    let (a, b) = deposed(&c).await;
     let late = a.checkpoint().await;
     assert!(
         matches!(&late, Err(LedgerError::Poisoned(why)) if why.contains("lease")),
@@ -502,11 +517,7 @@ async fn readers_between_rollover_steps_see_the_log_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_delete_does_not_remove_a_blob_put_since() {
     let account = account_or_skip!();
-    let opts = AzureOptions {
-        read_timeout: Duration::from_millis(300),
-        ..AzureOptions::default()
-    };
-    let (c, faults) = proxied_with(&account, "latedelete", opts).await;
+    let (c, faults) = impatient(&account, "latedelete").await;
     let s = c.dyn_store();
     s.put("l/snapshot-1", b"orphan").await.unwrap();
     faults.add("DELETE /", Fault::Hold, 1);
@@ -536,19 +547,7 @@ async fn a_late_delete_does_not_remove_a_blob_put_since() {
 async fn the_new_writer_rolls_over_into_the_empty_segment_a_deposed_one_left() {
     let account = account_or_skip!();
     let c = Container::new(&account, "emptynext", slow_renewal()).await;
-    let (s, mut paused, resume) = Paused::new(c.dyn_store(), |op, name| {
-        (op == "create" && name.ends_with("/0000000001.seg")).then_some(Stop::Before)
-    });
-    let a = Ledger::create(s, "l", rollover_opts()).await.unwrap();
-    a.append_one(event("a", 0, 0)).await.unwrap();
-    let late = tokio::spawn(async move {
-        let r = a.append_one(event("a", 1, 5000)).await;
-        (a, r)
-    });
-    paused.recv().await.unwrap();
-    let b = take_over(&c, "l").await;
-    resume.send(()).await.unwrap();
-    let (a, late) = late.await.unwrap();
+    let (a, late, b) = overtaken_rollover(&c).await;
     assert!(matches!(&late, Err(LedgerError::Poisoned(_))), "{late:?}");
     drop(a);
     let seg1 = c.store().info("l/0000000001.seg").await.unwrap();
@@ -578,11 +577,7 @@ async fn the_new_writer_rolls_over_into_the_empty_segment_a_deposed_one_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_put_that_lands_late_is_settled_before_the_next() {
     let account = account_or_skip!();
-    let opts = AzureOptions {
-        read_timeout: Duration::from_millis(300),
-        ..AzureOptions::default()
-    };
-    let (c, faults) = proxied_with(&account, "latecp", opts).await;
+    let (c, faults) = impatient(&account, "latecp").await;
     let s = c.dyn_store();
     let ledger = Ledger::create(s.clone(), "l", ledger_opts()).await.unwrap();
     ledger.append_one(event("s", 0, 0)).await.unwrap();
@@ -618,11 +613,7 @@ async fn a_checkpoint_put_that_lands_late_is_settled_before_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merged_index_put_that_lands_late_does_not_overlap_the_next() {
     let account = account_or_skip!();
-    let opts = AzureOptions {
-        read_timeout: Duration::from_millis(300),
-        ..AzureOptions::default()
-    };
-    let (c, faults) = proxied_with(&account, "latemerge", opts).await;
+    let (c, faults) = impatient(&account, "latemerge").await;
     let s = c.dyn_store();
     let mut o = ledger_opts();
     o.merge_index_count = 2;
@@ -674,11 +665,7 @@ async fn a_merged_index_put_that_lands_late_does_not_overlap_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_that_lands_after_it_was_reported_failed_is_there_once() {
     let account = account_or_skip!();
-    let opts = AzureOptions {
-        read_timeout: Duration::from_millis(300),
-        ..AzureOptions::default()
-    };
-    let (c, faults) = proxied_with(&account, "lateappend", opts).await;
+    let (c, faults) = impatient(&account, "lateappend").await;
     let s = c.dyn_store();
     let ledger = Ledger::create(s.clone(), "l", ledger_opts()).await.unwrap();
     ledger.append_one(event("s", 0, 0)).await.unwrap();

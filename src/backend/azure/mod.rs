@@ -466,6 +466,28 @@ impl AzureBlobStore {
     }
 
     /// An error for the caller: kind kept, secrets scrubbed.
+    /// Get Blob Properties: the blob's length, block count and seal, and
+    /// its ETag (for a later call conditional on the blob being unchanged).
+    async fn properties(&self, name: &str) -> Result<(BlobInfo, Option<Etag>), StoreError> {
+        let p = self
+            .inner
+            .retrying
+            .blob_client(name)
+            .get_properties(None)
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => StoreError::NotFound {
+                    name: name.to_owned(),
+                },
+                _ => self.err("get properties of", name, &e),
+            })?;
+        let read = |e| self.err("read properties of", name, &e);
+        Ok((
+            info_from_headers(name, &p).map_err(read)?,
+            p.etag().map_err(read)?,
+        ))
+    }
+
     fn err(&self, op: &'static str, name: &str, e: &azure_core::Error) -> StoreError {
         let kind = match (e.kind(), status_of(e)) {
             (_, Some(401 | 403)) => std::io::ErrorKind::PermissionDenied,
@@ -879,19 +901,7 @@ impl BlobStore for AzureBlobStore {
 
     async fn info(&self, name: &str) -> Result<BlobInfo, StoreError> {
         validate_name(name)?;
-        let p = self
-            .inner
-            .retrying
-            .blob_client(name)
-            .get_properties(None)
-            .await
-            .map_err(|e| match status_of(&e) {
-                Some(404) => StoreError::NotFound {
-                    name: name.to_owned(),
-                },
-                _ => self.err("get properties of", name, &e),
-            })?;
-        info_from_headers(name, &p).map_err(|e| self.err("read properties of", name, &e))
+        Ok(self.properties(name).await?.0)
     }
 
     async fn seal(&self, name: &str) -> Result<(), StoreError> {
@@ -923,15 +933,7 @@ impl BlobStore for AzureBlobStore {
         let not_found = || StoreError::NotFound {
             name: name.to_owned(),
         };
-        let props = client
-            .get_properties(None)
-            .await
-            .map_err(|e| match status_of(&e) {
-                Some(404) => not_found(),
-                _ => self.err("get properties of", name, &e),
-            })?;
-        let info = info_from_headers(name, &props)
-            .map_err(|e| self.err("read properties of", name, &e))?;
+        let (info, etag) = self.properties(name).await?;
         let mismatch = |actual| StoreError::OffsetMismatch {
             name: name.to_owned(),
             expected: expected_len,
@@ -943,9 +945,6 @@ impl BlobStore for AzureBlobStore {
         if info.sealed {
             return Ok(());
         }
-        let etag = props
-            .etag()
-            .map_err(|e| self.err("read properties of", name, &e))?;
         let res = client
             .append_blob_client()
             .seal(Some(AppendBlobClientSealOptions {
@@ -1035,18 +1034,7 @@ impl BlobStore for AzureBlobStore {
         let not_found = || StoreError::NotFound {
             name: name.to_owned(),
         };
-        let etag = self
-            .inner
-            .retrying
-            .blob_client(name)
-            .get_properties(None)
-            .await
-            .map_err(|e| match status_of(&e) {
-                Some(404) => not_found(),
-                _ => self.err("get properties of", name, &e),
-            })?
-            .etag()
-            .map_err(|e| self.err("read properties of", name, &e))?;
+        let (_, etag) = self.properties(name).await?;
         let client = self.inner.once.blob_client(name);
         let a = self
             .attempt("delete", name, || {
