@@ -1609,3 +1609,49 @@ fn verify_against_kept_checkpoints_finds_a_cut_tail() {
         assert!(strip_ansi(&out.stderr).contains(says), "{}", out.describe());
     }
 }
+
+/// `--segment-max-bytes` (or its variable) rolls segments over early: each
+/// append's batch of ~5 KB here gets a segment of its own past 4 KiB, and
+/// the log reads and verifies across them. A cap below 4 KiB is refused
+/// before anything is written.
+#[test]
+fn a_small_segment_cap_spreads_the_log_over_segments() {
+    let (f, _) = Fixture::init();
+    let batch: String = (0..8)
+        .map(|i| {
+            line(
+                "order-1",
+                "LinePriced",
+                json!({"i": i, "pad": "x".repeat(600)}),
+            ) + "\n"
+        })
+        .collect();
+    for _ in 0..3 {
+        f.run_stdin(&["--segment-max-bytes", "4096", "append"], &batch)
+            .ok();
+    }
+    let out = cmd_out(
+        {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_bi-ledger"));
+            c.arg("--data").arg(f.data()).arg("append");
+            c
+        },
+        Some(&batch),
+        &[("BI_LEDGER_SEGMENT_MAX_BYTES", "4096")],
+    );
+    assert_eq!(out.code, 0, "{}", out.describe());
+    let stats = f.run(&["stats"]).ok().json();
+    assert_eq!(stats["records"], 32, "{stats}");
+    assert_eq!(stats["segments"], 4, "{stats}");
+    assert_eq!(f.read(&["--stream", "order-1"]).len(), 32);
+    assert_eq!(f.verify().ok().json()["valid"], true);
+
+    let refused = f.run_stdin(&["--segment-max-bytes", "100", "append"], &batch);
+    assert_eq!(refused.code, 2, "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("--segment-max-bytes"),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(f.run(&["stats"]).ok().json()["records"], 32);
+}

@@ -7,9 +7,11 @@ use std::io::{Read, Seek};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bi_ledger::{Ledger, LedgerError, LedgerOptions};
+use bi_ledger::{Ledger, LedgerError};
 
-use crate::{input, ledger_exists, load_key, open_writer, print, store, Cli, Outcome};
+use crate::{
+    input, ledger_exists, load_key, open_writer, print, store, writer_options, Cli, Outcome,
+};
 
 /// `append`'s input, which is read twice. A regular file is read where it
 /// is; anything else (standard input, a pipe, `<(…)`) is first copied to a
@@ -94,7 +96,7 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
     let input = AppendInput::open(file)?;
     let store = store(cli, false).await?;
     ledger_exists(cli, store.as_ref()).await?;
-    let opts = LedgerOptions::new(load_key(cli)?);
+    let opts = writer_options(cli, load_key(cli)?);
     let meta = bi_ledger::ledger::recover::read_meta(store.as_ref(), &cli.ledger)
         .await
         .with_context(|| {

@@ -71,6 +71,12 @@ struct Cli {
     /// Signing key file for commands that write (default: DATA/LEDGER.key).
     #[arg(long, global = true, env = "BI_LEDGER_SIGNING_KEY")]
     signing_key: Option<PathBuf>,
+    /// For commands that write: start a new segment before one would pass
+    /// this many bytes (default 1 GiB; a larger batch gets a segment of its
+    /// own). Smaller segments are smaller files, or blobs, to copy and back up.
+    #[arg(long, global = true, env = "BI_LEDGER_SEGMENT_MAX_BYTES",
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    segment_max_bytes: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -389,6 +395,15 @@ fn key_path(cli: &Cli) -> PathBuf {
         .unwrap_or_else(|| cli.data.join(format!("{}.key", cli.ledger)))
 }
 
+/// The options a command that writes opens the ledger with.
+pub(crate) fn writer_options(cli: &Cli, key: SigningKey) -> LedgerOptions {
+    let mut opts = LedgerOptions::new(key);
+    if let Some(cap) = cli.segment_max_bytes {
+        opts.segment_max_bytes = cap;
+    }
+    opts
+}
+
 fn load_key(cli: &Cli) -> Result<SigningKey> {
     let path = key_path(cli);
     let text = std::fs::read_to_string(&path).with_context(|| {
@@ -536,7 +551,7 @@ fn read_input(file: Option<&Path>) -> Result<String> {
 async fn open_writer_here(cli: &Cli) -> Result<Ledger> {
     let store = store(cli, false).await?;
     ledger_exists(cli, store.as_ref()).await?;
-    let opts = LedgerOptions::new(load_key(cli)?);
+    let opts = writer_options(cli, load_key(cli)?);
     open_writer(cli, store, opts).await
 }
 
@@ -737,7 +752,7 @@ async fn create_ledger(cli: &Cli, store: Arc<dyn BlobStore>) -> Result<(Ledger, 
             (k, default_key.clone(), Some((default_key, pub_path)))
         }
     };
-    match Ledger::create(store.clone(), &cli.ledger, LedgerOptions::new(key)).await {
+    match Ledger::create(store.clone(), &cli.ledger, writer_options(cli, key)).await {
         Ok(l) => Ok((l, key_file)),
         // Made meanwhile by another process, with a key of its own.
         Err(e @ LedgerError::AlreadyExists(_)) => {
