@@ -277,18 +277,13 @@ impl Ledger {
         opts.max_batch_bytes = opts.batch_limit(store.as_ref(), &meta);
         let max_batch = opts.max_batch_bytes;
         let (tx, rx) = mpsc::channel(4096);
-        let hashers = rayon::ThreadPoolBuilder::new()
-            .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
-            .thread_name({
-                let name = meta.name.clone();
-                move |i| format!("bi-ledger-hash-{name}-{i}")
-            })
-            .build()
-            .map_err(|e| crate::backend::StoreError::Io {
+        let hashers = writer::Hashers::start(&meta.name).map_err(|source| {
+            crate::backend::StoreError::Io {
                 op: "start the hashing threads of",
                 name: meta.name.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+                source,
+            }
+        })?;
         let w = writer::Writer {
             hashers,
             store: store.clone(),
