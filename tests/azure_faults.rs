@@ -278,6 +278,9 @@ impl BlobStore for Paused {
     async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
         self.inner.truncate(name, len).await
     }
+    async fn trim(&self, name: &str, len: u64) -> Result<(), StoreError> {
+        self.inner.trim(name, len).await
+    }
     async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
         self.inner.lock(name).await
     }

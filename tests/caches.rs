@@ -667,6 +667,11 @@ impl BlobStore for CrashAt {
         self.inner.truncate(name, len).await?;
         self.answer(name)
     }
+    async fn trim(&self, name: &str, len: u64) -> Result<(), StoreError> {
+        self.change(name)?;
+        self.inner.trim(name, len).await?;
+        self.answer(name)
+    }
     async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
         self.inner.lock(name).await
     }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bi_ledger::backend::fs::{FsOptions, FsStore};
-use bi_ledger::backend::BlobStore;
+use bi_ledger::backend::{BlobStore, StoreError};
 
 #[path = "conformance/blob.rs"]
 mod blob;
@@ -53,6 +53,25 @@ impl blob::Namespace for FsNamespace {
 
 blob::conformance_tests!(fs, Fs);
 
+/// The fs store that writes nothing ahead of its appends: its files hold
+/// exactly what was appended, as an Azure append blob does.
+struct FsWithoutFill;
+
+impl blob::Backend for FsWithoutFill {
+    fn namespace(&self, max_blocks: Option<u64>) -> Box<dyn blob::Namespace> {
+        Box::new(FsNamespace {
+            dir: tempfile::tempdir().unwrap(),
+            opts: FsOptions {
+                max_block_size: 256 * 1024,
+                max_blocks: max_blocks.unwrap_or(FsOptions::default().max_blocks),
+                fill_ahead: 0,
+            },
+        })
+    }
+}
+
+blob::conformance_tests!(fs_without_fill, FsWithoutFill);
+
 /// The same list, in one go, with the default fs limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fs_run_all_with_default_limits() {
@@ -72,12 +91,15 @@ async fn fs_run_all_with_default_limits() {
     blob::run_all(&Defaults).await;
 }
 
+/// A store that writes nothing ahead of its appends, for the checks below
+/// that put bytes in its files by hand, as a crash leaves them.
 fn fs_store(dir: &std::path::Path, max_blocks: u64) -> Arc<dyn BlobStore> {
     Arc::new(
         FsStore::with_options(
             dir,
             FsOptions {
                 max_blocks,
+                fill_ahead: 0,
                 ..FsOptions::default()
             },
         )
@@ -289,4 +311,142 @@ async fn fs_listing_block_counts_of_long_sealed_blobs() {
         let blocks = if info.name.ends_with("-put") { 1 } else { 3 };
         assert_eq!((info.block_count, info.sealed), (blocks, true), "{info:?}");
     }
+}
+
+/// The fs store writes zeros ahead of its appends (unwritten space, so that
+/// an append's `fdatasync` need not write the file's new length): not
+/// after a blob's first block, and then up to `fill_ahead` past the block
+/// that needed the room. They are not part of the blob: `info`, `list` and
+/// `read` stop before them. Appends go over the zeros; another handle that
+/// appended meanwhile still makes a stale append fail; `trim` and
+/// `seal_at` cut the zeros off, and refuse to cut anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_unwritten_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = FsOptions {
+        fill_ahead: 4096,
+        ..FsOptions::default()
+    };
+    let open = || -> Arc<dyn BlobStore> {
+        Arc::new(
+            FsStore::with_options(dir.path(), opts.clone())
+                .unwrap()
+                .shared(),
+        )
+    };
+    let file_len = || std::fs::metadata(dir.path().join("s")).unwrap().len();
+    let (a, b) = (open(), open());
+    a.create("s").await.unwrap();
+    assert_eq!(a.append("s", 0, &[7; 84]).await.unwrap(), 84);
+    assert_eq!(file_len(), 84, "nothing is written ahead of a first block");
+    assert_eq!(a.append("s", 84, &[1; 100]).await.unwrap(), 184);
+    assert_eq!(file_len(), 184 + 4096);
+    let info = b.info("s").await.unwrap();
+    assert_eq!((info.size, info.block_count), (184, 2));
+    assert_eq!(b.list("s").await.unwrap(), [info]);
+    let bytes = std::fs::read(dir.path().join("s")).unwrap();
+    assert!(bytes[184..].iter().all(|&x| x == 0));
+    match b.read("s", 180, 5).await {
+        Err(StoreError::OutOfRange { size: 184, .. }) => {}
+        r => panic!("a read into the unwritten space: {r:?}"),
+    }
+    assert_eq!(b.read("s", 180, 4).await.unwrap(), [1; 4]);
+    // Over the zeros: the file does not grow.
+    assert_eq!(a.append("s", 184, &[2; 1000]).await.unwrap(), 1184);
+    assert_eq!(file_len(), 184 + 4096);
+    // Another handle sees where the written bytes end, and appends there;
+    // the first one, stale now, is refused with the true end.
+    match b.append("s", 184, &[9; 5]).await {
+        Err(StoreError::OffsetMismatch {
+            expected: 184,
+            actual: 1184,
+            ..
+        }) => {}
+        r => panic!("a stale append: {r:?}"),
+    }
+    assert_eq!(b.append("s", 1184, &[3; 10]).await.unwrap(), 1194);
+    match a.append("s", 1184, &[9; 5]).await {
+        Err(StoreError::OffsetMismatch {
+            expected: 1184,
+            actual: 1194,
+            ..
+        }) => {}
+        r => panic!("a stale append over another handle's: {r:?}"),
+    }
+    // A large block that does not fit the zeros grows the file by itself
+    // only (more than a sixteenth of `fill_ahead`); a small one, past
+    // itself by the zeros.
+    assert_eq!(a.append("s", 1194, &[4; 5000]).await.unwrap(), 6194);
+    assert_eq!(file_len(), 6194);
+    assert_eq!(a.append("s", 6194, &[6; 100]).await.unwrap(), 6294);
+    assert_eq!(file_len(), 6294 + 4096);
+    let info = a.info("s").await.unwrap();
+    assert_eq!((info.size, info.block_count), (6294, 6));
+    // Only zeros are cut.
+    match a.trim("s", 6000).await {
+        Err(StoreError::OffsetMismatch {
+            expected: 6000,
+            actual: 6294,
+            ..
+        }) => {}
+        r => panic!("trim into the written bytes: {r:?}"),
+    }
+    assert_eq!(file_len(), 6294 + 4096);
+    a.trim("s", 6294).await.unwrap();
+    assert_eq!(file_len(), 6294);
+    a.trim("s", 6294).await.unwrap();
+    // And the next append writes ahead again, from a handle that did not
+    // see the cut.
+    assert_eq!(b.append("s", 6294, &[5; 6]).await.unwrap(), 6300);
+    assert_eq!(file_len(), 6300 + 4096);
+    a.seal_at("s", 6300).await.unwrap();
+    let info = b.info("s").await.unwrap();
+    assert_eq!((info.size, info.block_count, info.sealed), (6300, 7, true));
+    let bytes = std::fs::read(dir.path().join("s")).unwrap();
+    let want: Vec<u8> = [
+        vec![7; 84],
+        vec![1; 100],
+        vec![2; 1000],
+        vec![3; 10],
+        vec![4; 5000],
+        vec![6; 100],
+        vec![5; 6],
+    ]
+    .concat();
+    assert_eq!(bytes, want);
+}
+
+/// After a crash kept a block's end from the side file, the store cannot
+/// tell a block that ends in zero bytes from the unwritten space after it:
+/// it shows the file whole, and the writer (which reads the frames) cuts
+/// the zeros off before it appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_unwritten_space_after_a_block_whose_end_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || -> Arc<dyn BlobStore> { Arc::new(FsStore::new(dir.path()).unwrap().shared()) };
+    let s = open();
+    s.create("z").await.unwrap();
+    s.append("z", 0, b"head").await.unwrap();
+    s.append("z", 4, &[1, 2, 0, 0]).await.unwrap();
+    assert_eq!(s.info("z").await.unwrap().size, 8);
+    drop(s);
+    let file_len = std::fs::metadata(dir.path().join("z")).unwrap().len();
+    assert!(file_len > 8);
+    std::fs::write(dir.path().join(".z.blocks"), 4u64.to_le_bytes()).unwrap();
+    let s = open();
+    let info = s.info("z").await.unwrap();
+    assert_eq!((info.size, info.block_count), (file_len, 2));
+    match s.append("z", 8, b"tail").await {
+        Err(StoreError::OffsetMismatch {
+            expected: 8,
+            actual,
+            ..
+        }) => {
+            assert_eq!(actual, file_len)
+        }
+        r => panic!("an append before zeros the store cannot place: {r:?}"),
+    }
+    s.truncate("z", 8).await.unwrap();
+    assert_eq!(s.append("z", 8, b"tail").await.unwrap(), 12);
+    assert_eq!(s.read_all("z").await.unwrap(), b"head\x01\x02\x00\x00tail");
 }

@@ -88,7 +88,7 @@ impl Crashed {
         let this = self.batches[b];
         let end = match self.batches.get(b + 1) {
             Some(next) if next.segment == this.segment => next.offset,
-            _ => file_len(&seg_path(self.path(), this.segment)),
+            _ => written_len(&seg_path(self.path(), this.segment)),
         };
         (this.offset, end)
     }
@@ -103,6 +103,32 @@ impl Crashed {
 
 fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().len()
+}
+
+/// The segment's bytes less the unwritten space the fs store writes ahead
+/// of its appends (zeros). Every batch here ends in a JSON payload, never in
+/// a zero byte.
+fn written_len(p: &Path) -> u64 {
+    let bytes = std::fs::read(p).unwrap();
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
+
+/// What a crash inside an append over unwritten space leaves: the block's
+/// bytes from `from` on never reached the disk, and are still zeros.
+fn zero_from(p: &Path, from: u64) {
+    let len = file_len(p);
+    let sealed = is_sealed(p);
+    set_sealed(p, false);
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new().write(true).open(p).unwrap(),
+        &vec![0; (len - from) as usize],
+        from,
+    )
+    .unwrap();
+    set_sealed(p, sealed);
 }
 
 fn set_sealed(p: &Path, sealed: bool) {
@@ -284,17 +310,36 @@ fn assert_names(e: &IntegrityError, blob: &str, offset: u64, seq: Option<u64>) {
 
 // ------------------------------------------------- crashes during append
 
-/// Step "append": the last batch's pwrite was cut short, at every byte.
-/// Recovery truncates it and the ledger continues where it was.
+/// Step "append": the last batch's pwrite was cut short, at every byte,
+/// either at the end of the file or in the unwritten space the store wrote
+/// ahead (the rest of the block still zeros). Recovery truncates it and the
+/// ledger continues where it was.
 async fn torn_last_batch_at_every_byte(sizes: &[u64]) {
     let c = build(3, sizes, None).await;
     let last = c.batches.len() - 1;
     let (start, end) = c.range(last);
     let seg = c.batches[last].segment;
     assert!(end - start > 30, "the batch is {} bytes", end - start);
-    for cut in start..end {
+    assert!(
+        file_len(&seg_path(c.path(), seg)) > end,
+        "the store wrote zeros ahead"
+    );
+    for (cut, zeroed) in (start..end).flat_map(|cut| [(cut, false), (cut, true)]) {
         let dir = c.copy();
-        truncate(&seg_path(dir.path(), seg), cut);
+        match zeroed {
+            false => truncate(&seg_path(dir.path(), seg), cut),
+            true => zero_from(&seg_path(dir.path(), seg), cut),
+        }
+        if zeroed && cut > start && cut < start + 8 {
+            // Part of the 8 length bytes, the rest still zero: a sector
+            // write is atomic, so only a length straddling two sectors
+            // tears so, and a half-written length cannot be told from a
+            // flipped one. Damage, then (ledger-format.md §12.2): nothing
+            // is cut, and an operator decides.
+            let e = open_err(dir.path(), c.max_blocks).await;
+            assert_names(&e, &seg_name(seg), start, Some(c.batches[last].first_seq));
+            continue;
+        }
         // The last few cuts also write the final checkpoint.
         let close = end - cut <= 2;
         recovers_to(
@@ -308,6 +353,35 @@ async fn torn_last_batch_at_every_byte(sizes: &[u64]) {
     }
     // And the crash that tore nothing loses nothing.
     recovers_to(c.path(), c.max_blocks, &c.records, None, true).await;
+}
+
+/// A crash that kept the last batch's end from the fs store's side file
+/// (which is not fsynced): the store cannot tell where the batch ends and
+/// its unwritten space begins, and shows the segment whole, zeros and all.
+/// Readers and `verify` read every record and stop at the zeros; `open`
+/// cuts them off and appends where the batch ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_block_end_shows_the_unwritten_space() {
+    let c = build(100, &[1, 2, 1], None).await;
+    let dir = c.copy();
+    let side = dir.path().join(NAME).join(".0000000000.seg.blocks");
+    let ends = std::fs::read(&side).unwrap();
+    std::fs::write(&side, &ends[..ends.len() - 8]).unwrap();
+    let seg = seg_path(dir.path(), 0);
+    let (_, end) = c.range(2);
+    assert!(file_len(&seg) > end, "the store wrote zeros ahead");
+    assert_eq!(
+        store(dir.path()).info(&seg_name(0)).await.unwrap().size,
+        file_len(&seg)
+    );
+    assert_eq!(read_all(dir.path()).await, c.records);
+    assert_eq!(verify(dir.path()).await.records, 4);
+    recovers_to(dir.path(), 100, &c.records, Some((0, end)), true).await;
+    assert_eq!(
+        written_len(&seg),
+        file_len(&seg),
+        "closed with no zeros left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,7 +811,10 @@ async fn orphan_snapshot_then_interrupted_rollover_then_close() {
         &layout::checkpoint(NAME, size),
     ))
     .unwrap();
-    // The rollover got as far as creating segment 2.
+    // The rollover cut segment 1's unwritten space off and got as far as
+    // creating segment 2.
+    let seg1 = seg_path(dir.path(), 1);
+    truncate(&seg1, written_len(&seg1));
     std::fs::write(seg_path(dir.path(), 2), b"").unwrap();
     set_sealed(&seg_path(dir.path(), 1), false);
     let ledger = open_recovered(dir.path(), 3, &c.records).await;
@@ -794,7 +871,7 @@ async fn flipped_byte_in_a_non_last_batch() {
             let e = open_err(dir.path(), 100).await;
             assert_names(&e, &seg_name(0), start, Some(c.batches[b].first_seq));
             // Nothing was cut: the evidence is still there.
-            assert_eq!(file_len(&seg_path(dir.path(), 0)), c.range(3).1);
+            assert_eq!(written_len(&seg_path(dir.path(), 0)), c.range(3).1);
         }
     }
 }

@@ -1774,6 +1774,27 @@ async fn assert_torn(doc: &BTreeMap<String, Vec<u8>>, tail: &[u8], case: &str) {
     assert_eq!(report.records, 4, "{case}");
 }
 
+/// `tail` is unwritten space (§12.2): readers and verify stop before it
+/// without an error, and opening for writing cuts it off.
+async fn assert_unwritten(doc: &BTreeMap<String, Vec<u8>>, tail: &[u8], case: &str) {
+    let verifier = Verifier::from_vkey(&doc_str(doc, "verifier-key")).unwrap();
+    let (dir, seg_path, good_len) = ledger_with_tail(doc, tail);
+    let s = store(dir.path());
+    let reader = LedgerReader::open(s.clone(), LEDGER_NAME).await.unwrap();
+    assert_eq!(reader.read(0, None).await.unwrap(), records(), "{case}");
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!((report.records, report.unsigned_tail), (4, 0), "{case}");
+    let ledger = Ledger::open(s.clone(), LEDGER_NAME, LedgerOptions::new(signing_key()))
+        .await
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    drop(ledger);
+    assert_eq!(
+        std::fs::metadata(&seg_path).unwrap().len(),
+        good_len,
+        "{case}"
+    );
+}
+
 /// `tail` is damage (§12.3): an integrity error for readers, verify and
 /// opening for writing alike, which cuts nothing.
 async fn assert_damage(doc: &BTreeMap<String, Vec<u8>>, tail: &[u8], case: &str, what: &str) {
@@ -1830,14 +1851,27 @@ async fn torn_or_damaged_last_frame() {
     assert_torn(&doc, &tail[..tail.len() - 1], "frame cut short").await;
     assert_torn(&doc, &tail[..12], "header only").await;
     // Torn: the header still all zero (the file extended before the data
-    // reached the disk), with or without zeros after it.
-    assert_torn(&doc, &[0; 12], "all-zero header").await;
-    assert_torn(&doc, &vec![0; tail.len()], "all-zero frame").await;
+    // reached the disk), the rest of the block written.
+    let mut headless = tail.clone();
+    headless[..12].fill(0);
+    assert_torn(&doc, &headless, "all-zero header").await;
+    // Not torn: only zeros, however many, are unwritten space (§12.2).
+    assert_unwritten(&doc, &[0; 5], "5 zero bytes").await;
+    assert_unwritten(&doc, &[0; 12], "a zero header").await;
+    assert_unwritten(&doc, &vec![0; tail.len()], "a zero frame").await;
+    assert_unwritten(&doc, &vec![0; 5 << 20], "5 MiB of zeros").await;
     // Torn: the header as written, the frame ends exactly at the end of the
     // segment, and its body did not all reach the disk (CRC mismatch).
     let mut zeroed = tail.clone();
     zeroed[40..].fill(0);
     assert_torn(&doc, &zeroed, "body partly zero").await;
+    // Torn: the same, followed by unwritten space.
+    zeroed.extend_from_slice(&[0; 4096]);
+    assert_torn(&doc, &zeroed, "body partly zero, then zeros").await;
+    let mut flipped = tail.clone();
+    flipped[40] ^= 0x01;
+    flipped.extend_from_slice(&[0; 4]);
+    assert_torn(&doc, &flipped, "CRC mismatch, then zeros").await;
 
     // Damage: one flipped bit of the length, here one that makes the frame
     // run past the end of the segment like a torn write would. Without the
@@ -1865,7 +1899,7 @@ async fn torn_or_damaged_last_frame() {
     // Damage: a bad CRC in a frame that ends before the end of the segment.
     let mut both = tail.clone();
     both[40] ^= 0x01;
-    both.extend_from_slice(&[0; 4]);
+    both.extend_from_slice(&[0, 0, 0, 1]);
     assert_damage(
         &doc,
         &both,

@@ -29,6 +29,8 @@ pub const DEFAULT_MAX_BLOCK: usize = 4 * 1024 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobInfo {
     pub name: String,
+    /// Bytes in the blob, unwritten space (see [`BlobStore::trim`])
+    /// included.
     pub size: u64,
     /// Committed appends (blocks). Azure reports it exactly; the fs store
     /// keeps it in a side file that may undercount after a crash.
@@ -87,8 +89,9 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 
     /// Creates an empty appendable blob; fails if it exists.
     async fn create(&self, name: &str) -> Result<(), StoreError>;
-    /// Appends `block` if the blob holds exactly `expected_offset` bytes.
-    /// Returns the new length once the block is durable.
+    /// Appends `block` if the blob holds exactly `expected_offset` bytes
+    /// before its unwritten space (see [`Self::trim`]). Returns where the
+    /// block ends once it is durable.
     async fn append(
         &self,
         name: &str,
@@ -113,19 +116,15 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// lock is exclusive) may check and seal in two steps, as here; the
     /// Azure store makes the seal itself conditional.
     async fn seal_at(&self, name: &str, expected_len: u64) -> Result<(), StoreError> {
-        let info = self.info(name).await?;
-        if info.size != expected_len {
-            return Err(StoreError::OffsetMismatch {
-                name: name.to_owned(),
-                expected: expected_len,
-                actual: info.size,
-            });
-        }
-        if info.sealed {
-            return Ok(());
-        }
-        self.seal(name).await
+        seal_at_in_two_steps(self, name, expected_len).await
     }
+    /// Cuts off the unwritten space after the first `len` bytes: zeros a
+    /// store wrote ahead of its appends (the fs store does), which must not
+    /// stay in a blob that is sealed. `OffsetMismatch` if anything but
+    /// zeros follows them. Stores that write nothing ahead have nothing to
+    /// cut, but say so explicitly: a wrapper that forgot to pass this on
+    /// would leave zeros in a sealed segment.
+    async fn trim(&self, name: &str, len: u64) -> Result<(), StoreError>;
     /// Creates a whole immutable blob atomically; fails if it exists.
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError>;
     /// Cuts a blob back to `len` bytes. Only crash recovery calls this, for a
@@ -186,6 +185,26 @@ pub trait WriterLock: Send + Sync + fmt::Debug {
 
 thread_local! {
     static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`BlobStore::seal_at`] as a check of the length, then a seal.
+pub(crate) async fn seal_at_in_two_steps<S: BlobStore + ?Sized>(
+    store: &S,
+    name: &str,
+    expected_len: u64,
+) -> Result<(), StoreError> {
+    let info = store.info(name).await?;
+    if info.size != expected_len {
+        return Err(StoreError::OffsetMismatch {
+            name: name.to_owned(),
+            expected: expected_len,
+            actual: info.size,
+        });
+    }
+    if info.sealed {
+        return Ok(());
+    }
+    store.seal(name).await
 }
 
 /// Marks the calling thread as one that does nothing but drive a ledger's

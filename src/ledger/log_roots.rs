@@ -64,7 +64,7 @@ impl LedgerReader {
                 self.store().as_ref(),
                 &seg.name,
                 start,
-                seg.size,
+                self.view_len(seg),
                 self.max_body(),
             );
             // A proof's groups of records are often a few hundred KiB; a

@@ -88,6 +88,13 @@ pub struct LedgerReader {
     /// durable, so the segments as listed hold at least this many records,
     /// and a log that ends sooner has lost some.
     signed: u64,
+    /// Where the first read that reached the end of the last segment
+    /// stopped, at a batch being written (or torn): later reads stop there
+    /// too. Without it, a block a writer was copying into the unwritten
+    /// space the fs store writes ahead (format §12.2), shown whole while
+    /// it lands, would turn up in this reader's later reads, and after it
+    /// whatever else the writer put into that space.
+    last_end: std::sync::atomic::AtomicU64,
 }
 
 impl LedgerReader {
@@ -173,6 +180,7 @@ impl LedgerReader {
             meta,
             segments,
             max_body,
+            last_end: u64::MAX.into(),
             signed,
         })
     }
@@ -295,7 +303,7 @@ impl LedgerReader {
                 self.store.as_ref(),
                 &seg.name,
                 begin,
-                seg.size,
+                self.view_len(seg),
                 self.max_body,
             );
             if i == start && offset > HEADER_LEN as u64 {
@@ -351,7 +359,7 @@ impl LedgerReader {
             .segments
             .last()
             .map_or((layout::segment(self.name(), 0), 0), |s| {
-                (s.name.clone(), s.size)
+                (s.name.clone(), self.view_len(s))
             });
         Err(IntegrityError::new(
             &blob,
@@ -381,6 +389,8 @@ impl LedgerReader {
                 IntegrityError::new(&seg.name, bad.offset, Some(reached), bad.error.what).into(),
             );
         }
+        self.last_end
+            .fetch_min(bad.offset, std::sync::atomic::Ordering::Relaxed);
         let signed = self.signed;
         if signed > reached {
             return Err(IntegrityError::new(
@@ -395,6 +405,17 @@ impl LedgerReader {
             .into());
         }
         Ok(())
+    }
+
+    /// How much of `seg` this reader reads: its length as listed, and of
+    /// the last segment no further than `last_end`.
+    pub(crate) fn view_len(&self, seg: &SegmentRef) -> u64 {
+        match self.segments.last() {
+            Some(last) if last.index == seg.index => seg
+                .size
+                .min(self.last_end.load(std::sync::atomic::Ordering::Relaxed)),
+            _ => seg.size,
+        }
     }
 
     /// The newest checkpoint's size when this reader opened.
@@ -470,7 +491,7 @@ impl LedgerReader {
             self.store.as_ref(),
             &seg.name,
             at.offset,
-            seg.size,
+            self.view_len(seg),
             self.max_body,
         );
         while let Some(chunk) = scan.next_chunk().await? {

@@ -480,6 +480,18 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
                     IntegrityError::new(name, bad.offset, Some(tip.size), bad.error.what).into(),
                 );
             }
+            if bad.unwritten {
+                // Zeros a store wrote ahead of its appends, which it
+                // showed as part of the blob (the fs store does not, unless
+                // its side file says a block ended in them): cut, so that
+                // the store's idea of where the blob ends is the log's.
+                repairs.push(Repair::Unwritten {
+                    name: name.clone(),
+                    offset: bad.offset,
+                    cut: size - bad.offset,
+                });
+                continue;
+            }
             repairs.push(Repair::Cut {
                 name: name.clone(),
                 offset: bad.offset,
@@ -508,6 +520,9 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
                         *cut,
                         " (the segment's header is incomplete, and is left as it is)",
                     ),
+                    Some(Repair::Unwritten { offset, .. }) => {
+                        (*offset, " (zeros follow, and are left as they are)")
+                    }
                     None => (tip.segment_len, ""),
                 };
                 IntegrityError::new(
@@ -591,6 +606,9 @@ enum Repair {
         first_lost_seq: u64,
         reason: String,
     },
+    /// Unwritten space (zeros, format §12.2): `cut` bytes from `offset`,
+    /// which never held anything.
+    Unwritten { name: String, offset: u64, cut: u64 },
 }
 
 impl Repair {
@@ -605,6 +623,10 @@ impl Repair {
                     store.truncate(&name, 0).await?;
                 }
                 store.append(&name, 0, &header).await?;
+            }
+            Repair::Unwritten { name, offset, cut } => {
+                info!(segment = %name, offset, bytes_cut = cut, "cutting off unwritten space (zeros) after the last batch");
+                store.truncate(&name, offset).await?;
             }
             Repair::Cut {
                 name,

@@ -86,6 +86,10 @@ pub struct BadFrame {
     /// The frame's bytes run to the end of the blob (or its length field is
     /// unreadable), so it may be a write torn by a crash.
     pub reaches_end: bool,
+    /// Every byte from the frame to the end of the blob is zero: not a
+    /// frame at all but unwritten space (ledger-format.md §12.2), which in
+    /// the last segment is simply where the log ends.
+    pub unwritten: bool,
     pub error: DecodeError,
 }
 
@@ -136,6 +140,74 @@ impl<'s> Scanner<'s> {
         self.pos
     }
 
+    /// What the corrupt frame at `data[at..]` (read from `self.pos`) is.
+    ///
+    /// Only the last append can tear, and it is one frame at most. Its
+    /// length field is either as written (self-checked, see `batch`) or
+    /// still zero; a written frame whose bad CRC covers the rest of the
+    /// blob had its body torn. Anything else is damage, and must never be
+    /// cut off as if torn. Zeros at the end of the blob may be unwritten
+    /// space a store wrote ahead of its appends; the torn frame is then the
+    /// last one before them, or unwritten space itself.
+    async fn classify(
+        &self,
+        data: &[u8],
+        at: usize,
+        error: DecodeError,
+    ) -> Result<BadFrame, StoreError> {
+        let start = self.pos + at as u64;
+        let header = batch::FRAME_HEADER_LEN as u64;
+        let length = batch::frame_length(&data[at..]);
+        let zeros_from = if matches!(length, batch::Length::Damaged) {
+            self.size // never torn; no need to look
+        } else {
+            self.zeros_from(start, data).await?
+        };
+        let one_frame = zeros_from - start <= header.saturating_add(self.max_body as u64);
+        let reaches_end = one_frame
+            && match length {
+                batch::Length::Unwritten => true,
+                batch::Length::Damaged => false,
+                batch::Length::Valid(n) => {
+                    let end = at + batch::FRAME_HEADER_LEN + n;
+                    start + header + n as u64 >= zeros_from
+                        && !(end <= data.len() && batch::frame_crc_ok(&data[at..end]))
+                }
+            };
+        Ok(BadFrame {
+            offset: start,
+            reaches_end,
+            unwritten: zeros_from == start,
+            error,
+        })
+    }
+
+    /// Where the zero bytes that end the blob begin, looking no further
+    /// back than `floor` (`self.size` if its last byte is not zero).
+    /// `data` holds the blob's bytes from `self.pos`. Looked at backwards,
+    /// so that bytes before the zeros are read only as far as the last
+    /// one that is not zero.
+    async fn zeros_from(&self, floor: u64, data: &[u8]) -> Result<u64, StoreError> {
+        const STEP: u64 = 1 << 20;
+        let held = self.pos..self.pos + data.len() as u64;
+        let mut end = self.size;
+        while end > floor {
+            let start = end.saturating_sub(STEP).max(floor);
+            let read;
+            let bytes = if held.contains(&start) && end <= held.end {
+                &data[(start - self.pos) as usize..(end - self.pos) as usize]
+            } else {
+                read = self.store.read(&self.blob, start, end - start).await?;
+                &read[..]
+            };
+            if let Some(i) = bytes.iter().rposition(|&b| b != 0) {
+                return Ok(start + i as u64 + 1);
+            }
+            end = start;
+        }
+        Ok(floor)
+    }
+
     /// Next chunk of good frames, or `None` at the end or at a bad frame
     /// (then `self.bad` says which).
     pub async fn next_chunk(&mut self) -> Result<Option<Chunk>, StoreError> {
@@ -171,6 +243,7 @@ impl<'s> Scanner<'s> {
             let mut frames = Vec::new();
             let mut at = 0usize;
             let mut need_more = None;
+            let mut bad = None;
             while at < data.len() {
                 match batch::parse_frame(&data[at..], self.max_body) {
                     Frame::Complete { len, .. } => {
@@ -183,9 +256,13 @@ impl<'s> Scanner<'s> {
                         if end <= self.size {
                             need_more = Some(end);
                         } else {
+                            let unwritten = needed.is_none()
+                                && data[at..].iter().all(|&b| b == 0)
+                                && self.pos + data.len() as u64 == self.size;
                             self.bad = Some(BadFrame {
                                 offset: start,
                                 reaches_end: true,
+                                unwritten,
                                 error: DecodeError::new(
                                     0,
                                     format!(
@@ -199,35 +276,13 @@ impl<'s> Scanner<'s> {
                         break;
                     }
                     Frame::Corrupt(error) => {
-                        // Only the last append can tear, and it is one frame
-                        // at most. Its length field is either as written
-                        // (self-checked, see `batch`) or still zero; a
-                        // written frame that runs to the end of the blob with
-                        // a bad CRC had its body torn. Anything else is
-                        // damage, and must never be cut off as if torn.
-                        let start = self.pos + at as u64;
-                        let header = batch::FRAME_HEADER_LEN as u64;
-                        let one_frame =
-                            self.size - start <= header.saturating_add(self.max_body as u64);
-                        let reaches_end = one_frame
-                            && match batch::frame_length(&data[at..]) {
-                                batch::Length::Unwritten => true,
-                                batch::Length::Damaged => false,
-                                batch::Length::Valid(n) => {
-                                    let end = at + batch::FRAME_HEADER_LEN + n;
-                                    start + header + n as u64 >= self.size
-                                        && !(end <= data.len()
-                                            && batch::frame_crc_ok(&data[at..end]))
-                                }
-                            };
-                        self.bad = Some(BadFrame {
-                            offset: self.pos + at as u64,
-                            reaches_end,
-                            error,
-                        });
+                        bad = Some((at, error));
                         break;
                     }
                 }
+            }
+            if let Some((at, error)) = bad {
+                self.bad = Some(self.classify(&data, at, error).await?);
             }
             if frames.is_empty() {
                 if let Some(end) = need_more {

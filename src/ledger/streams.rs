@@ -367,14 +367,15 @@ impl LedgerReader {
             return Ok(None);
         };
         let head = (FRAME_HEADER_LEN + BODY_HEADER_LEN) as u64;
-        if offset.saturating_add(head) > seg.size {
+        let size = self.view_len(seg);
+        if offset.saturating_add(head) > size {
             return Ok(None);
         }
         let bytes = self.store().read(&seg.name, offset, head).await?;
         Ok(
             match crate::format::batch::frame_head(&bytes, self.max_body()) {
                 Some((len, first_seq, count))
-                    if offset + len as u64 <= seg.size
+                    if offset + len as u64 <= size
                         && (first_seq, u64::from(count)) == (batch.first_seq, batch.count) =>
                 {
                     Some(Seek {
@@ -400,7 +401,7 @@ impl LedgerReader {
             self.store().as_ref(),
             &seg.name,
             offset,
-            seg.size,
+            self.view_len(seg),
             self.max_body(),
         )
         .await?;

@@ -80,7 +80,9 @@ impl LedgerReader {
             let (blob, offset) = self
                 .segments()
                 .last()
-                .map_or((layout::meta(name), 0), |seg| (seg.name.clone(), seg.size));
+                .map_or((layout::meta(name), 0), |seg| {
+                    (seg.name.clone(), self.view_len(seg))
+                });
             return Err(IntegrityError::new(
                 blob,
                 offset,

@@ -198,8 +198,24 @@ impl LedgerReader {
             if let Some(bad) = scan.bad {
                 let newest = sizes.last().copied().unwrap_or(0);
                 let at_end = *index as usize == last && bad.reaches_end && w.tip.size >= newest;
+                if at_end && bad.unwritten {
+                    // Zeros an fs store wrote ahead of its appends (§12.2):
+                    // where the log ends, not a torn batch.
+                    done_before += info.size;
+                    progress(done_before, total);
+                    continue;
+                }
                 let present = info.size - bad.offset;
-                if at_end && changed_since(store.as_ref(), name, info.size, present).await? {
+                if at_end
+                    && changed_since(
+                        store.as_ref(),
+                        name,
+                        info.size,
+                        (bad.offset, present),
+                        self.max_body(),
+                    )
+                    .await?
+                {
                     // Not torn: a live writer's block, listed while it was
                     // being copied in (or a torn tail a new writer has cut
                     // since). What the listing held up to it is verified.
@@ -596,13 +612,16 @@ fn hash_chunk(chunk: Chunk, name: &str, segment: u64) -> Walking {
 /// to about 0.2 s, or 2 s where `present` bytes of the last frame show a
 /// large block. On the fs backend a reader can list a segment while the
 /// writer's `pwrite` is still copying a block in, so a batch in flight looks
-/// like a torn one; a moment later the segment has grown. A torn tail left
-/// by a crash stays as it is. (Azure shows appended blocks whole.)
+/// like a torn one; a moment later the segment has grown, or, where the
+/// block went into unwritten space, the frame at `offset` has become whole.
+/// A torn tail left by a crash stays as it is. (Azure shows appended
+/// blocks whole.)
 async fn changed_since(
     store: &dyn crate::backend::BlobStore,
     name: &str,
     seen: u64,
-    present: u64,
+    (offset, present): (u64, u64),
+    max_body: usize,
 ) -> Result<bool> {
     // A writer starved of CPU (at nice 19 beside busy processes) was seen
     // more than 0.2 s into copying a 4 MiB block; a small block is copied
@@ -614,7 +633,12 @@ async fn changed_since(
     };
     for &wait_ms in waits {
         tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
-        if store.info(name).await?.size != seen {
+        let size = store.info(name).await?.size;
+        if size != seen
+            || super::scan::read_frame(store, name, offset, size, max_body)
+                .await?
+                .is_some()
+        {
             return Ok(true);
         }
     }

@@ -354,6 +354,7 @@ impl Writer {
                         }
                         Command::Close { reply } => {
                             let result = self.checkpoint().await;
+                            self.trim().await;
                             // Release the writer lock before answering, so
                             // that a caller (or another process) may reopen
                             // once close() returns.
@@ -633,6 +634,20 @@ impl Writer {
         }
     }
 
+    /// Cuts the unwritten space off the last segment, on a clean close, so
+    /// that a closed ledger's files hold what was written and nothing
+    /// else. Unwritten space is allowed at rest (a crash leaves it), so a
+    /// failure only says so.
+    async fn trim(&mut self) {
+        if self.poisoned.is_some() || self.tip.segment_len == 0 {
+            return;
+        }
+        let name = layout::segment(&self.meta.name, self.tip.segment_index);
+        if let Err(e) = self.store.trim(&name, self.tip.segment_len).await {
+            tracing::warn!(segment = %name, error = %e, "could not cut the unwritten space off the last segment");
+        }
+    }
+
     /// Rolls over to a new segment first if this block would not fit.
     async fn make_room(&mut self, block_len: usize, first_seq: u64) -> Result<(), StoreError> {
         let max_blocks = self.opts.segment_max_blocks.min(self.store.max_blocks());
@@ -670,6 +685,11 @@ impl Writer {
         // Asked first, so that a writer that lost its lock does not even
         // leave an empty next segment in the new holder's way.
         self.lock.confirm().await?;
+        // The zeros an fs store wrote ahead of the appends go before the
+        // next segment exists: unwritten space may end only the last
+        // segment (ledger-format.md §12.2), and a crash after `create`
+        // makes the new one last.
+        self.store.trim(&old, self.tip.segment_len).await?;
         match self.store.create(&name).await {
             Ok(()) => {}
             // Left empty by a writer that lost its lock and was stopped at

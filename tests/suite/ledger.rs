@@ -595,6 +595,9 @@ impl BlobStore for Interrupted {
     async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
         self.inner.truncate(name, len).await
     }
+    async fn trim(&self, name: &str, len: u64) -> Result<(), StoreError> {
+        self.inner.trim(name, len).await
+    }
     async fn lock(
         &self,
         name: &str,
