@@ -17,7 +17,12 @@ mod listing;
 
 /// Each namespace is a fresh temporary directory; each handle a new
 /// `FsStore` on it, with its own open-file cache, as another process has.
-struct Fs;
+/// Run with the zeros the store writes ahead of its appends by default, and
+/// without them, when its files hold exactly what was appended, as an
+/// Azure append blob does.
+struct Fs {
+    fill_ahead: u64,
+}
 
 struct FsNamespace {
     dir: tempfile::TempDir,
@@ -29,6 +34,7 @@ impl blob::Backend for Fs {
         let mut opts = FsOptions {
             // Small enough that the at-the-limit check stays quick.
             max_block_size: 256 * 1024,
+            fill_ahead: self.fill_ahead,
             ..FsOptions::default()
         };
         if let Some(n) = max_blocks {
@@ -51,26 +57,13 @@ impl blob::Namespace for FsNamespace {
     }
 }
 
-blob::conformance_tests!(fs, Fs);
-
-/// The fs store that writes nothing ahead of its appends: its files hold
-/// exactly what was appended, as an Azure append blob does.
-struct FsWithoutFill;
-
-impl blob::Backend for FsWithoutFill {
-    fn namespace(&self, max_blocks: Option<u64>) -> Box<dyn blob::Namespace> {
-        Box::new(FsNamespace {
-            dir: tempfile::tempdir().unwrap(),
-            opts: FsOptions {
-                max_block_size: 256 * 1024,
-                max_blocks: max_blocks.unwrap_or(FsOptions::default().max_blocks),
-                fill_ahead: 0,
-            },
-        })
+blob::conformance_tests!(
+    fs,
+    Fs {
+        fill_ahead: bi_ledger::backend::fs::DEFAULT_FILL_AHEAD
     }
-}
-
-blob::conformance_tests!(fs_without_fill, FsWithoutFill);
+);
+blob::conformance_tests!(fs_without_fill, Fs { fill_ahead: 0 });
 
 /// The same list, in one go, with the default fs limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

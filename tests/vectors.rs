@@ -1760,15 +1760,7 @@ async fn assert_torn(doc: &BTreeMap<String, Vec<u8>>, tail: &[u8], case: &str) {
     let e = e.to_string();
     assert!(e.contains(&format!("at byte {good_len}")), "{case}: {e}");
     assert!(e.contains("torn last batch"), "{case}: {e}");
-    let ledger = Ledger::open(s.clone(), LEDGER_NAME, LedgerOptions::new(signing_key()))
-        .await
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
-    drop(ledger);
-    assert_eq!(
-        std::fs::metadata(&seg_path).unwrap().len(),
-        good_len,
-        "{case}"
-    );
+    opening_cuts_it_off(&s, &seg_path, good_len, case).await;
     let reader = LedgerReader::open(s, LEDGER_NAME).await.unwrap();
     let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
     assert_eq!(report.records, 4, "{case}");
@@ -1784,12 +1776,23 @@ async fn assert_unwritten(doc: &BTreeMap<String, Vec<u8>>, tail: &[u8], case: &s
     assert_eq!(reader.read(0, None).await.unwrap(), records(), "{case}");
     let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
     assert_eq!((report.records, report.unsigned_tail), (4, 0), "{case}");
+    opening_cuts_it_off(&s, &seg_path, good_len, case).await;
+}
+
+/// Opening the ledger for writing leaves segment `seg_path` `good_len`
+/// bytes long.
+async fn opening_cuts_it_off(
+    s: &Arc<dyn BlobStore>,
+    seg_path: &std::path::Path,
+    good_len: u64,
+    case: &str,
+) {
     let ledger = Ledger::open(s.clone(), LEDGER_NAME, LedgerOptions::new(signing_key()))
         .await
         .unwrap_or_else(|e| panic!("{case}: {e}"));
     drop(ledger);
     assert_eq!(
-        std::fs::metadata(&seg_path).unwrap().len(),
+        std::fs::metadata(seg_path).unwrap().len(),
         good_len,
         "{case}"
     );

@@ -214,20 +214,7 @@ impl FsStore {
             return Ok(b.clone());
         }
         let path = self.path(name)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                // A directory is only a prefix of other blobs' names.
-                ErrorKind::NotFound | ErrorKind::IsADirectory => StoreError::NotFound {
-                    name: name.to_owned(),
-                },
-                ErrorKind::PermissionDenied => StoreError::Sealed {
-                    name: name.to_owned(),
-                },
-                _ => io("open", name, e),
-            })?;
+        let file = open_to_change(&path, name)?;
         if file
             .metadata()
             .map_err(|e| io("stat", name, e))?
@@ -657,6 +644,24 @@ fn walk_fanned(dir: &Path, stem: &str, prefix: &str, out: &mut Vec<String>) -> s
     Ok(())
 }
 
+/// Opens blob `name` at `path` to append to it or cut it.
+fn open_to_change(path: &Path, name: &str) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            // A directory is only a prefix of other blobs' names.
+            ErrorKind::NotFound | ErrorKind::IsADirectory => StoreError::NotFound {
+                name: name.to_owned(),
+            },
+            ErrorKind::PermissionDenied => StoreError::Sealed {
+                name: name.to_owned(),
+            },
+            _ => io("open", name, e),
+        })
+}
+
 fn io(op: &'static str, name: &str, source: std::io::Error) -> StoreError {
     StoreError::Io {
         op,
@@ -960,16 +965,7 @@ impl BlobStore for SharedFs {
         blocking(move || {
             me.forget(&name);
             let path = me.path(&name)?;
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| match e.kind() {
-                    ErrorKind::NotFound | ErrorKind::IsADirectory => {
-                        StoreError::NotFound { name: name.clone() }
-                    }
-                    ErrorKind::PermissionDenied => StoreError::Sealed { name: name.clone() },
-                    _ => io("open", &name, e),
-                })?;
+            let f = open_to_change(&path, &name)?;
             f.lock().map_err(|e| io("lock", &name, e))?;
             let meta = f.metadata().map_err(|e| io("stat", &name, e))?;
             // Opening for writing does not stop root: check the seal.
@@ -1023,17 +1019,7 @@ impl BlobStore for SharedFs {
                     false => Err(StoreError::Sealed { name }),
                 };
             }
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| match e.kind() {
-                    ErrorKind::NotFound | ErrorKind::IsADirectory => {
-                        StoreError::NotFound { name: name.clone() }
-                    }
-                    ErrorKind::PermissionDenied => StoreError::Sealed { name: name.clone() },
-                    _ => io("open", &name, e),
-                })?;
+            let f = open_to_change(&path, &name)?;
             f.lock().map_err(|e| io("lock", &name, e))?;
             let size = f.metadata().map_err(|e| io("stat", &name, e))?.len();
             let zeros_from =
