@@ -45,6 +45,15 @@ fn slow_renewal() -> AzureOptions {
     }
 }
 
+/// Segments of three blocks (a header and two batches): a rollover every
+/// second batch.
+fn three_blocks() -> AzureOptions {
+    AzureOptions {
+        max_blocks: 3,
+        ..AzureOptions::default()
+    }
+}
+
 fn event(stream: &str, i: usize, pad: usize) -> NewEvent {
     NewEvent::json(stream, "E", &json!({ "i": i, "pad": "x".repeat(pad) }))
 }
@@ -351,10 +360,7 @@ async fn a_deposed_writer_puts_no_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollover_whose_answers_are_lost_goes_through() {
     let account = account_or_skip!();
-    let opts = AzureOptions {
-        max_blocks: 3,
-        ..AzureOptions::default()
-    };
+    let opts = three_blocks();
     let (c, faults) = proxied_with(&account, "lostroll", opts).await;
     let s = c.dyn_store();
     let ledger = Ledger::create(s.clone(), "l", ledger_opts()).await.unwrap();
@@ -393,10 +399,7 @@ async fn a_rollover_whose_answers_are_lost_goes_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_during_appends_and_rollovers_see_whole_prefixes() {
     let account = account_or_skip!();
-    let opts = AzureOptions {
-        max_blocks: 3,
-        ..AzureOptions::default()
-    };
+    let opts = three_blocks();
     let c = Container::new(&account, "liveread", opts).await;
     let mut o = ledger_opts();
     o.checkpoint_every_events = Some(5);
@@ -450,10 +453,7 @@ async fn readers_during_appends_and_rollovers_see_whole_prefixes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_between_rollover_steps_see_the_log_whole() {
     let account = account_or_skip!();
-    let opts = AzureOptions {
-        max_blocks: 3,
-        ..AzureOptions::default()
-    };
+    let opts = three_blocks();
     let c = Container::new(&account, "rollsteps", opts).await;
     let (s, mut paused, resume) = Paused::new(c.dyn_store(), |op, name| {
         let next_segment = name.ends_with(".seg") && !name.ends_with("/0000000000.seg");
