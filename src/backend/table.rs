@@ -760,8 +760,12 @@ pub trait TableStore: Send + Sync + fmt::Debug {
     /// Deletes the table and every entity in it.
     async fn delete_table(&self, table: &str) -> Result<(), TableError>;
 
-    /// Adds an entity; [`TableError::AlreadyExists`] if its keys are taken.
-    async fn insert(&self, table: &str, entity: &Entity) -> Result<ETag, TableError>;
+    /// Applies one operation on its own, not in a batch: the write that
+    /// `insert`, `replace`, `merge`, the upserts and `delete` are made of.
+    /// Checks the operation first ([`validate_op`]). Returns the new ETag:
+    /// one for every write of an entity, `None` for a delete.
+    async fn write_one(&self, table: &str, op: BatchOp) -> Result<Option<ETag>, TableError>;
+
     /// The entity with its ETag and Timestamp, or `None`.
     async fn get(
         &self,
@@ -769,13 +773,23 @@ pub trait TableStore: Send + Sync + fmt::Debug {
         partition_key: &str,
         row_key: &str,
     ) -> Result<Option<Entity>, TableError>;
+    /// Adds an entity; [`TableError::AlreadyExists`] if its keys are taken.
+    async fn insert(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
+        entity_etag(
+            self.write_one(table, BatchOp::Insert(entity.clone()))
+                .await?,
+        )
+    }
     /// Replaces the whole entity if it exists and matches `if_match`.
     async fn replace(
         &self,
         table: &str,
         entity: &Entity,
         if_match: &IfMatch,
-    ) -> Result<ETag, TableError>;
+    ) -> Result<ETag, TableError> {
+        let op = BatchOp::Replace(entity.clone(), if_match.clone());
+        entity_etag(self.write_one(table, op).await?)
+    }
     /// Sets the given properties, keeping the others, if the entity exists
     /// and matches `if_match`.
     async fn merge(
@@ -783,9 +797,18 @@ pub trait TableStore: Send + Sync + fmt::Debug {
         table: &str,
         entity: &Entity,
         if_match: &IfMatch,
-    ) -> Result<ETag, TableError>;
-    async fn insert_or_replace(&self, table: &str, entity: &Entity) -> Result<ETag, TableError>;
-    async fn insert_or_merge(&self, table: &str, entity: &Entity) -> Result<ETag, TableError>;
+    ) -> Result<ETag, TableError> {
+        let op = BatchOp::Merge(entity.clone(), if_match.clone());
+        entity_etag(self.write_one(table, op).await?)
+    }
+    async fn insert_or_replace(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
+        let op = BatchOp::InsertOrReplace(entity.clone());
+        entity_etag(self.write_one(table, op).await?)
+    }
+    async fn insert_or_merge(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
+        let op = BatchOp::InsertOrMerge(entity.clone());
+        entity_etag(self.write_one(table, op).await?)
+    }
     /// Deletes the entity if it exists and matches `if_match`.
     async fn delete(
         &self,
@@ -793,7 +816,14 @@ pub trait TableStore: Send + Sync + fmt::Debug {
         partition_key: &str,
         row_key: &str,
         if_match: &IfMatch,
-    ) -> Result<(), TableError>;
+    ) -> Result<(), TableError> {
+        let op = BatchOp::Delete {
+            partition_key: partition_key.to_owned(),
+            row_key: row_key.to_owned(),
+            if_match: if_match.clone(),
+        };
+        self.write_one(table, op).await.map(|_| ())
+    }
 
     /// One page of matches in (PartitionKey, RowKey) order, starting at
     /// `continuation` (from the previous page) or at the beginning.
@@ -852,6 +882,33 @@ pub fn validate_address(table: &str, partition_key: &str, row_key: &str) -> Resu
     validate_table_name(table)?;
     validate_key(KeyKind::PartitionKey, partition_key)?;
     validate_key(KeyKind::RowKey, row_key)
+}
+
+/// Everything checked before one operation is written on its own: the
+/// table name, the entity (or a delete's keys) and the ETag it is
+/// conditional on, which goes into a header as it is.
+pub fn validate_op(table: &str, op: &BatchOp) -> Result<(), TableError> {
+    validate_table_name(table)?;
+    if let Some(IfMatch::ETag(ETag(tag))) = op.condition() {
+        if tag.chars().any(char::is_control) {
+            return Err(TableError::InvalidETag { etag: tag.clone() });
+        }
+    }
+    match op.entity() {
+        Some(e) => validate_entity(e).map(|_| ()),
+        None => {
+            let (pk, rk) = op.keys();
+            validate_address(table, pk, rk)
+        }
+    }
+}
+
+/// The ETag of a write of an entity, which a store always gives.
+fn entity_etag(etag: Option<ETag>) -> Result<ETag, TableError> {
+    etag.ok_or_else(|| TableError::Backend {
+        op: "write an entity",
+        source: "the write succeeded but the store gave no ETag".into(),
+    })
 }
 
 /// Azure's key rules: at most 1 KiB in UTF-16 (512 units), without `/ \ # ?` or control

@@ -25,9 +25,9 @@ use uuid::Uuid;
 
 use super::{blocking, open_db, Corrupt, Reader};
 use crate::backend::table::{
-    truncate_to_tick, validate_address, validate_batch, validate_entity, validate_query,
-    validate_table_name, BatchOp, Continuation, ETag, Entity, IfMatch, Property, Query, QueryPage,
-    TableError, TableStore,
+    truncate_to_tick, validate_address, validate_batch, validate_entity, validate_op,
+    validate_query, validate_table_name, BatchOp, Continuation, ETag, Entity, IfMatch, Property,
+    Query, QueryPage, TableError, TableStore,
 };
 use crate::time::now_us;
 
@@ -163,21 +163,6 @@ impl LocalTableStore {
             Ok(etags)
         })
         .await
-    }
-
-    async fn write_one(&self, table: &str, op: BatchOp) -> Result<Option<ETag>, TableError> {
-        Ok(self.write(table, vec![op], false).await?.pop().flatten())
-    }
-
-    /// One write of an entity, which always answers with its new ETag.
-    async fn write_entity(&self, table: &str, op: BatchOp) -> Result<ETag, TableError> {
-        if let Some(e) = op.entity() {
-            validate_entity(e)?;
-        }
-        Ok(self
-            .write_one(table, op)
-            .await?
-            .expect("a write of an entity gives an ETag"))
     }
 }
 
@@ -457,9 +442,9 @@ impl TableStore for LocalTableStore {
         .await
     }
 
-    async fn insert(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
-        self.write_entity(table, BatchOp::Insert(entity.clone()))
-            .await
+    async fn write_one(&self, table: &str, op: BatchOp) -> Result<Option<ETag>, TableError> {
+        validate_op(table, &op)?;
+        Ok(self.write(table, vec![op], false).await?.pop().flatten())
     }
 
     async fn get(
@@ -487,52 +472,6 @@ impl TableStore for LocalTableStore {
             Ok(Some(s.into_entity(&pk, &rk)))
         })
         .await
-    }
-
-    async fn replace(
-        &self,
-        table: &str,
-        entity: &Entity,
-        if_match: &IfMatch,
-    ) -> Result<ETag, TableError> {
-        self.write_entity(table, BatchOp::Replace(entity.clone(), if_match.clone()))
-            .await
-    }
-
-    async fn merge(
-        &self,
-        table: &str,
-        entity: &Entity,
-        if_match: &IfMatch,
-    ) -> Result<ETag, TableError> {
-        self.write_entity(table, BatchOp::Merge(entity.clone(), if_match.clone()))
-            .await
-    }
-
-    async fn insert_or_replace(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
-        self.write_entity(table, BatchOp::InsertOrReplace(entity.clone()))
-            .await
-    }
-
-    async fn insert_or_merge(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
-        self.write_entity(table, BatchOp::InsertOrMerge(entity.clone()))
-            .await
-    }
-
-    async fn delete(
-        &self,
-        table: &str,
-        partition_key: &str,
-        row_key: &str,
-        if_match: &IfMatch,
-    ) -> Result<(), TableError> {
-        validate_address(table, partition_key, row_key)?;
-        let op = BatchOp::Delete {
-            partition_key: partition_key.to_owned(),
-            row_key: row_key.to_owned(),
-            if_match: if_match.clone(),
-        };
-        self.write_one(table, op).await.map(|_| ())
     }
 
     async fn query(

@@ -22,8 +22,8 @@ use super::auth::Redactor;
 use super::config::ConnectionInfo;
 use super::transport::{code_of, key_policy, status_of, RetrySettings, Service};
 use crate::backend::table::{
-    validate_address, validate_batch, validate_query, validate_table_name, BatchOp, Continuation,
-    ETag, Entity, IfMatch, Query, QueryPage, TableError, TableStore,
+    validate_address, validate_batch, validate_op, validate_query, validate_table_name, BatchOp,
+    Continuation, ETag, Entity, Query, QueryPage, TableError, TableStore,
 };
 
 mod batch;
@@ -243,9 +243,13 @@ impl TableStore for AzureTableStore {
         }
     }
 
-    async fn insert(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
-        self.write_entity(table, BatchOp::Insert(entity.clone()))
-            .await
+    async fn write_one(&self, table: &str, op: BatchOp) -> Result<Option<ETag>, TableError> {
+        validate_op(table, &op)?;
+        let etag = self.send_one(table, &op).await?;
+        if etag.is_none() && op.entity().is_some() {
+            return Err(errors::no_etag(writes::op_label(&op), table));
+        }
+        Ok(etag)
     }
 
     async fn get(
@@ -282,52 +286,6 @@ impl TableStore for AzureTableStore {
             .ok_or_else(|| bad("body is not an object".into()))?;
         let etag = resp.headers().get_optional_str(&"etag".into());
         odata::parse_entity(obj, etag).map(Some).map_err(bad)
-    }
-
-    async fn replace(
-        &self,
-        table: &str,
-        entity: &Entity,
-        if_match: &IfMatch,
-    ) -> Result<ETag, TableError> {
-        self.write_entity(table, BatchOp::Replace(entity.clone(), if_match.clone()))
-            .await
-    }
-
-    async fn merge(
-        &self,
-        table: &str,
-        entity: &Entity,
-        if_match: &IfMatch,
-    ) -> Result<ETag, TableError> {
-        self.write_entity(table, BatchOp::Merge(entity.clone(), if_match.clone()))
-            .await
-    }
-
-    async fn insert_or_replace(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
-        self.write_entity(table, BatchOp::InsertOrReplace(entity.clone()))
-            .await
-    }
-
-    async fn insert_or_merge(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
-        self.write_entity(table, BatchOp::InsertOrMerge(entity.clone()))
-            .await
-    }
-
-    async fn delete(
-        &self,
-        table: &str,
-        partition_key: &str,
-        row_key: &str,
-        if_match: &IfMatch,
-    ) -> Result<(), TableError> {
-        validate_address(table, partition_key, row_key)?;
-        let op = BatchOp::Delete {
-            partition_key: partition_key.to_owned(),
-            row_key: row_key.to_owned(),
-            if_match: if_match.clone(),
-        };
-        self.write_one(table, &op).await.map(|_| ())
     }
 
     async fn query(

@@ -8,26 +8,12 @@ use tracing::warn;
 use super::errors::{self, backend, entity_error, AzureTableError};
 use super::{addr, batch, odata, AzureTableStore};
 use crate::backend::azure::transport::status_of;
-use crate::backend::table::{
-    validate_entity, validate_table_name, BatchOp, ETag, IfMatch, TableError, TableStore,
-};
+use crate::backend::table::{BatchOp, ETag, IfMatch, TableError, TableStore};
 
 impl AzureTableStore {
-    /// Validates and sends an insert, replace, merge or upsert; returns the
-    /// entity's new ETag.
-    pub(super) async fn write_entity(&self, table: &str, op: BatchOp) -> Result<ETag, TableError> {
-        validate_table_name(table)?;
-        if let Some(e) = op.entity() {
-            validate_entity(e)?;
-        }
-        self.write_one(table, &op)
-            .await?
-            .ok_or_else(|| errors::no_etag(op_label(&op), table))
-    }
-
     /// Sends one write (anything a batch may hold) and returns its new
     /// ETag (`None` for a delete).
-    pub(super) async fn write_one(
+    pub(super) async fn send_one(
         &self,
         table: &str,
         op: &BatchOp,
@@ -173,7 +159,7 @@ impl AzureTableStore {
     }
 }
 
-fn op_label(op: &BatchOp) -> &'static str {
+pub(super) fn op_label(op: &BatchOp) -> &'static str {
     match op {
         BatchOp::Insert(_) => "insert an entity",
         BatchOp::Replace(..) => "replace an entity",
