@@ -34,6 +34,8 @@ use container::{block_on, proxied, unique_container, Container};
 use proxy::Fault;
 #[path = "suite/ledger.rs"]
 mod ledger;
+#[path = "support/wrap.rs"]
+mod wrap;
 
 // ------------------------------------------------------------ conformance
 

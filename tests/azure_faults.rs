@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bi_ledger::backend::azure::AzureOptions;
-use bi_ledger::backend::{BlobInfo, BlobStore, StoreError, WriterLock};
+use bi_ledger::backend::{BlobStore, StoreError};
 use bi_ledger::{Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
@@ -20,6 +20,10 @@ mod azure_env;
 mod container;
 #[path = "support/proxy.rs"]
 mod proxy;
+#[path = "support/wrap.rs"]
+mod wrap;
+
+use wrap::{Wrap, Wrapped};
 
 use azure_env::account_or_skip;
 use container::{proxied_with, Container};
@@ -220,15 +224,19 @@ impl Paused {
     fn new(
         inner: Arc<dyn BlobStore>,
         when: impl Fn(&str, &str) -> Option<Stop> + Send + Sync + 'static,
-    ) -> (Arc<Paused>, mpsc::Receiver<String>, mpsc::Sender<()>) {
+    ) -> (
+        Arc<Wrapped<Paused>>,
+        mpsc::Receiver<String>,
+        mpsc::Sender<()>,
+    ) {
         let (paused, paused_rx) = mpsc::channel(1);
         let (resume_tx, resume) = mpsc::channel(1);
-        let store = Arc::new(Paused {
+        let store = Arc::new(Wrapped(Paused {
             inner,
             when: Box::new(when),
             paused,
             resume: Mutex::new(resume),
-        });
+        }));
         (store, paused_rx, resume_tx)
     }
 
@@ -244,15 +252,9 @@ impl Paused {
 }
 
 #[async_trait::async_trait]
-impl BlobStore for Paused {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn max_block_size(&self) -> usize {
-        self.inner.max_block_size()
-    }
-    fn max_blocks(&self) -> u64 {
-        self.inner.max_blocks()
+impl Wrap for Paused {
+    fn inner(&self) -> &dyn BlobStore {
+        &*self.inner
     }
     async fn create(&self, name: &str) -> Result<(), StoreError> {
         self.stop("create", name, Stop::Before).await;
@@ -260,41 +262,11 @@ impl BlobStore for Paused {
         self.stop("create", name, Stop::After).await;
         Ok(())
     }
-    async fn append(&self, name: &str, at: u64, block: &[u8]) -> Result<u64, StoreError> {
-        self.inner.append(name, at, block).await
-    }
-    async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        self.inner.read(name, offset, len).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn info(&self, name: &str) -> Result<BlobInfo, StoreError> {
-        self.inner.info(name).await
-    }
-    async fn seal(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.seal(name).await
-    }
     async fn seal_at(&self, name: &str, len: u64) -> Result<(), StoreError> {
         self.stop("seal_at", name, Stop::Before).await;
         self.inner.seal_at(name, len).await?;
         self.stop("seal_at", name, Stop::After).await;
         Ok(())
-    }
-    async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        self.inner.put(name, data).await
-    }
-    async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
-        self.inner.truncate(name, len).await
-    }
-    async fn trim(&self, name: &str, len: u64) -> Result<(), StoreError> {
-        self.inner.trim(name, len).await
-    }
-    async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
-        self.inner.lock(name).await
-    }
-    async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.delete(name).await
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bi_ledger::backend::fs::FsStore;
-use bi_ledger::backend::{BlobInfo, BlobStore, StoreError, WriterLock};
+use bi_ledger::backend::{BlobStore, StoreError};
 use bi_ledger::format::checkpoint::Checkpoint;
 use bi_ledger::ledger::layout;
 use bi_ledger::model::Record;
@@ -24,6 +24,10 @@ mod dirs;
 mod ledger;
 #[path = "support/names.rs"]
 mod listing;
+#[path = "support/wrap.rs"]
+mod wrap;
+
+use wrap::{Wrap, Wrapped};
 
 use dirs::copy_dir;
 
@@ -618,15 +622,9 @@ fn injected(name: &str) -> StoreError {
 }
 
 #[async_trait::async_trait]
-impl BlobStore for CrashAt {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn max_block_size(&self) -> usize {
-        self.inner.max_block_size()
-    }
-    fn max_blocks(&self) -> u64 {
-        self.inner.max_blocks()
+impl Wrap for CrashAt {
+    fn inner(&self) -> &dyn BlobStore {
+        &*self.inner
     }
     async fn create(&self, name: &str) -> Result<(), StoreError> {
         self.change(name)?;
@@ -637,15 +635,6 @@ impl BlobStore for CrashAt {
         self.change(name)?;
         let end = self.inner.append(name, at, block).await?;
         self.answer(name).map(|()| end)
-    }
-    async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        self.inner.read(name, offset, len).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn info(&self, name: &str) -> Result<BlobInfo, StoreError> {
-        self.inner.info(name).await
     }
     async fn seal(&self, name: &str) -> Result<(), StoreError> {
         self.change(name)?;
@@ -672,9 +661,6 @@ impl BlobStore for CrashAt {
         self.inner.trim(name, len).await?;
         self.answer(name)
     }
-    async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
-        self.inner.lock(name).await
-    }
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         self.change(name)?;
         self.inner.delete(name).await?;
@@ -693,13 +679,13 @@ fn small(seed: u8) -> LedgerOptions {
 }
 
 impl CrashAt {
-    fn new(inner: Arc<dyn BlobStore>, limit: u64, fails: Fails) -> Arc<CrashAt> {
-        Arc::new(CrashAt {
+    fn new(inner: Arc<dyn BlobStore>, limit: u64, fails: Fails) -> Arc<Wrapped<CrashAt>> {
+        Arc::new(Wrapped(CrashAt {
             inner,
             changes: 0.into(),
             limit: limit.into(),
             fails,
-        })
+        }))
     }
 
     /// Whether its `limit`th change came.

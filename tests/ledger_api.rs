@@ -15,6 +15,10 @@ mod forge;
 mod ledger;
 #[path = "support/names.rs"]
 mod listing;
+#[path = "support/wrap.rs"]
+mod wrap;
+
+use wrap::{Wrap, Wrapped};
 
 fn store(dir: &std::path::Path) -> Arc<dyn BlobStore> {
     Arc::new(FsStore::new(dir).unwrap().shared())
@@ -362,10 +366,6 @@ impl WriterLock for LosableLock {
 }
 
 impl Faulty {
-    fn inner(&self) -> &Arc<dyn BlobStore> {
-        self.inner.as_ref().expect("a store to wrap")
-    }
-
     fn over(inner: Arc<dyn BlobStore>) -> Faulty {
         Faulty {
             inner: Some(inner),
@@ -376,18 +376,9 @@ impl Faulty {
 }
 
 #[async_trait::async_trait]
-impl BlobStore for Faulty {
-    fn location(&self) -> String {
-        self.inner().location()
-    }
-    fn max_block_size(&self) -> usize {
-        self.inner().max_block_size()
-    }
-    fn max_blocks(&self) -> u64 {
-        self.inner().max_blocks()
-    }
-    async fn create(&self, name: &str) -> Result<(), StoreError> {
-        self.inner().create(name).await
+impl Wrap for Faulty {
+    fn inner(&self) -> &dyn BlobStore {
+        self.inner.as_deref().expect("a store to wrap")
     }
     async fn append(&self, name: &str, at: u64, block: &[u8]) -> Result<u64, StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
@@ -469,9 +460,6 @@ impl BlobStore for Faulty {
         }
         self.inner().info(name).await
     }
-    async fn seal(&self, name: &str) -> Result<(), StoreError> {
-        self.inner().seal(name).await
-    }
     async fn put(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
         self.puts.fetch_add(1, SeqCst);
@@ -493,20 +481,11 @@ impl BlobStore for Faulty {
         }
         Ok(())
     }
-    async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
-        self.inner().truncate(name, len).await
-    }
-    async fn trim(&self, name: &str, len: u64) -> Result<(), StoreError> {
-        self.inner().trim(name, len).await
-    }
     async fn lock(&self, name: &str) -> Result<Box<dyn WriterLock>, StoreError> {
         Ok(Box::new(LosableLock {
             _inner: self.inner().lock(name).await?,
             lost: self.lock_lost.clone(),
         }))
-    }
-    async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        self.inner().delete(name).await
     }
 }
 
@@ -520,7 +499,7 @@ async fn a_durable_batch_whose_answer_was_lost_is_kept_and_not_duplicated() {
     use bi_ledger::{ExpectedVersion, Ledger, LedgerError, LedgerReader, NewEvent};
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
-    let faulty = Arc::new(Faulty::over(store(dir.path())));
+    let faulty = Arc::new(Wrapped(Faulty::over(store(dir.path()))));
     let ledger = ledger::create_checkpointed_on_demand(faulty.clone(), 15).await;
     ledger.append(counted("a", 5)).await.unwrap();
     let retry = || {
@@ -572,7 +551,7 @@ async fn a_writer_that_lost_its_lock_puts_nothing_more() {
     use bi_ledger::{LedgerError, LedgerReader};
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
-    let faulty = Arc::new(Faulty::over(store(dir.path())));
+    let faulty = Arc::new(Wrapped(Faulty::over(store(dir.path()))));
     let ledger = ledger::create_checkpointed_on_demand(faulty.clone(), 14).await;
     ledger.append(counted("a", 1500)).await.unwrap();
     let puts = faulty.puts.load(SeqCst);
@@ -609,7 +588,7 @@ async fn a_writer_that_lost_its_lock_puts_nothing_more() {
 async fn a_failed_block_write_poisons_the_writer_and_loses_no_receipt() {
     use bi_ledger::{Ledger, LedgerError, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
-    let faulty = Arc::new(Faulty::over(store(dir.path())));
+    let faulty = Arc::new(Wrapped(Faulty::over(store(dir.path()))));
     let opts = options(6);
     let ledger = Ledger::create(faulty.clone(), "main", opts.clone())
         .await
@@ -687,7 +666,7 @@ async fn checkpoint_whose_answer_was_lost_is_kept() {
     use bi_ledger::{Ledger, LedgerError, LedgerReader, NewEvent};
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
-    let lossy = Arc::new(Faulty::over(store(dir.path())));
+    let lossy = Arc::new(Wrapped(Faulty::over(store(dir.path()))));
     let opts = options(5);
     let ledger = Ledger::create(lossy.clone(), "main", opts.clone())
         .await
@@ -746,8 +725,8 @@ async fn checkpoint_whose_answer_was_lost_is_kept() {
 /// at 1,500 landed but answered with an error.
 async fn with_a_checkpoint_whose_answer_was_lost(
     dir: &std::path::Path,
-) -> (Arc<Faulty>, bi_ledger::Ledger) {
-    let lossy = Arc::new(Faulty::over(store(dir)));
+) -> (Arc<Wrapped<Faulty>>, bi_ledger::Ledger) {
+    let lossy = Arc::new(Wrapped(Faulty::over(store(dir))));
     let mut opts = options(10);
     opts.checkpoint_every_events = None;
     let ledger = bi_ledger::Ledger::create(lossy.clone(), "main", opts)
@@ -848,7 +827,9 @@ async fn a_checkpoint_whose_answer_was_lost_and_that_cannot_be_read_at_once() {
 async fn an_orphan_stream_index_does_not_end_the_indexed_reads() {
     use bi_ledger::{Ledger, LedgerReader};
     let dir = tempfile::tempdir().unwrap();
-    let faulty = Arc::new(ledger::Interrupted::losing_a_checkpoint(store(dir.path())));
+    let faulty = Arc::new(Wrapped(ledger::Interrupted::losing_a_checkpoint(store(
+        dir.path(),
+    ))));
     let ledger = ledger::create_checkpointed_on_demand(faulty.clone(), 11).await;
     ledger.append(counted("a", 5000)).await.unwrap();
     ledger.checkpoint().await.unwrap();
@@ -1332,10 +1313,12 @@ async fn verify_of_a_ledger_being_written() {
     std::thread::sleep(std::time::Duration::from_millis(200)); // the writer's thread ends
     assert!(!FsStore::file_path(dir.path(), "main/snapshot-00000000000000000010").exists());
 
-    let view = |hide: usize, short: Option<u64>| Faulty {
-        hide_newest_checkpoints: hide.into(),
-        short: short.map(|n| ("main/0000000000.seg".to_owned(), n)),
-        ..Faulty::over(store(dir.path()))
+    let view = |hide: usize, short: Option<u64>| {
+        Wrapped(Faulty {
+            hide_newest_checkpoints: hide.into(),
+            short: short.map(|n| ("main/0000000000.seg".to_owned(), n)),
+            ..Faulty::over(store(dir.path()))
+        })
     };
     // Verify's listing ends at the checkpoint of 10, whose snapshot two
     // later checkpoints have pruned since.
@@ -1498,10 +1481,10 @@ async fn a_segment_missed_by_a_listing_is_listed_again() {
     }
     ledger.close().await.unwrap();
     let hidden = |listings: u64| {
-        Arc::new(Faulty {
+        Arc::new(Wrapped(Faulty {
             hide_segment: Some(("main/0000000001.seg".into(), listings.into())),
             ..Faulty::over(store(dir.path()))
-        })
+        }))
     };
     for listings in [1, 2] {
         let reader = bi_ledger::LedgerReader::open(hidden(listings), "main")
@@ -1520,7 +1503,7 @@ async fn a_segment_missed_by_a_listing_is_listed_again() {
         meta_not_yet: true.into(),
         ..Faulty::over(store(dir.path()))
     };
-    let reader = bi_ledger::LedgerReader::open(Arc::new(creating), "main")
+    let reader = bi_ledger::LedgerReader::open(Arc::new(Wrapped(creating)), "main")
         .await
         .unwrap();
     assert_eq!(reader.read(0, None).await.unwrap().len(), 6);
@@ -1752,7 +1735,7 @@ async fn a_middle_segment_without_its_header_is_named() {
 async fn appends_go_on_while_checkpoints_fail() {
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
-    let faulty = Arc::new(Faulty::over(store(dir.path())));
+    let faulty = Arc::new(Wrapped(Faulty::over(store(dir.path()))));
     let mut opts = options(7);
     opts.checkpoint_every_events = Some(10);
     let ledger = bi_ledger::Ledger::create(faulty.clone(), "main", opts)

@@ -368,6 +368,7 @@ pub async fn tree(
 }
 
 pub use crate::listing::names;
+use crate::wrap::{Wrap, Wrapped};
 
 /// Hashes as a proof object spells them.
 pub fn hexes(v: &[bi_ledger::format::Hash]) -> Vec<String> {
@@ -532,18 +533,9 @@ fn injected(name: &str, what: &str) -> StoreError {
 }
 
 #[async_trait::async_trait]
-impl BlobStore for Interrupted {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn max_block_size(&self) -> usize {
-        self.inner.max_block_size()
-    }
-    fn max_blocks(&self) -> u64 {
-        self.inner.max_blocks()
-    }
-    async fn create(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.create(name).await
+impl Wrap for Interrupted {
+    fn inner(&self) -> &dyn BlobStore {
+        &*self.inner
     }
     async fn append(&self, name: &str, at: u64, block: &[u8]) -> Result<u64, StoreError> {
         let header_of_next =
@@ -564,9 +556,6 @@ impl BlobStore for Interrupted {
     async fn list(&self, prefix: &str) -> Result<Vec<bi_ledger::backend::BlobInfo>, StoreError> {
         self.prefixes.lock().unwrap().push(prefix.to_owned());
         self.inner.list(prefix).await
-    }
-    async fn info(&self, name: &str) -> Result<bi_ledger::backend::BlobInfo, StoreError> {
-        self.inner.info(name).await
     }
     async fn seal(&self, name: &str) -> Result<(), StoreError> {
         if matches!(self.stop, Some(RolloverStop::BeforeSeal)) {
@@ -592,21 +581,6 @@ impl BlobStore for Interrupted {
         }
         Ok(())
     }
-    async fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
-        self.inner.truncate(name, len).await
-    }
-    async fn trim(&self, name: &str, len: u64) -> Result<(), StoreError> {
-        self.inner.trim(name, len).await
-    }
-    async fn lock(
-        &self,
-        name: &str,
-    ) -> Result<Box<dyn bi_ledger::backend::WriterLock>, StoreError> {
-        self.inner.lock(name).await
-    }
-    async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.delete(name).await
-    }
 }
 
 /// Life of an event, step 5: a rollover cut short after `create` of the
@@ -622,7 +596,7 @@ pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
         o.segment_max_blocks = 3; // the header and two batches
         o
     };
-    let cut: Arc<dyn BlobStore> = Arc::new(Interrupted {
+    let cut: Arc<dyn BlobStore> = Arc::new(Wrapped(Interrupted {
         inner: s.clone(),
         stop: Some(stop),
         lose_checkpoint: false.into(),
@@ -630,7 +604,7 @@ pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
         reads: Default::default(),
         lose_merged: false.into(),
         lose_merged_answer: false.into(),
-    });
+    }));
     let ledger = Ledger::create(cut, "main", opts()).await.unwrap();
     for i in 0..2 {
         let r = ledger
@@ -697,7 +671,7 @@ pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
 /// (here, the one `close` writes) finds them with the same bytes and keeps
 /// them, and then nothing is left over.
 pub async fn checkpoint_interrupted_after_its_caches(s: Arc<dyn BlobStore>) {
-    let cut = Arc::new(Interrupted::losing_a_checkpoint(s.clone()));
+    let cut = Arc::new(Wrapped(Interrupted::losing_a_checkpoint(s.clone())));
     let ledger = create_checkpointed_on_demand(cut.clone(), 16).await;
     let events: Vec<NewEvent> = (0..1100)
         .map(|i| NewEvent::json(format!("s{}", i % 7), "T", &json!({ "i": i })))
@@ -857,7 +831,7 @@ pub async fn opening_lists_only_what_it_needs(s: Arc<dyn BlobStore>) {
         ledger.checkpoint().await.unwrap();
     }
     ledger.close().await.unwrap();
-    let listed = Arc::new(Interrupted::losing_a_checkpoint(s.clone()));
+    let listed = Arc::new(Wrapped(Interrupted::losing_a_checkpoint(s.clone())));
     let narrow = |what: &str| {
         let prefixes = std::mem::take(&mut *listed.prefixes.lock().unwrap());
         assert!(!prefixes.is_empty(), "{what} listed nothing");
@@ -1024,7 +998,7 @@ pub async fn stream_indexes_are_merged(s: Arc<dyn BlobStore>) {
         ]
     );
 
-    let counted = Arc::new(Interrupted::losing_a_checkpoint(s.clone()));
+    let counted = Arc::new(Wrapped(Interrupted::losing_a_checkpoint(s.clone())));
     let reader = LedgerReader::open(counted.clone(), "main").await.unwrap();
     let scanned = reader.read_stream_scan("a").await.unwrap();
     assert_eq!(scanned.len(), 10);
@@ -1099,7 +1073,7 @@ pub async fn stream_indexes_are_merged(s: Arc<dyn BlobStore>) {
 /// merged again: merged indexes never overlap, and the ledger verifies.
 pub async fn a_merge_that_fails_is_tried_again(s: Arc<dyn BlobStore>) {
     use std::sync::atomic::Ordering::SeqCst;
-    let failing = Arc::new(Interrupted::losing_a_checkpoint(s.clone()));
+    let failing = Arc::new(Wrapped(Interrupted::losing_a_checkpoint(s.clone())));
     let mut opts = ledger_opts();
     opts.merge_index_count = 2;
     let ledger = Ledger::create(failing.clone(), "main", opts).await.unwrap();
