@@ -920,23 +920,11 @@ async fn check_merged(
 
 /// How a stream index read differs from the one the log gives.
 fn index_differs(idx: &StreamIndex, want: &StreamIndex) -> String {
-    {
-        if (idx.from, idx.to) != (want.from, want.to) || idx.ledger_id != want.ledger_id {
-            format!(
-                "stream index covers records {}..{} of ledger {}, the log says {}..{} of {}{}",
-                idx.from,
-                idx.to,
-                hex(&idx.ledger_id),
-                want.from,
-                want.to,
-                hex(&want.ledger_id),
-                missing_checkpoint(
-                    (idx.ledger_id, idx.from, idx.to),
-                    (want.ledger_id, want.from, want.to)
-                )
-            )
-        } else {
-            match idx.batches.iter().zip(&want.batches).find(|(a, b)| a != b) {
+    let covers = |i: &StreamIndex| (i.ledger_id, i.from, i.to);
+    if let Some(what) = coverage_differs("stream index", covers(idx), covers(want)) {
+        what
+    } else {
+        match idx.batches.iter().zip(&want.batches).find(|(a, b)| a != b) {
                 Some((a, b)) if a.position == b.position => format!(
                     "stream index differs from the log at the batch of sequence number {} (segment {} byte {}): its {} differs",
                     b.first_seq,
@@ -950,23 +938,35 @@ fn index_differs(idx: &StreamIndex, want: &StreamIndex) -> String {
                 ),
                 None => "stream index lists other batches than the log has".to_owned(),
             }
-        }
     }
 }
 
-/// A cache beside a checkpoint starts where the checkpoint before it was
-/// written. One that starts later than the previous checkpoint verify
-/// found was written after a checkpoint that is gone: say so, since that
-/// is the damage, not the cache.
-fn missing_checkpoint(cache: ([u8; 16], u64, u64), log: ([u8; 16], u64, u64)) -> String {
+/// How the records a cache says it covers differ from the ones the log
+/// gives it, if they do. A cache beside a checkpoint starts where the
+/// checkpoint before it was written. One that starts later than the
+/// previous checkpoint verify found was written after a checkpoint that is
+/// gone: say so, since that is the damage, not the cache.
+fn coverage_differs(
+    kind: &str,
+    cache: ([u8; 16], u64, u64),
+    log: ([u8; 16], u64, u64),
+) -> Option<String> {
     let ((cache_id, cache_from, cache_to), (log_id, log_from, log_to)) = (cache, log);
-    if cache_id == log_id && cache_to == log_to && cache_from > log_from {
+    if cache == log {
+        return None;
+    }
+    let missing = if cache_id == log_id && cache_to == log_to && cache_from > log_from {
         format!(
             "; it follows a checkpoint of size {cache_from}, which is missing (checkpoints are never deleted)"
         )
     } else {
         String::new()
-    }
+    };
+    Some(format!(
+        "{kind} covers records {cache_from}..{cache_to} of ledger {}, the log says {log_from}..{log_to} of {}{missing}",
+        hex(&cache_id),
+        hex(&log_id),
+    ))
 }
 
 /// A cache blob's bytes, or what became of it when it is missing: put back
@@ -1057,20 +1057,8 @@ async fn check_nodes(
     };
     let got = NodeCache::decode(&bytes)
         .map_err(|e| IntegrityError::decoding(&blob, 0, e, Some(cp.size)))?;
-    if (got.ledger_id, got.from, got.to) != (want.ledger_id, want.from, want.to) {
-        let what = format!(
-            "node cache covers records {}..{} of ledger {}, the log says {}..{} of {}{}",
-            got.from,
-            got.to,
-            hex(&got.ledger_id),
-            want.from,
-            want.to,
-            hex(&want.ledger_id),
-            missing_checkpoint(
-                (got.ledger_id, got.from, got.to),
-                (want.ledger_id, want.from, want.to)
-            )
-        );
+    let covers = |c: &NodeCache| (c.ledger_id, c.from, c.to);
+    if let Some(what) = coverage_differs("node cache", covers(&got), covers(&want)) {
         return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
     }
     let nodes = nodes::completed(want.from, want.to);
