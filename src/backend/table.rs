@@ -775,10 +775,8 @@ pub trait TableStore: Send + Sync + fmt::Debug {
     ) -> Result<Option<Entity>, TableError>;
     /// Adds an entity; [`TableError::AlreadyExists`] if its keys are taken.
     async fn insert(&self, table: &str, entity: &Entity) -> Result<ETag, TableError> {
-        entity_etag(
-            self.write_one(table, BatchOp::Insert(entity.clone()))
-                .await?,
-        )
+        let op = BatchOp::Insert(entity.clone());
+        entity_etag(self.write_one(table, op).await?)
     }
     /// Replaces the whole entity if it exists and matches `if_match`.
     async fn replace(
