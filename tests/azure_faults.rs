@@ -262,7 +262,7 @@ impl Wrap for Paused {
         self.stop("create", name, Stop::After).await;
         Ok(())
     }
-    async fn seal_at(&self, name: &str, len: u64) -> Result<(), StoreError> {
+    async fn seal_at(&self, _: &dyn BlobStore, name: &str, len: u64) -> Result<(), StoreError> {
         self.stop("seal_at", name, Stop::Before).await;
         self.inner.seal_at(name, len).await?;
         self.stop("seal_at", name, Stop::After).await;

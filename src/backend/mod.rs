@@ -187,8 +187,10 @@ thread_local! {
     static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// [`BlobStore::seal_at`] as a check of the length, then a seal.
-pub(crate) async fn seal_at_in_two_steps<S: BlobStore + ?Sized>(
+/// [`BlobStore::seal_at`] as a check of the length, then a seal: the
+/// default, and what a store (or a wrapper of one) that overrides it may
+/// still do where no other writer can exist.
+pub async fn seal_at_in_two_steps<S: BlobStore + ?Sized>(
     store: &S,
     name: &str,
     expected_len: u64,

@@ -12,7 +12,7 @@
 
 use std::ops::Deref;
 
-use bi_ledger::backend::{BlobInfo, BlobStore, StoreError, WriterLock};
+use bi_ledger::backend::{seal_at_in_two_steps, BlobInfo, BlobStore, StoreError, WriterLock};
 
 #[async_trait::async_trait]
 pub trait Wrap: Send + Sync + std::fmt::Debug {
@@ -36,20 +36,15 @@ pub trait Wrap: Send + Sync + std::fmt::Debug {
     async fn seal(&self, name: &str) -> Result<(), StoreError> {
         self.inner().seal(name).await
     }
-    /// The length checked, then [`Wrap::seal`]: `BlobStore`'s default.
-    async fn seal_at(&self, name: &str, expected_len: u64) -> Result<(), StoreError> {
-        let info = self.info(name).await?;
-        if info.size != expected_len {
-            return Err(StoreError::OffsetMismatch {
-                name: name.to_owned(),
-                expected: expected_len,
-                actual: info.size,
-            });
-        }
-        if info.sealed {
-            return Ok(());
-        }
-        self.seal(name).await
+    /// `BlobStore`'s default, on `outer` (the [`Wrapped`] around this):
+    /// the length checked through [`Wrap::info`], then [`Wrap::seal`].
+    async fn seal_at(
+        &self,
+        outer: &dyn BlobStore,
+        name: &str,
+        expected_len: u64,
+    ) -> Result<(), StoreError> {
+        seal_at_in_two_steps(outer, name, expected_len).await
     }
     async fn trim(&self, name: &str, len: u64) -> Result<(), StoreError> {
         self.inner().trim(name, len).await
@@ -119,7 +114,7 @@ impl<W: Wrap> BlobStore for Wrapped<W> {
         self.0.seal(name).await
     }
     async fn seal_at(&self, name: &str, expected_len: u64) -> Result<(), StoreError> {
-        self.0.seal_at(name, expected_len).await
+        self.0.seal_at(self, name, expected_len).await
     }
     async fn trim(&self, name: &str, len: u64) -> Result<(), StoreError> {
         self.0.trim(name, len).await
