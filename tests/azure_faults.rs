@@ -383,7 +383,7 @@ async fn readers_during_appends_and_rollovers_see_whole_prefixes() {
         }
         ledger.close().await.unwrap();
     });
-    let (mut reads, mut last) = (0, 0);
+    let (mut reads, mut last, mut midway) = (0, 0, 0);
     loop {
         let done = writer.is_finished();
         let reader = LedgerReader::open(c.dyn_store(), "l")
@@ -399,6 +399,9 @@ async fn readers_during_appends_and_rollovers_see_whole_prefixes() {
             .all(|(i, r)| r.seq == i as u64 && r.stream_version == i as u64));
         assert!(all.len() >= last, "{} then {}", last, all.len());
         last = all.len();
+        if (1..EVENTS).contains(&last) {
+            midway += 1;
+        }
         let len = reader.len().await.unwrap();
         assert_eq!(len as usize, all.len());
         if reads % 3 == 0 {
@@ -415,7 +418,11 @@ async fn readers_during_appends_and_rollovers_see_whole_prefixes() {
     }
     writer.await.unwrap();
     assert_eq!(last, EVENTS);
-    eprintln!("{reads} rounds of reads");
+    // Else the test proved nothing about readers beside a writer.
+    assert!(
+        midway > 0,
+        "none of {reads} rounds of reads met the writer midway"
+    );
 }
 
 /// Readers between the steps of a rollover: the writer is held right after
