@@ -180,9 +180,11 @@ async fn newest_checkpoint_of(
         .map(|(size, _)| size))
 }
 
-/// [`newest_checkpoint`], or a newer checkpoint in its window of 10^6
-/// sizes or the next (one listing each), as a reader finds it: one whose
-/// snapshot was removed by hand still holds the log to its size.
+/// The size of the newest checkpoint, found from the newest snapshot (as
+/// the writer finds it, without listing every checkpoint), or a newer
+/// checkpoint in its window of 10^6 sizes or the next (one listing each),
+/// as a reader finds it: one whose snapshot was removed by hand still
+/// holds the log to its size.
 pub async fn newest_checkpoint_near(store: &dyn BlobStore, ledger: &str) -> Result<Option<u64>> {
     let Some(size) = newest_checkpoint(store, ledger).await? else {
         return Ok(None);
