@@ -347,8 +347,11 @@ async fn service_block_limit_is_block_limit() {
     let s = c.dyn_store();
     s.create("full").await.unwrap();
     let mut end = 0;
-    for _ in 0..50_000 {
-        end = s.append("full", end, b"x").await.unwrap();
+    for i in 0..50_000 {
+        end = s
+            .append("full", end, b"x")
+            .await
+            .unwrap_or_else(|e| panic!("block {i} at offset {end}: {e:?}"));
     }
     assert_eq!(s.info("full").await.unwrap().block_count, 50_000);
     match s.append("full", end, b"x").await {
