@@ -786,6 +786,34 @@ async fn an_append_whose_retries_give_up_poisons_the_writer() {
     assert_eq!((report.records, report.unsigned_tail), (4, 0));
 }
 
+/// The connection drops after the service applied an append, and the blob
+/// cannot be read back either (every Get Blob Properties answered 503
+/// until the retries give up): the append fails, saying that its outcome
+/// is unknown rather than that some read failed. The block did land; the
+/// next look at the blob finds it, as a reopening ledger would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_outcome_cannot_be_learned_says_so() {
+    let account = account_or_skip!();
+    let (c, faults) = proxied(&account, "faultunknown").await;
+    let s = c.dyn_store();
+    s.create("u/log").await.unwrap();
+    assert_eq!(s.append("u/log", 0, b"one").await.unwrap(), 3);
+    faults.add("comp=appendblock", Fault::DropAfterForward, 1);
+    faults.add("HEAD /", Fault::Unavailable, 1_000);
+    let e = match s.append("u/log", 3, b"two").await {
+        Err(e @ StoreError::Io { .. }) => e.to_string(),
+        r => panic!("wanted an I/O error, got {r:?}"),
+    };
+    assert!(
+        e.starts_with("learn whether an append whose answer was lost landed in u/log: "),
+        "{e}"
+    );
+    faults.rules.lock().unwrap().clear();
+    let info = s.info("u/log").await.unwrap();
+    assert_eq!((info.size, info.block_count), (6, 2));
+    assert_eq!(s.read_all("u/log").await.unwrap(), b"onetwo");
+}
+
 /// The connection drops after the service applied an append: the client
 /// retries, finds its own block at the end, and reports success. The
 /// block is there once, and nothing is lost.

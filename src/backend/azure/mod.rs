@@ -536,18 +536,34 @@ impl AzureBlobStore {
     /// After an append whose outcome is unknown: is our block there?
     /// `Ok(Some(end))` if the blob grew by exactly our bytes, `Ok(None)`
     /// if it did not grow, `OffsetMismatch` if it grew by something else.
+    /// If the blob cannot be read back, the error says that the append's
+    /// outcome is what is unknown, not merely that a read failed.
     async fn resolve_append(
         &self,
         name: &str,
         expected: u64,
         block: &[u8],
     ) -> Result<Option<u64>, StoreError> {
-        let info = self.info(name).await?;
+        let unknown = |e: StoreError| match e {
+            StoreError::Io { name, source, .. } => StoreError::Io {
+                op: "learn whether an append whose answer was lost landed in",
+                name,
+                source,
+            },
+            e => e,
+        };
+        let info = self.info(name).await.map_err(unknown)?;
         let end = expected + block.len() as u64;
         if info.size == expected {
             return Ok(None);
         }
-        if info.size == end && self.read(name, expected, block.len() as u64).await? == block {
+        let ours = info.size == end
+            && self
+                .read(name, expected, block.len() as u64)
+                .await
+                .map_err(unknown)?
+                == block;
+        if ours {
             self.remember(name, info.size, info.block_count);
             return Ok(Some(end));
         }
