@@ -786,11 +786,11 @@ async fn an_append_whose_retries_give_up_poisons_the_writer() {
     assert_eq!((report.records, report.unsigned_tail), (4, 0));
 }
 
-/// The connection drops after the service applied an append, and the blob
-/// cannot be read back either (every Get Blob Properties answered 503
-/// until the retries give up): the append fails, saying that its outcome
-/// is unknown rather than that some read failed. The block did land; the
-/// next look at the blob finds it, as a reopening ledger would.
+/// The connection drops after the service applied an append (then a put),
+/// and the blob cannot be read back either (every Get Blob Properties
+/// answered 503 until the retries give up): the write fails, saying that
+/// its outcome is unknown rather than that some read failed. It did land;
+/// the next look finds it, as a reopening ledger would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_whose_outcome_cannot_be_learned_says_so() {
     let account = account_or_skip!();
@@ -808,10 +808,21 @@ async fn an_append_whose_outcome_cannot_be_learned_says_so() {
         e.starts_with("learn whether an append whose answer was lost landed in u/log: "),
         "{e}"
     );
+    // The same for a put, whose retry is told the blob exists.
+    faults.add("x-ms-blob-type: BlockBlob", Fault::DropAfterForward, 1);
+    let e = match s.put("u/cp", b"checkpoint").await {
+        Err(e @ StoreError::Io { .. }) => e.to_string(),
+        r => panic!("wanted an I/O error, got {r:?}"),
+    };
+    assert!(
+        e.starts_with("learn whether a create or put whose answer was lost landed in u/cp: "),
+        "{e}"
+    );
     faults.rules.lock().unwrap().clear();
     let info = s.info("u/log").await.unwrap();
     assert_eq!((info.size, info.block_count), (6, 2));
     assert_eq!(s.read_all("u/log").await.unwrap(), b"onetwo");
+    assert_eq!(s.read_all("u/cp").await.unwrap(), b"checkpoint");
 }
 
 /// The connection drops after the service applied an append: the client

@@ -514,8 +514,11 @@ impl AzureBlobStore {
         transport::attempt(&self.inner.opts.retry, &self.inner.redactor, op, name, f).await
     }
 
-    /// Whether blob `name` exists and was created by the write tagged `id`.
+    /// Whether blob `name` exists and was created by the write tagged `id`:
+    /// asked only after a create or put whose answer was lost, so a failure
+    /// here says that the write's outcome is unknown.
     async fn written_by(&self, name: &str, id: &str) -> Result<bool, StoreError> {
+        const OP: &str = "learn whether a create or put whose answer was lost landed in";
         match self
             .inner
             .retrying
@@ -525,11 +528,11 @@ impl AzureBlobStore {
         {
             Ok(p) => Ok(p
                 .metadata()
-                .map_err(|e| self.err("read metadata of", name, &e))?
+                .map_err(|e| self.err(OP, name, &e))?
                 .get(WRITE_ID)
                 .is_some_and(|v| v == id)),
             Err(e) if status_of(&e) == Some(404) => Ok(false),
-            Err(e) => Err(self.err("get properties of", name, &e)),
+            Err(e) => Err(self.err(OP, name, &e)),
         }
     }
 
