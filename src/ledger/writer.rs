@@ -197,7 +197,9 @@ fn hash_batch(records: Arc<Vec<Record>>, head: Hash, tx: oneshot::Sender<HashedB
     };
     let first = records[0].seq;
     // The chain is serial; the stream filter and the Merkle subtrees are
-    // not, and go beside it.
+    // not, and go beside it, each on its own: with both after the chain on
+    // one thread, a batch of 1,000 records waited for them (about 90 µs the
+    // filter, 150 µs the subtrees) after the chain was done.
     let link = || {
         let mut prev = head;
         mids.into_iter()
@@ -207,20 +209,19 @@ fn hash_batch(records: Arc<Vec<Record>>, head: Hash, tx: oneshot::Sender<HashedB
             })
             .collect::<Vec<_>>()
     };
-    let rest = || {
-        let filter = BatchFilter::build(
+    let filter = || {
+        BatchFilter::build(
             (0, 0),
             first,
             records.len() as u64,
             records.iter().map(|r| r.stream.as_str()),
-        );
-        let subtrees = merkle::range_subtrees_capped(first, &leaves, nodes::MIN_HEIGHT);
-        (filter, subtrees)
+        )
     };
+    let subtrees = || merkle::range_subtrees_capped(first, &leaves, nodes::MIN_HEIGHT);
     let (hashes, (filter, subtrees)) = if parallel {
-        rayon::join(link, rest)
+        rayon::join(link, || rayon::join(filter, subtrees))
     } else {
-        (link(), rest())
+        (link(), (filter(), subtrees()))
     };
     // The writer let go of the records once it encoded them, long before
     // this; should it not have, the stream ids are copied.
