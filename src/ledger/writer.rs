@@ -527,6 +527,7 @@ impl Writer {
         self.tip.streams.fold_if_large();
         let ts = crate::time::now_us().max(self.tip.last_ts);
         let start = next.records.len();
+        next.records.reserve(events.len());
         for (e, (v, _)) in events.into_iter().zip(versions) {
             next.records.push(e.into_record(self.tip.size, ts, v));
             self.tip.size += 1;
