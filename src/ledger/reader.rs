@@ -258,7 +258,10 @@ impl LedgerReader {
     /// Calls `f` with each record whose sequence number is in `from..to`
     /// (`to` = `None`: to the end), in order, until `f` breaks. Starts at
     /// the batch holding `from` where a stream index says where it is
-    /// (see `streams.rs`), so batches before it are not read.
+    /// (see `streams.rs`), so batches before it are not read. Records are
+    /// decoded as they are passed on, so a batch whose CRC matches but
+    /// whose body does not decode (damage, never a tear) may pass its
+    /// records before the one at fault to `f`, and then the read fails.
     pub async fn scan<F>(&self, from: u64, to: Option<u64>, f: F) -> Result<()>
     where
         F: FnMut(&RecordRef<'_>, Location) -> ControlFlow<()>,
