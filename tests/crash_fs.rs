@@ -921,6 +921,73 @@ async fn flipped_byte_in_an_earlier_segment() {
     }
 }
 
+/// The last batch after the newest checkpoint, written whole and then
+/// changed: a flipped byte anywhere after its length, or a few bytes
+/// zeroed short of a sector, leave every sector of it written, which a
+/// write a crash cut short does not (ledger-format.md §12.2). Damage, then,
+/// never cut off as a torn tail: `open`, readers and `verify` name it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_last_batch_is_damage_not_a_tear() {
+    let c = build(100, &[2, 1, 200], None).await;
+    let (start, end) = c.range(2);
+    assert!(end - start > 3 * 512, "the batch is {} bytes", end - start);
+    let first_seq = c.batches[2].first_seq;
+    let changes = (start + 8..end)
+        .step_by(97)
+        .chain([end - 1])
+        .map(|at| (at, 1u64))
+        .chain([((start + end) / 2, 10), (start + 700, 511)]);
+    for (at, len) in changes {
+        let dir = c.copy();
+        let seg = seg_path(dir.path(), 0);
+        match len {
+            1 => flip(&seg, at, 0x04),
+            _ => zero_range(&seg, at, len),
+        }
+        let e = open_err(dir.path(), 100).await;
+        assert_names(&e, &seg_name(0), start, Some(first_seq));
+        let read = LedgerReader::open(store(dir.path()), NAME)
+            .await
+            .unwrap()
+            .read(0, None)
+            .await;
+        match read {
+            Err(LedgerError::Integrity(e)) => {
+                assert_names(&e, &seg_name(0), start, Some(first_seq))
+            }
+            other => panic!("a read past byte {at} changed: {other:?}"),
+        }
+        assert_eq!(written_len(&seg), end, "nothing was cut");
+    }
+}
+
+/// A sector of the last batch still zeros while the ones after it were
+/// written (a crash during a write whose sectors reached the disk out of
+/// order): a tear, truncated on open like one cut at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zeroed_sector_inside_the_last_batch_is_a_tear() {
+    let c = build(100, &[2, 1, 200], None).await;
+    let (start, end) = c.range(2);
+    let first_sector = (start / 512 + 1) * 512;
+    assert!(
+        first_sector + 512 < end,
+        "the batch is {} bytes",
+        end - start
+    );
+    let mut sector = first_sector;
+    while sector + 512 <= end {
+        let dir = c.copy();
+        zero_range(&seg_path(dir.path(), 0), sector, 512);
+        recovers_to(dir.path(), 100, c.before(2), Some((0, start)), false).await;
+        sector += 512;
+    }
+}
+
+fn zero_range(p: &Path, from: u64, len: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0; len as usize], from).unwrap();
+}
+
 /// A damaged header of a segment after the newest checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_byte_in_a_segment_header() {
@@ -1079,8 +1146,9 @@ async fn a_lost_tail_is_found_without_the_newest_snapshot() {
     }
     let (_, newest, _) = reader.signed_checkpoint(None).await.unwrap().unwrap();
     assert_eq!(newest.size, size);
-    // The last batch the checkpoint covers damaged, or cut inside: it
-    // looks torn from the older snapshot, but is not cut.
+    // The last batch the checkpoint covers cut inside: it looks torn from
+    // the older snapshot, but is not cut. Changed whole, it is damage
+    // whatever covers it.
     let (start, end) = c.range(1);
     for damage in ["flip", "cut"] {
         let dir = c.copy();
@@ -1098,7 +1166,11 @@ async fn a_lost_tail_is_found_without_the_newest_snapshot() {
         let before = std::fs::read(&seg).unwrap();
         let e = open_err(dir.path(), 100).await;
         assert_names(&e, &seg_name(0), start, Some(c.batches[1].first_seq));
-        assert!(e.what.contains("torn or damaged"), "{damage}: {e}");
+        let want = match damage {
+            "flip" => "CRC32C mismatch",
+            _ => "torn or damaged",
+        };
+        assert!(e.what.contains(want), "{damage}: {e}");
         assert_eq!(std::fs::read(&seg).unwrap(), before, "{damage}");
     }
     // A later segment whose header a crash would have cut short: not

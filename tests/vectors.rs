@@ -1717,6 +1717,16 @@ async fn torn_tail_and_damage() {
 /// A fifth record's batch, appended after the document's ledger: beyond the
 /// newest checkpoint (4), as an append in progress or torn by a crash is.
 fn tail_batch() -> Vec<u8> {
+    tail_batch_with(br#"{"by":"board"}"#.to_vec())
+}
+
+/// A last batch of more than two sectors: one record with a 2,000-byte
+/// payload that does not end in a zero byte.
+fn big_tail_batch() -> Vec<u8> {
+    tail_batch_with(format!(r#"{{"by":"{}"}}"#, "b".repeat(2000)).into_bytes())
+}
+
+fn tail_batch_with(payload: Vec<u8>) -> Vec<u8> {
     let ts = T0 + 3_000_000;
     let mut enc = BatchEncoder::new(4, ts);
     enc.push(&Record {
@@ -1728,7 +1738,7 @@ fn tail_batch() -> Vec<u8> {
         schema_version: 1,
         content_type: "application/json".into(),
         metadata: Vec::new(),
-        payload: br#"{"by":"board"}"#.to_vec(),
+        payload,
     });
     enc.finish()
 }
@@ -1871,10 +1881,30 @@ async fn torn_or_damaged_last_frame() {
     // Torn: the same, followed by unwritten space.
     zeroed.extend_from_slice(&[0; 4096]);
     assert_torn(&doc, &zeroed, "body partly zero, then zeros").await;
+    // Torn: a whole sector inside the frame still zero, the ones after it
+    // written (they reached the disk out of order). 1,024 zero bytes hold
+    // a whole 512-byte sector wherever the frame starts.
+    let big = big_tail_batch();
+    let mut holed = big.clone();
+    holed[100..1124].fill(0);
+    assert_torn(&doc, &holed, "a zero sector inside").await;
+
+    // Damage: the frame is all there and ends in its own last byte, yet its
+    // CRC does not match: written whole, then changed. Zeros after it, or
+    // fewer than a sector's worth inside it, do not make it a tear.
     let mut flipped = tail.clone();
     flipped[40] ^= 0x01;
     flipped.extend_from_slice(&[0; 4]);
-    assert_torn(&doc, &flipped, "CRC mismatch, then zeros").await;
+    assert_damage(
+        &doc,
+        &flipped,
+        "CRC mismatch, then zeros",
+        "CRC32C mismatch",
+    )
+    .await;
+    let mut holed = big.clone();
+    holed[100..611].fill(0);
+    assert_damage(&doc, &holed, "511 zero bytes inside", "CRC32C mismatch").await;
 
     // Damage: one flipped bit of the length, here one that makes the frame
     // run past the end of the segment like a torn write would. Without the

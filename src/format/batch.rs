@@ -166,6 +166,28 @@ pub fn frame_crc_ok(frame: &[u8]) -> bool {
     }
 }
 
+/// The unit a disk writes whole or not at all; the smallest there is, so
+/// that a larger one (4 KiB) shows as several.
+pub const SECTOR: u64 = 512;
+
+/// Whether a whole frame that starts at blob offset `start` holds a sector
+/// of zeros (ledger-format.md §12.2): the trace of a write that did not
+/// land there, since a sector left unwritten keeps the zeros it held. The
+/// sector holding the frame's start is not looked at: it also holds the
+/// header, whose loss shows as an unwritten header.
+pub fn has_zero_sector(frame: &[u8], start: u64) -> bool {
+    let end = start + frame.len() as u64;
+    let mut at = (start / SECTOR + 1) * SECTOR;
+    while at + SECTOR <= end {
+        let i = (at - start) as usize;
+        if frame[i..i + SECTOR as usize].iter().all(|&b| b == 0) {
+            return true;
+        }
+        at += SECTOR;
+    }
+    false
+}
+
 /// Parses the frame at the start of `buf`. `max_body` bounds the declared
 /// length so a corrupted length cannot make a reader allocate gigabytes.
 pub fn parse_frame(buf: &[u8], max_body: usize) -> Frame<'_> {
@@ -356,6 +378,28 @@ mod tests {
     use proptest::collection::{btree_map, vec};
     use proptest::prelude::*;
     use proptest::sample::Index;
+
+    #[test]
+    fn a_zero_sector_counts_only_whole_and_past_the_first() {
+        // A frame at blob offset 100, 2000 bytes long: its whole sectors
+        // are 512..1024, 1024..1536 and 1536..2048.
+        let frame = |zeros: std::ops::Range<u64>| -> Vec<u8> {
+            (100..2100u64)
+                .map(|at| if zeros.contains(&at) { 0 } else { 7 })
+                .collect()
+        };
+        assert!(!has_zero_sector(&frame(0..0), 100));
+        assert!(has_zero_sector(&frame(512..1024), 100));
+        assert!(has_zero_sector(&frame(1536..2048), 100));
+        assert!(has_zero_sector(&frame(1000..1700), 100));
+        // 511 zeros, or 512 across a sector boundary, are not a sector.
+        assert!(!has_zero_sector(&frame(513..1024), 100));
+        assert!(!has_zero_sector(&frame(600..1112), 100));
+        // The sector holding the frame's start, and the frame's last,
+        // partial one, are not looked at.
+        assert!(!has_zero_sector(&frame(100..512), 100));
+        assert!(!has_zero_sector(&frame(2048..2100), 100));
+    }
 
     use super::*;
     use crate::format::record::CONTENT_TYPES;

@@ -145,10 +145,13 @@ impl<'s> Scanner<'s> {
     /// Only the last append can tear, and it is one frame at most. Its
     /// length field is either as written (self-checked, see `batch`) or
     /// still zero; a written frame whose bad CRC covers the rest of the
-    /// blob had its body torn. Anything else is damage, and must never be
-    /// cut off as if torn. Zeros at the end of the blob may be unwritten
-    /// space a store wrote ahead of its appends; the torn frame is then the
-    /// last one before them, or unwritten space itself.
+    /// blob had its body torn if it shows where: its tail is zeros, or a
+    /// sector inside it is. A frame that is all there, every sector
+    /// written, was written whole and then changed. Anything else is
+    /// damage, and must never be cut off as if torn. Zeros at the end of
+    /// the blob may be unwritten space a store wrote ahead of its appends;
+    /// the torn frame is then the last one before them, or unwritten space
+    /// itself.
     async fn classify(
         &self,
         data: &[u8],
@@ -169,9 +172,17 @@ impl<'s> Scanner<'s> {
                 batch::Length::Unwritten => true,
                 batch::Length::Damaged => false,
                 batch::Length::Valid(n) => {
-                    let end = at + batch::FRAME_HEADER_LEN + n;
-                    start + header + n as u64 >= zeros_from
-                        && !(end <= data.len() && batch::frame_crc_ok(&data[at..end]))
+                    let frame_end = start + header + n as u64;
+                    frame_end >= zeros_from
+                        && match data.get(at..at + batch::FRAME_HEADER_LEN + n) {
+                            // Out of range, or past the blob's end.
+                            None => true,
+                            Some(frame) => {
+                                !batch::frame_crc_ok(frame)
+                                    && (frame_end > zeros_from
+                                        || batch::has_zero_sector(frame, start))
+                            }
+                        }
                 }
             };
         Ok(BadFrame {
