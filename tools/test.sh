@@ -6,6 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# tests/spec_reader.rs runs the second reader of the format
+# (tools/spec-reader), which is Python 3, standard library only.
+if ! command -v python3 >/dev/null; then
+    echo "tools/test.sh: python3 is needed (tests/spec_reader.rs runs tools/spec-reader)" >&2
+    exit 2
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
