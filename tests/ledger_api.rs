@@ -2473,3 +2473,53 @@ async fn a_trusted_checkpoint_finds_records_removed_or_rewritten() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `--restore-caches` where the store refuses the put (a full disk, a
+/// read-only mount): the log's verification stands, the cache stays
+/// missing, and the report names the put that failed and why, so that the
+/// CLI can say it did not do what it was asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_the_store_refuses_is_reported() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = checkpointed_on_demand(dir.path(), 7).await;
+    ledger.append(counted("a", 10)).await.unwrap();
+    ledger.close().await.unwrap();
+    let blob = bi_ledger::ledger::layout::stream_index("main", 10);
+    let s = store(dir.path());
+    s.delete(&blob).await.unwrap();
+
+    let faulty = Arc::new(Wrapped(Faulty::over(s.clone())));
+    faulty.puts_fail.store(true, SeqCst);
+    let reader = bi_ledger::LedgerReader::open(faulty.clone(), "main")
+        .await
+        .unwrap();
+    let restore = bi_ledger::ledger::verify::VerifyOptions {
+        restore_caches: true,
+    };
+    let verifier = reader.recorded_verifier().clone();
+    let report = reader
+        .verify_with(&verifier, restore, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.records, 10);
+    assert_eq!(report.missing_caches, [blob.clone()]);
+    assert!(report.restored_caches.is_empty(), "{report:?}");
+    let [(failed, why)] = &report.failed_restores[..] else {
+        panic!("one failed restore wanted: {report:?}");
+    };
+    assert_eq!(failed, &blob);
+    assert!(why.contains("injected"), "{why}");
+    assert!(s.read_all(&blob).await.is_err(), "nothing was put");
+
+    // Once the store takes it, the same call restores it.
+    faulty.puts_fail.store(false, SeqCst);
+    let report = reader
+        .verify_with(&verifier, restore, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.restored_caches, report.failed_restores),
+        (vec![blob], vec![])
+    );
+}

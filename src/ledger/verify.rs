@@ -58,6 +58,10 @@ pub struct VerifyReport {
     /// Missing caches that [`VerifyOptions::restore_caches`] put back, by
     /// blob name (these are not in `missing_caches`).
     pub restored_caches: Vec<String>,
+    /// Missing caches whose restoring failed in the store, by blob name,
+    /// with the store's error (these are in `missing_caches` too). The
+    /// log's verification stands; what was asked for was not done.
+    pub failed_restores: Vec<(String, String)>,
 }
 
 /// What `verify` may do besides reading.
@@ -137,6 +141,7 @@ impl LedgerReader {
                 restore: opts.restore_caches,
                 missing: Vec::new(),
                 restored: Vec::new(),
+                failed: Vec::new(),
                 listed: None,
             },
             merged: Merged {
@@ -286,6 +291,7 @@ impl LedgerReader {
             caches_without_checkpoint: orphans,
             missing_caches: w.caches.missing,
             restored_caches: w.caches.restored,
+            failed_restores: w.caches.failed,
         })
     }
 }
@@ -384,6 +390,8 @@ struct Caches {
     missing: Vec<String>,
     /// See `VerifyReport::restored_caches`.
     restored: Vec<String>,
+    /// See `VerifyReport::failed_restores`.
+    failed: Vec<(String, String)>,
     /// The sizes of all caches, listed at the first restore.
     listed: Option<Vec<u64>>,
 }
@@ -999,12 +1007,15 @@ async fn read_or_restore(
         }
         match reader.store().put(blob, &encode()).await {
             Ok(()) => {
-                tracing::info!(cache = %blob, "restored a missing cache from the verified log");
+                // At warn, shown by default: the store was written to, and
+                // a verification that fails further on reports no list.
+                tracing::warn!(cache = %blob, "restored a missing cache from the verified log");
                 return Ok(Err(Absent::Restored(blob.to_owned())));
             }
             Err(crate::backend::StoreError::AlreadyExists { .. }) => caches = None,
             Err(e) => {
                 tracing::warn!(cache = %blob, error = %e, "could not restore a missing cache");
+                c.failed.push((blob.to_owned(), e.to_string()));
                 return missing;
             }
         }

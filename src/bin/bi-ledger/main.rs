@@ -933,11 +933,22 @@ async fn verify(
                 "caches_without_checkpoint": r.caches_without_checkpoint,
                 "missing_caches": r.missing_caches,
                 "restored_caches": r.restored_caches,
+                "failed_restores": r.failed_restores.iter()
+                    .map(|(blob, error)| json!({"blob": blob, "error": error}))
+                    .collect::<Vec<_>>(),
                 "trusted_checkpoints": matched,
                 "root": hex(&r.root),
                 "chain_head": hex(&r.chain_head),
                 "seconds": start.elapsed().as_secs_f64(),
             }))?;
+            // Valid, but what --restore-caches asked for was not done: an
+            // I/O error, after the report that says which.
+            if let Some((blob, error)) = r.failed_restores.first() {
+                bail!(
+                    "could not restore {} missing cache(s), the first {blob}: {error}",
+                    r.failed_restores.len()
+                );
+            }
             Ok(Ok(()))
         }
         Err(LedgerError::Integrity(e)) => integrity_json(e),
