@@ -2503,7 +2503,7 @@ async fn a_restore_the_store_refuses_is_reported() {
         .await
         .unwrap();
     assert_eq!(report.records, 10);
-    assert_eq!(report.missing_caches, [blob.clone()]);
+    assert_eq!(report.missing_caches, std::slice::from_ref(&blob));
     assert!(report.restored_caches.is_empty(), "{report:?}");
     let [(failed, why)] = &report.failed_restores[..] else {
         panic!("one failed restore wanted: {report:?}");
