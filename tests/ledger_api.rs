@@ -2523,3 +2523,42 @@ async fn a_restore_the_store_refuses_is_reported() {
         (vec![blob], vec![])
     );
 }
+
+/// A blob under a checkpoint's name past the log's end that is not a
+/// checkpoint of that size (junk, or another checkpoint copied there):
+/// readers and the writer name that blob, rather than report records
+/// removed from the log, which holds every record it should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_checkpoint_past_the_log_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = checkpointed_on_demand(dir.path(), 7).await;
+    ledger.append(counted("a", 3)).await.unwrap();
+    ledger.close().await.unwrap();
+    let s = store(dir.path());
+    let real = s
+        .read_all(&bi_ledger::ledger::layout::checkpoint("main", 3))
+        .await
+        .unwrap();
+    let blob = bi_ledger::ledger::layout::checkpoint("main", 100);
+    for (what, bytes, says) in [
+        ("junk", b"junk\n".to_vec(), "checkpoint rejected"),
+        ("a copy", real, "named for 100"),
+    ] {
+        let _ = s.delete(&blob).await;
+        s.put(&blob, &bytes).await.unwrap();
+        let reader = bi_ledger::LedgerReader::open(s.clone(), "main")
+            .await
+            .unwrap();
+        let read = reader.read(0, None).await;
+        let opened = bi_ledger::Ledger::open(s.clone(), "main", options(7)).await;
+        for e in [read.err(), opened.err()] {
+            match e {
+                Some(bi_ledger::LedgerError::Integrity(e)) => {
+                    assert_eq!(e.blob, blob, "{what}: {e}");
+                    assert!(e.what.contains(says), "{what}: {e}");
+                }
+                other => panic!("{what}: wanted {blob} named, got {other:?}"),
+            }
+        }
+    }
+}

@@ -104,7 +104,7 @@ impl LedgerReader {
             }
         }
         if due.0 < size {
-            self.check_end(due.0, size)?;
+            self.check_end(due.0, size).await?;
             return Err(LedgerError::InvalidArgument(format!(
                 "this reader sees {} records, fewer than the {size} asked for (a reader sees the segments as they were when it was opened; open a new one to prove newer records)",
                 due.0

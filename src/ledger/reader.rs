@@ -347,14 +347,14 @@ impl LedgerReader {
                 self.bad_frame(seg, i == last, bad, due.0).await?;
             }
         }
-        self.check_end(due.0, to)
+        self.check_end(due.0, to).await
     }
 
     /// A read that ran to the end of the log before `to`, at record `ends`:
     /// the log must hold what the newest checkpoint listed at open signs
     /// (a cut at a batch boundary, or a deleted last segment, leaves no
     /// bad frame to find).
-    pub(crate) fn check_end(&self, ends: u64, to: u64) -> Result<()> {
+    pub(crate) async fn check_end(&self, ends: u64, to: u64) -> Result<()> {
         if ends >= self.signed.min(to) {
             return Ok(());
         }
@@ -364,7 +364,7 @@ impl LedgerReader {
             .map_or((layout::segment(self.name(), 0), 0), |s| {
                 (s.name.clone(), self.view_len(s))
             });
-        Err(IntegrityError::new(
+        let short = IntegrityError::new(
             &blob,
             offset,
             Some(ends),
@@ -372,8 +372,15 @@ impl LedgerReader {
                 "the log ends at record {ends}, but a checkpoint covers {} records: records were removed from its end (a segment cut at a batch boundary, or a later segment deleted)",
                 self.signed
             ),
-        )
-        .into())
+        );
+        Err(self.short_of_signed(short).await)
+    }
+
+    /// `short`, unless the newest checkpoint (by name) is not one.
+    async fn short_of_signed(&self, short: IntegrityError) -> LedgerError {
+        let blob = layout::checkpoint(self.name(), self.signed);
+        recover::short_of_checkpoint(self.store.as_ref(), &self.meta, self.signed, &blob, short)
+            .await
     }
 
     /// Where a scan stopped at a frame it could not read: a batch being
@@ -396,7 +403,7 @@ impl LedgerReader {
             .fetch_min(bad.offset, std::sync::atomic::Ordering::Relaxed);
         let signed = self.signed;
         if signed > reached {
-            return Err(IntegrityError::new(
+            let short = IntegrityError::new(
                 &seg.name,
                 bad.offset,
                 Some(reached),
@@ -404,8 +411,8 @@ impl LedgerReader {
                     "{}; a checkpoint covers {signed} records but the log ends at {reached}",
                     bad.error.what
                 ),
-            )
-            .into());
+            );
+            return Err(self.short_of_signed(short).await);
         }
         Ok(())
     }
@@ -506,7 +513,7 @@ impl LedgerReader {
         if let Some(bad) = scan.bad {
             self.bad_frame(seg, true, bad, n).await?;
         }
-        self.check_end(n, u64::MAX)?;
+        self.check_end(n, u64::MAX).await?;
         Ok(n)
     }
 

@@ -137,6 +137,26 @@ pub async fn open_checkpoint_note(
     Ok((cp, note))
 }
 
+/// The error to give where the log ends short of what checkpoint `blob`
+/// (of `size` records, by its name) covers: that checkpoint is opened
+/// first, so that a blob under a checkpoint's name that is not one, or not
+/// signed by the ledger's key, is named for what it is rather than taken
+/// for records removed from the log. Only on this error path: otherwise
+/// readers go by the names (ledger-format.md §12.3).
+pub async fn short_of_checkpoint(
+    store: &dyn BlobStore,
+    meta: &Meta,
+    size: u64,
+    blob: &str,
+    short: IntegrityError,
+) -> LedgerError {
+    match open_checkpoint_note(store, meta, size, blob).await {
+        Err(LedgerError::Integrity(bad)) => bad.into(),
+        // Checked, or unreadable for now: the log's end is what is known.
+        _ => short.into(),
+    }
+}
+
 /// The size of the newest checkpoint, found without listing every
 /// checkpoint (ten years at the default interval leave about a million):
 /// the writer puts each checkpoint's snapshot before the checkpoint and
@@ -527,7 +547,7 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
                     }
                     None => (tip.segment_len, ""),
                 };
-                IntegrityError::new(
+                let short = IntegrityError::new(
                     &last_seg.name,
                     at,
                     Some(tip.size),
@@ -535,7 +555,8 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
                         "the log ends after {} records{left}, but checkpoint {blob} covers {size}",
                         tip.size
                     ),
-                )
+                );
+                return Err(short_of_checkpoint(store, meta, size, &blob, short).await);
             } else {
                 IntegrityError::new(
                     layout::snapshot(ledger, size),
