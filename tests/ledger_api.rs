@@ -2562,3 +2562,26 @@ async fn a_false_checkpoint_past_the_log_is_named() {
         }
     }
 }
+
+/// A segment far past a gap (a stray file, index 10^9 or more, under a
+/// leading digit that readers look under only once the ones before are
+/// full): the writer finds it, as `verify` does, and does not extend a log
+/// that `verify` refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_segment_past_a_gap_stops_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = checkpointed_on_demand(dir.path(), 7).await;
+    ledger.append(counted("a", 3)).await.unwrap();
+    ledger.close().await.unwrap();
+    let s = store(dir.path());
+    let stray = bi_ledger::ledger::layout::segment("main", 9_999_999_999);
+    s.create(&stray).await.unwrap();
+    match bi_ledger::Ledger::open(s.clone(), "main", options(7)).await {
+        Err(bi_ledger::LedgerError::Integrity(e)) => {
+            assert_eq!(e.blob, stray, "{e}");
+            assert!(e.what.contains("segment 1 is missing"), "{e}");
+        }
+        Err(e) => panic!("wanted the stray segment named, got {e}"),
+        Ok(_) => panic!("the writer opened a ledger with a gap among its segments"),
+    }
+}

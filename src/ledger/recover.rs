@@ -302,7 +302,8 @@ pub async fn list_segments(store: &dyn BlobStore, ledger: &str) -> Result<Vec<(u
 }
 
 /// [`list_segments`], looking under every leading digit, so that a stray
-/// segment far past a gap is found too (for `verify`).
+/// segment far past a gap is found too (for `verify`, and for the writer,
+/// which must not extend a log that `verify` refuses).
 pub async fn list_every_segment(
     store: &dyn BlobStore,
     ledger: &str,
@@ -342,20 +343,32 @@ async fn segments_listed(
     ledger: &str,
     every_digit: bool,
 ) -> Result<Vec<(u64, BlobInfo)>> {
-    let mut segs: Vec<(u64, BlobInfo)> = Vec::new();
-    for digit in 0..10u64 {
-        if !every_digit && segs.len() as u64 != digit * SEGMENTS_PER_DIGIT {
-            break;
-        }
+    let listing = |digit: u64| {
         let prefix = format!("{}{digit}", layout::segment_prefix(ledger));
-        segs.extend(
-            store
-                .list(&prefix)
-                .await?
-                .into_iter()
-                .filter_map(|b| layout::segment_index(ledger, &b.name).map(|i| (i, b))),
-        );
+        async move {
+            let listed = store.list(&prefix).await?;
+            Ok::<_, StoreError>(
+                listed
+                    .into_iter()
+                    .filter_map(|b| layout::segment_index(ledger, &b.name).map(|i| (i, b)))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let mut listed = Vec::new();
+    if every_digit {
+        // All at once: nine of the ten come back empty.
+        listed = futures::future::try_join_all((0..10).map(listing)).await?;
+    } else {
+        for digit in 0..10u64 {
+            let below: usize = listed.iter().map(Vec::len).sum();
+            if below as u64 != digit * SEGMENTS_PER_DIGIT {
+                break;
+            }
+            listed.push(listing(digit).await?);
+        }
     }
+    let mut segs: Vec<(u64, BlobInfo)> = listed.into_iter().flatten().collect();
     segs.sort_by_key(|(i, _)| *i);
     for (want, (i, b)) in segs.iter().enumerate() {
         if *i != want as u64 {
@@ -389,7 +402,7 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         None => Tip::genesis(meta.id),
     };
     let cp_size = tip.size;
-    let mut segments = list_segments(store, ledger).await?;
+    let mut segments = list_every_segment(store, ledger).await?;
     if segments.is_empty() {
         if let Some((blob, cp)) = &checkpoint {
             return Err(segment_zero_missing(ledger, blob, cp.size));
