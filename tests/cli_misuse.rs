@@ -69,6 +69,14 @@ fn payloads_are_kept_as_written_or_refused() {
             r#"{"stream":"p","type":"T","payload":1,"expected_version":-1}"#,
             "line 1: field `expected_version`",
         ),
+        (
+            r#"{"stream":"p","type":"T","payload":{},"metadata":{"role":"cfo","actor":2}}"#,
+            "line 1: field `metadata.actor`: expected a string, found 2",
+        ),
+        (
+            r#"{"stream":"p","type":"T","payload":{},"metadata":["actor"]}"#,
+            r#"line 1: field `metadata`: expected an object of strings, found ["actor"]"#,
+        ),
     ] {
         let out = f.append(&format!("{}\n{bad}\n", line("q", "T", json!(1))));
         assert_eq!(out.code, 2, "{}", out.describe());
@@ -426,6 +434,33 @@ fn a_demo_of_nothing_verifies() {
     assert_eq!(out.json()["verified"], true, "{}", out.describe());
 }
 
+/// `--writers` is bounded, so a mistyped count is a usage error rather
+/// than an allocation that fails, and no writer is started without a story.
+#[test]
+fn demo_writers_are_bounded_and_no_more_than_the_stories() {
+    let f = Fixture::new();
+    for n in ["1025", "100000000"] {
+        let out = f.run(&["demo", "--stories", "1", "--writers", n]);
+        assert_eq!(out.code, 2, "{n}: {}", out.describe());
+        assert!(
+            out.stderr
+                .contains(&format!("'{n}' for '--writers <WRITERS>'"))
+                && out.stderr.contains("1..=1024"),
+            "{n}: {}",
+            out.describe()
+        );
+    }
+    assert!(!f.data().exists(), "a refused demo made {:?}", f.data());
+    let out = f.run(&["demo", "--stories", "3", "--writers", "1024"]).ok();
+    assert!(
+        out.stderr.contains("3 business stories")
+            && out.stderr.contains("with 3 concurrent writers"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.json()["verified"], true, "{}", out.describe());
+}
+
 /// A usage error is one line like every other error, names what was
 /// wrong and the help to read, and exits 2 having done nothing; help
 /// itself is still the whole page.
@@ -449,6 +484,17 @@ fn a_usage_error_is_one_line() {
             &["prove", "--seq", "many"],
             "'many'",
             "'bi-ledger prove --help'",
+        ),
+        // No stream id is empty: reading one would look like an empty stream.
+        (
+            &["read", "--stream", ""],
+            "'--stream <STREAM>': a stream id is 1 to 1024 bytes",
+            "'bi-ledger read --help'",
+        ),
+        (
+            &["read", "--stream", &"s".repeat(1025)],
+            "'--stream <STREAM>': a stream id is 1 to 1024 bytes",
+            "'bi-ledger read --help'",
         ),
     ] {
         let out = f.run_stdin(
@@ -552,6 +598,104 @@ fn three_appends() -> Fixture {
         f.append(&lines.join("\n")).ok();
     }
     f
+}
+
+/// An integrity failure's one line says "integrity" once, however it was
+/// found: reported with JSON (`verify`, `verify-proof`) or met on the way
+/// (`read`, `stats`). The JSON's `error` stays the bare reason.
+#[test]
+fn an_integrity_failure_says_so_once() {
+    let f = three_appends();
+    let key = f.path("main.key.pub");
+    let key = key.to_str().unwrap();
+    let proof = f.run(&["prove", "--seq", "1"]).ok().json();
+    let mut seg = fs::read(f.path(SEG)).unwrap();
+    let at = HEADER_LEN + 40;
+    seg[at] ^= 0x20;
+    writable(&f.path(SEG));
+    fs::write(f.path(SEG), &seg).unwrap();
+    let mut forged = proof.clone();
+    forged["proof"]["seq"] = json!(2);
+    for (args, stdin) in [
+        (&["verify", "--public-key", key][..], None),
+        (&["read"], None),
+        (&["stats"], None),
+        (
+            &["verify-proof", "--public-key", key],
+            Some(forged.to_string()),
+        ),
+    ] {
+        let out = match &stdin {
+            Some(text) => f.run_stdin(args, text),
+            None => f.run(args),
+        };
+        assert_eq!(out.code, 1, "{args:?}: {}", out.describe());
+        let err = out.stderr.trim_end();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {}", out.describe());
+        assert_eq!(
+            err.matches("integrity").count(),
+            1,
+            "{args:?}: {}",
+            out.describe()
+        );
+        if stdin.is_some() {
+            let reason = out.json()["error"].as_str().unwrap().to_owned();
+            assert_eq!(err, format!("integrity failure: {reason}"));
+        } else {
+            assert!(
+                err.starts_with(&format!("integrity error in {SEG} at byte ")),
+                "{args:?}: {}",
+                out.describe()
+            );
+        }
+        if args[0] == "verify" {
+            let reason = out.json()["error"].as_str().unwrap().to_owned();
+            assert!(err.ends_with(&format!("): {reason}")), "{}", out.describe());
+        }
+    }
+}
+
+/// `init` signs checkpoint 0, so a ledger with no checkpoint lost them:
+/// `prove` says so as an integrity failure, in `verify`'s words, and not as
+/// if the ledger were new.
+#[test]
+fn prove_without_any_checkpoint_is_an_integrity_failure() {
+    let f = three_appends();
+    for cp in f.checkpoints() {
+        fs::remove_file(f.path(&format!("main/{cp}"))).unwrap();
+    }
+    assert!(f.checkpoints().is_empty());
+    let verify = f.verify();
+    assert_eq!(verify.code, 1, "{}", verify.describe());
+    let says = "nothing binds its log to the key";
+    let cp0 = "main/checkpoint-00000000000000000000";
+    assert_eq!(verify.json()["blob"], cp0, "{}", verify.describe());
+    assert!(
+        verify.json()["error"].as_str().unwrap().contains(says),
+        "{}",
+        verify.describe()
+    );
+    for args in [
+        &["prove", "--seq", "0"][..],
+        &["prove", "--seq", "0", "--size", "7"],
+        &["prove", "--old-size", "0", "--size", "7"],
+    ] {
+        let out = f.run(args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.describe());
+        let v = out.json();
+        assert_eq!((&v["valid"], &v["blob"]), (&json!(false), &json!(cp0)));
+        let reason = v["error"].as_str().unwrap();
+        assert!(
+            reason.contains(says) && reason.contains("checkpoints were deleted"),
+            "{args:?}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            out.stderr.trim_end(),
+            format!("integrity error in {cp0} at byte 0 (sequence number 0): {reason}"),
+            "{args:?}"
+        );
+    }
 }
 
 #[test]

@@ -268,12 +268,21 @@ fn parse_line(n: usize, raw: &str) -> Result<Option<NewEvent>> {
         Some(raw) => {
             bi_ledger::json::canonicalize(raw)
                 .map_err(|e| anyhow::anyhow!("line {n}: field `metadata`: {e}"))?;
-            serde_json::from_str(raw).map_err(|e| {
+            // Values raw, so that a wrong one is named by its key; keys
+            // owned, as they may be escaped. No key is there twice: that
+            // was refused just above.
+            let entries: BTreeMap<String, &RawValue> = serde_json::from_str(raw).map_err(|_| {
                 anyhow::anyhow!(
-                    "line {n}: field `metadata`: expected an object of strings: {}",
-                    without_position(&e)
+                    "line {n}: field `metadata`: expected an object of strings, found {}",
+                    excerpt(raw)
                 )
-            })?
+            })?;
+            let mut metadata = BTreeMap::new();
+            for (key, value) in entries {
+                let value = text(&format!("metadata.{}", excerpt(&key)), value)?;
+                metadata.insert(key, value);
+            }
+            metadata
         }
     };
     let payload = bi_ledger::json::canonicalize(line.payload.get())
@@ -399,9 +408,17 @@ mod tests {
             parse_events("{\"stream\":\"a\",\"type\":\"t\",\"payload\":1,\"metadata\":{\"k\":1}}")
                 .unwrap_err()
                 .to_string();
-        assert!(
-            e.starts_with("line 1: field `metadata`: expected an object of strings"),
+        assert_eq!(
+            e, "line 1: field `metadata.k`: expected a string, found 1",
             "{e}"
+        );
+        let e =
+            parse_events("{\"stream\":\"a\",\"type\":\"t\",\"payload\":1,\"metadata\":[\"k\"]}")
+                .unwrap_err()
+                .to_string();
+        assert_eq!(
+            e,
+            "line 1: field `metadata`: expected an object of strings, found [\"k\"]"
         );
         let e = parse_events("[\"a\",\"t\",1]").unwrap_err().to_string();
         assert!(e.starts_with("line 1: expected a JSON object"), "{e}");

@@ -1,6 +1,7 @@
 //! The `bi-ledger` command line: append, read, verify and prove on a
 //! ledger. Machine output is JSON lines on stdout; errors are one line on
-//! stderr. Exit codes: 0 success, 1 integrity failure, 2 usage or I/O error.
+//! stderr. Exit codes: 0 success, 1 integrity failure, 2 any other error
+//! (usage, I/O, a malformed input line, an expected version that does not hold).
 
 mod append;
 mod demo;
@@ -18,6 +19,7 @@ use bi_ledger::backend::azure::account::{AccountSettings, ACCOUNT_URL_ENV};
 use bi_ledger::backend::azure::{AzureAccount, AzureBlobStore, AzureOptions};
 use bi_ledger::backend::fs::FsStore;
 use bi_ledger::backend::{BlobStore, StoreError};
+use bi_ledger::error::IntegrityError;
 use bi_ledger::format::checkpoint::{Checkpoint, Verifier};
 use bi_ledger::format::hex;
 use bi_ledger::ledger::layout::Meta;
@@ -107,7 +109,7 @@ enum Cmd {
     /// Print events as JSON lines.
     Read {
         /// Only this stream's events.
-        #[arg(long)]
+        #[arg(long, value_parser = stream_id)]
         stream: Option<String>,
         /// First sequence number.
         #[arg(long, default_value_t = 0)]
@@ -174,14 +176,49 @@ enum Cmd {
         /// Number of business stories (each is 1 to 7 events).
         #[arg(long, default_value_t = 20_000)]
         stories: u64,
-        /// Concurrent appenders (their events share block writes).
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Concurrent appenders (their events share block writes), at most
+        /// 1024; never more than there are stories.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=MAX_DEMO_WRITERS))]
         writers: u64,
     },
 }
 
-/// An error that means the data is bad (exit 1), not the invocation.
+/// Each demo writer is a task with one story (at most 7 events) in flight.
+/// Group commit gains nothing past a few dozen of them (64 concurrent
+/// appenders already fill an fsync with 64 events, see the README's
+/// performance table), so 1024 leaves room to try and still bounds what a
+/// mistyped count can allocate.
+const MAX_DEMO_WRITERS: u64 = 1024;
+
+/// A stream id the writer would take (`NewEvent::validate`): another can
+/// never match, and reading it would look like reading an empty stream.
+fn stream_id(s: &str) -> std::result::Result<String, String> {
+    let max = bi_ledger::model::MAX_STREAM;
+    if s.is_empty() || s.len() > max || s.chars().any(char::is_control) {
+        return Err(format!(
+            "a stream id is 1 to {max} bytes, without control characters"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// An error that means the data is bad (exit 1), not the invocation: the
+/// line stderr gets.
 struct Integrity(String);
+
+impl Integrity {
+    /// A check that failed with `what`, which does not say so itself.
+    fn failed(what: impl std::fmt::Display) -> Self {
+        Integrity(format!("integrity failure: {what}"))
+    }
+}
+
+impl From<IntegrityError> for Integrity {
+    /// Its text says "integrity error in BLOB at byte N" already.
+    fn from(e: IntegrityError) -> Self {
+        Integrity(e.to_string())
+    }
+}
 
 /// `eprintln!` that does not panic when standard error is gone (a closed
 /// pipe, as in `bi-ledger ... 2>&1 | head`): there is no one left to tell.
@@ -228,14 +265,15 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(Integrity(msg))) => {
-            say!("integrity failure: {msg}");
+            say!("{msg}");
             ExitCode::from(1)
         }
         Err(e) => {
-            // An integrity error that surfaced through `?` is still exit 1.
+            // An integrity error that surfaced through `?` is still exit 1;
+            // its own text says it is one.
             if let Some(le) = e.downcast_ref::<LedgerError>() {
                 if le.is_integrity() {
-                    say!("integrity failure: {}", one_line(&e));
+                    say!("{}", one_line(&e));
                     return ExitCode::from(1);
                 }
             }
@@ -867,7 +905,7 @@ async fn verify(
     if let Some(want) = origin.filter(|w| *w != found) {
         // Checkpoints name the origin of the LEDGER file, which nothing
         // signs: a whole other ledger under the same key verifies.
-        return integrity_json(bi_ledger::error::IntegrityError::new(
+        return integrity_json(IntegrityError::new(
             bi_ledger::ledger::layout::meta(&cli.ledger),
             0,
             None,
@@ -982,11 +1020,11 @@ fn load_trusted_checkpoint(file: &Path, verifier: &Verifier) -> Result<Checkpoin
         .with_context(|| format!("trusted checkpoint {}", file.display()))
 }
 
-fn integrity_json(e: bi_ledger::error::IntegrityError) -> Outcome {
+fn integrity_json(e: IntegrityError) -> Outcome {
     print(
         json!({"valid": false, "blob": e.blob, "offset": e.offset, "seq": e.seq, "error": e.what}),
     )?;
-    Ok(Err(Integrity(e.to_string())))
+    Ok(Err(e.into()))
 }
 
 fn checkpoint_json(blob: &str, cp: &Checkpoint, note: &str) -> serde_json::Value {
@@ -1000,21 +1038,47 @@ fn checkpoint_json(blob: &str, cp: &Checkpoint, note: &str) -> serde_json::Value
     })
 }
 
-async fn checkpoint_note(reader: &LedgerReader, size: Option<u64>) -> Result<(Checkpoint, String)> {
-    match reader.signed_checkpoint(size).await? {
-        Some((_, cp, note)) => Ok((cp, note)),
-        None => match size {
-            Some(s) => bail!(
-                "no checkpoint of size {s}; `bi-ledger checkpoint` writes one of the current size"
-            ),
-            None => bail!("the ledger has no checkpoint yet"),
-        },
+/// The checkpoint of `size` (default: the newest) and its note; an
+/// integrity error if the ledger has none at all.
+async fn checkpoint_note(
+    reader: &LedgerReader,
+    size: Option<u64>,
+) -> Result<std::result::Result<(Checkpoint, String), IntegrityError>> {
+    if let Some((_, cp, note)) = reader.signed_checkpoint(size).await? {
+        return Ok(Ok((cp, note)));
+    }
+    let name = reader.name();
+    let store = reader.store().as_ref();
+    if bi_ledger::ledger::recover::checkpoint_blobs(store, name)
+        .await?
+        .is_empty()
+    {
+        // Not a new ledger: `init` signs checkpoint 0 before it returns.
+        // Worded as `verify` words it.
+        return Ok(Err(IntegrityError::new(
+            bi_ledger::ledger::layout::checkpoint(name, 0),
+            0,
+            Some(0),
+            "the ledger has no checkpoint, so nothing binds its log to the key and there is nothing to prove against: checkpoint 0 is signed when a ledger is created, so checkpoints were deleted or the creation was cut short",
+        )));
+    }
+    match size {
+        Some(s) => bail!(
+            "no checkpoint of size {s}; `bi-ledger checkpoint` writes one of the current size"
+        ),
+        // Listed, but not there when read: removed meanwhile.
+        None => bail!(
+            "the newest checkpoint could not be read (removed meanwhile?); `bi-ledger verify` checks the ledger's checkpoints"
+        ),
     }
 }
 
 async fn prove(cli: &Cli, seq: Option<u64>, old_size: Option<u64>, size: Option<u64>) -> Outcome {
     let reader = open_reader(cli).await?;
-    let (cp, note) = checkpoint_note(&reader, size).await?;
+    let (cp, note) = match checkpoint_note(&reader, size).await? {
+        Ok(found) => found,
+        Err(e) => return integrity_json(e),
+    };
     // A reader sees the segments as they were when it opened; a live writer
     // may have appended and signed the checkpoint just chosen since then.
     // Checkpoints are written after what they cover, so a reader opened
@@ -1035,7 +1099,10 @@ async fn prove(cli: &Cli, seq: Option<u64>, old_size: Option<u64>, size: Option<
             print(json!({"type": "inclusion", "proof": proof, "checkpoint": note}))?;
         }
         (None, Some(old)) => {
-            let (_, old_note) = checkpoint_note(&reader, Some(old)).await?;
+            let (_, old_note) = match checkpoint_note(&reader, Some(old)).await? {
+                Ok(found) => found,
+                Err(e) => return integrity_json(e),
+            };
             let proof = match reader.consistency_proof(old, cp.size).await {
                 Err(LedgerError::Integrity(e)) => return integrity_json(e),
                 other => other?,
@@ -1058,22 +1125,22 @@ fn verify_proof(public_key: &Path, origin: Option<&str>, file: Option<&Path>) ->
             .and_then(|x| x.as_str())
             .ok_or_else(|| anyhow!("proof: missing string field `{name}`"))
     };
-    let open = |name: &str| -> Result<std::result::Result<Checkpoint, Integrity>> {
+    let open = |name: &str| -> Result<std::result::Result<Checkpoint, String>> {
         Ok(Checkpoint::open(field(name)?, &verifier)
-            .map_err(|e| Integrity(format!("{name}: {e}")))
+            .map_err(|e| format!("{name}: {e}"))
             .and_then(|cp| match origin {
-                Some(want) if cp.origin != want => Err(Integrity(format!(
+                Some(want) if cp.origin != want => Err(format!(
                     "{name}: signed for {}, not the expected {want}",
                     cp.origin
-                ))),
+                )),
                 _ => Ok(cp),
             }))
     };
     // A checkpoint that does not open is a failed proof like any other:
     // it is reported on stdout as well.
-    let failed = |e: Integrity| -> Outcome {
-        print(json!({"valid": false, "error": e.0}))?;
-        Ok(Err(e))
+    let failed = |e: String| -> Outcome {
+        print(json!({"valid": false, "error": e}))?;
+        Ok(Err(Integrity::failed(e)))
     };
     let cp = match open("checkpoint")? {
         Ok(c) => c,
@@ -1116,10 +1183,7 @@ fn verify_proof(public_key: &Path, origin: Option<&str>, file: Option<&Path>) ->
             print(j)?;
             Ok(Ok(()))
         }
-        Err(e) => {
-            print(json!({"valid": false, "error": e.to_string()}))?;
-            Ok(Err(Integrity(e.to_string())))
-        }
+        Err(e) => failed(e.to_string()),
     }
 }
 
@@ -1176,13 +1240,14 @@ async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
     } else {
         create_ledger(cli, store.clone()).await?.0
     };
+    // A writer takes every `writers`-th story: more would have none.
+    let writers = writers.min(stories.max(1));
     say!(
         "demo: appending {stories} business stories (decisions, workflows, metrics, audit) with {writers} concurrent writers to ledger {:?} at {}",
         cli.ledger,
         store.location()
     );
     let start = Instant::now();
-    let writers = writers.max(1);
     let mut tasks = Vec::new();
     for w in 0..writers {
         let ledger = ledger.clone();
@@ -1222,7 +1287,7 @@ async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
         .await
     {
         Ok(r) => r,
-        Err(LedgerError::Integrity(e)) => return Ok(Err(Integrity(e.to_string()))),
+        Err(LedgerError::Integrity(e)) => return Ok(Err(e.into())),
         Err(e) => return Err(e.into()),
     };
     bar.finish();
