@@ -649,10 +649,50 @@ fn an_integrity_failure_says_so_once() {
             );
         }
         if args[0] == "verify" {
-            let reason = out.json()["error"].as_str().unwrap().to_owned();
-            assert!(err.ends_with(&format!("): {reason}")), "{}", out.describe());
+            let v = out.json();
+            let reason = v["error"].as_str().unwrap().to_owned();
+            // On the fs backend the file is named too: a blob's name is
+            // not always its file's (checkpoints and caches are filed by
+            // window).
+            let file = f.path(SEG).display().to_string();
+            assert_eq!(v["file"], json!(file), "{}", out.describe());
+            assert!(
+                err.ends_with(&format!("): {reason} (file {file})")),
+                "{}",
+                out.describe()
+            );
         }
     }
+}
+
+/// A blob whose file has another name (a checkpoint, filed by window):
+/// the error names both, so that `ls` finds what it names.
+#[test]
+fn an_integrity_error_names_the_file_of_its_blob() {
+    let f = three_appends();
+    let cp = f.checkpoints().pop().expect("a checkpoint");
+    let blob = format!("main/{cp}");
+    let file = f.path(&blob);
+    assert_ne!(file, f.data().join(&blob), "filed by window");
+    writable(&file);
+    fs::write(&file, "junk\n").unwrap();
+    let out = f.verify();
+    assert_eq!(out.code, 1, "{}", out.describe());
+    let v = out.json();
+    assert_eq!(v["blob"], json!(blob), "{}", out.describe());
+    assert_eq!(
+        v["file"],
+        json!(file.display().to_string()),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr
+            .trim_end()
+            .ends_with(&format!(" (file {})", file.display())),
+        "{}",
+        out.describe()
+    );
 }
 
 /// `init` signs checkpoint 0, so a ledger with no checkpoint lost them:
@@ -692,7 +732,10 @@ fn prove_without_any_checkpoint_is_an_integrity_failure() {
         );
         assert_eq!(
             out.stderr.trim_end(),
-            format!("integrity error in {cp0} at byte 0 (sequence number 0): {reason}"),
+            format!(
+                "integrity error in {cp0} at byte 0 (sequence number 0): {reason} (file {})",
+                f.path(cp0).display()
+            ),
             "{args:?}"
         );
     }

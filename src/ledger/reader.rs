@@ -144,7 +144,7 @@ impl LedgerReader {
                 Some((
                     16,
                     format!(
-                        "segment belongs to ledger {}, not {}",
+                        "segment belongs to ledger {}, but the LEDGER file names {} (one of the two was changed, or the segment is another ledger's)",
                         crate::format::hex(&h.ledger_id),
                         crate::format::hex(&meta.id)
                     ),

@@ -700,7 +700,7 @@ pub fn check_header(
         return bad(
             16,
             format!(
-                "segment belongs to ledger {}, not {}",
+                "segment belongs to ledger {}, but the LEDGER file names {} (one of the two was changed, or the segment is another ledger's)",
                 hex(&h.ledger_id),
                 hex(&meta.id)
             ),

@@ -88,7 +88,7 @@ impl LedgerReader {
                 offset,
                 Some(s),
                 format!(
-                    "the log holds {s} records, but a trusted checkpoint signs {n}: records {s}..{n} were removed, together with every checkpoint that signed them"
+                    "the log holds {s} records, but a trusted checkpoint signs {n}: at least records {s}..{n} were removed, together with every checkpoint that signed them (with records missing, the trusted checkpoint cannot be checked against the records before {s} either, so they may differ from what it signed)"
                 ),
             )
             .into());

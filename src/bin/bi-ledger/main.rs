@@ -30,6 +30,10 @@ use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 
+/// Where `--help` lists the options every command takes, apart from the
+/// command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser)]
 #[command(
     name = "bi-ledger",
@@ -41,13 +45,13 @@ struct Cli {
     /// blobs in --container, account from AZURE_STORAGE_CONNECTION_STRING,
     /// or --account-url with AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN or
     /// Entra ID).
-    #[arg(long, global = true, env = "BI_LEDGER_BACKEND", default_value = "fs")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "BI_LEDGER_BACKEND", default_value = "fs")]
     backend: Backend,
     /// Directory holding the ledgers (fs backend) and, on any backend, the
     /// default place of key files.
     #[arg(
         long,
-        global = true,
+        global = true, help_heading = GLOBAL,
         env = "BI_LEDGER_DATA",
         default_value = "./ledger-data"
     )]
@@ -55,7 +59,7 @@ struct Cli {
     /// Blob container (azure backend).
     #[arg(
         long,
-        global = true,
+        global = true, help_heading = GLOBAL,
         env = "BI_LEDGER_CONTAINER",
         default_value = "bi-ledger"
     )]
@@ -65,18 +69,18 @@ struct Cli {
     /// AZURE_STORAGE_SAS_TOKEN that secret signs requests; with neither,
     /// Entra ID does (workload identity if AZURE_FEDERATED_TOKEN_FILE is
     /// set, else managed identity; AZURE_CLIENT_ID picks a user-assigned one).
-    #[arg(long, global = true, env = ACCOUNT_URL_ENV)]
+    #[arg(long, global = true, help_heading = GLOBAL, env = ACCOUNT_URL_ENV)]
     account_url: Option<String>,
     /// Ledger name.
-    #[arg(long, global = true, env = "BI_LEDGER_LEDGER", default_value = "main")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "BI_LEDGER_LEDGER", default_value = "main")]
     ledger: String,
     /// Signing key file for commands that write (default: DATA/LEDGER.key).
-    #[arg(long, global = true, env = "BI_LEDGER_SIGNING_KEY")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "BI_LEDGER_SIGNING_KEY")]
     signing_key: Option<PathBuf>,
     /// For commands that write: start a new segment before one would pass
     /// this many bytes (default 1 GiB; a larger batch gets a segment of its
     /// own). Smaller segments are smaller files, or blobs, to copy and back up.
-    #[arg(long, global = true, env = "BI_LEDGER_SEGMENT_MAX_BYTES",
+    #[arg(long, global = true, help_heading = GLOBAL, env = "BI_LEDGER_SEGMENT_MAX_BYTES",
           value_parser = clap::value_parser!(u64).range(4096..))]
     segment_max_bytes: Option<u64>,
     #[command(subcommand)]
@@ -216,8 +220,22 @@ impl Integrity {
 impl From<IntegrityError> for Integrity {
     /// Its text says "integrity error in BLOB at byte N" already.
     fn from(e: IntegrityError) -> Self {
-        Integrity(e.to_string())
+        Integrity(format!("{e}{}", in_file(&e.blob)))
     }
+}
+
+/// The data directory, on the fs backend: errors name blobs, and some
+/// blobs are files of another name (`main/checkpoint-00000000000001250000`
+/// is `main/.checkpoint-00000000000001/250000`), so they name the file too.
+static FS_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn file_of(blob: &str) -> Option<PathBuf> {
+    FS_ROOT.get().map(|root| FsStore::file_path(root, blob))
+}
+
+/// " (file PATH)" for a blob on the fs backend, else nothing.
+fn in_file(blob: &str) -> String {
+    file_of(blob).map_or_else(String::new, |f| format!(" (file {})", f.display()))
 }
 
 /// `eprintln!` that does not panic when standard error is gone (a closed
@@ -243,6 +261,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if matches!(cli.backend, Backend::Fs) {
+        let _ = FS_ROOT.set(cli.data.clone());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BI_LEDGER_LOG")
@@ -271,11 +292,9 @@ fn main() -> ExitCode {
         Err(e) => {
             // An integrity error that surfaced through `?` is still exit 1;
             // its own text says it is one.
-            if let Some(le) = e.downcast_ref::<LedgerError>() {
-                if le.is_integrity() {
-                    say!("{}", one_line(&e));
-                    return ExitCode::from(1);
-                }
+            if let Some(LedgerError::Integrity(ie)) = e.downcast_ref::<LedgerError>() {
+                say!("{}{}", one_line(&e), in_file(&ie.blob));
+                return ExitCode::from(1);
             }
             say!("error: {}", one_line(&e));
             ExitCode::from(2)
@@ -1021,9 +1040,12 @@ fn load_trusted_checkpoint(file: &Path, verifier: &Verifier) -> Result<Checkpoin
 }
 
 fn integrity_json(e: IntegrityError) -> Outcome {
-    print(
-        json!({"valid": false, "blob": e.blob, "offset": e.offset, "seq": e.seq, "error": e.what}),
-    )?;
+    let mut j =
+        json!({"valid": false, "blob": e.blob, "offset": e.offset, "seq": e.seq, "error": e.what});
+    if let Some(file) = file_of(&e.blob) {
+        j["file"] = json!(file.display().to_string());
+    }
+    print(j)?;
     Ok(Err(e.into()))
 }
 
