@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from . import ed25519
 from .keys import valid_key_name
-from .prims import FormatError, b64decode_canonical, b64encode
+from .prims import FormatError, b64decode_canonical, b64encode, text_lines
 
 EM_DASH = "\u2014"
 _TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.\d{6}Z")
@@ -34,14 +34,7 @@ def _valid_time(m):
 
 def parse_checkpoint(data):
     """§10.2 strict parsing. Errors name the line and its byte offset."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FormatError(e.start, "checkpoint is not UTF-8") from None
-    lines = text.split("\n")
-    starts = [0]
-    for ln in lines:
-        starts.append(starts[-1] + len(ln.encode()) + 1)
+    _, lines, starts = text_lines(data, "checkpoint")
 
     def err(i, what):
         return FormatError(starts[i], f"line {i + 1}: {what}")

@@ -3,7 +3,7 @@ import base64
 import re
 
 from . import ed25519
-from .prims import FormatError, b64encode, first_difference, sha256
+from .prims import FormatError, b64encode, first_difference, sha256, text_lines
 
 DEFAULT_BLOCK = 4194304  # §3.4: B when the LEDGER file has no block line
 
@@ -85,14 +85,7 @@ def ledger_file_text(name, ledger_id, key, block):
 
 def parse_ledger_file(data, ledger_name):
     """§3.4; returns (ledger id, VerifierKey, B). Raises FormatError."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FormatError(e.start, "not UTF-8") from None
-    lines = text.split("\n")
-    starts = [0]
-    for ln in lines:
-        starts.append(starts[-1] + len(ln) + 1)
+    _, lines, starts = text_lines(data, "LEDGER file")
 
     def line(i, keyword):
         if i >= len(lines) - 1:  # the last element is what follows the final LF

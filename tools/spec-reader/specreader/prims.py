@@ -188,6 +188,19 @@ class Cursor:
 _B64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 
+def text_lines(data, what):
+    """UTF-8 text split at LF, with each line's byte offset (for errors)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(e.start, f"{what} is not UTF-8") from None
+    lines = text.split("\n")
+    starts = [0]
+    for ln in lines:
+        starts.append(starts[-1] + len(ln.encode()) + 1)
+    return text, lines, starts
+
+
 def b64encode(b):
     return base64.b64encode(b).decode("ascii")
 
