@@ -379,6 +379,9 @@ mod tests {
     use proptest::prelude::*;
     use proptest::sample::Index;
 
+    use super::*;
+    use crate::format::record::CONTENT_TYPES;
+
     #[test]
     fn a_zero_sector_counts_only_whole_and_past_the_first() {
         // A frame at blob offset 100, 2000 bytes long: its whole sectors
@@ -400,9 +403,6 @@ mod tests {
         assert!(!has_zero_sector(&frame(100..512), 100));
         assert!(!has_zero_sector(&frame(2048..2100), 100));
     }
-
-    use super::*;
-    use crate::format::record::CONTENT_TYPES;
 
     /// A frame whose CRC was recomputed over a count of four billion
     /// records and no record bytes decodes to an error, without reserving
