@@ -16,6 +16,9 @@ use super::{DecodeError, Hash, FORMAT_VERSION};
 
 pub const MAGIC: &[u8; 8] = b"BILEDGER";
 pub const HEADER_LEN: usize = 84;
+/// Where the header's first sequence number is: what damage to a
+/// segment's start names.
+pub const FIRST_SEQ_AT: u64 = 40;
 
 /// Whether a last segment of `size` bytes that starts with `header` is a
 /// header a crash left unwritten: exactly a header's length of zeros,

@@ -38,7 +38,7 @@ impl Due {
         if self.0 != seg.first_seq {
             return Err(IntegrityError::new(
                 &seg.name,
-                0,
+                crate::format::segment::FIRST_SEQ_AT,
                 Some(self.0),
                 format!(
                     "segment starts at sequence number {} but the one before it ends at {}",

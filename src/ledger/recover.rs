@@ -714,9 +714,9 @@ pub fn check_header(
     }
     if h.first_seq != tip.size {
         return bad(
-            40,
+            crate::format::segment::FIRST_SEQ_AT,
             format!(
-                "segment starts at sequence number {}, previous segment ended at {}",
+                "segment starts at sequence number {} but the one before it ends at {}",
                 h.first_seq, tip.size
             ),
         );
