@@ -119,6 +119,15 @@ async fn ledger_a_partial_last_frame_is_refused() {
     ledger::a_partial_last_frame(c.dyn_store(), false).await;
 }
 
+/// `tests/ledger_api.rs` on Azure: zeros after the last batch, which no
+/// Azure writer leaves, are named by `open`, which cannot cut them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_zeros_after_the_last_batch_are_named() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "zeros", AzureOptions::default()).await;
+    ledger::zeros_after_the_last_batch(c.dyn_store()).await;
+}
+
 /// `tests/ledger_api.rs` on Azure: a dropped ledger releases its lease, and
 /// an open in the same process waits for that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,6 +99,12 @@ async fn a_partial_last_frame_is_cut() {
     ledger::a_partial_last_frame(store(dir.path()), true).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeros_after_the_last_batch_are_written_over() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger::zeros_after_the_last_batch(store(dir.path())).await;
+}
+
 /// A frame is at most one 4 MiB block, its 12-byte header included
 /// (format §5.1): a body length of 4 MiB − 11 is out of range, before any
 /// of it is read.

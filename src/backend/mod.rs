@@ -86,6 +86,11 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn max_block_size(&self) -> usize;
     /// Most blocks one blob may hold.
     fn max_blocks(&self) -> u64;
+    /// Whether [`Self::truncate`] can cut a blob back. A store whose
+    /// appends cannot tear (Azure's are atomic) need not, and then a tail
+    /// that looks torn, or zeros after the last block, were not left by
+    /// its writer: recovery reports them instead of cutting.
+    fn truncates(&self) -> bool;
 
     /// Creates an empty appendable blob; fails if it exists.
     async fn create(&self, name: &str) -> Result<(), StoreError>;

@@ -137,6 +137,19 @@ pub async fn open_checkpoint_note(
     Ok((cp, note))
 }
 
+/// A ledger without any checkpoint: nothing binds its log to the key, and
+/// whoever can write the store could have rewritten all of it (format
+/// §12.5). `init` signs checkpoint 0, so they were deleted, or the creation
+/// was cut short.
+pub fn no_checkpoint(ledger: &str) -> IntegrityError {
+    IntegrityError::new(
+        layout::checkpoint(ledger, 0),
+        0,
+        Some(0),
+        "the ledger has no checkpoint, so nothing binds its log to the key: checkpoint 0 is signed when a ledger is created, so checkpoints were deleted or the creation was cut short (only if you know it was the latter, a checkpoint signs the log as it is now)",
+    )
+}
+
 /// The error to give where the log ends short of what checkpoint `blob`
 /// (of `size` records, by its name) covers: that checkpoint is opened
 /// first, so that a blob under a checkpoint's name that is not one, or not
@@ -581,6 +594,11 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
             return Err(err.into());
         }
     }
+    if !store.truncates() {
+        if let Some(e) = repairs.iter().find_map(Repair::uncuttable) {
+            return Err(e.into());
+        }
+    }
     for repair in repairs {
         repair.apply(store).await?;
     }
@@ -648,6 +666,40 @@ enum Repair {
 }
 
 impl Repair {
+    /// On a store whose appends cannot tear (`BlobStore::truncates` is
+    /// false), what this repair would cut was not left by a crash of its
+    /// writer, and cannot be cut: reported, never repaired.
+    fn uncuttable(&self) -> Option<IntegrityError> {
+        const CANNOT: &str = "this store's appends cannot tear and its blobs cannot be cut back, so it was not left by a crash of a writer here (the segment was copied from a file system after a crash, or bytes were appended by something else); the records before it are intact (verify), but no writer can continue this segment";
+        match self {
+            Repair::Header { cut: 0, .. } => None,
+            Repair::Header { name, cut, .. } => Some(IntegrityError::new(
+                name,
+                *cut,
+                None,
+                format!("segment header is incomplete ({cut} of 84 bytes): {CANNOT}"),
+            )),
+            Repair::Unwritten { name, offset, cut } => Some(IntegrityError::new(
+                name,
+                *offset,
+                None,
+                format!("{cut} zero bytes follow the last batch (unwritten space, which a file-system store leaves and cuts off): {CANNOT}; copy it without them"),
+            )),
+            Repair::Cut {
+                name,
+                offset,
+                first_lost_seq,
+                reason,
+                ..
+            } => Some(IntegrityError::new(
+                name,
+                *offset,
+                Some(*first_lost_seq),
+                format!("{reason}: a last batch that looks torn, but {CANNOT}"),
+            )),
+        }
+    }
+
     async fn apply(self, store: &dyn BlobStore) -> Result<()> {
         match self {
             // Logged before the store is touched: a crash (or kill) during

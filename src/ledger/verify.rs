@@ -105,15 +105,7 @@ impl LedgerReader {
         let mut signed = Signed::list(self.store().clone(), meta).await?;
         let sizes = signed.sizes().clone();
         if sizes.is_empty() {
-            // Nothing would bind the log to the key: whoever can write the
-            // store could have rewritten all of it (format §12.5).
-            return Err(IntegrityError::new(
-                super::layout::checkpoint(self.name(), 0),
-                0,
-                Some(0),
-                "the ledger has no checkpoint, so nothing binds its log to the key: checkpoint 0 is signed when a ledger is created, so checkpoints were deleted or the creation was cut short (only if you know it was the latter, a checkpoint signs the log as it is now)",
-            )
-            .into());
+            return Err(recover::no_checkpoint(self.name()).into());
         }
         let meta = self.meta().clone();
         let store = self.store().clone();

@@ -95,6 +95,9 @@ impl<W: Wrap> BlobStore for Wrapped<W> {
     fn max_blocks(&self) -> u64 {
         self.0.inner().max_blocks()
     }
+    fn truncates(&self) -> bool {
+        self.0.inner().truncates()
+    }
     async fn create(&self, name: &str) -> Result<(), StoreError> {
         self.0.create(name).await
     }

@@ -650,6 +650,10 @@ impl BlobStore for AzureBlobStore {
         self.inner.opts.max_blocks
     }
 
+    fn truncates(&self) -> bool {
+        false
+    }
+
     async fn create(&self, name: &str) -> Result<(), StoreError> {
         validate_name(name)?;
         let client = self.inner.once.blob_client(name).append_blob_client();

@@ -773,6 +773,10 @@ impl BlobStore for SharedFs {
         self.opts.max_blocks
     }
 
+    fn truncates(&self) -> bool {
+        true
+    }
+
     async fn create(&self, name: &str) -> Result<(), StoreError> {
         let (me, name) = (self.clone(), name.to_owned());
         blocking(move || {

@@ -1076,13 +1076,7 @@ async fn checkpoint_note(
         .is_empty()
     {
         // Not a new ledger: `init` signs checkpoint 0 before it returns.
-        // Worded as `verify` words it.
-        return Ok(Err(IntegrityError::new(
-            bi_ledger::ledger::layout::checkpoint(name, 0),
-            0,
-            Some(0),
-            "the ledger has no checkpoint, so nothing binds its log to the key and there is nothing to prove against: checkpoint 0 is signed when a ledger is created, so checkpoints were deleted or the creation was cut short",
-        )));
+        return Ok(Err(bi_ledger::ledger::recover::no_checkpoint(name)));
     }
     match size {
         Some(s) => bail!(
