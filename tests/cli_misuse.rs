@@ -1139,3 +1139,46 @@ fn two_inits_at_once_keep_the_ledgers_key() {
         assert_eq!(out.code, 0, "round {round} {args:?}: {}", out.describe());
     }
 }
+
+/// `init` while another process holds the ledger's writer lock (another
+/// `init` creating it, as two racing `init`s do): it says so, writes
+/// nothing and leaves no key of its own behind. It must not send the user
+/// to a key the ledger was not made with.
+#[test]
+fn init_while_another_process_holds_the_lock() {
+    let f = Fixture::new();
+    let lock_dir = f.data().join("main");
+    fs::create_dir_all(&lock_dir).unwrap();
+    let script = format!(
+        "import fcntl, sys, time\n\
+         f = open({:?}, 'w')\n\
+         fcntl.flock(f, fcntl.LOCK_EX)\n\
+         print('locked', flush=True)\n\
+         sys.stdin.read()\n",
+        lock_dir.join(".writer.lock").display().to_string()
+    );
+    let mut holder = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 holds the lock (tests/spec_reader.rs needs it too)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let out = f.run(&["init"]);
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("locked") && out.stderr.contains("nothing was written"),
+        "{}",
+        out.describe()
+    );
+    assert!(!f.path("main.key").exists(), "a key for no ledger was left");
+    assert!(!f.path("main/LEDGER").exists());
+}

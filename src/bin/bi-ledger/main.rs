@@ -818,6 +818,20 @@ async fn create_ledger(cli: &Cli, store: Arc<dyn BlobStore>) -> Result<(Ledger, 
             }
             Err(e.into())
         }
+        // Another process holds the writer lock, which `create` takes
+        // before it writes anything: it is creating the ledger (a race of
+        // two `init`s), or writing to one that exists. Nothing of ours is
+        // there, and the LEDGER file, if any, records the other one's key.
+        Err(e @ LedgerError::Store(StoreError::Locked { .. })) => {
+            if let Some((k, p)) = &made {
+                remove_key_pair(k, p);
+            }
+            bail!(
+                "not creating ledger {:?} in {}: {e}, which is creating it or writing to it; nothing was written",
+                cli.ledger,
+                store.location()
+            )
+        }
         Err(e) => {
             let what = format!("creating ledger {:?} in {}", cli.ledger, store.location());
             // Once the LEDGER file is written the ledger exists, and opens
