@@ -2591,3 +2591,28 @@ async fn a_stray_segment_past_a_gap_stops_the_writer() {
         Ok(_) => panic!("the writer opened a ledger with a gap among its segments"),
     }
 }
+
+/// A node cache of the size of a checkpoint that has none of its own (too
+/// few records to complete a node of 1,024 leaves), left by a history a
+/// crash rewrote: the writer deletes it before the checkpoint, so that the
+/// ledger it writes verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_cache_of_a_checkpoint_without_one_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let ledger = checkpointed_on_demand(dir.path(), 7).await;
+    let orphan = bi_ledger::ledger::layout::nodes("main", 3);
+    s.put(&orphan, b"from another history").await.unwrap();
+    ledger.append(counted("a", 3)).await.unwrap();
+    ledger.close().await.unwrap();
+    assert!(
+        matches!(s.info(&orphan).await, Err(StoreError::NotFound { .. })),
+        "the orphan is gone"
+    );
+    let reader = bi_ledger::LedgerReader::open(s.clone(), "main")
+        .await
+        .unwrap();
+    let verifier = reader.recorded_verifier().clone();
+    let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
+    assert_eq!((report.records, report.unsigned_tail), (3, 0));
+}

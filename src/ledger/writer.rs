@@ -747,15 +747,19 @@ impl Writer {
         // The stream index, node cache and snapshot go first: a checkpoint
         // must never exist without them (caches the reader relies on).
         let indexed = self.tip.index.to > self.tip.index.from;
-        if indexed {
-            let blob = layout::stream_index(&self.meta.name, cp.size);
-            self.put_cache(&blob, &[&self.tip.index.encode()]).await?;
+        let blob = layout::stream_index(&self.meta.name, cp.size);
+        match indexed {
+            true => self.put_cache(&blob, &[&self.tip.index.encode()]).await?,
+            false => self.drop_orphan(&blob).await?,
         }
-        if !self.tip.nodes.is_empty() {
-            self.check_lock()?;
-            let blob = layout::nodes(&self.meta.name, cp.size);
-            self.put_cache(&blob, &[&self.tip.node_cache().encode()])
-                .await?;
+        self.check_lock()?;
+        let blob = layout::nodes(&self.meta.name, cp.size);
+        match self.tip.nodes.is_empty() {
+            false => {
+                self.put_cache(&blob, &[&self.tip.node_cache().encode()])
+                    .await?
+            }
+            true => self.drop_orphan(&blob).await?,
         }
         self.check_lock()?;
         let snap_blob = layout::snapshot(&self.meta.name, cp.size);
@@ -943,6 +947,22 @@ impl Writer {
         }
         info!(size = ours.size, checkpoint = %blob, "checkpoint was already written (an earlier put's answer was lost); keeping it");
         Ok((stored, note))
+    }
+
+    /// Deletes a cache of the size of a checkpoint about to be written that
+    /// has none of this kind: one there is an orphan (a crash before its
+    /// checkpoint, after a different history since the checkpoint before,
+    /// say one taken in between), and `verify` would hold the checkpoint to
+    /// it.
+    async fn drop_orphan(&self, blob: &str) -> Result<()> {
+        match self.store.delete(blob).await {
+            Ok(()) => {
+                tracing::warn!(cache = %blob, "deleted a cache that no checkpoint has, of the size of the checkpoint being written, which has none");
+                Ok(())
+            }
+            Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Puts a cache blob (snapshot, stream index, node cache) of a checkpoint about to
