@@ -421,6 +421,11 @@ async fn store(cli: &Cli, create: bool) -> Result<Arc<dyn BlobStore>> {
             let mut settings = AccountSettings::from_env();
             if cli.account_url.is_some() {
                 settings.account_url = cli.account_url.clone();
+                if settings.connection_string.is_some() {
+                    // A leftover variable must not send writes to another
+                    // account unremarked.
+                    tracing::warn!("--account-url (BI_LEDGER_AZURE_ACCOUNT_URL) is ignored: AZURE_STORAGE_CONNECTION_STRING is set, and names the account; unset it to use the URL");
+                }
             }
             let account = AzureAccount::from_settings(settings)?;
             if let AzureAccount::Entra { kind, .. } = &account {
