@@ -298,6 +298,18 @@ fn a_missing_container_is_named_and_not_created() {
             "{args:?}: {err}"
         );
     }
+    // Nor by an `init` whose key files cannot be written (`--data` is a
+    // file): it fails before it creates the container.
+    let file = d.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = run(&file, &container, &["init"], None);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = run(d, &container, &["stats"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("container {container:?} does not exist")),
+        "{err}"
+    );
     // `init` does create it.
     ok(&run(d, &container, &["init"], None));
     let stats = lines(&ok(&run(d, &container, &["stats"], None)));

@@ -732,8 +732,15 @@ async fn run(cli: Cli) -> Outcome {
 /// a data directory (or container) behind.
 fn usable_before_creating(cli: &Cli) -> Result<()> {
     bi_ledger::ledger::layout::validate_ledger_name(&cli.ledger)?;
-    if cli.signing_key.is_some() {
-        load_key(cli)?;
+    match cli.signing_key {
+        Some(_) => {
+            load_key(cli)?;
+        }
+        // Where the new key goes: made now, so that a --data that cannot
+        // hold it fails before an Azure container is created for nothing.
+        None => {
+            made_dir_of(&key_path(cli))?;
+        }
     }
     Ok(())
 }
