@@ -156,15 +156,15 @@ class Cursor:
         raise FormatError(start, f"{what}: varint longer than 10 bytes")
 
     def bytes_v(self, what):
-        start = self.pos
-        n = self.varint(what + " length")
-        if n > self.left():
-            raise FormatError(start, f"{what}: length {n} runs past the end")
-        return self.take(n, what)
+        return self._prefixed(self.varint, what)
 
     def bytes_u32(self, what):
+        return self._prefixed(self.u32, what)
+
+    def _prefixed(self, length, what):
+        """§2.3: bytes after their length, read by `length`."""
         start = self.pos
-        n = self.u32(what + " length")
+        n = length(what + " length")
         if n > self.left():
             raise FormatError(start, f"{what}: length {n} runs past the end")
         return self.take(n, what)
