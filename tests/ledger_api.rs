@@ -1630,6 +1630,37 @@ async fn a_record_that_does_not_decode_is_named_by_its_own_number() {
         Err(bi_ledger::LedgerError::Integrity(e)) => named(&e),
         other => panic!("a read over a forged record gave {other:?}"),
     }
+    // Streaming reads pass on none of the batch, not even the records
+    // before the one at fault: the batch is damage as a whole.
+    let mut passed = Vec::new();
+    let scanned = reader
+        .scan(0, None, |rec, _| {
+            passed.push(rec.seq);
+            std::ops::ControlFlow::Continue(())
+        })
+        .await;
+    assert!(matches!(scanned, Err(bi_ledger::LedgerError::Integrity(_))));
+    assert_eq!(
+        passed,
+        vec![0, 1],
+        "records of the forged batch were passed"
+    );
+    let mut passed = Vec::new();
+    let streamed = reader
+        .read_stream_with("entity-1", |rec| {
+            passed.push(rec.seq);
+            std::ops::ControlFlow::Continue(())
+        })
+        .await;
+    assert!(matches!(
+        streamed,
+        Err(bi_ledger::LedgerError::Integrity(_))
+    ));
+    assert_eq!(
+        passed,
+        Vec::<u64>::new(),
+        "a record of the forged batch was passed"
+    );
 }
 
 /// `batches` batches of 2 records (stream `s{i}` for the `i`th), each

@@ -258,10 +258,10 @@ impl LedgerReader {
     /// Calls `f` with each record whose sequence number is in `from..to`
     /// (`to` = `None`: to the end), in order, until `f` breaks. Starts at
     /// the batch holding `from` where a stream index says where it is
-    /// (see `streams.rs`), so batches before it are not read. Records are
-    /// decoded as they are passed on, so a batch whose CRC matches but
-    /// whose body does not decode (damage, never a tear) may pass its
-    /// records before the one at fault to `f`, and then the read fails.
+    /// (see `streams.rs`), so batches before it are not read. Each batch
+    /// is decoded whole before its records are passed on, so a batch whose
+    /// CRC matches but whose body does not decode (damage, never a tear)
+    /// passes none of them: the read fails at its start.
     pub async fn scan<F>(&self, from: u64, to: Option<u64>, f: F) -> Result<()>
     where
         F: FnMut(&RecordRef<'_>, Location) -> ControlFlow<()>,
@@ -327,10 +327,9 @@ impl LedgerReader {
                         segment: seg.index,
                         offset: chunk.base + range.start as u64,
                     };
-                    for r in body.iter() {
-                        let r = r.map_err(|e| {
-                            IntegrityError::decoding(&seg.name, loc.offset, e, None)
-                        })?;
+                    // Decoded whole before any record is passed on: a
+                    // batch that does not decode passes nothing.
+                    for r in chunk.records(i, &seg.name)? {
                         if r.seq < from {
                             continue;
                         }

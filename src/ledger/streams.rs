@@ -22,12 +22,11 @@ use tracing::warn;
 use super::layout;
 use super::reader::{LedgerReader, SegmentRef};
 use super::scan::Chunk;
-use crate::error::{IntegrityError, Result};
+use crate::error::Result;
 use crate::format::batch::{BODY_HEADER_LEN, FRAME_HEADER_LEN};
 use crate::format::record::{Record, RecordRef};
 use crate::format::segment::HEADER_LEN;
 use crate::format::stream_index::{stream_hashes, BatchFilter, StreamIndex};
-use crate::format::DecodeError;
 
 /// A read that starts fewer records than this after its segment's first
 /// scans from there: one index blob and one batch are two requests, and
@@ -273,13 +272,13 @@ impl LedgerReader {
             // request, and its latency, not its bytes, is the cost.
             let mut frames = futures::stream::iter(idx.batches.iter())
                 .filter(|b| std::future::ready(b.may_hold(hashes)))
-                .map(|b| async move { (b, self.batch_at(b).await) })
+                .map(|b| self.batch_at(b))
                 .buffered(READ_AHEAD);
-            while let Some((batch, frame)) = frames.next().await {
+            while let Some(frame) = frames.next().await {
                 let Some((pos, chunk)) = frame? else {
                     return Ok(None); // not where the index says
                 };
-                match self.offer_batch(emit, batch, pos, &chunk)? {
+                match self.offer_batch(emit, pos, &chunk)? {
                     Offer::Taken => {}
                     Offer::Stop => return Ok(Some(())),
                     Offer::Gap => return Ok(None),
@@ -413,23 +412,16 @@ impl LedgerReader {
             .map(|chunk| (pos, chunk)))
     }
 
-    /// Offers the stream's records in the batch `batch` describes, read
-    /// at `pos` in [`Self::segments`], to `emit`: how the last offer went.
-    fn offer_batch<F>(
-        &self,
-        emit: &mut InOrder<'_, F>,
-        batch: &BatchFilter,
-        pos: usize,
-        chunk: &Chunk,
-    ) -> Result<Offer>
+    /// Offers the stream's records in the batch `chunk` holds, read from
+    /// `pos` in [`Self::segments`], to `emit`: how the last offer went. The
+    /// batch is decoded whole first, so one that does not decode offers
+    /// nothing.
+    fn offer_batch<F>(&self, emit: &mut InOrder<'_, F>, pos: usize, chunk: &Chunk) -> Result<Offer>
     where
         F: FnMut(&RecordRef<'_>) -> ControlFlow<()>,
     {
-        let (seg, offset) = (&self.segments()[pos], batch.position.1);
-        let body = chunk.frame(0);
-        for r in body.iter() {
-            let r =
-                r.map_err(|e: DecodeError| IntegrityError::decoding(&seg.name, offset, e, None))?;
+        let seg = &self.segments()[pos];
+        for r in chunk.records(0, &seg.name)? {
             match emit.offer(&r) {
                 Offer::Taken => {}
                 other => return Ok(other),
