@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bi_ledger::backend::azure::{AzureBlobStore, AzureOptions, ConnectionInfo, RetrySettings};
-use bi_ledger::backend::{BlobStore, StoreError};
+use bi_ledger::backend::{BlobStore, LockExpiry, StoreError};
 use bi_ledger::{ExpectedVersion, Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
@@ -470,6 +470,47 @@ async fn writers_race_for_one_ledger() {
     reader.verify(&verifier, &|_, _| {}).await.unwrap();
 }
 
+/// A lease on the lock that no writer took (an operator's infinite one)
+/// is named as such, so that nobody waits for it to expire; once broken,
+/// the ledger opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_lease_on_the_lock_is_named() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "infinite", AzureOptions::default()).await;
+    let ledger = Ledger::create(c.dyn_store(), "l", ledger_opts())
+        .await
+        .unwrap();
+    ledger.close().await.unwrap();
+    let lock = c.store().sdk_client().blob_client(".locks/l/writer");
+    // The closed writer's release may still be on its way.
+    let mut tries = 0;
+    while let Err(e) = lock.acquire_lease(-1, None).await {
+        tries += 1;
+        assert!(tries < 50, "could not take an infinite lease: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Err(err) = Ledger::open(c.dyn_store(), "l", ledger_opts()).await else {
+        panic!("a ledger under an infinite lease opened for writing");
+    };
+    assert!(
+        matches!(
+            &err,
+            LedgerError::Store(StoreError::Locked { what, expiry: LockExpiry::Never }) if what == "l/writer"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("infinite lease, which never expires"),
+        "{err}"
+    );
+    c.store().break_lock("l/writer").await.unwrap();
+    let ledger = Ledger::open(c.dyn_store(), "l", ledger_opts())
+        .await
+        .unwrap();
+    ledger.close().await.unwrap();
+}
+
 /// A writer whose lease is broken (another host took over) stops: its
 /// next append fails, nothing more is written, and the new holder can
 /// open the ledger.
@@ -627,7 +668,11 @@ async fn a_writer_that_dies_holding_its_lease() {
         panic!("a dead writer's lease did not refuse a new writer");
     };
     assert!(
-        matches!(&err, LedgerError::Store(StoreError::Locked { what }) if what == "l/writer"),
+        matches!(
+            &err,
+            LedgerError::Store(StoreError::Locked { what, expiry: LockExpiry::Lease { at_most_secs: 60 } })
+                if what == "l/writer"
+        ),
         "{err}"
     );
     // Until it expires: at most 15 s after its last renewal.

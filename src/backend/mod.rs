@@ -38,6 +38,37 @@ pub struct BlobInfo {
     pub sealed: bool,
 }
 
+/// What ends another holder's claim on a writer lock: what an operator
+/// refused by [`StoreError::Locked`] needs to know to decide whether to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockExpiry {
+    /// An OS lock, released when the process holding it exits.
+    WithProcess,
+    /// A lease its holder renews, of at most this many seconds: the lease
+    /// of a holder that died expires by then.
+    Lease { at_most_secs: u64 },
+    /// A lease with no end, which no bi-ledger writer takes: only breaking
+    /// it ends it.
+    Never,
+}
+
+impl fmt::Display for LockExpiry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockExpiry::WithProcess => f.write_str(
+                "another process has it open for writing (the lock of a process that died is gone with it)",
+            ),
+            LockExpiry::Lease { at_most_secs } => write!(
+                f,
+                "another writer holds its lease (the lease of a writer that died expires within {at_most_secs} s)"
+            ),
+            LockExpiry::Never => f.write_str(
+                "its lock blob holds an infinite lease, which never expires and which no bi-ledger writer takes: break it (Lease Blob `break`) once nothing uses it",
+            ),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("blob {name} not found")]
@@ -63,8 +94,8 @@ pub enum StoreError {
         end: u64,
         size: u64,
     },
-    #[error("ledger {what} is locked by another writer")]
-    Locked { what: String },
+    #[error("ledger {what} is locked by another writer: {expiry}")]
+    Locked { what: String, expiry: LockExpiry },
     #[error("invalid blob name {name:?}: {why}")]
     InvalidName { name: String, why: &'static str },
     #[error("{op} {name}: {source}")]

@@ -798,7 +798,7 @@ pub async fn lock_is_exclusive(b: &dyn Backend) {
     g1.check().unwrap();
     for s in [&a, &other] {
         match s.lock("k/writer").await {
-            Err(StoreError::Locked { what }) => assert_eq!(what, "k/writer"),
+            Err(StoreError::Locked { what, .. }) => assert_eq!(what, "k/writer"),
             r => panic!("second lock: wanted Locked, got {r:?}"),
         }
     }

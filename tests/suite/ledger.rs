@@ -77,7 +77,7 @@ pub async fn append_read_reopen_verify_prove(s: Arc<dyn BlobStore>, other: Arc<d
     );
     // A second writer is refused while this one holds the lock.
     match Ledger::open(other.clone(), "main", ledger_opts()).await {
-        Err(LedgerError::Store(StoreError::Locked { what })) => assert_eq!(what, "main/writer"),
+        Err(LedgerError::Store(StoreError::Locked { what, .. })) => assert_eq!(what, "main/writer"),
         r => panic!("second writer: wanted Locked, got {:?}", r.map(|_| ())),
     }
     ledger.close().await.unwrap();

@@ -31,15 +31,15 @@ use azure_storage_blob::models::{
     AppendBlobClientCreateOptions, AppendBlobClientSealOptions, BlobClientAcquireLeaseOptions,
     BlobClientAcquireLeaseResultHeaders, BlobClientBreakLeaseOptions, BlobClientDeleteOptions,
     BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
-    BlobContainerClientListBlobsOptions, BlobType, BlockBlobClientUploadOptions,
+    BlobContainerClientListBlobsOptions, BlobType, BlockBlobClientUploadOptions, LeaseDuration,
 };
 use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
 use futures::{StreamExt, TryStreamExt};
 use tracing::{debug, warn};
 
 use super::{
-    validate_block, validate_name, BlobInfo, BlobStore, StoreError, WriterLock, AZURE_MAX_BLOCKS,
-    DEFAULT_MAX_BLOCK,
+    validate_block, validate_name, BlobInfo, BlobStore, LockExpiry, StoreError, WriterLock,
+    AZURE_MAX_BLOCKS, DEFAULT_MAX_BLOCK,
 };
 
 pub mod account;
@@ -68,6 +68,10 @@ const WRITE_ID: &str = "biledgerwrite";
 /// Lock blobs live under a name no ledger blob can have (`validate_name`
 /// refuses components starting with '.'), and `list` skips them.
 const LOCK_PREFIX: &str = ".locks/";
+
+/// The longest fixed lease the service grants: the most that any writer's
+/// lease, whatever its options, outlives the writer.
+const MAX_LEASE: Duration = Duration::from_secs(60);
 
 /// Reads larger than this check the blob's size before allocating.
 const CHECK_SIZE_ABOVE: u64 = 64 << 20;
@@ -1114,7 +1118,7 @@ impl BlobStore for AzureBlobStore {
                 // Exists, and maybe leased (a leased blob answers a write
                 // without its lease id with 412).
                 Err(e) if matches!(status_of(&e), Some(409 | 412)) => {}
-                Err(e) => return Err(store.err("create lock blob", name, &e)),
+                Err(e) => return Err(store.err("create lock blob", &blob, &e)),
             }
             // A proposed id makes the acquire idempotent: if the pipeline
             // retries after an attempt that landed, acquiring again with the
@@ -1133,11 +1137,24 @@ impl BlobStore for AzureBlobStore {
             let lease_id = match res {
                 Ok(r) => r.lease_id().ok().flatten().unwrap_or(proposed),
                 Err(e) if code_of(&e) == Some("LeaseAlreadyPresent") => {
+                    // Whether the holder's lease can end by itself: a
+                    // writer's is fixed, an operator's may be infinite.
+                    let infinite = client
+                        .get_properties(None)
+                        .await
+                        .is_ok_and(|p| matches!(p.duration(), Ok(Some(LeaseDuration::Infinite))));
                     return Err(StoreError::Locked {
                         what: name.to_owned(),
-                    })
+                        expiry: if infinite {
+                            LockExpiry::Never
+                        } else {
+                            LockExpiry::Lease {
+                                at_most_secs: MAX_LEASE.as_secs(),
+                            }
+                        },
+                    });
                 }
-                Err(e) => return Err(store.err("acquire writer lease on", name, &e)),
+                Err(e) => return Err(store.err("acquire writer lease on", &blob, &e)),
             };
             Ok((client, lease_id, sent))
         })

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    validate_block, validate_name, BlobInfo, BlobStore, StoreError, WriterLock, AZURE_MAX_BLOCKS,
-    DEFAULT_MAX_BLOCK,
+    validate_block, validate_name, BlobInfo, BlobStore, LockExpiry, StoreError, WriterLock,
+    AZURE_MAX_BLOCKS, DEFAULT_MAX_BLOCK,
 };
 
 #[derive(Clone, Debug)]
@@ -1075,7 +1075,10 @@ impl BlobStore for SharedFs {
                     remove_orphan_temp_files(path.parent().unwrap());
                     Ok(Box::new(FsLock { _file: f }) as Box<dyn WriterLock>)
                 }
-                Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { what: name }),
+                Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+                    what: name,
+                    expiry: LockExpiry::WithProcess,
+                }),
                 Err(std::fs::TryLockError::Error(e)) => Err(io("lock", &name, e)),
             }
         })

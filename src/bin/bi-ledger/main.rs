@@ -640,18 +640,7 @@ async fn open_writer(cli: &Cli, store: Arc<dyn BlobStore>, opts: LedgerOptions) 
         cli.ledger,
         store.location()
     );
-    match Ledger::open(store, &cli.ledger, opts).await {
-        Ok(l) => Ok(l),
-        Err(e @ LedgerError::Store(StoreError::Locked { .. })) => {
-            // What an operator wants to know next: can the holder be dead?
-            let hint = match cli.backend {
-                Backend::Fs => "another process has it open for writing (the lock of a process that died is gone with it)",
-                Backend::Azure => "another writer holds its lease (the lease of a writer that died expires within 60 s)",
-            };
-            Err(anyhow!("{what}: {e}: {hint}"))
-        }
-        Err(e) => Err(e).context(what),
-    }
+    Ledger::open(store, &cli.ledger, opts).await.context(what)
 }
 
 async fn open_reader(cli: &Cli) -> Result<LedgerReader> {
