@@ -46,12 +46,20 @@ pub enum LedgerError {
         field: &'static str,
         reason: String,
     },
-    #[error("event {index}: stream {stream:?} expected {expected} but its current version is {}", match .current { Some(v) => v.to_string(), None => "none (no stream)".into() })]
+    /// Event `index` of a call expected a version its stream does not
+    /// have: nothing of the call is written.
+    #[error("event {index}: stream {stream:?} expected {expected} but {}", conflict_cause(*.current, *.earlier))]
     VersionConflict {
         index: usize,
         stream: String,
         expected: ExpectedVersion,
+        /// The stream's version in the ledger (`None`: no such stream),
+        /// which the call left as it was.
         current: Option<u64>,
+        /// How many of the call's earlier events are on the same stream:
+        /// each counts before this one (the first takes the next version,
+        /// and so on), though none of them was written.
+        earlier: usize,
     },
     #[error(transparent)]
     Integrity(#[from] IntegrityError),
@@ -67,7 +75,7 @@ pub enum LedgerError {
     InvalidName(String),
     #[error("the signing key does not match ledger {ledger:?}'s public key {expected}")]
     KeyMismatch { ledger: String, expected: String },
-    #[error("the writer stopped after a failed write ({0}); nothing after it was acknowledged. Reopen the ledger")]
+    #[error("the writer stopped after a failed write ({0}); nothing after it was acknowledged, and this handle takes nothing more: open the ledger again to go on")]
     Poisoned(String),
     #[error("the ledger writer is closed")]
     Closed,
@@ -90,3 +98,23 @@ impl LedgerError {
 }
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+/// The end of a `VersionConflict`'s message: the stream's version, and the
+/// call's own events on it that count before the one refused.
+fn conflict_cause(current: Option<u64>, earlier: usize) -> String {
+    let version = match current {
+        Some(v) => v.to_string(),
+        None => "none (no stream)".into(),
+    };
+    match earlier {
+        0 => format!("its current version is {version}"),
+        n => {
+            let checked = match current {
+                Some(v) => v.saturating_add(n as u64).to_string(),
+                None => (n - 1).to_string(),
+            };
+            let events = if n == 1 { "event" } else { "events" };
+            format!("the call's {n} earlier {events} on it would bring it to version {checked} (its current version is {version}; nothing of the call was written)")
+        }
+    }
+}

@@ -877,6 +877,41 @@ async fn an_append_whose_outcome_cannot_be_learned_says_so() {
     assert_eq!(s.read_all("u/cp").await.unwrap(), b"checkpoint");
 }
 
+/// An append whose answer was lost, and which another writer (one that
+/// took the lease meanwhile) appended after before the read-back: the block
+/// is ours, so the append landed and says so. Before, it was reported as
+/// not appended, and a caller told so would append its events twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_with_another_block_after_ours_is_ours() {
+    let account = account_or_skip!();
+    let (c, faults) = proxied(&account, "faultafter").await;
+    let s = c.dyn_store();
+    s.create("o/log").await.unwrap();
+    assert_eq!(s.append("o/log", 0, b"one").await.unwrap(), 3);
+    faults.add("comp=appendblock", Fault::DropAfterForward, 1);
+    // The read-back waits until the other writer has appended.
+    faults.add("HEAD /", Fault::Hold, 1);
+    let ours = tokio::spawn({
+        let s = s.clone();
+        async move { s.append("o/log", 3, b"two").await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while faults.injected.load(Ordering::SeqCst) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no read-back held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let other = c.dyn_store();
+    assert_eq!(other.append("o/log", 6, b"after").await.unwrap(), 11);
+    faults.release(1).await;
+    assert_eq!(ours.await.unwrap().unwrap(), 6);
+    assert_eq!(s.read_all("o/log").await.unwrap(), b"onetwoafter");
+    // Its next append meets the other writer's block.
+    assert!(matches!(
+        s.append("o/log", 6, b"three").await,
+        Err(StoreError::OffsetMismatch { actual: 11, .. })
+    ));
+}
+
 /// The connection drops after the service applied an append: the client
 /// retries, finds its own block at the end, and reports success. The
 /// block is there once, and nothing is lost.

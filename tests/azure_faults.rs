@@ -710,3 +710,63 @@ async fn answers_cut_short_are_read_again() {
         assert_eq!(injected(), 3 + i);
     }
 }
+
+/// A store through which writer A opens the ledger: right after A has
+/// listed the segments, A's lease is broken and writer B opens, appends
+/// and closes (its checkpoint now covers records A's listing does not show).
+#[derive(Debug)]
+struct DeposedWhileOpening {
+    inner: Arc<dyn BlobStore>,
+    c_store: bi_ledger::backend::azure::AzureBlobStore,
+    done: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Wrap for DeposedWhileOpening {
+    fn inner(&self) -> &dyn BlobStore {
+        &*self.inner
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<bi_ledger::backend::BlobInfo>, StoreError> {
+        let listed = self.inner.list(prefix).await?;
+        if prefix == "l/0" && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.c_store.break_lock("l/writer").await.unwrap();
+            let b = Ledger::open(Arc::new(self.c_store.clone()), "l", ledger_opts())
+                .await
+                .unwrap();
+            for i in 0..3 {
+                b.append_one(event("b", i, 0)).await.unwrap();
+            }
+            b.close().await.unwrap();
+        }
+        Ok(listed)
+    }
+}
+
+/// A writer deposed while it opens (its lease broken, or expired while it
+/// was stopped) may read the new writer's work half seen: a checkpoint
+/// past the end of the segments it listed looks like records removed. It
+/// says it lost the lock, not that the ledger is damaged (which it is not:
+/// it verifies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_deposed_while_opening_reports_the_lost_lock() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "deposedopen", slow_renewal()).await;
+    let first = Ledger::create(c.dyn_store(), "l", ledger_opts())
+        .await
+        .unwrap();
+    first.append_one(event("a", 0, 0)).await.unwrap();
+    first.close().await.unwrap();
+    let a_store = Arc::new(Wrapped(DeposedWhileOpening {
+        inner: c.dyn_store(),
+        c_store: c.store(),
+        done: false.into(),
+    }));
+    let Err(err) = Ledger::open(a_store.clone(), "l", ledger_opts()).await else {
+        panic!("a writer deposed while opening opened the ledger");
+    };
+    assert!(a_store.0.done.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(!err.is_integrity(), "{err}");
+    assert!(err.to_string().contains("lease"), "{err}");
+    let log = verified_log(c.dyn_store(), "l").await;
+    assert_eq!(log.len(), 4, "{log:?}");
+}

@@ -454,14 +454,13 @@ fn version_conflicts_append_nothing() {
             vec!["\"fresh\""],
         ),
         // An earlier line of the same input moved the stream on: the
-        // version given counts it, and the message says so.
+        // message says so, and gives the version the ledger has.
         (
             format!("{}\n{}", ev("a", json!(1)), ev("a", json!(1))),
             2,
             vec![
                 "\"a\"",
-                "2",
-                ", counting line 1 of this input, which was not written; nothing was appended",
+                "but line 1 of this input comes first on it and would bring it to version 2 (its current version is 1; neither was written); nothing was appended",
             ],
         ),
         (
@@ -474,8 +473,7 @@ fn version_conflicts_append_nothing() {
             ),
             4,
             vec![
-                "current version is 3",
-                "counting 2 earlier lines of this input, which were not written",
+                "2 earlier lines of this input come first on it and would bring it to version 3 (its current version is 1; none was written)",
             ],
         ),
     ];

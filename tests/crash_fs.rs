@@ -12,6 +12,7 @@
 //! then edited as the crash would have left them, in a copy per case, and
 //! opened by a fresh `FsStore`, as the next process would.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -557,6 +558,96 @@ async fn unsealed_older_segments_are_sealed() {
     }
     assert!(!is_sealed(&seg_path(dir.path(), 3)));
     continues(ledger, dir.path(), &c.records, None, true).await;
+}
+
+/// Recovery that seals an older segment trims its unwritten space first
+/// (ledger-format.md §12.2): a sealed segment shows every byte it has, so
+/// zeros left in it would be damage to every reader after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_segment_is_trimmed_before_recovery_seals_it() {
+    let c = build(3, &[1, 1, 1, 1], None).await;
+    let dir = c.copy();
+    let seg0 = seg_path(dir.path(), 0);
+    let len = std::fs::metadata(&seg0).unwrap().len();
+    set_sealed(&seg0, false);
+    // Zeros after its frames, as an append's unwritten space leaves them.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg0)
+        .unwrap()
+        .write_all(&[0; 4096])
+        .unwrap();
+    let ledger = open_recovered(dir.path(), 3, &c.records).await;
+    assert!(is_sealed(&seg0));
+    assert_eq!(std::fs::metadata(&seg0).unwrap().len(), len);
+    continues(ledger, dir.path(), &c.records, None, true).await;
+}
+
+/// Zeros after the frames of a sealed segment before the last are damage
+/// (ledger-format.md §12.2), whatever the store's side file of block ends
+/// says: a sealed blob has no unwritten space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeros_after_a_sealed_segment_are_damage() {
+    let c = build(3, &[1, 1, 1, 1], None).await;
+    let dir = c.copy();
+    let seg0 = seg_path(dir.path(), 0);
+    let len = std::fs::metadata(&seg0).unwrap().len();
+    set_sealed(&seg0, false);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg0)
+        .unwrap()
+        .write_all(&[0; 4096])
+        .unwrap();
+    set_sealed(&seg0, true);
+    let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
+    let verifier = reader.recorded_verifier().clone();
+    match reader.verify(&verifier, &|_, _| {}).await {
+        Err(LedgerError::Integrity(e)) => {
+            assert_eq!(
+                (e.blob.as_str(), e.offset),
+                (layout::segment(NAME, 0).as_str(), len),
+                "{e}"
+            );
+        }
+        other => panic!("verify of a sealed segment with zeros after it gave {other:?}"),
+    }
+}
+
+/// A sealed last segment is no crash state (a writer seals a segment only
+/// once it created the next): the segments after it were removed, or it was
+/// made read-only by hand. Neither the writer nor `verify` goes on as if the
+/// log ended there; before, the writer opened and then failed every append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_last_segment_is_named() {
+    let c = build(3, &[1, 1, 1, 1], None).await;
+    let dir = c.copy();
+    let last = seg_path(dir.path(), 1);
+    let len = std::fs::metadata(&last).unwrap().len();
+    set_sealed(&last, true);
+    let named = |e: &IntegrityError| {
+        assert_eq!(
+            (e.blob.as_str(), e.offset, e.seq),
+            (
+                layout::segment(NAME, 1).as_str(),
+                len,
+                Some(c.records.len() as u64)
+            ),
+            "{e}"
+        );
+        assert!(e.what.contains("0000000002.seg after it is missing"), "{e}");
+    };
+    match Ledger::open(store(dir.path()), NAME, opts(3)).await {
+        Err(LedgerError::Integrity(e)) => named(&e),
+        Err(e) => panic!("open of a ledger whose last segment is sealed: {e}"),
+        Ok(_) => panic!("a ledger whose last segment is sealed opened for writing"),
+    }
+    let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
+    let verifier = reader.recorded_verifier().clone();
+    match reader.verify(&verifier, &|_, _| {}).await {
+        Err(LedgerError::Integrity(e)) => named(&e),
+        other => panic!("verify of a ledger whose last segment is sealed gave {other:?}"),
+    }
 }
 
 /// A rollover interrupted after `create`, and the ledger closed right after
@@ -1288,4 +1379,57 @@ async fn a_gap_in_the_middle_of_the_log_fails_proofs_by_name() {
         reader.consistency_proof(1, 10).await.map(drop),
     );
     named("read", reader.read(0, None).await.map(drop));
+}
+
+/// A tmpfs of `bytes` mounted on a fresh directory, unmounted on drop; `None`
+/// where this process may not mount (not root, or no `mount`).
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// The zeros the fs store writes ahead of small appends (unwritten space)
+/// only make later appends quicker: on a disk with room for the block but
+/// not for them, the append still succeeds, without them. Before, such a
+/// disk refused every append, about a MiB before it was full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_too_full_for_the_zeros_still_takes_the_block() {
+    let Some(disk) = SmallDisk::mount(512 * 1024) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let dir = disk.0.path();
+    let ledger = Ledger::create(store(dir), NAME, opts(1_000)).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push(ledger.append_one(event(i)).await.unwrap());
+    }
+    ledger.close().await.unwrap();
+    let seg = std::fs::metadata(seg_path(dir, 0)).unwrap().len();
+    assert!(seg < 64 * 1024, "segment 0 holds {seg} bytes");
+    let records = read_all(dir).await;
+    assert_eq!(records.len(), acked.len());
+    for (r, a) in records.iter().zip(&acked) {
+        assert_eq!(r.seq, a.seq);
+    }
+    assert_eq!(verify(dir).await.records, 20);
+    drop(disk);
 }

@@ -1436,7 +1436,10 @@ mod expected_versions {
                     for (i, (s, exp)) in call.iter().enumerate() {
                         let current = local.get(s).copied();
                         if !exp.admits(current) {
-                            conflict = Some((i, current));
+                            // The error gives the ledger's version, and how
+                            // many of the call's events on the stream came first.
+                            let earlier = call[..i].iter().filter(|(x, _)| x == s).count();
+                            conflict = Some((i, model.get(s).copied(), earlier));
                             break;
                         }
                         let v = current.map_or(0, |c| c + 1);
@@ -1454,8 +1457,8 @@ mod expected_versions {
                             size += receipts.len() as u64;
                             model = local;
                         }
-                        (Err(LedgerError::VersionConflict { index, current, .. }), Some((i, c))) => {
-                            prop_assert_eq!((index, current), (i, c));
+                        (Err(LedgerError::VersionConflict { index, current, earlier, .. }), Some((i, c, e))) => {
+                            prop_assert_eq!((index, current, earlier), (i, c, e));
                         }
                         (r, c) => prop_assert!(false, "call {:?}: got {:?}, model says conflict {:?}", call, r.map(|v| v.len()), c),
                     }
@@ -2646,4 +2649,114 @@ async fn an_orphan_cache_of_a_checkpoint_without_one_is_deleted() {
     let verifier = reader.recorded_verifier().clone();
     let report = reader.verify(&verifier, &|_, _| {}).await.unwrap();
     assert_eq!((report.records, report.unsigned_tail), (3, 0));
+}
+
+/// A conflict at an event whose stream the call's earlier events also
+/// name gives the version the ledger has (the call wrote nothing) and how
+/// many of those events came first, so that a caller can retry from it.
+#[tokio::test]
+async fn a_conflict_after_the_calls_own_events_gives_the_ledgers_version() {
+    use bi_ledger::{ExpectedVersion::*, LedgerError, NewEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", options(3))
+        .await
+        .unwrap();
+    ledger.append(counted("a", 3)).await.unwrap(); // versions 0..=2
+    let ev = |s: &str, v| NewEvent::json(s, "E", &serde_json::json!({})).expect(v);
+    let err = ledger
+        .append(vec![ev("a", Exact(2)), ev("b", Any), ev("a", Exact(5))])
+        .await
+        .unwrap_err();
+    match &err {
+        LedgerError::VersionConflict {
+            index: 2,
+            current: Some(2),
+            earlier: 1,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .contains("the call's 1 earlier event on it would bring it to version 3 (its current version is 2;"),
+        "{err}"
+    );
+    let err = ledger
+        .append(vec![ev("new", NoStream), ev("new", NoStream)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::VersionConflict {
+                index: 1,
+                current: None,
+                earlier: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Retried from the version given, the call goes through.
+    let r = ledger
+        .append(vec![ev("a", Exact(2)), ev("a", Exact(3))])
+        .await
+        .unwrap();
+    assert_eq!((r[0].version, r[1].version), (3, 4));
+    ledger.close().await.unwrap();
+}
+
+/// A read up to a batch boundary ends there: damage in the batch after it
+/// is outside the range asked for (and a read across it fails).
+#[tokio::test]
+async fn a_read_up_to_a_batch_boundary_does_not_reach_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", options(4))
+        .await
+        .unwrap();
+    ledger.append(counted("a", 2)).await.unwrap();
+    let second = ledger.append(counted("b", 2)).await.unwrap();
+    ledger.close().await.unwrap();
+    damage_batch(dir.path(), second[0].offset);
+    let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")
+        .await
+        .unwrap();
+    let first = reader.read(0, Some(2)).await.unwrap();
+    assert_eq!(first.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1]);
+    match reader.read(0, Some(3)).await {
+        Err(bi_ledger::LedgerError::Integrity(e)) => assert_eq!(e.offset, second[0].offset, "{e}"),
+        other => panic!("a read across a damaged batch gave {other:?}"),
+    }
+}
+
+/// An event that fits no batch is named, with its field; a call too large
+/// only as a whole is an invalid argument, in the plural. Neither writes.
+#[tokio::test]
+async fn an_event_too_large_for_any_batch_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", options(5))
+        .await
+        .unwrap();
+    let max = ledger.max_batch_bytes();
+    let huge = bi_ledger::NewEvent::bytes("s", "Big", vec![b'x'; max]);
+    let small = || bi_ledger::NewEvent::bytes("s", "Small", vec![b'x'; max / 3]);
+    match ledger.append(vec![small(), huge]).await {
+        Err(bi_ledger::LedgerError::InvalidEvent {
+            index: 1,
+            field: "payload",
+            reason,
+        }) => assert!(reason.contains("batch limit"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    match ledger
+        .append(vec![small(), small(), small(), small()])
+        .await
+    {
+        Err(e @ bi_ledger::LedgerError::InvalidArgument(_)) => {
+            assert!(e.to_string().contains("4 events encode to about"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ledger.append(vec![small()]).await.unwrap()[0].seq, 0);
+    ledger.close().await.unwrap();
 }

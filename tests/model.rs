@@ -265,7 +265,9 @@ enum Outcome {
     Written(Vec<u64>),
     /// The index of the first event whose expected version fails, and
     /// its stream's version then.
-    Conflict(usize, Option<u64>),
+    /// The event refused, the stream's version in the ledger, and how many
+    /// of the call's earlier events are on its stream.
+    Conflict(usize, Option<u64>, usize),
     /// Over the batch limit: refused before the writer sees it.
     TooLarge,
     /// Sent after a close.
@@ -384,7 +386,8 @@ impl Model {
                 .entry(&e.stream)
                 .or_insert_with(|| self.version(&e.stream));
             if !e.expected_version.admits(current) {
-                return Outcome::Conflict(i, current);
+                let earlier = events[..i].iter().filter(|x| x.stream == e.stream).count();
+                return Outcome::Conflict(i, self.version(&e.stream), earlier);
             }
             let v = current.map_or(0, |c| c + 1);
             local.insert(&e.stream, Some(v));
@@ -450,27 +453,37 @@ fn settle(
     match (want, got) {
         (Outcome::Written(v), Ok(r)) => Some((v, r)),
         (
-            Outcome::Conflict(i, cur),
+            Outcome::Conflict(i, cur, before),
             Err(LedgerError::VersionConflict {
                 index,
                 stream,
                 expected,
                 current,
+                earlier,
             }),
         ) => {
             assert_eq!(
-                (index, stream.as_str(), expected, current),
+                (index, stream.as_str(), expected, current, earlier),
                 (
                     i,
                     events[i].stream.as_str(),
                     events[i].expected_version,
-                    cur
+                    cur,
+                    before
                 ),
                 "conflict"
             );
             None
         }
-        (Outcome::TooLarge, Err(LedgerError::InvalidArgument(_))) => None,
+        (
+            Outcome::TooLarge,
+            Err(
+                LedgerError::InvalidArgument(_)
+                | LedgerError::InvalidEvent {
+                    field: "payload", ..
+                },
+            ),
+        ) => None,
         (Outcome::Closed, Err(LedgerError::Closed)) => None,
         (want, got) => panic!("model says {want:?}, ledger answered {got:?}"),
     }

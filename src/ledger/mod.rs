@@ -36,6 +36,7 @@ pub mod trusted;
 pub mod verify;
 pub mod versions;
 mod writer;
+pub use writer::WRITER_STOPPED;
 
 pub use reader::LedgerReader;
 
@@ -226,7 +227,14 @@ impl Ledger {
             tip,
             checkpoint,
             snapshots,
-        } = recover::recover(store.as_ref(), &meta, max_body).await?;
+        } = match recover::recover(store.as_ref(), &meta, max_body).await {
+            Ok(r) => r,
+            // A writer that lost its lock while it read (stopped past its
+            // lease, or the lease broken) may have read another writer's
+            // work half done, which can look like damage: it says that it
+            // lost the lock rather than what it saw.
+            Err(e) => return Err(lock.confirm().await.map_or_else(Into::into, |()| e)),
+        };
         let last = match checkpoint {
             Some(checkpoint) => {
                 let blob = layout::checkpoint(name, checkpoint.size);
@@ -380,6 +388,22 @@ impl Ledger {
             bytes += e.stored_len_bound();
         }
         if bytes > self.max_batch {
+            // An event that fits no batch is that event's fault, whatever
+            // else the call holds.
+            let alone = |e: &NewEvent| BATCH_OVERHEAD + e.stored_len_bound();
+            if let Some(index) = events.iter().position(|e| alone(e) > self.max_batch) {
+                let e = &events[index];
+                return Err(LedgerError::InvalidEvent {
+                    index,
+                    field: "payload",
+                    reason: format!(
+                        "is {} bytes, and the event encodes to about {} bytes, over the {}-byte batch limit (the most one append may take): store a payload this large elsewhere and append a reference",
+                        e.payload.len(),
+                        alone(e),
+                        self.max_batch
+                    ),
+                });
+            }
             return Err(LedgerError::InvalidArgument(format!(
                 "{} events encode to about {bytes} bytes, over the {}-byte batch limit: one append must fit in one batch; split it",
                 events.len(),

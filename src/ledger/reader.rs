@@ -231,7 +231,9 @@ impl LedgerReader {
         Ok(out)
     }
 
-    /// The checkpoint of `size`, or the newest when `size` is `None` (found
+    /// The checkpoint of `size`, or the newest in the store now when `size`
+    /// is `None` (which may cover records appended after this reader opened:
+    /// a proof against it needs a reader opened after it; found
     /// through the snapshots and the names near, `recover::newest_checkpoint_near`): its
     /// blob, its statement (signature and origin checked against the key
     /// recorded in the ledger, size against the name) and its note text.
@@ -343,6 +345,10 @@ impl LedgerReader {
                 }
             }
             if let Some(bad) = scan.bad {
+                if due.0 >= to {
+                    // Damage past the range asked for is another read's.
+                    return Ok(());
+                }
                 self.bad_frame(seg, i == last, bad, due.0).await?;
             }
         }
@@ -397,6 +403,22 @@ impl LedgerReader {
             return Err(
                 IntegrityError::new(&seg.name, bad.offset, Some(reached), bad.error.what).into(),
             );
+        }
+        if !self.store.truncates() && !bad.unwritten {
+            // Where appends are whole or absent (Azure), nothing is ever
+            // being written at the end as a reader looks: bytes there that
+            // are no whole batch were put there otherwise. (Zeros are
+            // where the log ends, as `verify` has it: nothing is lost.)
+            return Err(IntegrityError::new(
+                &seg.name,
+                bad.offset,
+                Some(reached),
+                format!(
+                    "{} (at the end of the last segment, on a store whose appends cannot tear: damage)",
+                    bad.error.what
+                ),
+            )
+            .into());
         }
         self.last_end
             .fetch_min(bad.offset, std::sync::atomic::Ordering::Relaxed);
@@ -473,7 +495,9 @@ impl LedgerReader {
         Ok(out)
     }
 
-    /// Number of records readable now. Reads the last segment from the
+    /// Number of records this reader sees: those in the segments as they
+    /// were when it opened, up to the end of the last whole batch (a reader
+    /// does not follow later appends; open another to see them). Reads the last segment from the
     /// last batch the newest checkpoint covers, where a stream index says
     /// where that is (see `Self::seek`), else from its start.
     pub async fn len(&self) -> Result<u64> {

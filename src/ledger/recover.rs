@@ -594,6 +594,11 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
             return Err(err.into());
         }
     }
+    let (index, last_seg) = &segments[last];
+    if last_seg.sealed {
+        // No crash undoes a create, and this writer holds the lock.
+        return Err(sealed_last(ledger, *index, last_seg, tip.size).into());
+    }
     if !store.truncates() {
         if let Some(e) = repairs.iter().find_map(Repair::uncuttable) {
             return Err(e.into());
@@ -604,7 +609,9 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
     }
     for (index, info) in &segments[..last] {
         if !info.sealed && *index < tip.segment_index {
-            store.seal(&info.name).await?;
+            // At the length its frames end: a writer trims its unwritten
+            // space before it seals (ledger-format.md §12.2).
+            store.seal_at(&info.name, info.size).await?;
             info!(segment = %info.name, "sealed a segment whose rollover a crash interrupted");
         }
     }
@@ -613,6 +620,22 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         checkpoint: checkpoint.map(|(_, cp)| cp),
         snapshots,
     })
+}
+
+/// The error for a last segment that is sealed (`info`, segment `index`,
+/// its records ending before `seq`): a writer seals a segment only once it
+/// has created the next one, so the segments after it are gone, with
+/// whatever records they held.
+pub fn sealed_last(ledger: &str, index: u64, info: &BlobInfo, seq: u64) -> IntegrityError {
+    IntegrityError::new(
+        &info.name,
+        info.size,
+        Some(seq),
+        format!(
+            "the last segment is sealed, but {} after it is missing: a writer seals a segment only after it created the next one, so records from this sequence number on may have been removed (or the segment was made read-only by hand)",
+            layout::segment(ledger, index + 1)
+        ),
+    )
 }
 
 /// Where the whole batches of a segment cut short end: the sequence number
@@ -652,7 +675,9 @@ enum Repair {
         cut: u64,
         header: Vec<u8>,
     },
-    /// A torn last batch: `cut` bytes from `offset`, never acknowledged.
+    /// A torn last batch: `cut` bytes from `offset`, a write a crash cut
+    /// short (so none its writer acknowledged, unless the disk lost what
+    /// it had made durable).
     Cut {
         name: String,
         offset: u64,
@@ -729,7 +754,7 @@ impl Repair {
                     bytes_cut = cut,
                     first_lost_seq,
                     %reason,
-                    "truncating a torn last batch left by a crash; it was never acknowledged"
+                    "truncating a torn last batch: a write that a crash cut short (zeros or a missing end where its bytes should be), which a writer acknowledges only once it is whole; records from first_lost_seq on are gone"
                 );
                 store.truncate(&name, offset).await?;
             }

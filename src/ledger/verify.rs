@@ -14,12 +14,13 @@ use futures::StreamExt;
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 
-use super::layout::Meta;
+use super::layout::{self, Meta};
 use super::reader::LedgerReader;
 use super::recover;
 use super::scan::{Chunk, Scanner};
 use super::signed::{Opened, ReadAhead, Signed};
 use super::tip::{Linked, Tip};
+use crate::backend::StoreError;
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
 use crate::format::nodes::{self, NodeCache};
@@ -252,6 +253,19 @@ impl LedgerReader {
                 ),
             )
             .into());
+        }
+        if let Some((index, info)) = segments.last().filter(|(_, i)| i.sealed) {
+            // A writer seals a segment only once it has created the next
+            // (listed since, if the writer rolled over during this verify).
+            let next = layout::segment(&meta.name, index + 1);
+            match store.info(&next).await {
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(recover::sealed_last(&meta.name, *index, info, w.tip.size).into());
+                }
+                r => {
+                    r?;
+                }
+            }
         }
         let newest = sizes.last().copied().unwrap_or(0);
         // After the whole log checked out, a failed listing must not undo

@@ -92,6 +92,10 @@ type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
 /// size).
 const PARALLEL_HASHING: usize = 256;
 
+/// The tracing target of the one event that says the writer stopped after
+/// a failed write.
+pub const WRITER_STOPPED: &str = "bi_ledger::writer_stopped";
+
 /// Pauses between tries of a due checkpoint that fails.
 const FIRST_CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 const MAX_CHECKPOINT_RETRY: Duration = Duration::from_secs(60);
@@ -514,11 +518,19 @@ impl Writer {
                     for (e, (_, undo)) in events.iter().zip(&versions).rev() {
                         self.tip.streams.restore(&e.stream, *undo);
                     }
+                    let earlier = events[..i].iter().filter(|x| x.stream == e.stream).count();
                     let _ = reply.send(Err(LedgerError::VersionConflict {
                         index: i,
                         stream: e.stream.clone(),
                         expected: e.expected_version,
-                        current,
+                        // As the ledger has it, not as the call's earlier
+                        // events, undone above, advanced it.
+                        current: if earlier == 0 {
+                            current
+                        } else {
+                            self.tip.streams.get(&e.stream)
+                        },
+                        earlier,
                     }));
                     return;
                 }
@@ -626,7 +638,9 @@ impl Writer {
     }
 
     fn poison(&mut self, e: &StoreError) {
-        error!(error = %e, "append failed; the writer stops");
+        // Every caller from now on gets this error too; the target lets a
+        // program that reports those itself (the CLI) leave the log out.
+        error!(target: WRITER_STOPPED, error = %e, "append failed; the writer stops");
         self.poisoned = Some(format!("append failed: {e}"));
     }
 

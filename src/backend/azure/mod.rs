@@ -541,8 +541,10 @@ impl AzureBlobStore {
     }
 
     /// After an append whose outcome is unknown: is our block there?
-    /// `Ok(Some(end))` if the blob grew by exactly our bytes, `Ok(None)`
-    /// if it did not grow, `OffsetMismatch` if it grew by something else.
+    /// `Ok(Some(end))` if the blob holds our bytes at `expected` (and
+    /// perhaps more after them: another writer, which took the lease while
+    /// this one waited, appended after our block), `Ok(None)` if it did not
+    /// grow, `OffsetMismatch` if it grew by something else.
     /// If the blob cannot be read back, the error says that the append's
     /// outcome is what is unknown, not merely that a read failed.
     async fn resolve_append(
@@ -564,7 +566,7 @@ impl AzureBlobStore {
         if info.size == expected {
             return Ok(None);
         }
-        let ours = info.size == end
+        let ours = info.size >= end
             && self
                 .read(name, expected, block.len() as u64)
                 .await

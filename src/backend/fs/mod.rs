@@ -80,7 +80,7 @@ impl OpenBlob {
             .metadata()
             .map_err(|e| io("stat block index of", name, e))?
             .len();
-        let (written, count) = written(&self.file, &self.blocks, file_len)
+        let (written, count) = written(&self.file, &self.blocks, file_len, false)
             .map_err(|e| io("read block index of", name, e))?;
         self.block_count = count;
         self.len = written;
@@ -255,6 +255,7 @@ impl FsStore {
         name: &str,
         file: &File,
         size: u64,
+        sealed: bool,
         at_least: u64,
     ) -> Result<u64, StoreError> {
         let last_end = |side: &File| -> std::io::Result<u64> {
@@ -270,7 +271,7 @@ impl FsStore {
             Ok(side) if last_end(&side).is_ok_and(|end| at_least <= end && end <= size) => {
                 Ok(at_least)
             }
-            Ok(side) => Ok(written(file, &side, size)
+            Ok(side) => Ok(written(file, &side, size, sealed)
                 .map_err(|e| io("read block index of", name, e))?
                 .0),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(size),
@@ -316,7 +317,7 @@ impl FsStore {
         };
         let (size, block_count) = match side {
             Ok(f) => File::open(&path)
-                .and_then(|blob| written(&blob, &f, meta.len()))
+                .and_then(|blob| written(&blob, &f, meta.len(), sealed))
                 .map_err(|e| io("read block index of", name, e))?,
             Err(e) if e.kind() == ErrorKind::NotFound => (meta.len(), u64::from(meta.len() > 0)),
             Err(e) => return Err(io("open block index of", name, e)),
@@ -382,21 +383,30 @@ fn append_locked(
     // dwarfs the inode's write, and zeros written ahead of it would double
     // the bytes a run of large appends puts on the disk.
     let small = (block.len() as u64).saturating_mul(16) <= me.opts.fill_ahead;
-    let fill_to = if end > b.file_len && expected_offset > 0 && small {
+    let from = end.max(b.file_len);
+    let mut fill_to = if end > b.file_len && expected_offset > 0 && small {
         end + me.opts.fill_ahead
     } else {
-        end.max(b.file_len)
+        from
     };
     let written = b
         .file
         .write_all_at(block, expected_offset)
         .and_then(|()| {
-            if fill_to > end.max(b.file_len) {
-                let from = end.max(b.file_len);
-                b.file
-                    .write_all_at(&vec![0u8; (fill_to - from) as usize], from)
-            } else {
-                Ok(())
+            if fill_to == from {
+                return Ok(());
+            }
+            match b
+                .file
+                .write_all_at(&vec![0u8; (fill_to - from) as usize], from)
+            {
+                // The zeros only make later appends quicker: a disk too
+                // full for them still takes the block, without them.
+                Err(e) if e.kind() == ErrorKind::StorageFull => {
+                    fill_to = from;
+                    b.file.set_len(from)
+                }
+                r => r,
             }
         })
         .and_then(|()| b.file.sync_data());
@@ -440,10 +450,13 @@ fn append_locked(
 /// then shown whole, zeros and all, for the reader to tell a whole block
 /// that ends in zero bytes from the zeros after it (ledger-format.md
 /// §12.2), which the store cannot.
-fn written(file: &File, side: &File, size: u64) -> std::io::Result<(u64, u64)> {
+fn written(file: &File, side: &File, size: u64, sealed: bool) -> std::io::Result<(u64, u64)> {
     let at = |size: u64| -> std::io::Result<(u64, u64)> {
         let (count, last) = recorded_ends(side, size)?;
-        if zero_run_start(file, last, size)? == last {
+        // A sealed blob has none: the writer trims it before sealing, so
+        // zeros found there were put there afterwards, and are shown to
+        // readers, for which they are damage (ledger-format.md §12.2).
+        if last == size || (!sealed && zero_run_start(file, last, size)? == last) {
             Ok((last, count))
         } else {
             Ok((size, count + 1))
@@ -655,9 +668,15 @@ fn open_to_change(path: &Path, name: &str) -> Result<File, StoreError> {
             ErrorKind::NotFound | ErrorKind::IsADirectory => StoreError::NotFound {
                 name: name.to_owned(),
             },
-            ErrorKind::PermissionDenied => StoreError::Sealed {
-                name: name.to_owned(),
-            },
+            // Read-only is how the store seals; refused otherwise (an
+            // immutable file, a read-only mount), it is not a seal.
+            ErrorKind::PermissionDenied
+                if fs::metadata(path).is_ok_and(|m| m.permissions().readonly()) =>
+            {
+                StoreError::Sealed {
+                    name: name.to_owned(),
+                }
+            }
             _ => io("open", name, e),
         })
 }
@@ -837,13 +856,13 @@ impl BlobStore for SharedFs {
             if !meta.is_file() {
                 return Err(StoreError::NotFound { name });
             }
-            let size = meta.len();
+            let (size, sealed) = (meta.len(), meta.permissions().readonly());
             let end = offset.saturating_add(len);
             if end > size {
                 return Err(StoreError::OutOfRange {
                     offset,
                     end,
-                    size: me.written_len(&name, &f, size, u64::MAX)?,
+                    size: me.written_len(&name, &f, size, sealed, u64::MAX)?,
                     name,
                 });
             }
@@ -866,7 +885,7 @@ impl BlobStore for SharedFs {
             // A read that ends in zeros may have reached into unwritten
             // space, which is not part of the blob.
             if end > 0 && buf.last().is_none_or(|&b| b == 0) {
-                let written = me.written_len(&name, &f, size, end)?;
+                let written = me.written_len(&name, &f, size, sealed, end)?;
                 if end > written {
                     return Err(StoreError::OutOfRange {
                         name,
@@ -939,6 +958,24 @@ impl BlobStore for SharedFs {
             // Wait for an append in flight (any handle, any process): once
             // this returns, no append succeeds.
             f.lock().map_err(|e| io("lock", &name, e))?;
+            if !meta.permissions().readonly() {
+                // A sealed blob shows every byte it has (see `written`):
+                // its unwritten space goes first.
+                match File::open(me.side_path(&name, "blocks")?) {
+                    Ok(side) => {
+                        let (len, _) = written(&f, &side, meta.len(), false)
+                            .map_err(|e| io("read block index of", &name, e))?;
+                        if len < meta.len() {
+                            let w = open_to_change(&path, &name)?;
+                            w.set_len(len)
+                                .and_then(|()| w.sync_data())
+                                .map_err(|e| io("trim", &name, e))?;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(io("open block index of", &name, e)),
+                }
+            }
             let mut perms = meta.permissions();
             perms.set_readonly(true);
             fs::set_permissions(&path, perms).map_err(|e| io("seal", &name, e))?;

@@ -137,7 +137,7 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
         // A writer stopped by a failed write fails its close with the
         // same error: say it once.
         (Err(e), Err(c)) if format!("{e:#}").contains(&c.to_string()) => {
-            bail!("{e:#} (so closing the ledger failed too)")
+            bail!("{e:#}; closing the ledger failed too, with the same error")
         }
         (Err(e), Err(c)) => bail!("{e:#} (closing the ledger also failed: {c})"),
     }
@@ -239,8 +239,8 @@ async fn append_call(
     written_upto: usize,
 ) -> Result<usize> {
     let (lines, events): (Vec<usize>, Vec<_>) = call.into_iter().unzip();
-    // For a conflict's message: the version it gives counts this call's
-    // earlier events, which were not written.
+    // For a conflict's message: which lines of the call came first on the
+    // stream, and were not written either.
     let streams: Vec<String> = events.iter().map(|e| e.stream.clone()).collect();
     let hint = appended_hint(written_upto);
     let receipts = match ledger.append(events).await {
@@ -250,23 +250,26 @@ async fn append_call(
             stream,
             expected,
             current,
+            earlier: _,
         }) => {
             let earlier: Vec<usize> = (0..index)
                 .filter(|&i| streams[i] == stream)
                 .map(|i| lines[i])
                 .collect();
-            let counting = match earlier.as_slice() {
-                [] => String::new(),
-                [one] => format!(", counting line {one} of this input, which was not written"),
+            let version = current.map_or("none".into(), |v| v.to_string());
+            let n = earlier.len() as u64;
+            let checked = current.map_or(n.saturating_sub(1), |v| v.saturating_add(n));
+            let cause = match earlier.as_slice() {
+                [] => format!("current version is {version}"),
+                [one] => format!("line {one} of this input comes first on it and would bring it to version {checked} (its current version is {version}; neither was written)"),
                 many => format!(
-                    ", counting {} earlier lines of this input, which were not written",
+                    "{} earlier lines of this input come first on it and would bring it to version {checked} (its current version is {version}; none was written)",
                     many.len()
                 ),
             };
             bail!(
-                "line {}: stream {stream:?} expected {expected}, current version is {}{counting}; {hint}",
+                "line {}: stream {stream:?} expected {expected}, but {cause}; {hint}",
                 lines[index],
-                current.map_or("none".into(), |v| v.to_string())
             );
         }
         Err(LedgerError::InvalidEvent {

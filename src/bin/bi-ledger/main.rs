@@ -266,8 +266,14 @@ fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BI_LEDGER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("BI_LEDGER_LOG").unwrap_or_else(|_| {
+                // A writer that stops says why in the error every
+                // command then reports: once is enough.
+                tracing_subscriber::EnvFilter::new(format!(
+                    "warn,{}=off",
+                    bi_ledger::ledger::WRITER_STOPPED
+                ))
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
