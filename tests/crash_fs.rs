@@ -560,23 +560,30 @@ async fn unsealed_older_segments_are_sealed() {
     continues(ledger, dir.path(), &c.records, None, true).await;
 }
 
-/// Recovery that seals an older segment trims its unwritten space first
-/// (ledger-format.md §12.2): a sealed segment shows every byte it has, so
-/// zeros left in it would be damage to every reader after.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_older_segment_is_trimmed_before_recovery_seals_it() {
-    let c = build(3, &[1, 1, 1, 1], None).await;
+/// A copy of `c` whose segment 0, unsealed, has 4 KiB of zeros after its
+/// frames (as an append's unwritten space leaves them): the copy, the
+/// segment's path and its length before the zeros.
+fn zeros_after_segment_0(c: &Crashed) -> (tempfile::TempDir, PathBuf, u64) {
     let dir = c.copy();
     let seg0 = seg_path(dir.path(), 0);
     let len = std::fs::metadata(&seg0).unwrap().len();
     set_sealed(&seg0, false);
-    // Zeros after its frames, as an append's unwritten space leaves them.
     std::fs::OpenOptions::new()
         .append(true)
         .open(&seg0)
         .unwrap()
         .write_all(&[0; 4096])
         .unwrap();
+    (dir, seg0, len)
+}
+
+/// Recovery that seals an older segment trims its unwritten space first
+/// (ledger-format.md §12.2): a sealed segment shows every byte it has, so
+/// zeros left in it would be damage to every reader after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_segment_is_trimmed_before_recovery_seals_it() {
+    let c = build(3, &[1, 1, 1, 1], None).await;
+    let (dir, seg0, len) = zeros_after_segment_0(&c);
     let ledger = open_recovered(dir.path(), 3, &c.records).await;
     assert!(is_sealed(&seg0));
     assert_eq!(std::fs::metadata(&seg0).unwrap().len(), len);
@@ -589,16 +596,7 @@ async fn an_older_segment_is_trimmed_before_recovery_seals_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zeros_after_a_sealed_segment_are_damage() {
     let c = build(3, &[1, 1, 1, 1], None).await;
-    let dir = c.copy();
-    let seg0 = seg_path(dir.path(), 0);
-    let len = std::fs::metadata(&seg0).unwrap().len();
-    set_sealed(&seg0, false);
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&seg0)
-        .unwrap()
-        .write_all(&[0; 4096])
-        .unwrap();
+    let (dir, seg0, len) = zeros_after_segment_0(&c);
     set_sealed(&seg0, true);
     let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
     let verifier = reader.recorded_verifier().clone();
