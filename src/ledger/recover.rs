@@ -597,7 +597,7 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
     let (index, last_seg) = &segments[last];
     if last_seg.sealed {
         // No crash undoes a create, and this writer holds the lock.
-        return Err(sealed_last(ledger, *index, last_seg, tip.size).into());
+        return Err(sealed_last(ledger, *index, &last_seg.name, tip.segment_len, tip.size).into());
     }
     if !store.truncates() {
         if let Some(e) = repairs.iter().find_map(Repair::uncuttable) {
@@ -622,14 +622,14 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
     })
 }
 
-/// The error for a last segment that is sealed (`info`, segment `index`,
-/// its records ending before `seq`): a writer seals a segment only once it
-/// has created the next one, so the segments after it are gone, with
-/// whatever records they held.
-pub fn sealed_last(ledger: &str, index: u64, info: &BlobInfo, seq: u64) -> IntegrityError {
+/// The error for a last segment that is sealed (`name`, segment `index`,
+/// its records ending at byte `end`, before `seq`): a writer seals a
+/// segment only once it has created the next one, so the segments after it
+/// are gone, with whatever records they held.
+pub fn sealed_last(ledger: &str, index: u64, name: &str, end: u64, seq: u64) -> IntegrityError {
     IntegrityError::new(
-        &info.name,
-        info.size,
+        name,
+        end,
         Some(seq),
         format!(
             "the last segment is sealed, but {} after it is missing: a writer seals a segment only after it created the next one, so records from this sequence number on may have been removed (or the segment was made read-only by hand)",

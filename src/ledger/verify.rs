@@ -260,7 +260,11 @@ impl LedgerReader {
             let next = layout::segment(&meta.name, index + 1);
             match store.info(&next).await {
                 Err(StoreError::NotFound { .. }) => {
-                    return Err(recover::sealed_last(&meta.name, *index, info, w.tip.size).into());
+                    let end = w.tip.segment_len;
+                    return Err(recover::sealed_last(
+                        &meta.name, *index, &info.name, end, w.tip.size,
+                    )
+                    .into());
                 }
                 r => {
                     r?;
