@@ -961,19 +961,12 @@ impl BlobStore for SharedFs {
             if !meta.permissions().readonly() {
                 // A sealed blob shows every byte it has (see `written`):
                 // its unwritten space goes first.
-                match File::open(me.side_path(&name, "blocks")?) {
-                    Ok(side) => {
-                        let (len, _) = written(&f, &side, meta.len(), false)
-                            .map_err(|e| io("read block index of", &name, e))?;
-                        if len < meta.len() {
-                            let w = open_to_change(&path, &name)?;
-                            w.set_len(len)
-                                .and_then(|()| w.sync_data())
-                                .map_err(|e| io("trim", &name, e))?;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(e) => return Err(io("open block index of", &name, e)),
+                let len = me.info_sync(&name)?.size;
+                if len < meta.len() {
+                    let w = open_to_change(&path, &name)?;
+                    w.set_len(len)
+                        .and_then(|()| w.sync_data())
+                        .map_err(|e| io("trim", &name, e))?;
                 }
             }
             let mut perms = meta.permissions();
