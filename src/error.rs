@@ -81,6 +81,9 @@ pub enum LedgerError {
     Closed,
     #[error("{0}")]
     InvalidArgument(String),
+    /// A [`crate::ledger::LedgerOptions`] field no ledger can work with.
+    #[error("option `{field}` {reason}")]
+    InvalidOption { field: &'static str, reason: String },
     #[error("checkpoint {blob}: {source}")]
     Checkpoint {
         blob: String,

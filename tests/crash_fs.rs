@@ -649,6 +649,15 @@ async fn a_sealed_last_segment_is_named() {
         Err(LedgerError::Integrity(e)) => named(&e),
         other => panic!("verify of a ledger whose last segment is sealed gave {other:?}"),
     }
+    // A read to the end of the log says so too; one that asks for no more
+    // than the records there gets them.
+    let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
+    match reader.read(0, None).await {
+        Err(LedgerError::Integrity(e)) => named(&e),
+        other => panic!("a read to the end of a sealed last segment gave {other:?}"),
+    }
+    let n = c.records.len() as u64;
+    assert_eq!(reader.read(0, Some(n)).await.unwrap().len() as u64, n);
 }
 
 /// A rollover interrupted after `create`, and the ledger closed right after

@@ -2760,3 +2760,49 @@ async fn an_event_too_large_for_any_batch_is_named() {
     assert_eq!(ledger.append(vec![small()]).await.unwrap()[0].seq, 0);
     ledger.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_limit_below_one_event_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let min = bi_ledger::LedgerOptions::min_batch_bytes();
+    let mut opts = options(6);
+    opts.max_batch_bytes = min - 1;
+    match bi_ledger::Ledger::create(store(dir.path()), "main", opts.clone()).await {
+        Err(
+            e @ bi_ledger::LedgerError::InvalidOption {
+                field: "max_batch_bytes",
+                ..
+            },
+        ) => assert!(e.to_string().contains(&(min - 1).to_string()), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "a refused create wrote something"
+    );
+
+    // The smallest limit takes the smallest event, alone.
+    opts.max_batch_bytes = min;
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", opts.clone())
+        .await
+        .unwrap();
+    let mut tiny = bi_ledger::NewEvent::bytes("s", "T", Vec::new());
+    tiny.content_type = "x".into();
+    assert_eq!(ledger.append(vec![tiny.clone()]).await.unwrap()[0].seq, 0);
+    ledger.close().await.unwrap();
+    let before = std::fs::read(dir.path().join("main/0000000000.seg")).unwrap();
+
+    opts.max_batch_bytes = 0;
+    match bi_ledger::Ledger::open(store(dir.path()), "main", opts).await {
+        Err(bi_ledger::LedgerError::InvalidOption {
+            field: "max_batch_bytes",
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("main/0000000000.seg")).unwrap(),
+        before
+    );
+}

@@ -71,6 +71,31 @@ impl LedgerOptions {
             .min(meta.max_block)
     }
 
+    /// The smallest `max_batch_bytes` that takes an event at all: one with
+    /// one-byte names and an empty payload, alone in its batch.
+    pub fn min_batch_bytes() -> usize {
+        BATCH_OVERHEAD
+            + crate::format::record::stored_len_bound_parts(1, 1, 1, std::iter::empty(), 0)
+    }
+
+    /// Refuses options no ledger could work with, before anything is
+    /// opened or written. The other limits take any value: a segment cap
+    /// below one batch still holds one, and merges take at least two
+    /// indexes whatever `merge_index_count` says.
+    pub fn validate(&self) -> Result<()> {
+        let min = Self::min_batch_bytes();
+        if self.max_batch_bytes < min {
+            return Err(LedgerError::InvalidOption {
+                field: "max_batch_bytes",
+                reason: format!(
+                    "is {}, below {min}: the smallest batch one event can make",
+                    self.max_batch_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
     pub fn new(signing_key: SigningKey) -> Self {
         LedgerOptions {
             signing_key,
@@ -152,6 +177,7 @@ impl Ledger {
         opts: LedgerOptions,
     ) -> Result<Ledger> {
         layout::validate_ledger_name(name)?;
+        opts.validate()?;
         let lock = take_lock(store.as_ref(), name).await?;
         match store.info(&layout::meta(name)).await {
             Ok(_) => return Err(LedgerError::AlreadyExists(name.to_owned())),
@@ -214,6 +240,7 @@ impl Ledger {
         opts: LedgerOptions,
     ) -> Result<Ledger> {
         layout::validate_ledger_name(name)?;
+        opts.validate()?;
         let lock = take_lock(store.as_ref(), name).await?;
         let meta = recover::read_meta(store.as_ref(), name).await?;
         if meta.verifier.key != opts.signing_key.verifying_key() {

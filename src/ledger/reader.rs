@@ -361,7 +361,10 @@ impl LedgerReader {
     /// bad frame to find).
     pub(crate) async fn check_end(&self, ends: u64, to: u64) -> Result<()> {
         if ends >= self.signed.min(to) {
-            return Ok(());
+            return match self.segments.last() {
+                Some(seg) if seg.sealed && ends < to => self.check_sealed_last(seg, ends).await,
+                _ => Ok(()),
+            };
         }
         let (blob, offset) = self
             .segments
@@ -379,6 +382,28 @@ impl LedgerReader {
             ),
         );
         Err(self.short_of_signed(short).await)
+    }
+
+    /// A read that ran to the end of a sealed last segment: a writer seals
+    /// a segment only after it created the next, so unless the next one was
+    /// created after this reader listed the segments, the segments after
+    /// it were removed, with records no checkpoint may cover yet.
+    async fn check_sealed_last(&self, seg: &SegmentRef, ends: u64) -> Result<()> {
+        match self
+            .store
+            .info(&layout::segment(self.name(), seg.index + 1))
+            .await
+        {
+            Err(crate::backend::StoreError::NotFound { .. }) => Err(recover::sealed_last(
+                self.name(),
+                seg.index,
+                &seg.name,
+                self.view_len(seg),
+                ends,
+            )
+            .into()),
+            r => r.map(|_| ()).map_err(Into::into),
+        }
     }
 
     /// `short`, unless the newest checkpoint (by name) is not one.
