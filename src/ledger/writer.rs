@@ -92,8 +92,10 @@ type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
 /// size).
 const PARALLEL_HASHING: usize = 256;
 
-/// The tracing target of the one event that says the writer stopped after
-/// a failed write.
+/// The tracing target of the events that say the writer stopped: after a
+/// failed write, or a writer lock found lost. The error every later call
+/// of the writer returns says the same, so a program that reports those
+/// (as the CLI does) may leave this target out.
 pub const WRITER_STOPPED: &str = "bi_ledger::writer_stopped";
 
 /// Pauses between tries of a due checkpoint that fails.

@@ -10,8 +10,10 @@ use azure_storage_blob::BlobClient;
 use tracing::{debug, error};
 
 use super::auth::Redactor;
+use super::transport::code_of;
 use super::{describe, AzureOptions};
 use crate::backend::{StoreError, WriterLock};
+use crate::ledger::WRITER_STOPPED;
 
 /// What the renewal task reports to `check()`.
 #[derive(Debug)]
@@ -79,8 +81,8 @@ impl Lease {
                             debug!(lock = %name, "renewed writer lease");
                         }
                         Err(e) => {
-                            let why = redactor.redact(&describe(&e));
-                            error!(lock = %name, error = %why, "could not renew the writer lease; the writer stops appending");
+                            let why = redactor.redact(&refused(&e));
+                            error!(target: WRITER_STOPPED, lock = %name, error = %why, "could not renew the writer lease; the writer stops appending");
                             *state.lost.lock().unwrap() = Some(why);
                             return;
                         }
@@ -158,9 +160,9 @@ impl WriterLock for Lease {
                             Ok(())
                         }
                         Err(e) => {
-                            let why = redactor.redact(&describe(&e));
+                            let why = redactor.redact(&refused(&e));
                             if !super::transport::is_transient(&e) {
-                                error!(lock = %name, error = %why, "the writer lease was refused; the writer stops");
+                                error!(target: WRITER_STOPPED, lock = %name, error = %why, "the writer lease was refused; the writer stops");
                                 *state.lost.lock().unwrap() = Some(why.clone());
                             }
                             Err(why)
@@ -183,6 +185,23 @@ impl WriterLock for Lease {
             }
         })
     }
+}
+
+/// A failed renewal, with what its error code means for the writer: the
+/// codes alone ("LeaseIdMismatchWithLeaseOperation") do not say that
+/// another writer may hold the ledger now.
+fn refused(e: &azure_core::Error) -> String {
+    let meaning = match code_of(e) {
+        Some("LeaseIdMismatchWithLeaseOperation") => {
+            "the lock holds another lease now: ours was broken, or expired and was taken, and another writer may hold the ledger"
+        }
+        Some("LeaseNotPresentWithLeaseOperation") => {
+            "the lock holds no lease now: ours was broken, or expired"
+        }
+        Some("LeaseIsBrokenAndCannotBeRenewed") => "our lease on the lock was broken",
+        _ => return describe(e),
+    };
+    format!("{meaning} ({})", describe(e))
 }
 
 impl State {
