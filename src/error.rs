@@ -102,6 +102,17 @@ impl LedgerError {
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
+/// The version a stream at `current` (`None`: no stream) has after
+/// `events` more events: for a `VersionConflict`, the version its refused
+/// event was checked against, with `events` = its `earlier`.
+pub fn version_after(current: Option<u64>, events: usize) -> Option<u64> {
+    match (current, events) {
+        (current, 0) => current,
+        (Some(v), n) => Some(v.saturating_add(n as u64)),
+        (None, n) => Some(n as u64 - 1),
+    }
+}
+
 /// The end of a `VersionConflict`'s message: the stream's version, and the
 /// call's own events on it that count before the one refused.
 fn conflict_cause(current: Option<u64>, earlier: usize) -> String {
@@ -112,10 +123,7 @@ fn conflict_cause(current: Option<u64>, earlier: usize) -> String {
     match earlier {
         0 => format!("its current version is {version}"),
         n => {
-            let checked = match current {
-                Some(v) => v.saturating_add(n as u64).to_string(),
-                None => (n - 1).to_string(),
-            };
+            let checked = version_after(current, n).map_or_else(String::new, |v| v.to_string());
             let events = if n == 1 { "event" } else { "events" };
             format!("the call's {n} earlier {events} on it would bring it to version {checked} (its current version is {version}; nothing of the call was written)")
         }

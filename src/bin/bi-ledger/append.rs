@@ -257,8 +257,8 @@ async fn append_call(
                 .map(|i| lines[i])
                 .collect();
             let version = current.map_or("none".into(), |v| v.to_string());
-            let n = earlier.len() as u64;
-            let checked = current.map_or(n.saturating_sub(1), |v| v.saturating_add(n));
+            let checked = bi_ledger::error::version_after(current, earlier.len())
+                .map_or_else(String::new, |v| v.to_string());
             let cause = match earlier.as_slice() {
                 [] => format!("current version is {version}"),
                 [one] => format!("line {one} of this input comes first on it and would bring it to version {checked} (its current version is {version}; neither was written)"),
