@@ -771,3 +771,27 @@ async fn a_writer_deposed_while_opening_reports_the_lost_lock() {
     let log = verified_log(c.dyn_store(), "l").await;
     assert_eq!(log.len(), 4, "{log:?}");
 }
+
+/// An acquire of the writer lease whose every answer is lost, though the
+/// service took it: the open fails, and releases the lease it may hold,
+/// so the next writer opens at once rather than after the lease ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_acquire_leaves_no_lease_behind() {
+    let account = account_or_skip!();
+    let (c, faults) = proxied_with(&account, "lostacquire", AzureOptions::default()).await;
+    let first = Ledger::create(c.dyn_store(), "l", ledger_opts())
+        .await
+        .unwrap();
+    first.close().await.unwrap();
+    faults.add("x-ms-lease-action: acquire", Fault::DropAfterForward, 100);
+    let failed = Ledger::open(c.dyn_store(), "l", ledger_opts()).await;
+    assert!(failed.is_err(), "an open whose acquire never answered");
+    let injected = faults.injected.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(injected >= 1, "no acquire was dropped");
+    faults.rules.lock().unwrap().clear();
+    let next = Ledger::open(c.dyn_store(), "l", ledger_opts())
+        .await
+        .unwrap();
+    next.append_one(event("s", 0, 0)).await.unwrap();
+    next.close().await.unwrap();
+}

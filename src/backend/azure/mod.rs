@@ -1156,7 +1156,16 @@ impl BlobStore for AzureBlobStore {
                         },
                     });
                 }
-                Err(e) => return Err(store.err("acquire writer lease on", &blob, &e)),
+                Err(e) => {
+                    // The acquire may have landed though no answer came
+                    // back: its lease would lock every writer out until it
+                    // ran out. A release under our id frees it if so, and
+                    // changes nothing if not (another id, or no lease).
+                    if let Err(r) = client.release_lease(proposed, None).await {
+                        debug!(lock = %name, error = %store.inner.redactor.redact(&describe(&r)), "no lease of ours to release after a failed acquire");
+                    }
+                    return Err(store.err("acquire writer lease on", &blob, &e));
+                }
             };
             Ok((client, lease_id, sent))
         })
