@@ -2490,7 +2490,7 @@ async fn a_trusted_checkpoint_finds_records_removed_or_rewritten() {
             &t5,
             "main/0000000000.seg",
             Some(3),
-            "records 3..5 were removed",
+            "records 3 to 4 were removed",
         ),
     ] {
         let got = check(dir.clone(), vec![cp.clone()]).await.pop().unwrap();

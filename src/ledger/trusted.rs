@@ -88,7 +88,8 @@ impl LedgerReader {
                 offset,
                 Some(s),
                 format!(
-                    "the log holds {s} records, but a trusted checkpoint signs {n}: at least records {s}..{n} were removed, together with every checkpoint that signed them (with records missing, the trusted checkpoint cannot be checked against the records before {s} either, so they may differ from what it signed)"
+                    "the log holds {s} records, but a trusted checkpoint signs {n}: at least {} removed, together with every checkpoint that signed them (with records missing, the trusted checkpoint cannot be checked against the records before {s} either, so they may differ from what it signed)",
+                    record_range(s, n)
                 ),
             )
             .into());
@@ -139,5 +140,15 @@ impl LedgerReader {
         }
         let roots = self.range_roots(&[(0, n)], None, n, |_| {}).await?;
         Ok(roots[0])
+    }
+}
+
+/// Records `from..to` (`from < to`) in words, with their verb: "record 5
+/// was", "records 5 to 9 were".
+fn record_range(from: u64, to: u64) -> String {
+    if to - from == 1 {
+        format!("record {from} was")
+    } else {
+        format!("records {from} to {} were", to - 1)
     }
 }

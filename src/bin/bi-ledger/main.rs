@@ -1034,6 +1034,14 @@ async fn verify(
     }
 }
 
+/// JSON read as evidence. A key given twice is refused: a reader that takes
+/// the first value would see what was never checked (serde_json keeps the
+/// last).
+fn unambiguous_json(text: &str) -> Result<serde_json::Value> {
+    bi_ledger::json::canonicalize(text).map_err(|e| anyhow!("not JSON to trust: {e}"))?;
+    Ok(serde_json::from_str(text)?)
+}
+
 /// A checkpoint kept outside the ledger, from FILE: the JSON that
 /// `checkpoint` (its `note`), or `prove` or `verify` (their `checkpoint`)
 /// printed, or the note's own text. Its signature is checked against `verifier`.
@@ -1041,14 +1049,19 @@ fn load_trusted_checkpoint(file: &Path, verifier: &Verifier) -> Result<Checkpoin
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("reading trusted checkpoint {}", file.display()))?;
     let note = if text.trim_start().starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("trusted checkpoint {}: not JSON", file.display()))?;
-        match ["note", "checkpoint"]
+        let v = unambiguous_json(&text)
+            .with_context(|| format!("trusted checkpoint {}", file.display()))?;
+        let notes: Vec<&str> = ["note", "checkpoint"]
             .iter()
-            .find_map(|k| v.get(k).and_then(|x| x.as_str()))
-        {
-            Some(n) => n.to_owned(),
-            None => bail!(
+            .filter_map(|k| v.get(k).and_then(|x| x.as_str()))
+            .collect();
+        match notes[..] {
+            [a, b] if a != b => bail!(
+                "trusted checkpoint {}: fields `note` and `checkpoint` hold different checkpoints: keep one",
+                file.display()
+            ),
+            [n, ..] => n.to_owned(),
+            [] => bail!(
                 "trusted checkpoint {}: JSON without a string field `note` (as `checkpoint` prints) or `checkpoint` (as `prove` and `verify` print)",
                 file.display()
             ),
@@ -1156,7 +1169,7 @@ async fn prove(cli: &Cli, seq: Option<u64>, old_size: Option<u64>, size: Option<
 fn verify_proof(public_key: &Path, origin: Option<&str>, file: Option<&Path>) -> Outcome {
     let verifier = load_verifier(public_key)?;
     let text = read_input(file)?;
-    let v: serde_json::Value = serde_json::from_str(text.trim()).context("proof is not JSON")?;
+    let v = unambiguous_json(text.trim()).context("proof")?;
     let field = |name: &str| -> Result<&str> {
         v.get(name)
             .and_then(|x| x.as_str())
