@@ -364,6 +364,13 @@ fn malformed_lines_append_nothing() {
             2,
             "extra",
         ),
+        // null could be "any" or a stream's version as read when there
+        // was none (no stream): neither is guessed.
+        (
+            format!("{good}\n{{\"stream\":\"c\",\"type\":\"T\",\"payload\":1,\"expected_version\":null}}\n"),
+            2,
+            "null could mean any version or no stream",
+        ),
         (
             format!("{good}\n{{\"stream\":\"c\",\"type\":\"T\",\"payload\":1,\"metadata\":{{\"k\":1}}}}\n"),
             2,
@@ -460,7 +467,7 @@ fn version_conflicts_append_nothing() {
             2,
             vec![
                 "\"a\"",
-                "but line 1 of this input comes first on it and would bring it to version 2 (its current version is 1; neither was written); nothing was appended",
+                "but line 1 of this input comes first on it and would bring it to version 2 (its current version is 1); nothing was appended",
             ],
         ),
         (
@@ -473,7 +480,7 @@ fn version_conflicts_append_nothing() {
             ),
             4,
             vec![
-                "2 earlier lines of this input come first on it and would bring it to version 3 (its current version is 1; none was written)",
+                "2 earlier lines of this input come first on it and would bring it to version 3 (its current version is 1); nothing was appended",
             ],
         ),
     ];

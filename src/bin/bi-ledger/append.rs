@@ -227,7 +227,7 @@ fn appended_hint(upto: usize) -> String {
     if upto == 0 {
         "nothing was appended".to_owned()
     } else {
-        format!("lines up to {upto} were appended")
+        format!("lines up to {upto} were appended, and none after")
     }
 }
 
@@ -261,9 +261,9 @@ async fn append_call(
                 .map_or_else(String::new, |v| v.to_string());
             let cause = match earlier.as_slice() {
                 [] => format!("current version is {version}"),
-                [one] => format!("line {one} of this input comes first on it and would bring it to version {checked} (its current version is {version}; neither was written)"),
+                [one] => format!("line {one} of this input comes first on it and would bring it to version {checked} (its current version is {version})"),
                 many => format!(
-                    "{} earlier lines of this input come first on it and would bring it to version {checked} (its current version is {version}; none was written)",
+                    "{} earlier lines of this input come first on it and would bring it to version {checked} (its current version is {version})",
                     many.len()
                 ),
             };
@@ -285,10 +285,7 @@ async fn append_call(
     // The events are durable now, receipts or not: a reader that went away
     // (a closed pipe) stops the input here, and is told so.
     if let Err(e) = receipts.iter().try_for_each(|r| print(r.to_json())) {
-        bail!(
-            "writing receipts: {e:#}; {}, and no more",
-            appended_hint(written_upto)
-        );
+        bail!("writing receipts: {e:#}; {}", appended_hint(written_upto));
     }
     Ok(written_upto)
 }

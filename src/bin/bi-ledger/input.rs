@@ -29,7 +29,10 @@ struct Line<'a> {
     /// `null` included (`Option` would take it for a missing field).
     #[serde(default, borrow, deserialize_with = "present")]
     schema_version: Option<&'a RawValue>,
-    #[serde(default, borrow)]
+    /// `null` included: a client that writes back a stream's version as
+    /// it read it would send `null` for a stream that does not exist, and
+    /// taking that for "any" would drop the check it asked for.
+    #[serde(default, borrow, deserialize_with = "present")]
     expected_version: Option<&'a RawValue>,
 }
 
@@ -260,6 +263,7 @@ fn parse_line(n: usize, raw: &str) -> Result<Option<NewEvent>> {
             (Ok(v), _) => ExpectedVersion::Exact(v),
             (_, Ok("any")) => ExpectedVersion::Any,
             (_, Ok("no_stream")) => ExpectedVersion::NoStream,
+            _ if raw == "null" => bail!("line {n}: field `expected_version`: null could mean any version or no stream: write \"any\" or \"no_stream\" (or leave the field out for any)"),
             _ => bail!("line {n}: field `expected_version`: expected a version number (0 or more), \"any\" or \"no_stream\", found {}", excerpt(raw)),
         },
     };

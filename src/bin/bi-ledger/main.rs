@@ -264,21 +264,30 @@ fn main() -> ExitCode {
     if matches!(cli.backend, Backend::Fs) {
         let _ = FS_ROOT.set(cli.data.clone());
     }
+    // A writer that stops says why in the error every command then
+    // reports: once is enough.
+    let default_filter = || {
+        tracing_subscriber::EnvFilter::new(format!(
+            "warn,{}=off",
+            bi_ledger::ledger::WRITER_STOPPED
+        ))
+    };
+    let (filter, bad_filter) = match std::env::var("BI_LEDGER_LOG") {
+        Ok(v) if !v.is_empty() => match tracing_subscriber::EnvFilter::try_new(&v) {
+            Ok(f) => (f, None),
+            Err(e) => (default_filter(), Some(e)),
+        },
+        _ => (default_filter(), None),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BI_LEDGER_LOG").unwrap_or_else(|_| {
-                // A writer that stops says why in the error every
-                // command then reports: once is enough.
-                tracing_subscriber::EnvFilter::new(format!(
-                    "warn,{}=off",
-                    bi_ledger::ledger::WRITER_STOPPED
-                ))
-            }),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    if let Some(e) = bad_filter {
+        tracing::warn!("BI_LEDGER_LOG is not a log filter ({e}); logging warnings and errors");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -474,11 +483,17 @@ pub(crate) fn writer_options(cli: &Cli, key: SigningKey) -> LedgerOptions {
 
 fn load_key(cli: &Cli) -> Result<SigningKey> {
     let path = key_path(cli);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "reading signing key {} (give --signing-key FILE; `bi-ledger init` makes DATA/LEDGER.key only for a new ledger)",
+    let text = std::fs::read_to_string(&path).with_context(|| match &cli.signing_key {
+        // The user named the file: the hint is about that file.
+        Some(_) => format!(
+            "reading signing key {} (--signing-key names an existing key: make one with `bi-ledger --ledger {} keygen --out FILE`)",
+            path.display(),
+            cli.ledger
+        ),
+        None => format!(
+            "reading signing key {} (give --signing-key FILE or set BI_LEDGER_SIGNING_KEY; `bi-ledger init` makes DATA/LEDGER.key only for a new ledger, and only without --signing-key)",
             path.display()
-        )
+        ),
     })?;
     let (name, key) =
         keys::decode_signing_key(&text).with_context(|| format!("in {}", path.display()))?;
@@ -908,13 +923,14 @@ async fn read(
         }
         _ => reader.scan(from, to, |r, _| each(r)).await?,
     }
-    if let Some(e) = failed {
+    // The last lines reach stdout only with the flush: a full disk must
+    // fail the read there too, not exit 0 with them lost.
+    if let Some(e) = failed.map_or_else(|| out.flush().err(), Some) {
         // A closed pipe (`| head`) is not an error worth a message.
         if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e.into());
+            return Err(anyhow!(e).context("writing to standard output"));
         }
     }
-    let _ = out.flush();
     Ok(Ok(()))
 }
 
@@ -1048,6 +1064,12 @@ fn unambiguous_json(text: &str) -> Result<serde_json::Value> {
 fn load_trusted_checkpoint(file: &Path, verifier: &Verifier) -> Result<Checkpoint> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("reading trusted checkpoint {}", file.display()))?;
+    if text.trim().is_empty() {
+        bail!(
+            "trusted checkpoint {} is empty: give a checkpoint that `checkpoint`, `prove` or `verify` printed",
+            file.display()
+        );
+    }
     let note = if text.trim_start().starts_with('{') {
         let v = unambiguous_json(&text)
             .with_context(|| format!("trusted checkpoint {}", file.display()))?;
@@ -1137,8 +1159,12 @@ async fn prove(cli: &Cli, seq: Option<u64>, old_size: Option<u64>, size: Option<
     match (seq, old_size) {
         (Some(seq), _) => {
             if seq >= cp.size {
+                let hint = match size {
+                    Some(_) => "give a larger --size",
+                    None => "`bi-ledger checkpoint` signs one of the ledger's current size",
+                };
                 bail!(
-                    "--seq {seq} is not covered by the checkpoint of size {}",
+                    "--seq {seq} is not covered by the checkpoint of size {}: {hint}",
                     cp.size
                 );
             }
