@@ -428,6 +428,34 @@ fn empty_environment_variables_are_unset() {
     assert_eq!(out.json()["valid"], true, "{}", out.describe());
 }
 
+/// A bad value from a variable names the variable, not only the flag the
+/// command line does not have; from the flag, only the flag.
+#[test]
+fn a_bad_value_from_a_variable_names_it() {
+    let (f, _) = Fixture::init();
+    let data = f.data();
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bi-ledger"));
+        cmd.arg("--data").arg(&data).args(args);
+        cmd_out(cmd, None, &[("BI_LEDGER_SEGMENT_MAX_BYTES", "10")])
+    };
+    let out = run(&["stats"]);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("'--segment-max-bytes <SEGMENT_MAX_BYTES>'")
+            && out
+                .stderr
+                .contains("(the value is from BI_LEDGER_SEGMENT_MAX_BYTES)"),
+        "{}",
+        out.describe()
+    );
+    let out = run(&["stats", "--segment-max-bytes", "10"]);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(out.stderr.contains("'10'"), "{}", out.describe());
+    assert!(!out.stderr.contains("BI_LEDGER_"), "{}", out.describe());
+}
+
 /// `demo --stories 0` on a new ledger appends nothing and still verifies.
 #[test]
 fn a_demo_of_nothing_verifies() {

@@ -331,8 +331,37 @@ fn usage_error(e: clap::Error) -> ExitCode {
         return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
     }
     let args: Vec<_> = std::env::args_os().collect();
-    say!("{}", usage_line(&e.render().to_string(), &args));
+    let from_env = e
+        .get(clap::error::ContextKind::InvalidArg)
+        .zip(e.get(clap::error::ContextKind::InvalidValue))
+        .and_then(|(a, v)| env_behind(&a.to_string(), &v.to_string(), &args))
+        .map(|var| format!(" (the value is from {var})"))
+        .unwrap_or_default();
+    say!("{}{from_env}", usage_line(&e.render().to_string(), &args));
     ExitCode::from(2)
+}
+
+/// The environment variable the refused `value` of `arg` (as clap names it
+/// in an error, `--flag <VALUE>`) came from, if the command line does not
+/// give it: an error naming only the flag sends the user to a command line
+/// that does not have it. (clap checks the variable's value even where the
+/// flag is given too.)
+fn env_behind(arg: &str, value: &str, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::CommandFactory;
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let cmd = Cli::command();
+    let var = cmd
+        .get_arguments()
+        .chain(cmd.get_subcommands().flat_map(|c| c.get_arguments()))
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_string_lossy()
+        .into_owned();
+    let on_the_line = args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == value || a == format!("--{long}={value}"))
+    });
+    (!on_the_line && std::env::var(&var).is_ok_and(|v| v == value)).then_some(var)
 }
 
 /// clap's usage error (`error: …`, a blank line, tips, usage, a pointer
