@@ -557,7 +557,24 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `text` quoted for an error message, unless it looks like a secret: a
+/// file given by mistake where a note, a proof or a public key belongs may
+/// be a private key or an account's connection string, and errors reach
+/// logs.
 fn quote(text: &str) -> String {
+    const SECRETS: [&str; 5] = [
+        "PRIVATE+KEY+",
+        "AccountKey=",
+        "SharedAccessSignature=",
+        "sig=",
+        "_KEY=",
+    ];
+    if SECRETS.iter().any(|s| text.contains(s)) {
+        return format!(
+            "text of {} characters that looks like a secret (not quoted)",
+            text.chars().count()
+        );
+    }
     if text.chars().count() <= MAX_QUOTED_CHARS {
         format!("{text:?}")
     } else {
@@ -586,6 +603,32 @@ mod tests {
             let e = Verifier::from_vkey(&text).unwrap_err().to_string();
             assert!(!e.contains(&secret[..8]), "{e}");
             assert!(e.contains("private signing key"), "{e}");
+        }
+    }
+
+    /// A private key or an account secret given where a note belongs (a
+    /// trusted checkpoint, a proof) is named, never quoted.
+    #[test]
+    fn a_secret_given_as_a_note_is_not_echoed() {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let private = crate::keys::encode_signing_key("bi-ledger/main", &k);
+        let secret = private.trim().splitn(5, '+').nth(4).unwrap().to_owned();
+        let account = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2U";
+        let verifier = verifier_for(TEST_NAME, &test_key());
+        for (text, hidden) in [
+            (private.clone(), &secret[..]),
+            (format!("AZURE_STORAGE_KEY={account}\n"), account),
+            (format!("AccountName=a;AccountKey={account};\n"), account),
+            (
+                "https://a.blob.core.windows.net/?sv=2022&sig=c2VjcmV0c2lnbmF0dXJl\n".into(),
+                "c2VjcmV0",
+            ),
+        ] {
+            let e = Checkpoint::open(&text, &verifier).unwrap_err().to_string();
+            assert!(!e.contains(&hidden[..8]), "{e}");
+            // Some are a valid origin line, and the note fails further on.
+            let quoted_line = quote(text.lines().next().unwrap());
+            assert!(quoted_line.contains("looks like a secret"), "{quoted_line}");
         }
     }
 

@@ -200,6 +200,19 @@ pub fn parse_events(text: &str) -> Result<Vec<(usize, NewEvent)>> {
 /// Input quoted in an error: its control characters escaped (a carriage
 /// return must not rewrite the terminal's line), and only its start if it
 /// is long.
+/// What kind of JSON value `raw` (valid JSON) is, for an error that must
+/// not quote it.
+fn json_kind(raw: &str) -> &'static str {
+    match raw.as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
 fn excerpt(raw: &str) -> String {
     const SHOWN: usize = 64;
     let mut out = String::new();
@@ -234,9 +247,11 @@ fn parse_line(n: usize, raw: &str) -> Result<Option<NewEvent>> {
     let text = |field: &str, raw: &RawValue| -> Result<String> {
         let raw = raw.get();
         if !raw.starts_with('"') {
+            // Its kind, not its value: a misplaced payload may hold
+            // personal data, and errors reach logs.
             bail!(
                 "line {n}: field `{field}`: expected a string, found {}",
-                excerpt(raw)
+                json_kind(raw)
             );
         }
         bi_ledger::json::unescape(raw)
@@ -278,7 +293,7 @@ fn parse_line(n: usize, raw: &str) -> Result<Option<NewEvent>> {
             let entries: BTreeMap<String, &RawValue> = serde_json::from_str(raw).map_err(|_| {
                 anyhow::anyhow!(
                     "line {n}: field `metadata`: expected an object of strings, found {}",
-                    excerpt(raw)
+                    json_kind(raw)
                 )
             })?;
             let mut metadata = BTreeMap::new();
@@ -344,7 +359,7 @@ mod tests {
         let cases = [
             (
                 r#""stream":1,"type":"t""#,
-                "field `stream`: expected a string, found 1",
+                "field `stream`: expected a string, found a number",
             ),
             (
                 r#""stream":"s","type":null"#,
@@ -413,7 +428,7 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert_eq!(
-            e, "line 1: field `metadata.k`: expected a string, found 1",
+            e, "line 1: field `metadata.k`: expected a string, found a number",
             "{e}"
         );
         let e =
@@ -422,7 +437,7 @@ mod tests {
                 .to_string();
         assert_eq!(
             e,
-            "line 1: field `metadata`: expected an object of strings, found [\"k\"]"
+            "line 1: field `metadata`: expected an object of strings, found an array"
         );
         let e = parse_events("[\"a\",\"t\",1]").unwrap_err().to_string();
         assert!(e.starts_with("line 1: expected a JSON object"), "{e}");
