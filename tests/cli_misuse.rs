@@ -1213,3 +1213,36 @@ fn init_while_another_process_holds_the_lock() {
     assert!(!f.path("main.key").exists(), "a key for no ledger was left");
     assert!(!f.path("main/LEDGER").exists());
 }
+
+/// Under `umask 000` nothing the store creates is writable by others: a
+/// segment (the payloads) or a directory anyone could change or delete
+/// would make the audit trail anyone's to rewrite.
+#[test]
+fn nothing_is_writable_by_others_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bin = env!("CARGO_BIN_EXE_bi-ledger");
+    let script = format!(
+        "umask 000 && {bin} --data {d} init >/dev/null && echo '{{\"stream\":\"s\",\"type\":\"T\",\"payload\":1}}' | {bin} --data {d} append >/dev/null",
+        d = data.display()
+    );
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut seen = 0;
+    let mut stack = vec![data];
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o022, 0, "{} has mode {mode:o}", p.display());
+        seen += 1;
+        if meta.is_dir() {
+            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(seen > 8, "only {seen} entries");
+}

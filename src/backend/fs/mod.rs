@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -99,7 +99,7 @@ impl FsStore {
         create_dirs(&dir).map_err(|e| io("create directory for", name, e))?;
         let tmp = self.side_path(name, &format!("tmp-{}", uuid::Uuid::new_v4().simple()))?;
         let result = (|| {
-            let mut f = File::create(&tmp)?;
+            let mut f = create_file(&tmp)?;
             for part in parts {
                 f.write_all(part)?;
             }
@@ -230,6 +230,7 @@ impl FsStore {
             .read(true)
             .append(true)
             .create(true)
+            .mode(FILE_MODE)
             .open(&side)
             .map_err(|e| io("open block index of", name, e))?;
         let mut blob = OpenBlob {
@@ -705,6 +706,23 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Modes of what the store creates, before the umask: never writable by
+/// others, whatever the umask (under `umask 000` the defaults would let
+/// any user change or delete a segment). Sealed blobs lose the owner's
+/// write bit too.
+const FILE_MODE: u32 = 0o644;
+const DIR_MODE: u32 = 0o755;
+
+/// A file created new (or truncated) with [`FILE_MODE`].
+fn create_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
 /// Creates `dir` and its missing parents, syncing each parent so that the
 /// new entries survive a crash (`create_dir_all` leaves them to chance).
 pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
@@ -721,7 +739,7 @@ pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
     if let Some(parent) = parent {
         create_dirs(parent)?;
     }
-    match fs::create_dir(dir) {
+    match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
         Err(e) => return Err(e),
@@ -805,6 +823,7 @@ impl BlobStore for SharedFs {
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(FILE_MODE)
                 .open(&path)
                 .map_err(|e| match e.kind() {
                     ErrorKind::AlreadyExists => StoreError::AlreadyExists { name: name.clone() },
@@ -814,7 +833,7 @@ impl BlobStore for SharedFs {
             // A stale side file from an earlier blob of this name must not
             // lend its block ends to the new one.
             let side = me.side_path(&name, "blocks")?;
-            File::create(&side).map_err(|e| io("create block index of", &name, e))?;
+            create_file(&side).map_err(|e| io("create block index of", &name, e))?;
             sync_dir(&dir).map_err(|e| io("fsync directory of", &name, e))?;
             Ok(())
         })
@@ -1098,6 +1117,7 @@ impl BlobStore for SharedFs {
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(FILE_MODE)
                 .open(&path)
                 .map_err(|e| io("open lock file of", &name, e))?;
             match f.try_lock() {

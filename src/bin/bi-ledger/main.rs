@@ -576,12 +576,14 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
 /// that key and its ledger; waits for the holder. The file stays: removing
 /// it would let a waiter lock a file no one else can see.
 fn key_turn(key: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let (dir, name) = made_dir_of(key)?;
     let path = dir.join(format!(".{name}.lock"));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     file.lock()
