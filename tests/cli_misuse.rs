@@ -1246,3 +1246,20 @@ fn nothing_is_writable_by_others_whatever_the_umask() {
     }
     assert!(seen > 8, "only {seen} entries");
 }
+
+/// A signing key others can read is used, with a warning saying so.
+#[test]
+fn a_signing_key_others_can_read_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt;
+    let (f, _) = Fixture::init();
+    let key = f.path("main.key");
+    let out = f.append(&line("s", "T", json!(1))).ok();
+    assert!(!out.stderr.contains("other users"), "{}", out.describe());
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = f.append(&line("s", "T", json!(2))).ok();
+    assert!(
+        out.stderr.contains("can be read by other users (mode 644)"),
+        "{}",
+        out.describe()
+    );
+}

@@ -526,6 +526,19 @@ fn load_key(cli: &Cli) -> Result<SigningKey> {
     })?;
     let (name, key) =
         keys::decode_signing_key(&text).with_context(|| format!("in {}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // As ssh does for its keys, though without refusing: whoever could
+        // read it can sign checkpoints of this ledger.
+        if let Ok(mode) = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777) {
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "signing key {} can be read by other users (mode {mode:o}): `chmod 600` it",
+                    path.display()
+                );
+            }
+        }
+    }
     let want = Meta::key_name(&cli.ledger);
     if name != want {
         bail!(
