@@ -274,6 +274,18 @@ fn the_origin_tells_two_ledgers_of_one_key_apart() {
         out.describe()
     );
     assert_eq!(verify_proof(&other_origin).code, 0);
+    // Not an origin at all: a usage error, not a ledger that fails to be
+    // the one expected.
+    for bad in ["foo", &origin.to_uppercase(), &format!("{origin} ")] {
+        let out = f.run(&["verify", "--public-key", public, "--origin", bad]);
+        assert_eq!(out.code, 2, "{}", out.describe());
+        assert!(
+            out.stderr.contains("expected bi-ledger/NAME/LEDGER-ID"),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(verify_proof(bad).code, 2);
+    }
 }
 
 #[test]

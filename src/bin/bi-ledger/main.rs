@@ -136,7 +136,7 @@ enum Cmd {
         restore_caches: bool,
         /// The origin the ledger's checkpoints must name, `bi-ledger/NAME/LEDGER-ID`
         /// (printed by `init` and `verify`): another ledger signed by the same key fails.
-        #[arg(long, env = "BI_LEDGER_ORIGIN")]
+        #[arg(long, env = "BI_LEDGER_ORIGIN", value_parser = origin_arg)]
         origin: Option<String>,
         /// A checkpoint kept outside the ledger (the output of `checkpoint`,
         /// `prove` or `verify`, or a checkpoint's note text); repeatable. The ledger must
@@ -168,7 +168,7 @@ enum Cmd {
         public_key: PathBuf,
         /// The origin the ledger's checkpoints must name, `bi-ledger/NAME/LEDGER-ID`
         /// (printed by `init` and `verify`): another ledger signed by the same key fails.
-        #[arg(long, env = "BI_LEDGER_ORIGIN")]
+        #[arg(long, env = "BI_LEDGER_ORIGIN", value_parser = origin_arg)]
         origin: Option<String>,
         /// Proof file (default, or `-`: stdin).
         file: Option<PathBuf>,
@@ -196,6 +196,21 @@ const MAX_DEMO_WRITERS: u64 = 1024;
 
 /// A stream id the writer would take (`NewEvent::validate`): another can
 /// never match, and reading it would look like reading an empty stream.
+/// `--origin`: the form `init` prints, so that a mistyped one is a usage
+/// error, not a ledger that fails to be the one expected (exit 1).
+fn origin_arg(s: &str) -> std::result::Result<String, String> {
+    let form = "expected bi-ledger/NAME/LEDGER-ID, as `init` and `verify` print it (LEDGER-ID: 32 lower-case hex digits)";
+    let (name, id) = s
+        .strip_prefix("bi-ledger/")
+        .and_then(|rest| rest.rsplit_once('/'))
+        .ok_or(form)?;
+    let hex = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !hex || bi_ledger::ledger::layout::validate_ledger_name(name).is_err() {
+        return Err(form.into());
+    }
+    Ok(s.to_owned())
+}
+
 fn stream_id(s: &str) -> std::result::Result<String, String> {
     let max = bi_ledger::model::MAX_STREAM;
     if s.is_empty() || s.len() > max || s.chars().any(char::is_control) {
