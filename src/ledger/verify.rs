@@ -228,7 +228,7 @@ impl LedgerReader {
                     continue;
                 }
                 let what = if at_end {
-                    format!("{} (a torn last batch, as a crash leaves on a file system, where opening the ledger for writing truncates it; on Azure, where an append cannot tear, it is damage)", bad.error.what)
+                    format!("{} (a torn last batch, as a crash leaves on a file system: no receipt was given for it, and opening the ledger for writing (any `bi-ledger append` or `checkpoint`) cuts it off and logs what it cut; then verify again; on Azure, where an append cannot tear, it is damage)", bad.error.what)
                 } else {
                     bad.error.what
                 };
