@@ -70,7 +70,13 @@ impl AppendInput {
 /// A private copy of `source`, in a temporary file that is already
 /// unlinked.
 fn spool(name: &str, mut source: Box<dyn Read + '_>) -> Result<std::fs::File> {
-    let path = std::env::temp_dir().join(format!(
+    // An empty TMPDIR counts as unset, as our own variables do (std would
+    // take it for the current directory).
+    let dir = match std::env::var_os("TMPDIR") {
+        Some(d) if d.is_empty() => std::path::PathBuf::from("/tmp"),
+        _ => std::env::temp_dir(),
+    };
+    let path = dir.join(format!(
         "bi-ledger-input-{}-{}",
         std::process::id(),
         uuid::Uuid::new_v4()
