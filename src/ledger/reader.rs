@@ -362,7 +362,10 @@ impl LedgerReader {
     pub(crate) async fn check_end(&self, ends: u64, to: u64) -> Result<()> {
         if ends >= self.signed.min(to) {
             return match self.segments.last() {
-                Some(seg) if seg.sealed && ends < to => self.check_sealed_last(seg, ends).await,
+                Some(seg) if seg.sealed && ends < to => {
+                    self.check_sealed_last(seg.index, &seg.name, self.view_len(seg), ends)
+                        .await
+                }
                 _ => Ok(()),
             };
         }
@@ -384,24 +387,26 @@ impl LedgerReader {
         Err(self.short_of_signed(short).await)
     }
 
-    /// A read that ran to the end of a sealed last segment: a writer seals
-    /// a segment only after it created the next, so unless the next one was
-    /// created after this reader listed the segments, the segments after
-    /// it were removed, with records no checkpoint may cover yet.
-    async fn check_sealed_last(&self, seg: &SegmentRef, ends: u64) -> Result<()> {
+    /// A read or verification that ran to the end of sealed last segment
+    /// `index` (`name`), its records ending at byte `end` before `seq`: a
+    /// writer seals a segment only after it created the next, so unless the
+    /// next one was created after the segments were listed, the segments
+    /// after it were removed, with records no checkpoint may cover yet.
+    pub(crate) async fn check_sealed_last(
+        &self,
+        index: u64,
+        name: &str,
+        end: u64,
+        seq: u64,
+    ) -> Result<()> {
         match self
             .store
-            .info(&layout::segment(self.name(), seg.index + 1))
+            .info(&layout::segment(self.name(), index + 1))
             .await
         {
-            Err(crate::backend::StoreError::NotFound { .. }) => Err(recover::sealed_last(
-                self.name(),
-                seg.index,
-                &seg.name,
-                self.view_len(seg),
-                ends,
-            )
-            .into()),
+            Err(crate::backend::StoreError::NotFound { .. }) => {
+                Err(recover::sealed_last(self.name(), index, name, end, seq).into())
+            }
             r => r.map(|_| ()).map_err(Into::into),
         }
     }

@@ -14,13 +14,12 @@ use futures::StreamExt;
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 
-use super::layout::{self, Meta};
+use super::layout::Meta;
 use super::reader::LedgerReader;
 use super::recover;
 use super::scan::{Chunk, Scanner};
 use super::signed::{Opened, ReadAhead, Signed};
 use super::tip::{Linked, Tip};
-use crate::backend::StoreError;
 use crate::error::{IntegrityError, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
 use crate::format::nodes::{self, NodeCache};
@@ -255,21 +254,8 @@ impl LedgerReader {
             .into());
         }
         if let Some((index, info)) = segments.last().filter(|(_, i)| i.sealed) {
-            // A writer seals a segment only once it has created the next
-            // (listed since, if the writer rolled over during this verify).
-            let next = layout::segment(&meta.name, index + 1);
-            match store.info(&next).await {
-                Err(StoreError::NotFound { .. }) => {
-                    let end = w.tip.segment_len;
-                    return Err(recover::sealed_last(
-                        &meta.name, *index, &info.name, end, w.tip.size,
-                    )
-                    .into());
-                }
-                r => {
-                    r?;
-                }
-            }
+            self.check_sealed_last(*index, &info.name, w.tip.segment_len, w.tip.size)
+                .await?;
         }
         let newest = sizes.last().copied().unwrap_or(0);
         // After the whole log checked out, a failed listing must not undo
