@@ -1,5 +1,6 @@
 //! What callers hand the ledger and what it hands back.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -48,9 +49,14 @@ impl ExpectedVersion {
 pub struct NewEvent {
     /// The entity this event belongs to, e.g. `decision-7f3a…`.
     pub stream: String,
-    pub event_type: String,
+    /// Event types and content types are nearly always constants: a
+    /// `&'static str` is kept as it is, so that the writer, which frees a
+    /// batch's events on another thread, has fewer allocations to free
+    /// (glibc's `free` across threads was an eighth of the CPU time of
+    /// batched appends). A `String` is taken too.
+    pub event_type: Cow<'static, str>,
     pub schema_version: u32,
-    pub content_type: String,
+    pub content_type: Cow<'static, str>,
     pub metadata: BTreeMap<String, String>,
     pub payload: Vec<u8>,
     pub expected_version: ExpectedVersion,
@@ -64,7 +70,7 @@ impl NewEvent {
     /// [`crate::json::canonicalize`] instead, as `bi-ledger append` does.
     pub fn json(
         stream: impl Into<String>,
-        event_type: impl Into<String>,
+        event_type: impl Into<Cow<'static, str>>,
         value: &serde_json::Value,
     ) -> Self {
         NewEvent {
@@ -97,7 +103,7 @@ impl NewEvent {
     /// An event with an opaque binary payload.
     pub fn bytes(
         stream: impl Into<String>,
-        event_type: impl Into<String>,
+        event_type: impl Into<Cow<'static, str>>,
         payload: Vec<u8>,
     ) -> Self {
         NewEvent {

@@ -81,9 +81,9 @@ fn records() -> Vec<Record> {
         timestamp_us,
         stream: stream.into(),
         stream_version,
-        event_type: event_type.into(),
+        event_type: event_type.to_owned().into(),
         schema_version,
-        content_type: content_type.into(),
+        content_type: content_type.to_owned().into(),
         metadata: metadata
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

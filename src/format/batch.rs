@@ -77,7 +77,8 @@ impl BatchEncoder {
             self.last_stream.clone_from(&r.stream);
         }
         if self.last_type != r.event_type {
-            self.last_type.clone_from(&r.event_type);
+            self.last_type.clear();
+            self.last_type.push_str(&r.event_type);
         }
     }
 
@@ -524,9 +525,9 @@ mod tests {
                             timestamp_us: ts,
                             stream: d.stream.get(&streams).clone(),
                             stream_version: d.stream_version,
-                            event_type: d.event_type.get(&types).clone(),
+                            event_type: d.event_type.get(&types).clone().into(),
                             schema_version: d.schema_version,
-                            content_type: d.content_type,
+                            content_type: d.content_type.into(),
                             metadata: d.metadata.into_iter().collect(),
                             payload: d.payload,
                         }
@@ -669,7 +670,7 @@ mod tests {
             timestamp_us: ts,
             stream: stream.into(),
             stream_version: seq - 40,
-            event_type: ty.into(),
+            event_type: ty.to_owned().into(),
             schema_version: 2,
             content_type: "application/json".into(),
             metadata: meta

@@ -9,6 +9,8 @@
 //! Hashing the canonical entry keeps the chain independent of how records
 //! happened to be grouped into batches.
 
+use std::borrow::Cow;
+
 use sha2::{Digest, Sha256};
 
 use super::{varint, DecodeError, Hash};
@@ -29,6 +31,15 @@ pub const CONTENT_TYPES: [&str; 3] = [
     "text/plain; charset=utf-8",
 ];
 
+/// A content type as an owned record holds it: one of [`CONTENT_TYPES`]
+/// is shared rather than allocated, as nearly every record's is.
+pub fn content_type_cow(content_type: &str) -> Cow<'static, str> {
+    match CONTENT_TYPES.iter().find(|c| **c == content_type) {
+        Some(c) => Cow::Borrowed(c),
+        None => Cow::Owned(content_type.to_owned()),
+    }
+}
+
 /// An owned record, as the writer builds it and a reader returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -36,9 +47,10 @@ pub struct Record {
     pub timestamp_us: i64,
     pub stream: String,
     pub stream_version: u64,
-    pub event_type: String,
+    pub event_type: Cow<'static, str>,
     pub schema_version: u32,
-    pub content_type: String,
+    /// One of [`CONTENT_TYPES`] is borrowed, not allocated, when decoded.
+    pub content_type: Cow<'static, str>,
     /// Sorted by key, keys unique.
     pub metadata: Vec<(String, String)>,
     pub payload: Vec<u8>,
@@ -209,9 +221,9 @@ impl<'a> RecordRef<'a> {
             timestamp_us: self.timestamp_us,
             stream: self.stream.to_owned(),
             stream_version: self.stream_version,
-            event_type: self.event_type.to_owned(),
+            event_type: Cow::Owned(self.event_type.to_owned()),
             schema_version: self.schema_version,
-            content_type: self.content_type.to_owned(),
+            content_type: content_type_cow(self.content_type),
             metadata: self
                 .metadata()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -509,9 +521,9 @@ pub fn decode_entry(b: &[u8]) -> Result<Record, DecodeError> {
         timestamp_us,
         stream,
         stream_version,
-        event_type,
+        event_type: Cow::Owned(event_type),
         schema_version,
-        content_type,
+        content_type: content_type_cow(&content_type),
         metadata,
         payload,
     })

@@ -308,7 +308,7 @@ fn parse_line(n: usize, raw: &str) -> Result<Option<NewEvent>> {
         .map_err(|e| anyhow::anyhow!("line {n}: field `payload`: {e}"))?;
     let event = NewEvent {
         stream,
-        event_type,
+        event_type: event_type.into(),
         schema_version,
         content_type: "application/json".into(),
         metadata,
