@@ -201,7 +201,13 @@ fn text_field(field: &'static str, s: &str, max: usize) -> Result<(), (&'static 
 /// decoding them a char at a time showed in the append profile.
 fn has_control(s: &str) -> bool {
     let b = s.as_bytes();
-    b.iter().any(|&c| c < 0x20 || c == 0x7f) || (!b.is_ascii() && s.chars().any(char::is_control))
+    // A fold without an early exit, which the compiler vectorizes: these
+    // fields are short and nearly always clean, so stopping early gains
+    // nothing, and a byte-at-a-time loop was 3 % of batched appends' CPU.
+    let (low, high) = b.iter().fold((false, 0u8), |(low, high), &c| {
+        (low | (c < 0x20) | (c == 0x7f), high | c)
+    });
+    low || (high >= 0x80 && s.chars().any(char::is_control))
 }
 
 /// Canonical JSON bytes: serde_json's map is ordered by key (the

@@ -77,9 +77,9 @@ impl BatchFilter {
         let bits = filter_len(count) * 8;
         let mut filter = vec![0u8; filter_len(count) as usize];
         if bits > 0 {
-            let wrap = wrap_mod(bits);
+            let m = Modulus::new(bits);
             for s in streams {
-                for b in probes(stream_hashes(s), bits, wrap) {
+                for b in probes(stream_hashes(s), &m) {
                     filter[(b / 8) as usize] |= 1 << (b % 8);
                 }
             }
@@ -97,25 +97,52 @@ impl BatchFilter {
     pub fn may_hold(&self, (h1, h2): (u64, u64)) -> bool {
         let bits = self.filter.len() as u64 * 8;
         bits > 0
-            && probes((h1, h2), bits, wrap_mod(bits))
+            && probes((h1, h2), &Modulus::new(bits))
                 .all(|b| self.filter[(b / 8) as usize] & (1 << (b % 8)) != 0)
     }
 }
 
-/// 2^64 mod `bits`.
-fn wrap_mod(bits: u64) -> u64 {
-    (u64::MAX % bits + 1) % bits
+/// Remainders modulo a filter's bit count, by multiplication (Lemire,
+/// Kaser and Kurz, "Faster remainder by direct computation", 2019): a
+/// 64-bit division costs tens of cycles, and every record of every batch
+/// takes two, in the writer and again in verify.
+struct Modulus {
+    bits: u64,
+    /// `2^128 / bits`, rounded up (0 for `bits` = 1, where every
+    /// remainder is 0).
+    m: u128,
+    /// 2^64 mod `bits`.
+    wrap: u64,
+}
+
+impl Modulus {
+    fn new(bits: u64) -> Modulus {
+        debug_assert!(bits > 0);
+        let m = (u128::MAX / u128::from(bits)).wrapping_add(1);
+        let mut this = Modulus { bits, m, wrap: 0 };
+        this.wrap = (this.rem(u64::MAX) + 1) % bits;
+        this
+    }
+
+    fn rem(&self, x: u64) -> u64 {
+        let low = self.m.wrapping_mul(u128::from(x));
+        let d = u128::from(self.bits);
+        let hi = (low >> 64) * d;
+        let lo = (u128::from(low as u64) * d) >> 64;
+        ((hi + lo) >> 64) as u64
+    }
 }
 
 /// The bit numbers `(h1 + i * h2) mod bits` for `i` in `0..PROBES`, with the
-/// sum wrapping at 2^64 as the format says, but with one division per
+/// sum wrapping at 2^64 as the format says, but with two remainders per
 /// stream instead of one per probe: each step adds `h2 mod bits`, less
-/// 2^64 mod `bits` (`wrap`) where the 64-bit sum wrapped. Verify builds a
-/// filter for every batch, and the divisions showed in its profile.
-fn probes((h1, h2): (u64, u64), bits: u64, wrap: u64) -> impl Iterator<Item = u64> {
-    let step = h2 % bits;
-    let unwrap = bits - wrap; // ≡ -2^64 (mod bits)
-    let (mut v, mut r) = (h1, h1 % bits);
+/// 2^64 mod `bits` where the 64-bit sum wrapped. Verify builds a filter
+/// for every batch, and the divisions showed in its profile.
+fn probes((h1, h2): (u64, u64), m: &Modulus) -> impl Iterator<Item = u64> + '_ {
+    let bits = m.bits;
+    let step = m.rem(h2);
+    let unwrap = bits - m.wrap; // ≡ -2^64 (mod bits)
+    let (mut v, mut r) = (h1, m.rem(h1));
     (0..PROBES).map(move |i| {
         if i > 0 {
             let (next, wrapped) = v.overflowing_add(h2);
@@ -241,8 +268,14 @@ mod tests {
         fn probes_follow_the_formula(h1 in proptest::prelude::any::<u64>(), h2 in proptest::prelude::any::<u64>(), bits in 1u64..1 << 40) {
             let h2 = h2 | 1;
             let want: Vec<u64> = (0..PROBES).map(|i| h1.wrapping_add(i.wrapping_mul(h2)) % bits).collect();
-            let got: Vec<u64> = probes((h1, h2), bits, wrap_mod(bits)).collect();
+            let got: Vec<u64> = probes((h1, h2), &Modulus::new(bits)).collect();
             proptest::prop_assert_eq!(got, want);
+        }
+
+        /// The remainder by multiplication is `%`, for any divisor.
+        #[test]
+        fn remainders_are_remainders(x in proptest::prelude::any::<u64>(), d in 1u64..) {
+            proptest::prop_assert_eq!(Modulus::new(d).rem(x), x % d);
         }
 
         /// A batch's filter sets exactly the bits that the format's
@@ -268,6 +301,27 @@ mod tests {
         }
     }
     use proptest::prelude::*;
+
+    #[test]
+    fn remainders_at_the_edges() {
+        for d in [
+            1,
+            2,
+            3,
+            7,
+            8,
+            1 << 32,
+            (1 << 32) + 1,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let m = Modulus::new(d);
+            for x in [0, 1, d - 1, d, d.wrapping_add(1), u64::MAX - 1, u64::MAX] {
+                assert_eq!(m.rem(x), x % d, "{x} mod {d}");
+            }
+            assert_eq!(m.wrap, (u64::MAX % d + 1) % d, "2^64 mod {d}");
+        }
+    }
 
     fn arb_index() -> impl Strategy<Value = StreamIndex> {
         (
