@@ -365,9 +365,7 @@ async fn torn_last_batch_at_every_byte(sizes: &[u64]) {
 async fn a_lost_block_end_shows_the_unwritten_space() {
     let c = build(100, &[1, 2, 1], None).await;
     let dir = c.copy();
-    let side = dir.path().join(NAME).join(".0000000000.seg.blocks");
-    let ends = std::fs::read(&side).unwrap();
-    std::fs::write(&side, &ends[..ends.len() - 8]).unwrap();
+    forget_last_end(dir.path());
     let seg = seg_path(dir.path(), 0);
     let (_, end) = c.range(2);
     assert!(file_len(&seg) > end, "the store wrote zeros ahead");
@@ -383,6 +381,79 @@ async fn a_lost_block_end_shows_the_unwritten_space() {
         file_len(&seg),
         "closed with no zeros left"
     );
+}
+
+/// Drops the last end the side file of segment 0 records, as a crash
+/// between a block's `fdatasync` and the record of its end leaves it, and
+/// as it is while an append is under way; returns its bytes.
+fn forget_last_end(dir: &Path) -> Vec<u8> {
+    let side = dir.join(NAME).join(".0000000000.seg.blocks");
+    let mut ends = std::fs::read(&side).unwrap();
+    let last = ends.split_off(ends.len() - 8);
+    std::fs::write(&side, &ends).unwrap();
+    last
+}
+
+/// Step "write", as a reader sees it: a block whose append is under way
+/// (written, but neither made durable nor its end recorded; the append
+/// holds the blob's lock until it has done both, or cut the block off) is
+/// not read until the append is done. Its `fdatasync` may fail, the append
+/// then cuts it off, and the next append reuses its sequence numbers for
+/// other records: a reader must not have seen them. Once no append holds
+/// the lock, the same bytes are what a crash left, and are shown
+/// (`a_lost_block_end_shows_the_unwritten_space`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_being_appended_is_read_only_once_its_append_is_done() {
+    let c = build(100, &[1, 2, 1], None).await;
+    let (start, _) = c.range(2);
+    for durable in [true, false] {
+        let dir = c.copy();
+        let end = forget_last_end(dir.path());
+        let seg = seg_path(dir.path(), 0);
+        let append = std::fs::File::open(&seg).unwrap();
+        append.lock().unwrap();
+        let path = dir.path().to_owned();
+        let reading = tokio::spawn(async move { read_all(&path).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!reading.is_finished(), "a read waits for the append");
+        if durable {
+            // Its `fdatasync` returned: it records where the block ends.
+            let side = dir.path().join(NAME).join(".0000000000.seg.blocks");
+            let mut f = std::fs::OpenOptions::new().append(true).open(side).unwrap();
+            std::io::Write::write_all(&mut f, &end).unwrap();
+        } else {
+            // Its `fdatasync` failed: it cuts the block off.
+            let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+            f.set_len(start).unwrap();
+        }
+        append.unlock().unwrap();
+        let read = reading.await.unwrap();
+        let want = if durable { &c.records[..] } else { c.before(2) };
+        assert_eq!(read, want, "durable: {durable}");
+    }
+}
+
+/// A reader opened on what a crash left, before a writer reopens the
+/// ledger, keeps to the log it read first: the writer cuts the zeros off
+/// and appends after them, and the reader does not follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_keeps_to_its_log_when_a_writer_cuts_and_appends() {
+    let c = build(100, &[1, 2, 1], None).await;
+    let dir = c.copy();
+    forget_last_end(dir.path());
+    let reader = LedgerReader::open(store(dir.path()), NAME).await.unwrap();
+    let ledger = Ledger::open(store(dir.path()), NAME, opts(c.max_blocks))
+        .await
+        .unwrap();
+    assert_eq!(reader.read(0, None).await.unwrap(), c.records);
+    let n = c.records.len() as u64;
+    for i in 0..3 {
+        ledger.append(vec![event(n + i)]).await.unwrap();
+    }
+    assert_eq!(reader.read(0, None).await.unwrap(), c.records);
+    assert_eq!(reader.len().await.unwrap(), n);
+    ledger.close().await.unwrap();
+    assert_eq!(read_all(dir.path()).await.len() as u64, n + 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use tokio::sync::oneshot;
 
 use super::reader::{Due, LedgerReader};
-use super::scan::{pipelined, Chunk, Scanner};
+use super::scan::{pipelined, Chunk};
 use crate::error::{LedgerError, Result};
 use crate::format::merkle::{self, Frontier};
 use crate::format::segment::HEADER_LEN;
@@ -60,13 +60,7 @@ impl LedgerReader {
             } else {
                 HEADER_LEN as u64
             };
-            let mut scan = Scanner::new(
-                self.store().as_ref(),
-                &seg.name,
-                start,
-                self.view_len(seg),
-                self.max_body(),
-            );
+            let mut scan = self.scanner(seg, start);
             // A proof's groups of records are often a few hundred KiB; a
             // long scan doubles its way up to full chunks in a few reads.
             if i == first {

@@ -98,7 +98,14 @@ pub struct LedgerReader {
 }
 
 impl LedgerReader {
-    /// Opens a ledger for reading, seeing the segments as they are now.
+    /// Opens a ledger for reading, seeing the segments as they are now:
+    /// every read of this reader ends where the log ended then, and sees
+    /// only records whose append was done (on the fs store, a read waits
+    /// for an append under way). One exception: of a ledger a crash left,
+    /// before a writer reopened it, the store cannot tell where the log
+    /// ends until a read reaches it, and the first read that does may see
+    /// batches a writer appended since this open; later reads see no
+    /// further than it did.
     pub async fn open(store: Arc<dyn BlobStore>, name: &str) -> Result<LedgerReader> {
         layout::validate_ledger_name(name)?;
         let meta = recover::read_meta(store.as_ref(), name).await?;
@@ -304,13 +311,7 @@ impl LedgerReader {
             if seg.first_seq >= to {
                 return Ok(());
             }
-            let mut scan = Scanner::new(
-                self.store.as_ref(),
-                &seg.name,
-                begin,
-                self.view_len(seg),
-                self.max_body,
-            );
+            let mut scan = self.scanner(seg, begin);
             if i == start && offset > HEADER_LEN as u64 {
                 scan = scan.starting_small();
             }
@@ -468,6 +469,21 @@ impl LedgerReader {
         Ok(())
     }
 
+    /// A scan of `seg` from `start`, over what this reader sees of it.
+    pub(crate) fn scanner(&self, seg: &SegmentRef, start: u64) -> Scanner<'_> {
+        let scan = Scanner::new(
+            self.store.as_ref(),
+            &seg.name,
+            start,
+            self.view_len(seg),
+            self.max_body,
+        );
+        match self.segments.last() {
+            Some(last) if last.index == seg.index => scan.pinning(&self.last_end),
+            _ => scan,
+        }
+    }
+
     /// How much of `seg` this reader reads: its length as listed, and of
     /// the last segment no further than `last_end`.
     pub(crate) fn view_len(&self, seg: &SegmentRef) -> u64 {
@@ -550,13 +566,7 @@ impl LedgerReader {
         // `signed - 1`; if it does not, the check below says so.
         let at = if at.segment == last { at } else { plain };
         let mut n = at.first_seq;
-        let mut scan = Scanner::new(
-            self.store.as_ref(),
-            &seg.name,
-            at.offset,
-            self.view_len(seg),
-            self.max_body,
-        );
+        let mut scan = self.scanner(seg, at.offset);
         while let Some(chunk) = scan.next_chunk().await? {
             if let Some(i) = chunk.frames.len().checked_sub(1) {
                 let b = chunk.frame(i);

@@ -102,6 +102,8 @@ pub struct Scanner<'s> {
     /// Bytes the next read asks for (at most `CHUNK`).
     chunk: u64,
     pub bad: Option<BadFrame>,
+    /// Lowered to a length the blob was found cut back to (see `pinning`).
+    pin: Option<&'s std::sync::atomic::AtomicU64>,
 }
 
 /// First read of a scan that starts small (see [`Scanner::starting_small`]).
@@ -124,7 +126,16 @@ impl<'s> Scanner<'s> {
             max_body,
             chunk: CHUNK,
             bad: None,
+            pin: None,
         }
+    }
+
+    /// Lowers `pin` to any shorter length the blob is found to have: a
+    /// reader's view of its last segment, which must not move on to what
+    /// a writer appends after the cut.
+    pub fn pinning(mut self, pin: &'s std::sync::atomic::AtomicU64) -> Self {
+        self.pin = Some(pin);
+        self
     }
 
     /// Reads 256 KiB first and doubles each read up to the usual chunk:
@@ -164,7 +175,24 @@ impl<'s> Scanner<'s> {
         let zeros_from = if matches!(length, batch::Length::Damaged) {
             self.size // never torn; no need to look
         } else {
-            self.zeros_from(start, data).await?
+            match self.zeros_from(start, data).await {
+                Ok(z) => z,
+                // Cut back to before the frame while it was looked at: a
+                // writer recovering from a crash cut it off as torn, which
+                // is what it was (only the last segment's tail is cut).
+                Err(StoreError::OutOfRange { size, .. }) if size <= start => {
+                    if let Some(pin) = self.pin {
+                        pin.fetch_min(start, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Ok(BadFrame {
+                        offset: start,
+                        reaches_end: true,
+                        unwritten: false,
+                        error,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         };
         let one_frame = zeros_from - start <= header.saturating_add(self.max_body as u64);
         let reaches_end = one_frame
@@ -243,6 +271,9 @@ impl<'s> Scanner<'s> {
                         "segment was cut back while being read (a torn tail recovered); reading up to its new end"
                     );
                     self.size = size;
+                    if let Some(pin) = self.pin {
+                        pin.fetch_min(size, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if self.pos >= self.size {
                         return Ok(None);
                     }

@@ -80,7 +80,7 @@ impl OpenBlob {
             .metadata()
             .map_err(|e| io("stat block index of", name, e))?
             .len();
-        let (written, count) = written(&self.file, &self.blocks, file_len, false)
+        let (written, count) = written(&self.file, &self.blocks, file_len, false, Viewer::Writer)
             .map_err(|e| io("read block index of", name, e))?;
         self.block_count = count;
         self.len = written;
@@ -272,7 +272,7 @@ impl FsStore {
             Ok(side) if last_end(&side).is_ok_and(|end| at_least <= end && end <= size) => {
                 Ok(at_least)
             }
-            Ok(side) => Ok(written(file, &side, size, sealed)
+            Ok(side) => Ok(written(file, &side, size, sealed, Viewer::Reader)
                 .map_err(|e| io("read block index of", name, e))?
                 .0),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(size),
@@ -318,7 +318,7 @@ impl FsStore {
         };
         let (size, block_count) = match side {
             Ok(f) => File::open(&path)
-                .and_then(|blob| written(&blob, &f, meta.len(), sealed))
+                .and_then(|blob| written(&blob, &f, meta.len(), sealed, Viewer::Reader))
                 .map_err(|e| io("read block index of", name, e))?,
             Err(e) if e.kind() == ErrorKind::NotFound => (meta.len(), u64::from(meta.len() > 0)),
             Err(e) => return Err(io("open block index of", name, e)),
@@ -441,34 +441,77 @@ fn append_locked(
     Ok(end)
 }
 
+/// Whether the caller of `written` looks at the blob through a handle of
+/// its own, or through the writer's (which may hold the append lock).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Viewer {
+    /// A reader (`info`, `list`, `read`), through a file it opened itself,
+    /// which waits for an append under way.
+    Reader,
+    /// The appending (or sealing) handle, which holds the lock a reader
+    /// waits for: a shared `flock` on its own file would convert it, and
+    /// on another file would wait for itself.
+    Writer,
+}
+
 /// Where the written bytes of a file of `size` bytes end, and how many
 /// blocks they hold: the blob as `info`, `list` and `read` show it. Every
 /// append records its end in the side file before it returns, so the bytes
 /// are written up to the last end recorded; past it, only zeros are
 /// unwritten space, which the blob does not show. Anything else past it is
 /// an append under way, or a block whose end a crash kept from the side
-/// file (which is not fsynced), and counts as one more block: the file is
-/// then shown whole, zeros and all, for the reader to tell a whole block
-/// that ends in zero bytes from the zeros after it (ledger-format.md
-/// §12.2), which the store cannot.
-fn written(file: &File, side: &File, size: u64, sealed: bool) -> std::io::Result<(u64, u64)> {
-    let at = |size: u64| -> std::io::Result<(u64, u64)> {
+/// file (which is not fsynced). An append under way holds the blob's
+/// `flock` until it has recorded its end, and a reader waits for it (one
+/// `fdatasync`) rather than show its block before it is durable: the
+/// `fdatasync` may fail, the append then cuts the block off, and the next
+/// one reuses its sequence numbers, so a reader that saw it would have
+/// seen records that never were. A block a
+/// crash left counts as one more block: the file is then shown whole,
+/// zeros and all, for the reader to tell a whole block that ends in zero
+/// bytes from the zeros after it (ledger-format.md §12.2), which the store
+/// cannot.
+fn written(
+    file: &File,
+    side: &File,
+    size: u64,
+    sealed: bool,
+    viewer: Viewer,
+) -> std::io::Result<(u64, u64)> {
+    let at = |size: u64| -> std::io::Result<Option<(u64, u64)>> {
         let (count, last) = recorded_ends(side, size)?;
         // A sealed blob has none: the writer trims it before sealing, so
         // zeros found there were put there afterwards, and are shown to
         // readers, for which they are damage (ledger-format.md §12.2).
         if last == size || (!sealed && zero_run_start(file, last, size)? == last) {
-            Ok((last, count))
+            Ok(Some((last, count)))
+        } else if sealed || viewer == Viewer::Writer {
+            Ok(Some((size, count + 1)))
         } else {
-            Ok((size, count + 1))
+            // Unrecorded bytes: decided below, under the lock.
+            Ok(None)
         }
     };
-    match at(size) {
-        // Cut since `size` was seen (a writer trimming its unwritten space
-        // or recovering a torn tail): once more, at the length it has now.
+    // Cut since `size` was seen (a writer trimming its unwritten space or
+    // recovering a torn tail): once more, at the length it has now.
+    let at = |size: u64| match at(size) {
         Err(e) if e.kind() == ErrorKind::UnexpectedEof => at(file.metadata()?.len()),
         r => r,
+    };
+    if let Some(shown) = at(size)? {
+        return Ok(shown);
     }
+    // Unrecorded bytes: an append under way, or a block a crash left. An
+    // append holds the lock until it has recorded its end, or cut its
+    // block off after a failed `fdatasync`; once it has let go, what is
+    // left past the recorded end is a crash's.
+    file.lock_shared()?;
+    let now = file.metadata();
+    let shown = now.and_then(|now| match at(now.len())? {
+        Some(shown) => Ok(shown),
+        None => recorded_ends(side, now.len()).map(|(count, _)| (now.len(), count + 1)),
+    });
+    let _ = file.unlock();
+    shown
 }
 
 /// The offset where the run of zero bytes that ends the file's first
@@ -979,8 +1022,19 @@ impl BlobStore for SharedFs {
             f.lock().map_err(|e| io("lock", &name, e))?;
             if !meta.permissions().readonly() {
                 // A sealed blob shows every byte it has (see `written`):
-                // its unwritten space goes first.
-                let len = me.info_sync(&name)?.size;
+                // its unwritten space goes first. Looked at as the writer
+                // does, holding the lock: as a reader, this would take its
+                // own lock for an append under way, and cut a block that a
+                // crash kept from the side file.
+                let len = match File::open(me.side_path(&name, "blocks")?) {
+                    Ok(side) => {
+                        written(&f, &side, meta.len(), false, Viewer::Writer)
+                            .map_err(|e| io("read block index of", &name, e))?
+                            .0
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => meta.len(),
+                    Err(e) => return Err(io("open block index of", &name, e)),
+                };
                 if len < meta.len() {
                     let w = open_to_change(&path, &name)?;
                     w.set_len(len)
