@@ -4,6 +4,10 @@
 //! (`ledger/writer.rs`), which encodes them as one batch (`format`), appends
 //! it as one block to a [`backend::BlobStore`] and acknowledges once durable.
 //! [`LedgerReader`] reads, verifies and proves.
+//!
+//! Everything async runs on tokio: the stores hand blocking file and
+//! network work to its blocking pool, so a call made outside a tokio
+//! runtime panics. A current-thread runtime will do.
 
 pub mod backend;
 pub mod error;

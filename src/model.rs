@@ -174,6 +174,14 @@ impl NewEvent {
     }
 }
 
+/// Refuses a stream id no event can have, for a read of one stream: an
+/// empty or overlong id there is a caller's mistake (a missing field, a
+/// wrong variable), which an empty answer would hide.
+pub fn validate_stream(stream: &str) -> Result<(), String> {
+    text_field("stream", stream, MAX_STREAM)
+        .map_err(|(_, reason)| format!("stream id {reason} (no event has such a stream)"))
+}
+
 pub const MAX_STREAM: usize = 1024;
 pub const MAX_NAME: usize = 256;
 pub const MAX_METADATA_ENTRIES: usize = 256;
@@ -217,7 +225,7 @@ pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
 }
 
 /// Proof that an event is durable: where it is and what it hashes to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Receipt {
     pub seq: u64,
     /// The record's chain hash.
@@ -228,6 +236,21 @@ pub struct Receipt {
     /// Segment index and byte offset of the batch holding the record.
     pub segment: u64,
     pub offset: u64,
+}
+
+/// The hash in hex, as everywhere else it is shown, not 32 numbers.
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipt")
+            .field("seq", &self.seq)
+            .field("hash", &format_args!("{}", hex(&self.hash)))
+            .field("stream", &self.stream)
+            .field("version", &self.version)
+            .field("timestamp_us", &self.timestamp_us)
+            .field("segment", &self.segment)
+            .field("offset", &self.offset)
+            .finish()
+    }
 }
 
 impl Receipt {
@@ -289,6 +312,25 @@ pub fn record_json<'a>(r: &'a crate::format::record::RecordRef<'a>) -> RecordJso
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_receipt_shows_its_hash_in_hex() {
+        let r = Receipt {
+            seq: 7,
+            hash: [0xab; 32],
+            stream: "s".into(),
+            version: 0,
+            timestamp_us: 0,
+            segment: 0,
+            offset: 84,
+        };
+        let shown = format!("{r:?}");
+        assert!(
+            shown.contains(&format!("hash: {}", "ab".repeat(32))),
+            "{shown}"
+        );
+        assert!(shown.contains("seq: 7"), "{shown}");
+    }
 
     /// Characters around the control ranges, and some far from them.
     fn text() -> impl Strategy<Value = String> {

@@ -2748,6 +2748,19 @@ async fn an_event_too_large_for_any_batch_is_named() {
         }) => assert!(reason.contains("batch limit"), "{reason}"),
         other => panic!("{other:?}"),
     }
+    // Metadata that holds most of it is named instead.
+    let mut wide = bi_ledger::NewEvent::bytes("s", "Wide", vec![b'x'; 2]);
+    for k in 0..256 {
+        wide = wide.with_metadata(format!("k{k:03}"), "v".repeat(64 * 1024));
+    }
+    match ledger.append(vec![wide]).await {
+        Err(bi_ledger::LedgerError::InvalidEvent {
+            index: 0,
+            field: "metadata",
+            reason,
+        }) => assert!(reason.contains("in 256 entries"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
     match ledger
         .append(vec![small(), small(), small(), small()])
         .await
@@ -2790,6 +2803,23 @@ async fn a_batch_limit_below_one_event_is_refused_before_anything_is_written() {
     let mut tiny = bi_ledger::NewEvent::bytes("s", "T", Vec::new());
     tiny.content_type = "x".into();
     assert_eq!(ledger.append(vec![tiny.clone()]).await.unwrap()[0].seq, 0);
+    // An event of ordinary names is too large for it: the limit is named,
+    // not the empty payload.
+    match ledger
+        .append(vec![bi_ledger::NewEvent::bytes(
+            "s",
+            "Ordinary",
+            Vec::new(),
+        )])
+        .await
+    {
+        Err(bi_ledger::LedgerError::InvalidEvent {
+            field: "event",
+            reason,
+            ..
+        }) => assert!(reason.contains("raise max_batch_bytes"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
     ledger.close().await.unwrap();
     let before = std::fs::read(dir.path().join("main/0000000000.seg")).unwrap();
 
@@ -2805,4 +2835,66 @@ async fn a_batch_limit_below_one_event_is_refused_before_anything_is_written() {
         std::fs::read(dir.path().join("main/0000000000.seg")).unwrap(),
         before
     );
+}
+
+/// A read of a stream no event can have (an empty id, say: a missing
+/// field in the caller) is refused, not answered with no events.
+#[tokio::test]
+async fn a_read_of_a_stream_no_event_can_have_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", options(5))
+        .await
+        .unwrap();
+    ledger
+        .append_one(bi_ledger::NewEvent::bytes("s", "T", vec![1]))
+        .await
+        .unwrap();
+    let reader = ledger.reader().await.unwrap();
+    for (stream, says) in [
+        ("", "must not be empty"),
+        ("a\nb", "control characters"),
+        (&"x".repeat(1025), "1025 bytes"),
+    ] {
+        match reader.read_stream(stream).await {
+            Err(e @ bi_ledger::LedgerError::InvalidArgument(_)) => {
+                assert!(e.to_string().contains(says), "{e}")
+            }
+            other => panic!("{stream:?}: {other:?}"),
+        }
+    }
+    assert_eq!(reader.read_stream("s").await.unwrap().len(), 1);
+    ledger.close().await.unwrap();
+}
+
+/// Verify against a key other than the one the ledger records fails, and
+/// its error says that the key differs, not only that a checkpoint was
+/// rejected: an application that logs no warnings sees only the error.
+#[tokio::test]
+async fn verify_with_another_key_says_the_key_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", options(5))
+        .await
+        .unwrap();
+    ledger
+        .append_one(bi_ledger::NewEvent::bytes("s", "T", vec![1]))
+        .await
+        .unwrap();
+    ledger.close().await.unwrap();
+    let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")
+        .await
+        .unwrap();
+    let mut other = reader.recorded_verifier().clone();
+    other.key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    match reader.verify(&other, &|_, _| {}).await {
+        Err(bi_ledger::LedgerError::Integrity(e)) => {
+            assert!(e.what.contains("no signature by key"), "{e}");
+            assert!(
+                e.what.contains("not the one the LEDGER file records"),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let recorded = reader.recorded_verifier().clone();
+    assert!(reader.verify(&recorded, &|_, _| {}).await.unwrap().records == 1);
 }

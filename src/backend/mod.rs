@@ -50,6 +50,9 @@ pub enum LockExpiry {
     /// A lease with no end, which no bi-ledger writer takes: only breaking
     /// it ends it.
     Never,
+    /// A `Ledger` of this very process, still in use, holds it (the ledger
+    /// layer tells; a store cannot).
+    ThisProcess,
 }
 
 impl fmt::Display for LockExpiry {
@@ -61,6 +64,9 @@ impl fmt::Display for LockExpiry {
             LockExpiry::Lease { at_most_secs } => write!(
                 f,
                 "another writer holds its lease (the lease of a writer that died expires within {at_most_secs} s)"
+            ),
+            LockExpiry::ThisProcess => f.write_str(
+                "a Ledger of this process has it open for writing and is still in use: append through that Ledger (its clones share its writer), or close it first",
             ),
             LockExpiry::Never => f.write_str(
                 "its lock blob holds an infinite lease, which never expires and which no bi-ledger writer takes: break it (Lease Blob `break`) once nothing uses it",
@@ -94,7 +100,7 @@ pub enum StoreError {
         end: u64,
         size: u64,
     },
-    #[error("ledger {what} is locked by another writer: {expiry}")]
+    #[error("the writer lock {what} is locked by another writer: {expiry}")]
     Locked { what: String, expiry: LockExpiry },
     #[error("invalid blob name {name:?}: {why}")]
     InvalidName { name: String, why: &'static str },

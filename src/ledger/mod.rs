@@ -159,8 +159,16 @@ async fn take_lock(
     store: &dyn BlobStore,
     name: &str,
 ) -> Result<Box<dyn crate::backend::WriterLock>> {
+    use crate::backend::{LockExpiry, StoreError};
     match store.lock(&layout::lock(name)).await {
-        Err(crate::backend::StoreError::Locked { .. })
+        Err(StoreError::Locked { what, .. }) if running::in_use_here(&store.location(), name) => {
+            Err(StoreError::Locked {
+                what,
+                expiry: LockExpiry::ThisProcess,
+            }
+            .into())
+        }
+        Err(StoreError::Locked { .. })
             if running::wait_if_stopping(&store.location(), name, STOPPING_WRITER_WAIT).await =>
         {
             Ok(store.lock(&layout::lock(name)).await?)
@@ -400,6 +408,17 @@ impl Ledger {
     /// Appends `events` atomically: all are durable when this returns `Ok`,
     /// and none are written if any is invalid or any expected version does
     /// not hold. Concurrent calls share block writes (group commit).
+    ///
+    /// Dropping the future (a timeout, say) does not withdraw the events:
+    /// once this call has handed them to the writer, they may be appended
+    /// all the same, with no receipt to tell. A caller that gives up and
+    /// tries again must append with an expected version
+    /// ([`crate::ExpectedVersion::Exact`] or `NoStream`), which a second
+    /// copy then fails, or read the stream first to see whether the first
+    /// try landed.
+    ///
+    /// Needs a tokio runtime (the stores run blocking file and network
+    /// work on it); a current-thread runtime will do.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Receipt>> {
         if events.is_empty() {
             return Ok(Vec::new());
@@ -419,16 +438,12 @@ impl Ledger {
             // else the call holds.
             let alone = |e: &NewEvent| BATCH_OVERHEAD + e.stored_len_bound();
             if let Some(index) = events.iter().position(|e| alone(e) > self.max_batch) {
-                let e = &events[index];
+                let (field, reason) =
+                    too_large(&events[index], alone(&events[index]), self.max_batch);
                 return Err(LedgerError::InvalidEvent {
                     index,
-                    field: "payload",
-                    reason: format!(
-                        "is {} bytes, and the event encodes to about {} bytes, over the {}-byte batch limit (the most one append may take): store a payload this large elsewhere and append a reference",
-                        e.payload.len(),
-                        alone(e),
-                        self.max_batch
-                    ),
+                    field,
+                    reason,
                 });
             }
             return Err(LedgerError::InvalidArgument(format!(
@@ -483,5 +498,34 @@ impl Ledger {
     /// A reader over the same store.
     pub async fn reader(&self) -> Result<LedgerReader> {
         LedgerReader::open(self.store.clone(), &self.meta.name).await
+    }
+}
+
+/// What an event too large for any batch (`size` bytes alone in one, over
+/// `limit`) is told: its field that holds most of it, where one does.
+fn too_large(e: &NewEvent, size: usize, limit: usize) -> (&'static str, String) {
+    let over = format!(
+        "the event encodes to about {size} bytes, over the {limit}-byte batch limit (the most one append may take)"
+    );
+    let metadata: usize = e.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if e.payload.len() >= metadata && e.payload.len() * 2 >= size {
+        let n = e.payload.len();
+        let hint = "store a payload this large elsewhere and append a reference";
+        ("payload", format!("is {n} bytes, and {over}: {hint}"))
+    } else if metadata * 2 >= size {
+        let n = e.metadata.len();
+        let hint = "keep large values in the payload, or elsewhere";
+        (
+            "metadata",
+            format!("holds {metadata} bytes in {n} entries, and {over}: {hint}"),
+        )
+    } else {
+        let (p, hint) = (e.payload.len(), "raise max_batch_bytes");
+        (
+            "event",
+            format!(
+                "is small ({p}-byte payload, {metadata} bytes of metadata), but {over}: {hint}"
+            ),
+        )
     }
 }

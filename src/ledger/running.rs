@@ -70,6 +70,14 @@ impl Drop for Running {
     }
 }
 
+/// Whether a writer of this process that still has handles holds the lock
+/// of `ledger` at `location`.
+pub(crate) fn in_use_here(location: &str, ledger: &str) -> bool {
+    let map = registry().lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&key(location, ledger))
+        .is_some_and(|e| e.handles.strong_count() > 0)
+}
+
 /// After `lock` was refused: whether to try it once more. A writer of this
 /// process still in use: no, at once. One whose handles are all gone: yes,
 /// once it has stopped (waiting at most `limit`). None here: yes, since a

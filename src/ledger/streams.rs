@@ -75,6 +75,7 @@ impl LedgerReader {
     where
         F: FnMut(&RecordRef<'_>) -> ControlFlow<()>,
     {
+        crate::model::validate_stream(stream).map_err(crate::LedgerError::InvalidArgument)?;
         let mut emit = InOrder {
             stream,
             next: 0,

@@ -95,9 +95,32 @@ impl LedgerReader {
         opts: VerifyOptions,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<VerifyReport> {
-        if verifier.key != self.recorded_verifier().key {
-            tracing::warn!("the public key given differs from the one recorded in the ledger");
+        let recorded = self.recorded_verifier();
+        if verifier.key == recorded.key {
+            return self.verify_walk(verifier, opts, progress).await;
         }
+        tracing::warn!("the public key given differs from the one recorded in the ledger");
+        // A checkpoint the given key did not sign fails either way; the
+        // error says which of the two keys is in question, since an
+        // application that logs no warnings sees only the error.
+        let recorded = hex(&recorded.key_id());
+        match self.verify_walk(verifier, opts, progress).await {
+            Err(LedgerError::Integrity(mut e)) if e.what.starts_with("checkpoint rejected") => {
+                e.what.push_str(&format!(
+                    "; the key given is not the one the LEDGER file records (key id {recorded}): if the key given is the ledger's, the LEDGER file was replaced; if not, verify with the ledger's key"
+                ));
+                Err(e.into())
+            }
+            r => r,
+        }
+    }
+
+    async fn verify_walk(
+        &self,
+        verifier: &Verifier,
+        opts: VerifyOptions,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<VerifyReport> {
         let meta = Meta {
             verifier: verifier.clone(),
             ..self.meta().clone()

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bi_ledger::backend::{BlobStore, StoreError};
+use bi_ledger::backend::{BlobStore, LockExpiry, StoreError};
 use bi_ledger::format::stream_index::{stream_hashes, StreamIndex};
 use bi_ledger::{ExpectedVersion, Ledger, LedgerError, LedgerOptions, LedgerReader, NewEvent};
 use ed25519_dalek::SigningKey;
@@ -77,7 +77,12 @@ pub async fn append_read_reopen_verify_prove(s: Arc<dyn BlobStore>, other: Arc<d
     );
     // A second writer is refused while this one holds the lock.
     match Ledger::open(other.clone(), "main", ledger_opts()).await {
-        Err(LedgerError::Store(StoreError::Locked { what, .. })) => assert_eq!(what, "main/writer"),
+        Err(LedgerError::Store(StoreError::Locked { what, expiry })) => {
+            assert_eq!(
+                (what.as_str(), expiry),
+                ("main/writer", LockExpiry::ThisProcess)
+            )
+        }
         r => panic!("second writer: wanted Locked, got {:?}", r.map(|_| ())),
     }
     ledger.close().await.unwrap();

@@ -793,6 +793,11 @@ pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The longest read whose buffer is allocated before the size is checked:
+/// a scan's chunk (`ledger::scan::CHUNK`) and a snapshot of millions of
+/// streams.
+const READ_ON_CALLER: u64 = 256 << 20;
+
 /// Runs blocking file I/O off the async runtime's workers; on a ledger
 /// writer's own thread, in place.
 ///
@@ -802,11 +807,6 @@ pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
 /// core: measured at 75 µs there and 60 µs back on a 2-vCPU VM, a third of
 /// the `fdatasync` itself. The writer's thread has nothing else to do
 /// meanwhile, so it does the I/O itself.
-/// The longest read whose buffer is allocated before the size is checked:
-/// a scan's chunk (`ledger::scan::CHUNK`) and a snapshot of millions of
-/// streams.
-const READ_ON_CALLER: u64 = 256 << 20;
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
