@@ -465,11 +465,10 @@ enum Viewer {
 /// `fdatasync`) rather than show its block before it is durable: the
 /// `fdatasync` may fail, the append then cuts the block off, and the next
 /// one reuses its sequence numbers, so a reader that saw it would have
-/// seen records that never were. A block a
-/// crash left counts as one more block: the file is then shown whole,
-/// zeros and all, for the reader to tell a whole block that ends in zero
-/// bytes from the zeros after it (ledger-format.md §12.2), which the store
-/// cannot.
+/// seen records that never were. A block a crash left counts as one more
+/// block: the file is then shown whole, zeros and all, for the reader to
+/// tell a whole block that ends in zero bytes from the zeros after it
+/// (ledger-format.md §12.2), which the store cannot.
 fn written(
     file: &File,
     side: &File,
