@@ -200,7 +200,43 @@ fn text_field(field: &'static str, s: &str, max: usize) -> Result<(), (&'static 
     if has_control(s) {
         return Err((field, "must not contain control characters".into()));
     }
+    if let Some((at, c)) = invisible(s) {
+        return Err((
+            field,
+            format!(
+                "must not contain invisible or text-direction characters (U+{:04X} at byte {at}): ids that look the same must be the same",
+                c as u32
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// The first character of `s` that is invisible, or reorders the text
+/// around it, with its byte offset. An agent's stream id, event type or
+/// metadata key that holds one looks like another and is not ("Trojan
+/// Source", CVE-2021-42574): the Unicode bidirectional controls (U+061C,
+/// U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069) and the zero-width
+/// characters that join nothing (U+200B, U+2060, U+FEFF). The zero-width
+/// joiner and non-joiner (U+200C, U+200D) stay allowed: some scripts and
+/// emoji need them.
+fn invisible(s: &str) -> Option<(usize, char)> {
+    if s.is_ascii() {
+        return None;
+    }
+    s.char_indices().find(|(_, c)| {
+        matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+    })
 }
 
 /// Whether `s` holds a control character (`char::is_control`: U+0000 to
@@ -363,10 +399,34 @@ mod tests {
                 "{bad:?}"
             );
         }
-        for good in ["plain", "é\u{a0}ü", "\u{2028}", "😀"] {
+        for good in [
+            "plain",
+            "é\u{a0}ü",
+            "\u{2028}",
+            "😀",
+            "👩\u{200D}💻",
+            "می\u{200C}خواهم",
+        ] {
             let mut e = NewEvent::bytes(good, "t", vec![]);
             e.event_type = good.into();
             assert_eq!(e.validate(), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn invisible_and_direction_characters_are_named_with_their_offset() {
+        for c in [
+            '\u{061C}', '\u{200B}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202E}', '\u{2060}',
+            '\u{2066}', '\u{2069}', '\u{FEFF}',
+        ] {
+            let stream = format!("decision-é{c}1");
+            let e = NewEvent::bytes(stream, "t", vec![]);
+            let (field, reason) = e.validate().unwrap_err();
+            assert_eq!(field, "stream");
+            assert!(
+                reason.contains(&format!("U+{:04X} at byte 11", c as u32)),
+                "{reason}"
+            );
         }
     }
 }
