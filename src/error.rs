@@ -77,8 +77,8 @@ pub enum LedgerError {
     KeyMismatch { ledger: String, expected: String },
     #[error("the writer stopped after a failed write ({0}); nothing after it was acknowledged, and this handle takes nothing more: open the ledger again to go on")]
     Poisoned(String),
-    #[error("the ledger writer is closed")]
-    Closed,
+    #[error("the writer of ledger {ledger:?} is closed (through another handle, or its runtime shut down): open the ledger again to go on")]
+    Closed { ledger: String },
     #[error("{0}")]
     InvalidArgument(String),
     /// A [`crate::ledger::LedgerOptions`] field no ledger can work with.

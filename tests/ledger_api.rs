@@ -2898,3 +2898,28 @@ async fn verify_with_another_key_says_the_key_differs() {
     let recorded = reader.recorded_verifier().clone();
     assert!(reader.verify(&recorded, &|_, _| {}).await.unwrap().records == 1);
 }
+
+/// Once one handle closes the ledger, its clones are told so, with the
+/// ledger's name (an application may hold several).
+#[tokio::test]
+async fn a_clone_of_a_closed_ledger_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), "orders", options(5))
+        .await
+        .unwrap();
+    let clone = ledger.clone();
+    ledger.close().await.unwrap();
+    match clone
+        .append_one(bi_ledger::NewEvent::bytes("s", "T", vec![1]))
+        .await
+    {
+        Err(e @ bi_ledger::LedgerError::Closed { .. }) => {
+            assert!(e.to_string().contains("\"orders\""), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        clone.checkpoint().await,
+        Err(bi_ledger::LedgerError::Closed { ledger }) if ledger == "orders"
+    ));
+}

@@ -484,7 +484,7 @@ fn settle(
                 },
             ),
         ) => None,
-        (Outcome::Closed, Err(LedgerError::Closed)) => None,
+        (Outcome::Closed, Err(LedgerError::Closed { .. })) => None,
         (want, got) => panic!("model says {want:?}, ledger answered {got:?}"),
     }
 }

@@ -460,8 +460,14 @@ impl Ledger {
                 reply,
             })
             .await
-            .map_err(|_| LedgerError::Closed)?;
-        rx.await.map_err(|_| LedgerError::Closed)?
+            .map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    fn closed(&self) -> LedgerError {
+        LedgerError::Closed {
+            ledger: self.meta.name.clone(),
+        }
     }
 
     /// The most bytes the events of one `append` call may take: their
@@ -480,8 +486,8 @@ impl Ledger {
         self.tx
             .send(writer::Command::Checkpoint { reply })
             .await
-            .map_err(|_| LedgerError::Closed)?;
-        rx.await.map_err(|_| LedgerError::Closed)?
+            .map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
     }
 
     /// Writes the final checkpoint and stops the writer. Other clones of
@@ -491,8 +497,8 @@ impl Ledger {
         self.tx
             .send(writer::Command::Close { reply })
             .await
-            .map_err(|_| LedgerError::Closed)?;
-        rx.await.map_err(|_| LedgerError::Closed)?
+            .map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
     }
 
     /// A reader over the same store.

@@ -141,7 +141,9 @@ impl Signed {
             // As if it had been opened here.
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // Only a runtime shutting down cancels it.
-            Err(_) => Err(LedgerError::Closed),
+            Err(_) => Err(LedgerError::Closed {
+                ledger: self.meta.name.clone(),
+            }),
         };
         Some(cp)
     }
