@@ -399,14 +399,16 @@ fn forget_last_end(dir: &Path) -> Vec<u8> {
 /// holds the blob's lock until it has done both, or cut the block off) is
 /// not read until the append is done. Its `fdatasync` may fail, the append
 /// then cuts it off, and the next append reuses its sequence numbers for
-/// other records: a reader must not have seen them. Once no append holds
-/// the lock, the same bytes are what a crash left, and are shown
+/// other records: a reader must not have seen them. A reader waits for the
+/// append a while, and past that (a writer stopped, a disk that hangs)
+/// goes on without its block. Once no append holds the lock, the same
+/// bytes are what a crash left, and are shown
 /// (`a_lost_block_end_shows_the_unwritten_space`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_being_appended_is_read_only_once_its_append_is_done() {
     let c = build(100, &[1, 2, 1], None).await;
     let (start, _) = c.range(2);
-    for durable in [true, false] {
+    for (outcome, held_ms) in [("durable", 100), ("failed", 100), ("stuck", 3000)] {
         let dir = c.copy();
         let end = forget_last_end(dir.path());
         let seg = seg_path(dir.path(), 0);
@@ -414,23 +416,63 @@ async fn a_block_being_appended_is_read_only_once_its_append_is_done() {
         append.lock().unwrap();
         let path = dir.path().to_owned();
         let reading = tokio::spawn(async move { read_all(&path).await });
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        assert!(!reading.is_finished(), "a read waits for the append");
-        if durable {
+        tokio::time::sleep(std::time::Duration::from_millis(held_ms)).await;
+        assert_eq!(
+            reading.is_finished(),
+            outcome == "stuck",
+            "{outcome}: a read waits a while for the append, not for ever"
+        );
+        match outcome {
             // Its `fdatasync` returned: it records where the block ends.
-            let side = dir.path().join(NAME).join(".0000000000.seg.blocks");
-            let mut f = std::fs::OpenOptions::new().append(true).open(side).unwrap();
-            std::io::Write::write_all(&mut f, &end).unwrap();
-        } else {
+            "durable" => {
+                let side = dir.path().join(NAME).join(".0000000000.seg.blocks");
+                let mut f = std::fs::OpenOptions::new().append(true).open(side).unwrap();
+                std::io::Write::write_all(&mut f, &end).unwrap();
+            }
             // Its `fdatasync` failed: it cuts the block off.
-            let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-            f.set_len(start).unwrap();
+            "failed" => {
+                let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+                f.set_len(start).unwrap();
+            }
+            _ => {}
         }
         append.unlock().unwrap();
         let read = reading.await.unwrap();
-        let want = if durable { &c.records[..] } else { c.before(2) };
-        assert_eq!(read, want, "durable: {durable}");
+        let want = if outcome == "durable" {
+            &c.records[..]
+        } else {
+            c.before(2)
+        };
+        assert_eq!(read, want, "{outcome}");
     }
+}
+
+/// A writer that takes over blocks whose ends a crash kept from the side
+/// file records their end before its first append writes, so that a
+/// reader, which sees no further than the side file while an append is
+/// under way, does not lose them meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_records_the_end_of_blocks_a_crash_left_unrecorded() {
+    let c = build(100, &[1, 2, 1], None).await;
+    let dir = c.copy();
+    let lost = forget_last_end(dir.path());
+    let side = dir.path().join(NAME).join(".0000000000.seg.blocks");
+    let ledger = Ledger::open(store(dir.path()), NAME, opts(c.max_blocks))
+        .await
+        .unwrap();
+    let n = c.records.len() as u64;
+    let r = ledger.append_one(event(n)).await.unwrap();
+    assert_eq!(
+        r.offset,
+        u64::from_le_bytes(lost.clone().try_into().unwrap())
+    );
+    let ends = std::fs::read(&side).unwrap();
+    assert!(
+        ends.chunks_exact(8).any(|e| e == lost.as_slice()),
+        "the end a crash lost is recorded again"
+    );
+    ledger.close().await.unwrap();
+    assert_eq!(read_all(dir.path()).await.len() as u64, n + 1);
 }
 
 /// A reader opened on what a crash left, before a writer reopens the

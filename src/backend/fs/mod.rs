@@ -69,6 +69,9 @@ struct OpenBlob {
     /// afresh (`OpenBlob::refresh`).
     file_len: u64,
     side_len: u64,
+    /// `len` is past the last end the side file records: blocks a crash
+    /// kept from it, which the writer's recovery took as the log's.
+    unrecorded: bool,
 }
 
 impl OpenBlob {
@@ -82,8 +85,11 @@ impl OpenBlob {
             .len();
         let (written, count) = written(&self.file, &self.blocks, file_len, false, Viewer::Writer)
             .map_err(|e| io("read block index of", name, e))?;
+        let (_, last) = recorded_ends(&self.blocks, file_len)
+            .map_err(|e| io("read block index of", name, e))?;
         self.block_count = count;
         self.len = written;
+        self.unrecorded = written > last;
         self.file_len = file_len;
         self.side_len = side_len;
         Ok(())
@@ -240,6 +246,7 @@ impl FsStore {
             len: 0,
             file_len: 0,
             side_len: 0,
+            unrecorded: false,
         };
         blob.refresh(name)?;
         let b = Arc::new(Mutex::new(blob));
@@ -379,6 +386,17 @@ fn append_locked(
             limit: me.opts.max_blocks,
         });
     }
+    if b.unrecorded {
+        // The end of the blocks a crash kept from the side file, which
+        // this append continues: recorded before the block is written, so
+        // that a reader, which takes the blob to end where the side file
+        // says while an append holds the lock, still sees them.
+        b.blocks
+            .write_all(&expected_offset.to_le_bytes())
+            .map_err(|e| io("record a block end of", &name, e))?;
+        b.side_len += 8;
+        b.unrecorded = false;
+    }
     let end = expected_offset + block.len() as u64;
     // Only for blocks small beside the zeros: a large block's transfer
     // dwarfs the inode's write, and zeros written ahead of it would double
@@ -462,7 +480,8 @@ enum Viewer {
 /// an append under way, or a block whose end a crash kept from the side
 /// file (which is not fsynced). An append under way holds the blob's
 /// `flock` until it has recorded its end, and a reader waits for it (one
-/// `fdatasync`) rather than show its block before it is durable: the
+/// `fdatasync`, at most `APPEND_WAIT`) rather than show its block before it
+/// is durable: the
 /// `fdatasync` may fail, the append then cuts the block off, and the next
 /// one reuses its sequence numbers, so a reader that saw it would have
 /// seen records that never were. A block a crash left counts as one more
@@ -502,8 +521,25 @@ fn written(
     // Unrecorded bytes: an append under way, or a block a crash left. An
     // append holds the lock until it has recorded its end, or cut its
     // block off after a failed `fdatasync`; once it has let go, what is
-    // left past the recorded end is a crash's.
-    file.lock_shared()?;
+    // left past the recorded end is a crash's. An append that holds it
+    // longer than `APPEND_WAIT` (a writer stopped, a disk that hangs) is
+    // still under way: its block is not shown, and the reader goes on.
+    let deadline = std::time::Instant::now() + APPEND_WAIT;
+    let mut pause = std::time::Duration::from_micros(50);
+    loop {
+        match file.try_lock_shared() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let (count, last) = recorded_ends(side, size)?;
+                return Ok((last, count));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
     let now = file.metadata();
     let shown = now.and_then(|now| match at(now.len())? {
         Some(shown) => Ok(shown),
@@ -512,6 +548,11 @@ fn written(
     let _ = file.unlock();
     shown
 }
+
+/// The longest a reader waits for an append under way before it shows the
+/// blob without that append's block: many `fdatasync`s, even on a slow
+/// disk, but short enough that a stopped writer does not stop its readers.
+const APPEND_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The offset where the run of zero bytes that ends the file's first
 /// `size` bytes begins, looking no further back than `floor`: `size` if the
