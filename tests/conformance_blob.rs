@@ -228,10 +228,14 @@ async fn fs_block_count_after_losing_side_file_entries() {
     let s = fs_store(dir.path(), 4);
     assert_eq!(s.info("b").await.unwrap().block_count, 1);
     // Undercounting only delays BlockLimit; appending keeps working and
-    // the bytes are intact. The next recorded end (31) then covers all the
-    // unrecorded history, so the count stays low: 4 blocks count as 1.
+    // the bytes are intact. The append first records the end of the
+    // unrecorded history (30), so that a reader while it holds the lock
+    // sees those bytes, then its own (31): the 3 blocks before it count
+    // as 1, and the count is 2.
     assert_eq!(s.append("b", 30, b"x").await.unwrap(), 31);
-    assert_eq!(s.info("b").await.unwrap().block_count, 1);
+    assert_eq!(s.info("b").await.unwrap().block_count, 2);
+    let ends = std::fs::read(&side).unwrap();
+    assert_eq!(ends, [30u64, 31].map(u64::to_le_bytes).concat());
     assert_eq!(s.read("b", 0, 10).await.unwrap(), [0u8; 10]);
 }
 
