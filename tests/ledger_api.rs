@@ -2841,14 +2841,7 @@ async fn a_batch_limit_below_one_event_is_refused_before_anything_is_written() {
 /// field in the caller) is refused, not answered with no events.
 #[tokio::test]
 async fn a_read_of_a_stream_no_event_can_have_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", options(5))
-        .await
-        .unwrap();
-    ledger
-        .append_one(bi_ledger::NewEvent::bytes("s", "T", vec![1]))
-        .await
-        .unwrap();
+    let (_dir, ledger) = with_one_event("main").await;
     let reader = ledger.reader().await.unwrap();
     for (stream, says) in [
         ("", "must not be empty"),
@@ -2871,14 +2864,7 @@ async fn a_read_of_a_stream_no_event_can_have_is_refused() {
 /// rejected: an application that logs no warnings sees only the error.
 #[tokio::test]
 async fn verify_with_another_key_says_the_key_differs() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = bi_ledger::Ledger::create(store(dir.path()), "main", options(5))
-        .await
-        .unwrap();
-    ledger
-        .append_one(bi_ledger::NewEvent::bytes("s", "T", vec![1]))
-        .await
-        .unwrap();
+    let (dir, ledger) = with_one_event("main").await;
     ledger.close().await.unwrap();
     let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")
         .await
@@ -2903,10 +2889,7 @@ async fn verify_with_another_key_says_the_key_differs() {
 /// ledger's name (an application may hold several).
 #[tokio::test]
 async fn a_clone_of_a_closed_ledger_names_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = bi_ledger::Ledger::create(store(dir.path()), "orders", options(5))
-        .await
-        .unwrap();
+    let (_dir, ledger) = with_one_event("orders").await;
     let clone = ledger.clone();
     ledger.close().await.unwrap();
     match clone
@@ -2922,4 +2905,18 @@ async fn a_clone_of_a_closed_ledger_names_it() {
         clone.checkpoint().await,
         Err(bi_ledger::LedgerError::Closed { ledger }) if ledger == "orders"
     ));
+}
+
+/// A new ledger `name` in a directory of its own, holding one event of
+/// stream "s".
+async fn with_one_event(name: &str) -> (tempfile::TempDir, bi_ledger::Ledger) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = bi_ledger::Ledger::create(store(dir.path()), name, options(5))
+        .await
+        .unwrap();
+    ledger
+        .append_one(bi_ledger::NewEvent::bytes("s", "T", vec![1]))
+        .await
+        .unwrap();
+    (dir, ledger)
 }
