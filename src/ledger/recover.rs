@@ -289,7 +289,7 @@ pub async fn read_checkpoint_note(
         )
     })?;
     let cp = Checkpoint::open(&text, &meta.verifier)
-        .map_err(|e| IntegrityError::new(blob, 0, None, format!("checkpoint rejected: {e}")))?;
+        .map_err(|e| IntegrityError::new(blob, 0, None, format!("{CHECKPOINT_REJECTED}: {e}")))?;
     if cp.origin != meta.origin() {
         return Err(IntegrityError::new(
             blob,
@@ -621,6 +621,10 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         snapshots,
     })
 }
+
+/// How an integrity error about a checkpoint that does not open (its
+/// signature, its text) begins.
+pub(crate) const CHECKPOINT_REJECTED: &str = "checkpoint rejected";
 
 /// The error for a last segment that is sealed (`name`, segment `index`,
 /// its records ending at byte `end`, before `seq`): a writer seals a

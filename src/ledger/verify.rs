@@ -105,7 +105,9 @@ impl LedgerReader {
         // application that logs no warnings sees only the error.
         let recorded = hex(&recorded.key_id());
         match self.verify_walk(verifier, opts, progress).await {
-            Err(LedgerError::Integrity(mut e)) if e.what.starts_with("checkpoint rejected") => {
+            Err(LedgerError::Integrity(mut e))
+                if e.what.starts_with(recover::CHECKPOINT_REJECTED) =>
+            {
                 e.what.push_str(&format!(
                     "; the key given is not the one the LEDGER file records (key id {recorded}): if the key given is the ledger's, the LEDGER file was replaced; if not, verify with the ledger's key"
                 ));

@@ -83,13 +83,12 @@ impl OpenBlob {
             .metadata()
             .map_err(|e| io("stat block index of", name, e))?
             .len();
-        let (written, count) = written(&self.file, &self.blocks, file_len, false, Viewer::Writer)
-            .map_err(|e| io("read block index of", name, e))?;
-        let (_, last) = recorded_ends(&self.blocks, file_len)
-            .map_err(|e| io("read block index of", name, e))?;
+        let (written, count, unrecorded) =
+            written(&self.file, &self.blocks, file_len, false, Viewer::Writer)
+                .map_err(|e| io("read block index of", name, e))?;
         self.block_count = count;
         self.len = written;
-        self.unrecorded = written > last;
+        self.unrecorded = unrecorded;
         self.file_len = file_len;
         self.side_len = side_len;
         Ok(())
@@ -326,6 +325,7 @@ impl FsStore {
         let (size, block_count) = match side {
             Ok(f) => File::open(&path)
                 .and_then(|blob| written(&blob, &f, meta.len(), sealed, Viewer::Reader))
+                .map(|(size, count, _)| (size, count))
                 .map_err(|e| io("read block index of", name, e))?,
             Err(e) if e.kind() == ErrorKind::NotFound => (meta.len(), u64::from(meta.len() > 0)),
             Err(e) => return Err(io("open block index of", name, e)),
@@ -480,30 +480,30 @@ enum Viewer {
 /// an append under way, or a block whose end a crash kept from the side
 /// file (which is not fsynced). An append under way holds the blob's
 /// `flock` until it has recorded its end, and a reader waits for it (one
-/// `fdatasync`, at most `APPEND_WAIT`) rather than show its block before it
-/// is durable: the
-/// `fdatasync` may fail, the append then cuts the block off, and the next
-/// one reuses its sequence numbers, so a reader that saw it would have
-/// seen records that never were. A block a crash left counts as one more
+/// `fdatasync`, at most `APPEND_WAIT`) rather than show its block before
+/// it is durable: the `fdatasync` may fail, the append then cuts the block
+/// off, and the next one reuses its sequence numbers, so a reader that saw
+/// it would have seen records that never were. A block a crash left counts as one more
 /// block: the file is then shown whole, zeros and all, for the reader to
 /// tell a whole block that ends in zero bytes from the zeros after it
-/// (ledger-format.md §12.2), which the store cannot.
+/// (ledger-format.md §12.2), which the store cannot. The third value says
+/// that the length shown goes past the last end recorded.
 fn written(
     file: &File,
     side: &File,
     size: u64,
     sealed: bool,
     viewer: Viewer,
-) -> std::io::Result<(u64, u64)> {
-    let at = |size: u64| -> std::io::Result<Option<(u64, u64)>> {
+) -> std::io::Result<(u64, u64, bool)> {
+    let at = |size: u64| -> std::io::Result<Option<(u64, u64, bool)>> {
         let (count, last) = recorded_ends(side, size)?;
         // A sealed blob has none: the writer trims it before sealing, so
         // zeros found there were put there afterwards, and are shown to
         // readers, for which they are damage (ledger-format.md §12.2).
         if last == size || (!sealed && zero_run_start(file, last, size)? == last) {
-            Ok(Some((last, count)))
+            Ok(Some((last, count, false)))
         } else if sealed || viewer == Viewer::Writer {
-            Ok(Some((size, count + 1)))
+            Ok(Some((size, count + 1, true)))
         } else {
             // Unrecorded bytes: decided below, under the lock.
             Ok(None)
@@ -535,7 +535,7 @@ fn written(
             }
             Err(std::fs::TryLockError::WouldBlock) => {
                 let (count, last) = recorded_ends(side, size)?;
-                return Ok((last, count));
+                return Ok((last, count, false));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
@@ -543,7 +543,7 @@ fn written(
     let now = file.metadata();
     let shown = now.and_then(|now| match at(now.len())? {
         Some(shown) => Ok(shown),
-        None => recorded_ends(side, now.len()).map(|(count, _)| (now.len(), count + 1)),
+        None => recorded_ends(side, now.len()).map(|(count, _)| (now.len(), count + 1, true)),
     });
     let _ = file.unlock();
     shown

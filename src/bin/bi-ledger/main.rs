@@ -194,8 +194,6 @@ enum Cmd {
 /// mistyped count can allocate.
 const MAX_DEMO_WRITERS: u64 = 1024;
 
-/// A stream id the writer would take (`NewEvent::validate`): another can
-/// never match, and reading it would look like reading an empty stream.
 /// `--origin`: the form `init` prints, so that a mistyped one is a usage
 /// error, not a ledger that fails to be the one expected (exit 1).
 fn origin_arg(s: &str) -> std::result::Result<String, String> {
@@ -211,13 +209,13 @@ fn origin_arg(s: &str) -> std::result::Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// A stream id the writer would take (`NewEvent::validate`): another can
+/// never match, and reading it would look like reading an empty stream.
 fn stream_id(s: &str) -> std::result::Result<String, String> {
     let max = bi_ledger::model::MAX_STREAM;
-    if s.is_empty() || s.len() > max || s.chars().any(char::is_control) {
-        return Err(format!(
-            "a stream id is 1 to {max} bytes, without control characters"
-        ));
-    }
+    bi_ledger::model::validate_stream(s).map_err(|_| {
+        format!("a stream id is 1 to {max} bytes, without control, invisible or text-direction characters")
+    })?;
     Ok(s.to_owned())
 }
 
