@@ -13,6 +13,35 @@ pub struct IntegrityError {
     pub offset: u64,
     pub seq: Option<u64>,
     pub what: String,
+    /// For callers that act on the kind of failure rather than its text.
+    pub kind: IntegrityKind,
+}
+
+/// The kind of an [`IntegrityError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IntegrityKind {
+    /// Bytes, hashes, links, caches or a checkpoint's statement are not
+    /// what the log and its signed checkpoints say they must be.
+    Damage,
+    /// A checkpoint has no signature by the verifier's key: it was signed
+    /// with another key, or its signature line was removed. Verifying with
+    /// a key other than the ledger's fails this way at its first checkpoint.
+    NotSignedByKey,
+    /// A checkpoint note that does not parse, or whose signature by the
+    /// verifier's key is not valid.
+    BadCheckpoint,
+}
+
+impl IntegrityKind {
+    /// The name `bi-ledger verify` prints as `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IntegrityKind::Damage => "damage",
+            IntegrityKind::NotSignedByKey => "not_signed_by_key",
+            IntegrityKind::BadCheckpoint => "bad_checkpoint",
+        }
+    }
 }
 
 impl IntegrityError {
@@ -27,6 +56,23 @@ impl IntegrityError {
             offset,
             seq,
             what: what.into(),
+            kind: IntegrityKind::Damage,
+        }
+    }
+
+    /// `e`, opening the checkpoint `blob` with the verifier's key.
+    pub(crate) fn checkpoint_rejected(
+        blob: impl Into<String>,
+        e: &crate::format::checkpoint::CheckpointError,
+    ) -> Self {
+        use crate::format::checkpoint::CheckpointError;
+        let kind = match e {
+            CheckpointError::NoMatchingSignature { .. } => IntegrityKind::NotSignedByKey,
+            _ => IntegrityKind::BadCheckpoint,
+        };
+        IntegrityError {
+            kind,
+            ..IntegrityError::new(blob, 0, None, format!("checkpoint rejected: {e}"))
         }
     }
 

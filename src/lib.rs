@@ -18,7 +18,7 @@ pub mod ledger;
 pub mod model;
 pub mod time;
 
-pub use error::{IntegrityError, LedgerError, Result};
+pub use error::{IntegrityError, IntegrityKind, LedgerError, Result};
 pub use ledger::{CheckpointInfo, Ledger, LedgerOptions, LedgerReader};
 pub use model::{ExpectedVersion, NewEvent, Receipt};
 

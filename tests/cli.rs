@@ -612,6 +612,12 @@ fn location(out: &Out) -> Option<(String, u64, Option<u64>)> {
     Some((blob.to_owned(), digits.parse().ok()?, seq))
 }
 
+/// The `kind` a failed `verify` prints on stdout, if it printed one.
+fn kind(out: &Out) -> Option<String> {
+    let v = out.json_lines().into_iter().next()?;
+    Some(v["kind"].as_str()?.to_owned())
+}
+
 /// Changes byte `i` of `path` by each of `masks(i)` in turn, runs `verify`
 /// on each, hands the result to `check`, and restores the file. Returns
 /// the flips that verified as valid (`check` sees them first).
@@ -667,6 +673,9 @@ fn tamper_every_segment_byte() {
                     // the header's CRC at byte 80.
                     Some((_, off, _)) if i < HEADER_LEN as u64 => (off >= HEADER_LEN as u64)
                         .then(|| format!("offset {off} outside the header")),
+                    _ if kind(out).is_some_and(|k| k != "damage") => {
+                        Some(format!("kind {:?}", kind(out)))
+                    }
                     Some((_, off, seq)) => {
                         let b = if i < starts[1] { 0 } else { 1 };
                         if off != starts[b] {
@@ -726,6 +735,8 @@ fn tamper_every_checkpoint_byte() {
                 match location(out) {
                     None => Some("no location".into()),
                     Some((b, _, _)) if b != blob => Some(format!("blames {b}")),
+                    // Any change to a note breaks its signature by the key.
+                    _ if kind(out).is_some_and(|k| k == "damage") => Some("kind damage".into()),
                     Some(_) => None,
                 }
             };
@@ -919,6 +930,12 @@ fn verify_against_another_key_fails() {
     assert_eq!(out.code, 1, "{}", out.describe());
     let (blob, _, _) = location(&out).expect("names where");
     assert!(blob.starts_with("main/checkpoint-"), "{}", out.describe());
+    assert_eq!(
+        out.json()["kind"],
+        "not_signed_by_key",
+        "{}",
+        out.describe()
+    );
 
     // A key made for another ledger signs under that ledger's name.
     let named = f.dir.path().join("named.key");

@@ -2384,7 +2384,10 @@ async fn every_checkpoint_of_many_is_checked_as_the_walk_reaches_it() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&path, cp.sign(&verifier.name, &other)).unwrap();
     match reader.verify(&verifier, &|_, _| {}).await {
-        Err(bi_ledger::LedgerError::Integrity(e)) => assert_eq!(e.blob, blob, "{e}"),
+        Err(bi_ledger::LedgerError::Integrity(e)) => {
+            assert_eq!(e.blob, blob, "{e}");
+            assert_eq!(e.kind, bi_ledger::IntegrityKind::NotSignedByKey, "{e}");
+        }
         Err(e) => assert!(e.to_string().contains(blob), "{e}"),
         Ok(r) => panic!("a checkpoint signed by another key verified: {r:?}"),
     }
@@ -2873,6 +2876,7 @@ async fn verify_with_another_key_says_the_key_differs() {
     other.key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
     match reader.verify(&other, &|_, _| {}).await {
         Err(bi_ledger::LedgerError::Integrity(e)) => {
+            assert_eq!(e.kind, bi_ledger::IntegrityKind::NotSignedByKey, "{e}");
             assert!(e.what.contains("no signature by key"), "{e}");
             assert!(
                 e.what.contains("not the one the LEDGER file records"),
@@ -2883,6 +2887,70 @@ async fn verify_with_another_key_says_the_key_differs() {
     }
     let recorded = reader.recorded_verifier().clone();
     assert!(reader.verify(&recorded, &|_, _| {}).await.unwrap().records == 1);
+}
+
+/// An application tells a broken checkpoint signature from damaged records
+/// by the error's kind, not its text; neither is blamed on the key.
+#[tokio::test]
+async fn integrity_errors_say_their_kind() {
+    let (dir, ledger) = with_one_event("main").await;
+    ledger.close().await.unwrap();
+    let reader = bi_ledger::LedgerReader::open(store(dir.path()), "main")
+        .await
+        .unwrap();
+    let recorded = reader.recorded_verifier().clone();
+    let mut other = recorded.clone();
+    other.key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    let verify_err = |verifier: bi_ledger::format::checkpoint::Verifier| {
+        let reader = &reader;
+        async move {
+            match reader.verify(&verifier, &|_, _| {}).await {
+                Err(bi_ledger::LedgerError::Integrity(e)) => e,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+
+    // One character of the signature changed: signed by the ledger's key
+    // name and key id, but not a valid signature.
+    let path = FsStore::file_path(dir.path(), "main/checkpoint-00000000000000000001");
+    let note = std::fs::read_to_string(&path).unwrap();
+    let line = note.rfind("\n\u{2014} ").unwrap() + 1;
+    let at = note.len() - 20;
+    assert!(at > line + 30, "{note}");
+    let mut changed = note.clone().into_bytes();
+    changed[at] = if changed[at] == b'A' { b'B' } else { b'A' };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&path, &changed).unwrap();
+    for verifier in [recorded.clone(), other.clone()] {
+        let e = verify_err(verifier.clone()).await;
+        let expected = if verifier == recorded {
+            bi_ledger::IntegrityKind::BadCheckpoint
+        } else {
+            bi_ledger::IntegrityKind::NotSignedByKey
+        };
+        assert_eq!(e.kind, expected, "{e}");
+        if verifier == recorded {
+            assert_eq!(e.blob, "main/checkpoint-00000000000000000001", "{e}");
+        }
+        assert_eq!(
+            e.what.contains("not the one the LEDGER file records"),
+            verifier == other,
+            "{e}"
+        );
+    }
+    std::fs::write(&path, note).unwrap();
+
+    // A payload byte changed: damage, whichever key is given.
+    let seg = dir.path().join("main/0000000000.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::set_permissions(&seg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&seg, &bytes).unwrap();
+    let e = verify_err(recorded).await;
+    assert_eq!(e.kind, bi_ledger::IntegrityKind::Damage, "{e}");
+    assert_eq!(e.blob, "main/0000000000.seg", "{e}");
 }
 
 /// Once one handle closes the ledger, its clones are told so, with the

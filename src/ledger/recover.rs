@@ -10,7 +10,7 @@ use super::layout::{self, Meta};
 use super::scan::Scanner;
 use super::tip::Tip;
 use crate::backend::{BlobInfo, BlobStore, StoreError};
-use crate::error::{IntegrityError, LedgerError, Result};
+use crate::error::{IntegrityError, IntegrityKind, LedgerError, Result};
 use crate::format::checkpoint::Checkpoint;
 use crate::format::merkle::Frontier;
 use crate::format::record::RecordRef;
@@ -280,8 +280,9 @@ pub async fn read_checkpoint_note(
     blob: &str,
 ) -> Result<(Checkpoint, String)> {
     let bytes = store.read_all(blob).await?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        IntegrityError::new(
+    let text = String::from_utf8(bytes).map_err(|e| IntegrityError {
+        kind: IntegrityKind::BadCheckpoint,
+        ..IntegrityError::new(
             blob,
             e.utf8_error().valid_up_to() as u64,
             None,
@@ -289,7 +290,7 @@ pub async fn read_checkpoint_note(
         )
     })?;
     let cp = Checkpoint::open(&text, &meta.verifier)
-        .map_err(|e| IntegrityError::new(blob, 0, None, format!("{CHECKPOINT_REJECTED}: {e}")))?;
+        .map_err(|e| IntegrityError::checkpoint_rejected(blob, &e))?;
     if cp.origin != meta.origin() {
         return Err(IntegrityError::new(
             blob,
@@ -621,10 +622,6 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         snapshots,
     })
 }
-
-/// How an integrity error about a checkpoint that does not open (its
-/// signature, its text) begins.
-pub(crate) const CHECKPOINT_REJECTED: &str = "checkpoint rejected";
 
 /// The error for a last segment that is sealed (`name`, segment `index`,
 /// its records ending at byte `end`, before `seq`): a writer seals a

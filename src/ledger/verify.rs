@@ -20,7 +20,7 @@ use super::recover;
 use super::scan::{Chunk, Scanner};
 use super::signed::{Opened, ReadAhead, Signed};
 use super::tip::{Linked, Tip};
-use crate::error::{IntegrityError, LedgerError, Result};
+use crate::error::{IntegrityError, IntegrityKind, LedgerError, Result};
 use crate::format::checkpoint::{Checkpoint, Verifier};
 use crate::format::nodes::{self, NodeCache};
 use crate::format::segment::{is_unwritten_header, SegmentHeader, HEADER_LEN};
@@ -102,12 +102,12 @@ impl LedgerReader {
         tracing::warn!("the public key given differs from the one recorded in the ledger");
         // A checkpoint the given key did not sign fails either way; the
         // error says which of the two keys is in question, since an
-        // application that logs no warnings sees only the error.
+        // application that logs no warnings sees only the error. (A note
+        // that does not parse, or a bad signature by the given key, is not
+        // about which key.)
         let recorded = hex(&recorded.key_id());
         match self.verify_walk(verifier, opts, progress).await {
-            Err(LedgerError::Integrity(mut e))
-                if e.what.starts_with(recover::CHECKPOINT_REJECTED) =>
-            {
+            Err(LedgerError::Integrity(mut e)) if e.kind == IntegrityKind::NotSignedByKey => {
                 e.what.push_str(&format!(
                     "; the key given is not the one the LEDGER file records (key id {recorded}): if the key given is the ledger's, the LEDGER file was replaced; if not, verify with the ledger's key"
                 ));

@@ -1153,8 +1153,7 @@ fn load_trusted_checkpoint(file: &Path, verifier: &Verifier) -> Result<Checkpoin
 }
 
 fn integrity_json(e: IntegrityError) -> Outcome {
-    let mut j =
-        json!({"valid": false, "blob": e.blob, "offset": e.offset, "seq": e.seq, "error": e.what});
+    let mut j = json!({"valid": false, "kind": e.kind.as_str(), "blob": e.blob, "offset": e.offset, "seq": e.seq, "error": e.what});
     if let Some(file) = file_of(&e.blob) {
         j["file"] = json!(file.display().to_string());
     }
