@@ -907,6 +907,105 @@ fn a_deleted_newest_checkpoint_leaves_caches_that_verify_reports() {
     );
 }
 
+/// Records after the newest checkpoint: `verify` passes, and says on
+/// stderr that no signature covers them; a writer that takes them over
+/// says so too. With the checkpoint that signed them deleted and the
+/// records cut off at a batch boundary, the caches that checkpoint left
+/// say records were removed: `verify` and writers refuse, naming where.
+#[test]
+fn records_cut_off_with_their_checkpoint_are_found_by_its_caches() {
+    let (f, _) = Fixture::init();
+    for n in [2, 3] {
+        let lines: Vec<String> = (0..n).map(|i| line("s", "T", json!({"b": i}))).collect();
+        f.append(&lines.join("\n")).ok();
+    }
+    let five = f.seg_len();
+    f.append(&format!(
+        "{}\n{}",
+        line("s", "T", json!(5)),
+        line("s", "T", json!(6))
+    ))
+    .ok();
+    let cp7 = "main/checkpoint-00000000000000000007";
+    let seg = f.path(SEG);
+    let whole = fs::read(&seg).unwrap();
+    fs::remove_file(f.path(cp7)).unwrap();
+
+    let out = f.verify();
+    assert_eq!(out.code, 0, "{}", out.describe());
+    assert_eq!(out.json()["unsigned_tail"], 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("no signature covers them"),
+        "{}",
+        out.describe()
+    );
+
+    writable(&seg);
+    fs::write(&seg, &whole[..five as usize]).unwrap();
+    for args in [&["verify"][..], &["checkpoint"][..]] {
+        let out = f.run(args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.describe());
+        let said = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            said.contains("records were removed from the log's end"),
+            "{args:?}: {}",
+            out.describe()
+        );
+        assert!(
+            said.contains(&format!(
+                "integrity error in {SEG} at byte {five} (sequence number 5)"
+            )),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+    assert_eq!(f.seg_len(), five, "a refused writer wrote nothing");
+
+    // Put back, the records are taken over with a warning, and signed.
+    fs::write(&seg, &whole).unwrap();
+    let out = f.run(&["checkpoint"]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("records after the newest checkpoint, signed by none"),
+        "{}",
+        out.describe()
+    );
+    let v = f.verify().ok().json();
+    assert_eq!(
+        (&v["records"], &v["unsigned_tail"]),
+        (&json!(7), &json!(0)),
+        "{v}"
+    );
+}
+
+/// A writer appends behind the newest checkpoint, in the segment it
+/// stands in: a change to that segment's header, which only `verify` read
+/// before, stops the writer too, and it writes nothing.
+#[test]
+fn a_writer_refuses_a_changed_header_of_the_segment_it_appends_to() {
+    let f = three_appends();
+    let seg = f.path(SEG);
+    let whole = fs::read(&seg).unwrap();
+    writable(&seg);
+    for i in 0..HEADER_LEN {
+        let mut bytes = whole.clone();
+        bytes[i] ^= 0x01;
+        fs::write(&seg, &bytes).unwrap();
+        let out = f.append(&line("s", "T", json!("more")));
+        assert_eq!(out.code, 1, "header byte {i}: {}", out.describe());
+        assert!(
+            out.stderr
+                .contains(&format!("integrity error in {SEG} at byte ")),
+            "header byte {i}: {}",
+            out.describe()
+        );
+        assert_eq!(fs::read(&seg).unwrap(), bytes, "header byte {i}: written");
+    }
+    fs::write(&seg, &whole).unwrap();
+    f.append(&line("s", "T", json!("more"))).ok();
+}
+
 /// Checkpoint 5 deleted with the stream index of checkpoint 7: the
 /// index a writer put for 7 started at 5, one restored from the log
 /// would start at 2. A cache of size 5 is left, so verify does not

@@ -182,6 +182,30 @@ async fn newest_checkpoint(store: &dyn BlobStore, ledger: &str) -> Result<Option
     newest_checkpoint_of(store, ledger, &snapshot_sizes(store, ledger).await?).await
 }
 
+/// How far ahead of the clock a ledger's last timestamp may be before
+/// opening it for writing warns (clocks of two machines differ a little).
+const CLOCK_AHEAD_US: i64 = 60_000_000;
+
+/// The newest snapshot of a size past `records`. A writer puts a
+/// checkpoint's caches only once every record they cover is durable, and
+/// no crash takes a durable record back: such a snapshot says records were
+/// removed, with the checkpoint that signed them. (Only snapshots: they
+/// are few, as writers prune them, where stream indexes and node caches
+/// stay, one per checkpoint; `verify` looks at those too.)
+fn snapshot_beyond(ledger: &str, snapshots: &[u64], records: u64) -> Option<(u64, String)> {
+    snapshots
+        .last()
+        .filter(|&&s| s > records)
+        .map(|&s| (s, layout::snapshot(ledger, s)))
+}
+
+/// The end of the message that cache `blob` of `size` is past the log's end.
+pub(crate) fn removed(blob: &str, size: u64) -> String {
+    format!(
+        "{blob} is there, which a writer puts only once {size} records are durable: records were removed from the log's end, with the checkpoint that signed them"
+    )
+}
+
 /// The sizes of the snapshots there are, smallest first.
 pub async fn snapshot_sizes(store: &dyn BlobStore, ledger: &str) -> Result<Vec<u64>> {
     let mut sizes: Vec<u64> = store
@@ -486,14 +510,21 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
             tip.segment_index = *index;
             tip.segment_len = HEADER_LEN as u64;
             tip.segment_blocks = 1;
-        } else if tip.segment_len == HEADER_LEN as u64 && info.size >= HEADER_LEN as u64 {
-            // The newest snapshot stands at this segment's start (a
-            // checkpoint right after a recovered rollover): the header is
-            // what ties the segment to the chain, so check it.
+        } else if info.size >= HEADER_LEN as u64 {
+            // The newest snapshot stands in this segment, which this writer
+            // appends to: its header is checked as far as the snapshot can
+            // tell (whole, as its CRC says; this ledger's; this segment).
+            // At the segment's start (a checkpoint right after a recovered
+            // rollover) it is what ties the segment to the chain: checked
+            // whole.
             let bytes = store.read(name, 0, HEADER_LEN as u64).await?;
             let h = SegmentHeader::decode(&bytes)
                 .map_err(|e| IntegrityError::decoding(name, 0, e, Some(tip.size)))?;
-            check_header(name, &h, meta, *index, &tip)?;
+            if tip.segment_len == HEADER_LEN as u64 {
+                check_header(name, &h, meta, *index, &tip)?;
+            } else {
+                check_header_identity(name, &h, meta, *index, tip.size)?;
+            }
         }
         let size = store.info(name).await?.size;
         if size < tip.segment_len {
@@ -551,6 +582,22 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         }
     }
     debug_assert!(tip.size >= cp_size);
+    // Where the log ends, and what is there that looked like a crash's
+    // leftover (and was not repaired).
+    let (at, left) = match repairs.last() {
+        Some(Repair::Cut { offset, .. }) => (
+            *offset,
+            " (the batch here is torn or damaged, and is left as it is)",
+        ),
+        Some(Repair::Header { cut, .. }) => (
+            *cut,
+            " (the segment's header is incomplete, and is left as it is)",
+        ),
+        Some(Repair::Unwritten { offset, .. }) => {
+            (*offset, " (zeros follow, and are left as they are)")
+        }
+        None => (tip.segment_len, ""),
+    };
     if let Some((_, cp)) = &checkpoint {
         if let Some((size, blob)) = checkpoints_after(store, ledger, cp.size, tip.size)
             .await?
@@ -558,22 +605,6 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
         {
             let (_, last_seg) = &segments[last];
             let err = if size > tip.size {
-                // Where the log ends, and what is there that looked like
-                // a crash's leftover (and was not repaired).
-                let (at, left) = match repairs.last() {
-                    Some(Repair::Cut { offset, .. }) => (
-                        *offset,
-                        " (the batch here is torn or damaged, and is left as it is)",
-                    ),
-                    Some(Repair::Header { cut, .. }) => (
-                        *cut,
-                        " (the segment's header is incomplete, and is left as it is)",
-                    ),
-                    Some(Repair::Unwritten { offset, .. }) => {
-                        (*offset, " (zeros follow, and are left as they are)")
-                    }
-                    None => (tip.segment_len, ""),
-                };
                 let short = IntegrityError::new(
                     &last_seg.name,
                     at,
@@ -595,6 +626,31 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
             return Err(err.into());
         }
     }
+    if let Some((size, blob)) = snapshot_beyond(ledger, &snapshots, tip.size) {
+        return Err(IntegrityError::new(
+            &segments[last].1.name,
+            at,
+            Some(tip.size),
+            format!(
+                "the log ends after {} records{left}, but {}",
+                tip.size,
+                removed(&blob, size)
+            ),
+        )
+        .into());
+    }
+    if tip.size > cp_size {
+        // Only a crash leaves records after the newest checkpoint (a writer
+        // signs one as it closes), but nothing tells its records from ones
+        // written by whoever else can write the store: say so, since this
+        // writer's next checkpoint signs them.
+        warn!(
+            records = tip.size - cp_size,
+            first_seq = cp_size,
+            last_seq = tip.size - 1,
+            "records after the newest checkpoint, signed by none: a writer crashed before signing them, or someone who can write the store wrote them; this writer's next checkpoint signs them (`bi-ledger read --from {cp_size}` shows them)"
+        );
+    }
     let (index, last_seg) = &segments[last];
     if last_seg.sealed {
         // No crash undoes a create, and this writer holds the lock.
@@ -615,6 +671,16 @@ pub async fn recover(store: &dyn BlobStore, meta: &Meta, max_body: usize) -> Res
             store.seal_at(&info.name, info.size).await?;
             info!(segment = %info.name, "sealed a segment whose rollover a crash interrupted");
         }
+    }
+    let ahead = tip.last_ts.saturating_sub(crate::time::now_us());
+    if ahead > CLOCK_AHEAD_US {
+        // Timestamps never decrease along the log: every event appended
+        // until this clock catches up is stamped with the last one.
+        warn!(
+            last_timestamp = %crate::time::format_us(tip.last_ts),
+            seconds_ahead = ahead / 1_000_000,
+            "the ledger's last event is stamped later than this clock says it is now; new events get that time until the clock catches up: check this clock, and the ledger's last events (an earlier writer's clock, or records someone wrote)"
+        );
     }
     Ok(Recovered {
         tip,
@@ -771,25 +837,10 @@ pub fn check_header(
     index: u64,
     tip: &Tip,
 ) -> Result<()> {
+    check_header_identity(name, h, meta, index, tip.size)?;
     let bad = |offset: u64, what: String| -> Result<()> {
         Err(IntegrityError::new(name, offset, Some(tip.size), what).into())
     };
-    if h.ledger_id != meta.id {
-        return bad(
-            16,
-            format!(
-                "segment belongs to ledger {}, but the LEDGER file names {} (one of the two was changed, or the segment is another ledger's)",
-                hex(&h.ledger_id),
-                hex(&meta.id)
-            ),
-        );
-    }
-    if h.index != index {
-        return bad(
-            32,
-            format!("header says segment {}, file is segment {index}", h.index),
-        );
-    }
     if h.first_seq != tip.size {
         return bad(
             crate::format::segment::FIRST_SEQ_AT,
@@ -807,6 +858,38 @@ pub fn check_header(
                 hex(&h.prev_chain),
                 hex(&tip.chain_head)
             ),
+        );
+    }
+    Ok(())
+}
+
+/// The part of [`check_header`] that needs no chain state: which ledger
+/// and which segment the header says it is. `seq` is where an error says
+/// the log stands.
+pub fn check_header_identity(
+    name: &str,
+    h: &SegmentHeader,
+    meta: &Meta,
+    index: u64,
+    seq: u64,
+) -> Result<()> {
+    let bad = |offset: u64, what: String| -> Result<()> {
+        Err(IntegrityError::new(name, offset, Some(seq), what).into())
+    };
+    if h.ledger_id != meta.id {
+        return bad(
+            16,
+            format!(
+                "segment belongs to ledger {}, but the LEDGER file names {} (one of the two was changed, or the segment is another ledger's)",
+                hex(&h.ledger_id),
+                hex(&meta.id)
+            ),
+        );
+    }
+    if h.index != index {
+        return bad(
+            32,
+            format!("header says segment {}, file is segment {index}", h.index),
         );
     }
     Ok(())

@@ -44,8 +44,11 @@ pub struct VerifyReport {
     /// finish (a crash or a failed write after its caches were put) leaves
     /// them, and so does a deleted checkpoint: the log cannot tell which,
     /// so they are reported, not failed. The newest checkpoint's deletion
-    /// shows only here. `None` if the caches could not be listed (the
-    /// log's verification stands; a warning says why).
+    /// shows only here. One of a size past the log's end is an integrity
+    /// error instead (records were removed: caches are put only once their
+    /// records are durable), unless the log grew while it was verified.
+    /// `None` if the caches could not be listed (the log's verification
+    /// stands; a warning says why).
     pub caches_without_checkpoint: Option<Vec<String>>,
     /// Stream indexes and node caches that a checkpoint should have and
     /// does not, by blob name. This library's writer puts them before the
@@ -289,10 +292,45 @@ impl LedgerReader {
             .await
             .inspect_err(|e| tracing::warn!(error = %e, "could not list the caches to look for ones without a checkpoint"))
             .ok();
+        let beyond = orphans
+            .iter()
+            .flatten()
+            .filter(|(size, _)| *size > w.tip.size)
+            .max();
+        if let (Some((size, blob)), Some((_, last_seg))) = (beyond, segments.last()) {
+            // A live writer puts the caches of records appended since this
+            // reader listed the log; a log that has not grown since says
+            // records were removed.
+            let now = recover::list_every_segment(store.as_ref(), &meta.name).await?;
+            let grown = now.len() != segments.len()
+                || now.last().map(|(_, i)| i.size) != Some(last_seg.size);
+            if !grown {
+                return Err(IntegrityError::new(
+                    &last_seg.name,
+                    w.tip.segment_len,
+                    Some(w.tip.size),
+                    format!(
+                        "the log ends after {} records, but {}",
+                        w.tip.size,
+                        recover::removed(blob, *size)
+                    ),
+                )
+                .into());
+            }
+        }
+        let orphans: Option<Vec<String>> =
+            orphans.map(|o| o.into_iter().map(|(_, blob)| blob).collect());
         if let Some(orphans) = orphans.as_ref().filter(|o| !o.is_empty()) {
             tracing::warn!(
                 caches = ?orphans,
                 "caches without a checkpoint of their size: left by a checkpoint a writer did not finish (a crash, a failed write) or is writing now, or by a deleted checkpoint"
+            );
+        }
+        if w.tip.size > newest {
+            tracing::warn!(
+                records = w.tip.size - newest,
+                first_seq = newest,
+                "records after the newest checkpoint: their chain is intact, but no signature covers them, so whoever can write the store could have written them; a writer signs them at its next checkpoint (or `bi-ledger checkpoint`), and --trusted-checkpoint with a checkpoint kept elsewhere proves the records it covers"
             );
         }
         if !w.caches.missing.is_empty() {
@@ -323,7 +361,7 @@ impl LedgerReader {
 async fn caches_without_checkpoint(
     reader: &LedgerReader,
     checkpoints: &[u64],
-) -> Result<Vec<String>> {
+) -> Result<Vec<(u64, String)>> {
     let (name, store) = (reader.name(), reader.store());
     let caches = list_caches(reader).await?;
     let since: Vec<u64> = recover::checkpoint_blobs(store.as_ref(), name)
@@ -334,12 +372,11 @@ async fn caches_without_checkpoint(
     // Both listings are sorted.
     let signed =
         |size: &u64| checkpoints.binary_search(size).is_ok() || since.binary_search(size).is_ok();
-    let mut out: Vec<String> = caches
+    let mut out: Vec<(u64, String)> = caches
         .into_iter()
         .filter(|(size, _)| !signed(size))
-        .map(|(_, blob)| blob)
         .collect();
-    out.sort();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(out)
 }
 
