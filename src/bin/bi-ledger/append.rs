@@ -9,9 +9,8 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use bi_ledger::{Ledger, LedgerError};
 
-use crate::{
-    input, ledger_exists, load_key, open_writer, print, store, writer_options, Cli, Outcome,
-};
+use crate::keyfile::load_key;
+use crate::{input, ledger_exists, open_writer, print, store, writer_options, Cli, Outcome};
 
 /// `append`'s input, which is read twice. A regular file is read where it
 /// is; anything else (standard input, a pipe, `<(…)`) is first copied to a
