@@ -38,7 +38,7 @@ mod common;
 
 /// Bump when the workload (payloads, streams, batching) changes, so a
 /// cached ledger of the old shape is not reused.
-const BENCH_DATA_VERSION: u32 = 3; // 2: node caches beside the checkpoints; 3: the fs store files them by window
+const BENCH_DATA_VERSION: u32 = 4; // 2: node caches beside the checkpoints; 3: the fs store files them by window; 4: checkpoints sign their snapshot
 const FULL_EVENTS: u64 = 1_000_000;
 const QUICK_EVENTS: u64 = 20_000;
 const BATCH: u64 = 1_000;

@@ -2124,6 +2124,62 @@ async fn verify_names_the_stream_a_snapshot_has_wrong() {
     );
 }
 
+/// The checkpoint signs its snapshot's digest: a snapshot re-sealed with
+/// other stream versions or a later last timestamp (which would set the
+/// versions and times of every event appended after it) stops a writer
+/// from opening, naming the snapshot; the one it signed opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_refuses_a_snapshot_its_checkpoint_did_not_sign() {
+    use bi_ledger::format::snapshot::Snapshot;
+    use bi_ledger::format::stream_table::StreamTable;
+    use bi_ledger::LedgerError;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = checkpointed_on_demand(dir.path(), 23).await;
+    ledger.append(counted("a", 3)).await.unwrap();
+    ledger.close().await.unwrap();
+    let blob = "main/snapshot-00000000000000000003";
+    let path = FsStore::file_path(dir.path(), blob);
+    let good = std::fs::read(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let forged_versions = {
+        let mut snap = Snapshot::decode(&good).unwrap();
+        snap.streams = Arc::new(StreamTable::from_sorted([("a", 0)]));
+        snap.encode()
+    };
+    let forged_time = {
+        let mut snap = Snapshot::decode(&good).unwrap();
+        snap.last_timestamp_us = 4_102_444_800_000_000; // 2100-01-01
+        snap.encode()
+    };
+    for forged in [forged_versions, forged_time] {
+        assert!(
+            Snapshot::decode(&forged).is_ok(),
+            "sealed as a writer seals"
+        );
+        std::fs::write(&path, &forged).unwrap();
+        match bi_ledger::Ledger::open(store(dir.path()), "main", options(23)).await {
+            Err(LedgerError::Integrity(e)) => {
+                assert_eq!(e.blob, blob, "{e}");
+                assert!(e.what.contains("not the one checkpoint"), "{e}");
+            }
+            other => panic!(
+                "a writer opened with a forged snapshot: {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    std::fs::write(&path, &good).unwrap();
+    let ledger = bi_ledger::Ledger::open(store(dir.path()), "main", options(23))
+        .await
+        .unwrap();
+    let r = ledger
+        .append_one(bi_ledger::NewEvent::bytes("a", "T", vec![1]))
+        .await
+        .unwrap();
+    assert_eq!((r.seq, r.version), (3, 3));
+    ledger.close().await.unwrap();
+}
+
 /// A stream read passes records as it finds them. Where an index misses a
 /// batch of the stream (its filter says the stream is not there), the
 /// records found after it come too early; the read then scans the log for

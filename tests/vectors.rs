@@ -722,14 +722,15 @@ fn hand_key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
     [d[0], d[1], d[2], d[3]]
 }
 
-fn hand_note(size: u64, root: &Hash, chain_head: &Hash, time: &str) -> String {
+fn hand_note(size: u64, root: &Hash, chain_head: &Hash, time: &str, snapshot: &Hash) -> String {
     let key = signing_key();
     let key_name = format!("bi-ledger/{LEDGER_NAME}");
     let body = format!(
-        "bi-ledger/{LEDGER_NAME}/{}\n{size}\n{}\nchain {}\ntime {time}\n",
+        "bi-ledger/{LEDGER_NAME}/{}\n{size}\n{}\nchain {}\ntime {time}\nsnapshot {}\n",
         hex(&LEDGER_ID),
         BASE64.encode(root),
         BASE64.encode(chain_head),
+        BASE64.encode(snapshot),
     );
     let mut blob = hand_key_id(&key_name, key.verifying_key().as_bytes()).to_vec();
     blob.extend_from_slice(&key.sign(body.as_bytes()).to_bytes());
@@ -944,17 +945,28 @@ fn build() -> Built {
             v.push(Vector::hex(format!("snapshot-{size}"), &hand));
             snapshots.push((size, bytes));
 
+            // The checkpoint signs the SHA-256 of the snapshot's bytes
+            // before the digest that closes it (format §10.1).
+            let hand_bytes = hand.bytes();
+            let snapshot: Hash = Sha256::digest(&hand_bytes[..hand_bytes.len() - 32]).into();
             let cp = Checkpoint {
                 origin: meta.origin(),
                 size,
                 root: tip.frontier.root(),
                 chain_head: tip.chain_head,
                 time_us,
+                snapshot: Some(snapshot),
             };
             let note = cp.sign(&verifier.name, &key);
             assert_eq!(
                 note,
-                hand_note(size, &hand_mth(&leaves[..n]), &cp.chain_head, time)
+                hand_note(
+                    size,
+                    &hand_mth(&leaves[..n]),
+                    &cp.chain_head,
+                    time,
+                    &snapshot
+                )
             );
             v.push(Vector::text(format!("checkpoint-{size}"), &note));
             checkpoints.push((size, note));

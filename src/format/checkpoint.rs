@@ -9,12 +9,13 @@
 //! <base64 root>
 //! chain <base64 chain head>
 //! time <YYYY-MM-DDTHH:MM:SS.ffffffZ>
+//! snapshot <base64 snapshot digest>        (optional)
 //!
 //! — <key name> <base64(key id || signature)>
 //! ```
 //!
 //! with every line, including the last signature line, ending in `\n`. The
-//! first five lines are the body, which is what gets signed. Parsing is
+//! lines before the empty one are the body, which is what gets signed. Parsing is
 //! strict: a parsed checkpoint always re-serialises to the exact body bytes
 //! that were signed, so there is a single valid text per checkpoint.
 
@@ -95,6 +96,12 @@ pub struct Checkpoint {
     /// Microseconds since the Unix epoch, UTC. Must be within
     /// [`MIN_TIME_US`]..=[`MAX_TIME_US`] to be signed.
     pub time_us: i64,
+    /// The SHA-256 that closes the snapshot of this size (its last 32
+    /// bytes), so that the writer state a writer opens with is signed too:
+    /// a snapshot is not evidence, but a forged one would set the stream
+    /// versions and the last timestamp of every event appended after it.
+    /// `None` in a note without the `snapshot` line (format §10.1).
+    pub snapshot: Option<Hash>,
 }
 
 /// One signature line, not yet verified.
@@ -208,19 +215,24 @@ impl Verifier {
 }
 
 impl Checkpoint {
-    /// The signed text: five lines, each ending in `\n`.
+    /// The signed text: five lines, or six with `snapshot`, each ending in
+    /// `\n`.
     ///
     /// Only a checkpoint that passes [`Checkpoint::validate`] has a body that
     /// [`Checkpoint::parse`] accepts.
     pub fn body(&self) -> String {
-        format!(
+        let mut body = format!(
             "{}\n{}\n{}\nchain {}\ntime {}\n",
             self.origin,
             self.size,
             BASE64.encode(self.root),
             BASE64.encode(self.chain_head),
             format_time(self.time_us)
-        )
+        );
+        if let Some(snapshot) = &self.snapshot {
+            body.push_str(&format!("snapshot {}\n", BASE64.encode(snapshot)));
+        }
+        body
     }
 
     /// Checks what the body cannot express: the origin must be a valid name
@@ -401,15 +413,29 @@ fn parse_note(note: &str) -> Result<ParsedNote, CheckpointError> {
         .and_then(parse_time)
         .ok_or_else(|| lines.bad(TIME.0, TIME.1, text))?;
 
-    let body_len = lines.consumed;
-
-    const BLANK: (&str, &str) = (
-        "end of body",
-        "an empty line (format version 1 has no extension lines besides chain and time)",
+    const SNAPSHOT: (&str, &str) = (
+        "snapshot or end of body",
+        "\"snapshot \" and 32 bytes in standard base64 with padding, or an empty line \
+         (format version 1 has no other extension lines)",
     );
-    let text = lines.next(BLANK.0, BLANK.1)?;
+    let mut body_len = lines.consumed;
+    let mut text = lines.next(SNAPSHOT.0, SNAPSHOT.1)?;
+    let mut snapshot = None;
     if !text.is_empty() {
-        return Err(lines.bad(BLANK.0, BLANK.1, text));
+        snapshot = Some(
+            text.strip_prefix("snapshot ")
+                .and_then(decode_hash)
+                .ok_or_else(|| lines.bad(SNAPSHOT.0, SNAPSHOT.1, text))?,
+        );
+        body_len = lines.consumed;
+        const BLANK: (&str, &str) = (
+            "end of body",
+            "an empty line (format version 1 has no extension lines besides chain, time and snapshot)",
+        );
+        text = lines.next(BLANK.0, BLANK.1)?;
+        if !text.is_empty() {
+            return Err(lines.bad(BLANK.0, BLANK.1, text));
+        }
     }
 
     const SIGNATURE: (&str, &str) = (
@@ -434,6 +460,7 @@ fn parse_note(note: &str) -> Result<ParsedNote, CheckpointError> {
         root,
         chain_head,
         time_us,
+        snapshot,
     };
     debug_assert_eq!(checkpoint.body(), note[..body_len]);
     Ok(ParsedNote {
@@ -649,6 +676,7 @@ mod tests {
             root: [0x02; 32],
             chain_head: [0x03; 32],
             time_us: 1_795_839_251_123_456,
+            snapshot: None,
         }
     }
 
@@ -735,6 +763,7 @@ mod tests {
             root: [0; 32],
             chain_head: [0xff; 32],
             time_us: -5,
+            snapshot: None,
         };
         let note = cp.sign("log.example/a", &key);
         let opened = Checkpoint::open(&note, &verifier_for("log.example/a", &key)).unwrap();
@@ -961,6 +990,65 @@ mod tests {
         assert_eq!(syntax_line(Checkpoint::parse(&no_blank).unwrap_err()), 6);
     }
 
+    /// The optional `snapshot` line: after `time`, signed with the rest of
+    /// the body, and nothing else may follow it but the blank line.
+    #[test]
+    fn the_snapshot_line_is_signed_and_parsed_strictly() {
+        let key = test_key();
+        let verifier = verifier_for(TEST_NAME, &key);
+        let cp = Checkpoint {
+            snapshot: Some([0x04; 32]),
+            ..test_checkpoint()
+        };
+        let note = cp.sign(TEST_NAME, &key);
+        let lines: Vec<&str> = note.split_inclusive('\n').collect();
+        assert_eq!(
+            lines[5],
+            format!("snapshot {}\n", BASE64.encode([0x04; 32]))
+        );
+        assert_eq!(lines[6], "\n");
+        assert_eq!(Checkpoint::open(&note, &verifier).unwrap(), cp);
+        assert_eq!(cp.body(), lines[..6].concat());
+
+        // Another snapshot under the same signature does not open.
+        let other = note.replace(&BASE64.encode([0x04; 32]), &BASE64.encode([0x05; 32]));
+        assert!(matches!(
+            Checkpoint::open(&other, &verifier),
+            Err(CheckpointError::InvalidSignature { .. })
+        ));
+        // Without the line, the signature is over another body.
+        let without = format!("{}{}", lines[..5].concat(), lines[6..].concat());
+        assert!(matches!(
+            Checkpoint::open(&without, &verifier),
+            Err(CheckpointError::InvalidSignature { .. })
+        ));
+
+        let with_line = |n: usize, text: &str| {
+            let mut l = lines.clone();
+            l[n - 1] = text;
+            l.concat()
+        };
+        for (text, line) in [
+            (with_line(6, "snapshot AAAA\n"), 6),
+            (
+                with_line(6, &format!("Snapshot {}\n", BASE64.encode([4u8; 32]))),
+                6,
+            ),
+            (
+                with_line(6, &format!("snapshot  {}\n", BASE64.encode([4u8; 32]))),
+                6,
+            ),
+            (with_line(7, "extra line\n"), 7),
+            (
+                with_line(7, &format!("snapshot {}\n", BASE64.encode([4u8; 32]))),
+                7,
+            ),
+        ] {
+            let err = Checkpoint::parse(&text).unwrap_err();
+            assert_eq!(syntax_line(err), line, "{text}");
+        }
+    }
+
     #[test]
     fn error_messages_quote_at_most_a_prefix() {
         let long = "x".repeat(10_000);
@@ -1134,9 +1222,10 @@ mod tests {
             root in any::<[u8; 32]>(),
             chain_head in any::<[u8; 32]>(),
             time_us in MIN_TIME_US..=MAX_TIME_US,
+            snapshot in proptest::option::of(any::<[u8; 32]>()),
         ) {
             let key = SigningKey::from_bytes(&seed);
-            let cp = Checkpoint { origin, size, root, chain_head, time_us };
+            let cp = Checkpoint { origin, size, root, chain_head, time_us, snapshot };
             let note = cp.sign(&key_name, &key);
             let verifier = verifier_for(&key_name, &key);
             prop_assert_eq!(Checkpoint::open(&note, &verifier).unwrap(), cp.clone());

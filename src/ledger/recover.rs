@@ -946,8 +946,29 @@ async fn load_snapshot(
         )),
         e => e.into(),
     })?;
+    // The digest that closes it, which the checkpoint signs (once decoding
+    // has checked that it is the SHA-256 of the bytes before it).
+    let digest: Option<Hash> = bytes
+        .len()
+        .checked_sub(32)
+        .map(|at| bytes[at..].try_into().expect("32 bytes"));
     let snap = Snapshot::decode_owned(bytes)
         .map_err(|e| IntegrityError::decoding(&blob, 0, e, Some(cp.size)))?;
+    if let (Some(signed), Some(digest)) = (cp.snapshot, digest) {
+        if signed != digest {
+            return Err(IntegrityError::new(
+                &blob,
+                0,
+                Some(cp.size),
+                format!(
+                    "snapshot is not the one checkpoint {cp_blob} signs (its SHA-256 is {}, the checkpoint's snapshot line says {}): it was changed or replaced",
+                    hex(&digest),
+                    hex(&signed)
+                ),
+            )
+            .into());
+        }
+    }
     let root = Frontier::from_parts(snap.size, snap.frontier.clone())
         .map_err(|e| IntegrityError::new(&blob, 0, Some(cp.size), e.to_string()))?
         .root();

@@ -1214,6 +1214,10 @@ async fn check_snapshot(
         }
         Err(e) => return Err(LedgerError::Store(e)),
     };
+    let digest: Option<Hash> = bytes
+        .len()
+        .checked_sub(32)
+        .map(|at| bytes[at..].try_into().expect("32 bytes"));
     let snap = Snapshot::decode_owned(bytes)
         .map_err(|e| IntegrityError::decoding(&blob, 0, e, Some(cp.size)))?;
     // The streams are compared entry by entry, so that the first that
@@ -1248,6 +1252,13 @@ async fn check_snapshot(
         (want.segment_index, want.segment_len, want.segment_blocks) =
             (snap.segment_index, snap.segment_len, 1);
     }
+    if snap.last_timestamp_us != want.last_timestamp_us {
+        let what = format!(
+            "last timestamp differs from the log: the snapshot has {} µs, the log {} µs",
+            snap.last_timestamp_us, want.last_timestamp_us
+        );
+        return Err(IntegrityError::new(&blob, 68, Some(cp.size), what).into());
+    }
     if snap != want {
         let what = format!(
             "position differs from the log (segment {} byte {} blocks {}, log has {} {} {})",
@@ -1259,6 +1270,23 @@ async fn check_snapshot(
             want.segment_blocks
         );
         return Err(IntegrityError::new(&blob, 0, Some(cp.size), what).into());
+    }
+    // Equal to the log field by field (which names what differs, above),
+    // and so byte for byte; the checkpoint signs those bytes.
+    if let (Some(signed), Some(digest)) = (cp.snapshot, digest) {
+        if signed != digest {
+            return Err(IntegrityError::new(
+                &blob,
+                0,
+                Some(cp.size),
+                format!(
+                    "snapshot is not the one its checkpoint signs (its SHA-256 is {}, the checkpoint's snapshot line says {})",
+                    hex(&digest),
+                    hex(&signed)
+                ),
+            )
+            .into());
+        }
     }
     Ok(())
 }

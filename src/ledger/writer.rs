@@ -748,12 +748,20 @@ impl Writer {
                 return Ok(last.clone());
             }
         }
+        // Encoded first: the checkpoint signs the digest that closes it. In
+        // parts, so that the stream table (76 MB at four million streams)
+        // is written from where it lies, not copied; dropped by the end of
+        // this call, so that nothing else holds the table at its next fold,
+        // which then rewrites it in place.
+        let snapshot = self.tip.snapshot();
+        let (snap_head, snap_entries, snap_digest) = snapshot.encoded_parts();
         let cp = Checkpoint {
             origin: self.meta.origin(),
             size: self.tip.size,
             root: self.tip.frontier.root(),
             chain_head: self.tip.chain_head,
             time_us: crate::time::now_us(),
+            snapshot: Some(snap_digest),
         };
         let note = cp.sign(&Meta::key_name(&self.meta.name), &self.key);
         debug_assert_eq!(
@@ -783,16 +791,9 @@ impl Writer {
         // must still be pruned (a size whose snapshot is not there is
         // simply not found when pruned).
         self.snapshots.insert(cp.size);
-        {
-            // In parts, so that the stream table (76 MB at four million
-            // streams) is written from where it lies, not copied; scoped,
-            // so that nothing else holds the table at its next fold, which
-            // then rewrites it in place.
-            let snapshot = self.tip.snapshot();
-            let (head, entries, digest) = snapshot.encoded_parts();
-            self.put_cache(&snap_blob, &[&head, entries, &digest])
-                .await?;
-        }
+        self.put_cache(&snap_blob, &[&snap_head, snap_entries, &snap_digest])
+            .await?;
+        drop(snapshot);
         // The checkpoint itself, once the service says the lease is still
         // ours (not only the last renewal): a writer whose lease was broken
         // or taken since would put it beside the new holder's log, whose

@@ -17,12 +17,16 @@ class Checkpoint:
     root: bytes
     chain: bytes
     time: str
-    body: bytes  # lines 1-5 with their LFs: what is signed
+    snapshot: object  # bytes of the optional snapshot line (§10.1), or None
+    body: bytes  # lines 1-5 (1-6 with the snapshot line) with their LFs: what is signed
     signatures: list  # [(key name, key id, signature, byte offset of the line)]
 
 
-def body_text(origin, size, root, chain, time):
-    return f"{origin}\n{size}\n{b64encode(root)}\nchain {b64encode(chain)}\ntime {time}\n"
+def body_text(origin, size, root, chain, time, snapshot=None):
+    text = f"{origin}\n{size}\n{b64encode(root)}\nchain {b64encode(chain)}\ntime {time}\n"
+    if snapshot is not None:
+        text += f"snapshot {b64encode(snapshot)}\n"
+    return text
 
 
 def _valid_time(m):
@@ -47,7 +51,7 @@ def parse_checkpoint(data):
             raise err(i, "holds a CR")
     if len(lines) < 7:
         raise err(len(lines), "missing line")
-    origin, size, root, chain, time, empty = lines[:6]
+    origin, size, root, chain, time = lines[:5]
     if not valid_key_name(origin):
         raise err(0, f"origin {origin!r} is not a valid key name")
     if not re.fullmatch(r"0|[1-9][0-9]*", size) or int(size) > 2**64 - 1:
@@ -65,10 +69,18 @@ def parse_checkpoint(data):
     m = _TIME.fullmatch(time[5:])
     if not m or not _valid_time(m):
         raise err(4, f"time {time[5:]!r} is not YYYY-MM-DDTHH:MM:SS.ffffffZ (a real UTC time)")
-    if empty != "":
-        raise err(5, "not empty (extension lines are not part of version 1)")
+    snapshot, body_lines = None, 5
+    if lines[5].startswith("snapshot "):
+        snapshot = b64decode_canonical(lines[5][9:])
+        if snapshot is None or len(snapshot) != 32:
+            raise err(5, "snapshot is not the canonical base64 of 32 bytes")
+        body_lines = 6
+        if len(lines) < 8:
+            raise err(len(lines), "missing line")
+    if lines[body_lines] != "":
+        raise err(body_lines, "not empty (version 1 has no extension lines but chain, time and snapshot)")
     signatures = []
-    for i in range(6, len(lines)):
+    for i in range(body_lines + 1, len(lines)):
         ln = lines[i]
         if not ln.startswith(EM_DASH + " "):
             raise err(i, "signature line does not start with U+2014 and a space")
@@ -79,8 +91,8 @@ def parse_checkpoint(data):
         if raw is None or len(raw) < 5:
             raise err(i, "signature is not the canonical base64 of at least 5 bytes")
         signatures.append((parts[0], raw[:4], raw[4:], starts[i]))
-    body = "".join(ln + "\n" for ln in lines[:5]).encode()
-    return Checkpoint(origin, int(size), root_b, chain_b, time[5:], body, signatures)
+    body = "".join(ln + "\n" for ln in lines[:body_lines]).encode()
+    return Checkpoint(origin, int(size), root_b, chain_b, time[5:], snapshot, body, signatures)
 
 
 def open_checkpoint(data, key, origin, size):
@@ -95,7 +107,7 @@ def open_checkpoint(data, key, origin, size):
     if len(sig) != 64:
         raise FormatError(line_at, f"signature is {len(sig)} bytes, not 64")
     if not ed25519.verify_strict(key.pub, cp.body, sig):
-        raise FormatError(line_at, "Ed25519 signature does not verify (strict) over lines 1-5")
+        raise FormatError(line_at, "Ed25519 signature does not verify (strict) over the body")
     if cp.origin != origin:
         raise FormatError(0, f"origin {cp.origin!r}, expected {origin!r}")
     if cp.size != size:

@@ -178,6 +178,12 @@ class LedgerCheck:
         snaps = [caches.snapshot(self.id, n, self.head, self.last_ts, p, self.frontier.hashes(), self.versions)
                  for p in positions]
         self.compare("snapshot", n, snaps)
+        if cp.snapshot is not None:  # §10.1: the snapshot line signs the snapshot's closing digest
+            stored = self.files["snapshot"].get(n)
+            digests = [read(stored)[-32:]] if stored is not None else [e.body()[-32:] for e in snaps]
+            if cp.snapshot not in digests:
+                raise Fail(blob, len(cp.body) - len(lines[-2]) - 1,
+                           f"snapshot line {cp.snapshot.hex()}, the snapshot's digest is {digests[0].hex()}")
         since = [(b[0], b[1], b[3], b[4]) for b in self.batches if b[2] >= frm]
         if n > frm:
             self.compare("streams", n, [caches.stream_index(self.id, frm, n, since)], missing="stream index")

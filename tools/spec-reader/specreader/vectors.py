@@ -16,7 +16,7 @@ from .keys import DEFAULT_BLOCK, ledger_file_text, parse_ledger_file, parse_sign
 from .ledger import LedgerCheck
 from .merkle import (CHAIN_TAG, EMPTY_ROOT, GENESIS_TAG, Frontier, chain_next, consistency_proof, genesis,
                      inclusion_path, leaf_hash, mth, node, node_count, verify_consistency, verify_inclusion)
-from .prims import Cursor, Fail, FormatError, b64encode, crc32c, first_difference, varint
+from .prims import Cursor, Fail, FormatError, b64encode, crc32c, first_difference, sha256, varint
 from .records import (Record, canonical_entry, decode_entry, encode_frame, parse_segment_header, read_frame,
                       segment_header)
 from .store import blob_path
@@ -170,15 +170,30 @@ def check_vectors(spec, path):
     for n in (0, 2, 4):
         v.same(f"root-{n}", mth(leaves[:n]))
 
+    # §13.6 snapshots and stream indexes
+    positions = {0: (0, 84, 1), 2: (0, 251, 2), 4: (0, 358, 3)}
+    snapshots = {}
+    for n, pos in positions.items():
+        f = Frontier()
+        for leaf in leaves[:n]:
+            f.add(leaf)
+        versions = {r.stream: r.version for r in RECORDS[:n]}
+        last_ts = RECORDS[n - 1].ts if n else -2**63
+        snapshots[n] = caches.snapshot(LEDGER_ID, n, chains[n - 1] if n else genesis(LEDGER_ID),
+                                       last_ts, pos, f.hashes(), versions).body()
+        v.same(f"snapshot-{n}", snapshots[n])
+
     # §13.6 checkpoints (Ed25519 is deterministic: re-signing gives the same bytes)
     origin = f"bi-ledger/{NAME}/{LEDGER_ID.hex()}"
     for n, time in CHECKPOINT_TIMES.items():
         head = chains[n - 1] if n else genesis(LEDGER_ID)
-        body = body_text(origin, n, mth(leaves[:n]), head, time).encode()
+        # The snapshot line: the SHA-256 of the snapshot's bytes before its closing digest.
+        body = body_text(origin, n, mth(leaves[:n]), head, time, sha256(snapshots[n][:-32])).encode()
         sig_line = f"\n{EM_DASH} {KEY_NAME} {b64encode(key.kid + ed25519.sign(SEED, body))}\n"
         v.same(f"checkpoint-{n}", body + sig_line.encode())
         cp = v.reads(f"checkpoint-{n}", lambda b: open_checkpoint(b, key, origin, n))
-        v.expect((cp.root, cp.chain, cp.time) == (mth(leaves[:n]), head, time), f"checkpoint-{n}", "reads back wrong")
+        v.expect((cp.root, cp.chain, cp.time, cp.snapshot) == (mth(leaves[:n]), head, time, snapshots[n][-32:]),
+                 f"checkpoint-{n}", "reads back wrong")
         forged = bytearray(v.get(f"checkpoint-{n}"))
         forged[len(body) + 40] ^= 0x01  # inside the signature's base64: strict verification must refuse it
         try:
@@ -187,16 +202,6 @@ def check_vectors(spec, path):
         except FormatError:
             pass
 
-    # §13.6 snapshots and stream indexes
-    positions = {0: (0, 84, 1), 2: (0, 251, 2), 4: (0, 358, 3)}
-    for n, pos in positions.items():
-        f = Frontier()
-        for leaf in leaves[:n]:
-            f.add(leaf)
-        versions = {r.stream: r.version for r in RECORDS[:n]}
-        last_ts = RECORDS[n - 1].ts if n else -2**63
-        v.same(f"snapshot-{n}", caches.snapshot(LEDGER_ID, n, chains[n - 1] if n else genesis(LEDGER_ID),
-                                                last_ts, pos, f.hashes(), versions).body())
     for (frm, to), off in (((0, 2), 84), ((2, 4), 251)):
         streams = [r.stream for r in RECORDS[frm:to]]
         batch = (0, off, to - frm, caches.bloom(streams))
