@@ -236,6 +236,21 @@ fn appended_hint(upto: usize) -> String {
     }
 }
 
+/// What an append call of lines `first..=last` that failed, other than by
+/// a refused event, has written. A failed write may still land (its
+/// answer lost on the way back, a store that could not learn whether it
+/// did), so its lines are neither written nor not; nothing after them was
+/// tried.
+fn unknown_outcome(written_upto: usize, first: usize, last: usize) -> String {
+    let before = match written_upto {
+        0 => String::new(),
+        n => format!("lines up to {n} were appended; "),
+    };
+    format!(
+        "appending lines {first} to {last}: {before}whether those were is not known (a write that fails may still land, as when its answer is lost), and no line after {last} was: see where the ledger ends (`bi-ledger stats`, then `bi-ledger read --from N`) before appending any of them again"
+    )
+}
+
 /// Appends one call's events and prints their receipts; returns the last
 /// line now written.
 async fn append_call(
@@ -283,7 +298,8 @@ async fn append_call(
             reason,
         }) => bail!("line {}: field `{field}` {reason}; {hint}", lines[index]),
         Err(other) => {
-            return Err(anyhow!(other).context(format!("appending lines {}..; {hint}", lines[0])))
+            let last = *lines.last().expect("a call has lines");
+            return Err(anyhow!(other).context(unknown_outcome(written_upto, lines[0], last)));
         }
     };
     let written_upto = *lines.last().expect("a call has lines");
@@ -293,4 +309,22 @@ async fn append_call(
         bail!("writing receipts: {e:#}; {}", appended_hint(written_upto));
     }
     Ok(written_upto)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_its_lines_unknown() {
+        let m = unknown_outcome(41608, 41609, 42000);
+        assert!(m.starts_with("appending lines 41609 to 42000: lines up to 41608 were appended; whether those were is not known"), "{m}");
+        assert!(m.contains("no line after 42000 was"), "{m}");
+        assert!(!m.contains("none after"), "{m}");
+        let m = unknown_outcome(0, 1, 5);
+        assert!(
+            m.starts_with("appending lines 1 to 5: whether those were is not known"),
+            "{m}"
+        );
+    }
 }
