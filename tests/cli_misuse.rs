@@ -979,6 +979,32 @@ fn records_cut_off_with_their_checkpoint_are_found_by_its_caches() {
     );
 }
 
+/// A ledger whose LEDGER file is gone, its segments and checkpoints still
+/// there, is damaged: writers say so as `verify` does (exit 1, naming the
+/// file), rather than calling the ledger one that does not exist.
+#[test]
+fn a_missing_ledger_file_is_damage_to_writers_too() {
+    let f = three_appends();
+    fs::remove_file(f.path("main/LEDGER")).unwrap();
+    for args in [
+        &["verify"][..],
+        &["checkpoint"][..],
+        &["append", "/dev/null"][..],
+    ] {
+        let out = f.run(args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.describe());
+        assert!(
+            out.stderr.contains("integrity error in main/LEDGER")
+                && out.stderr.contains("identity file is missing"),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+    let out = f.run(&["--ledger", "other", "append", "/dev/null"]);
+    assert_eq!(out.code, 2, "{}", out.describe());
+    assert!(out.stderr.contains("does not exist"), "{}", out.describe());
+}
+
 /// A writer appends behind the newest checkpoint, in the segment it
 /// stands in: a change to that segment's header, which only `verify` read
 /// before, stops the writer too, and it writes nothing.

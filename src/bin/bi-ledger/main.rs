@@ -565,11 +565,18 @@ async fn ledger_exists(cli: &Cli, store: &dyn BlobStore) -> Result<()> {
         .info(&bi_ledger::ledger::layout::meta(&cli.ledger))
         .await
     {
-        Err(StoreError::NotFound { .. }) => bail!(
-            "{} in {} (--ledger, BI_LEDGER_LEDGER)",
-            LedgerError::NotFound(cli.ledger.clone()),
-            store.location()
-        ),
+        // Missing with segments or checkpoints there: damage, as `verify`
+        // reports it, not a mistyped name.
+        Err(StoreError::NotFound { .. }) => {
+            match bi_ledger::ledger::recover::read_meta(store, &cli.ledger).await {
+                Err(e @ LedgerError::Integrity(_)) => Err(e.into()),
+                _ => bail!(
+                    "{} in {} (--ledger, BI_LEDGER_LEDGER)",
+                    LedgerError::NotFound(cli.ledger.clone()),
+                    store.location()
+                ),
+            }
+        }
         _ => Ok(()),
     }
 }
