@@ -110,6 +110,15 @@ async fn ledger_checkpoint_interrupted_after_its_caches() {
     ledger::checkpoint_interrupted_after_its_caches(c.dyn_store()).await;
 }
 
+/// `tests/ledger_api.rs` on Azure: a checkpoint cut short after its
+/// caches, then the writer gone; the next writer completes it on open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_checkpoint_interrupted_then_reopened() {
+    let account = account_or_skip!();
+    let c = Container::new(&account, "cpreopen", AzureOptions::default()).await;
+    ledger::checkpoint_interrupted_then_reopened(c.dyn_store()).await;
+}
+
 /// `tests/ledger_api.rs` on Azure: a partial last frame is damage there
 /// (an Append Block cannot tear), refused by `open`, not cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

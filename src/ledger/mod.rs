@@ -299,10 +299,17 @@ impl Ledger {
             )
             .into());
         }
+        // A snapshot of exactly the log's size, past the newest checkpoint:
+        // a checkpoint a crash cut short after its caches (format §10.4).
+        // Completed now, its caches reused, rather than left for `verify`
+        // to report for ever: no later checkpoint would have their size.
+        let interrupted = last
+            .as_ref()
+            .is_some_and(|l| l.checkpoint.size < tip.size && snapshots.contains(&tip.size));
         let unsigned = last.is_none();
         let ledger = Self::start(store, meta, opts, tip, last, snapshots, lock)?;
-        if unsigned {
-            // Completes a creation cut short (format §10.4).
+        if unsigned || interrupted {
+            // Or completes a creation cut short (format §10.4).
             ledger.checkpoint().await?;
         }
         Ok(ledger)

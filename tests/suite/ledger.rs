@@ -717,6 +717,57 @@ pub async fn checkpoint_interrupted_after_its_caches(s: Arc<dyn BlobStore>) {
     );
 }
 
+/// The same cut, with the writer gone before another checkpoint (a crash
+/// during the checkpoint `close` writes, as a killed `bi-ledger append`
+/// leaves): the next writer completes it as it opens, reusing the caches,
+/// so none is left without a checkpoint (no later checkpoint would have
+/// their size).
+pub async fn checkpoint_interrupted_then_reopened(s: Arc<dyn BlobStore>) {
+    let ledger = create_checkpointed_on_demand(s.clone(), 24).await;
+    let events: Vec<NewEvent> = (0..1100)
+        .map(|i| NewEvent::json(format!("s{}", i % 7), "T", &json!({ "i": i })))
+        .collect();
+    ledger.append(events).await.unwrap();
+    ledger.close().await.unwrap();
+    // What the crash leaves: the caches of 1100, not its checkpoint.
+    let cp = "main/checkpoint-00000000000000001100";
+    s.delete(cp).await.unwrap();
+    let orphans: Vec<String> = ["nodes", "snapshot", "streams"]
+        .iter()
+        .map(|k| format!("main/{k}-{:020}", 1100))
+        .collect();
+    let mut kept = Vec::new();
+    for blob in &orphans {
+        kept.push(s.read_all(blob).await.unwrap());
+    }
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
+    let report = verified(&reader).await.unwrap();
+    assert_eq!(report.caches_without_checkpoint, Some(orphans.clone()));
+    assert_eq!(report.unsigned_tail, 1100);
+
+    let mut opts = LedgerOptions::new(SigningKey::from_bytes(&[24; 32]));
+    opts.checkpoint_every_events = None;
+    let ledger = Ledger::open(s.clone(), "main", opts).await.unwrap();
+    assert!(
+        s.info(cp).await.is_ok(),
+        "checkpoint 1100 completed on open"
+    );
+    for (blob, bytes) in orphans.iter().zip(&kept) {
+        assert_eq!(&s.read_all(blob).await.unwrap(), bytes, "{blob} kept");
+    }
+    ledger.close().await.unwrap();
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
+    let report = verified(&reader).await.unwrap();
+    assert_eq!(
+        (
+            report.records,
+            report.unsigned_tail,
+            report.caches_without_checkpoint
+        ),
+        (1100, 0, Some(vec![]))
+    );
+}
+
 /// A last frame that runs, incomplete, to the end of the last segment.
 /// On a file system that is what a crash leaves (`truncates`): `open` cuts
 /// it and goes on. On Azure an Append Block cannot tear, so it is damage:
