@@ -930,6 +930,40 @@ pub fn apply_batch(
     Ok(())
 }
 
+/// The digest that closes a snapshot's bytes (its last 32), which its
+/// checkpoint's `snapshot` line signs once decoding has checked that it is
+/// the SHA-256 of the bytes before it.
+pub(crate) fn snapshot_digest(bytes: &[u8]) -> Option<Hash> {
+    bytes
+        .len()
+        .checked_sub(32)
+        .map(|at| bytes[at..].try_into().expect("32 bytes"))
+}
+
+/// An integrity error naming snapshot `blob` if checkpoint `cp_blob` signs
+/// another digest than `digest` (a checkpoint without the line signs none).
+pub(crate) fn check_signed_snapshot(
+    blob: &str,
+    digest: Option<Hash>,
+    cp_blob: &str,
+    cp: &Checkpoint,
+) -> Result<()> {
+    match (cp.snapshot, digest) {
+        (Some(signed), Some(digest)) if signed != digest => Err(IntegrityError::new(
+            blob,
+            0,
+            Some(cp.size),
+            format!(
+                "snapshot is not the one checkpoint {cp_blob} signs (its SHA-256 is {}, the checkpoint's snapshot line says {}): it was changed or replaced",
+                hex(&digest),
+                hex(&signed)
+            ),
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 async fn load_snapshot(
     store: &dyn BlobStore,
     meta: &Meta,
@@ -946,29 +980,10 @@ async fn load_snapshot(
         )),
         e => e.into(),
     })?;
-    // The digest that closes it, which the checkpoint signs (once decoding
-    // has checked that it is the SHA-256 of the bytes before it).
-    let digest: Option<Hash> = bytes
-        .len()
-        .checked_sub(32)
-        .map(|at| bytes[at..].try_into().expect("32 bytes"));
+    let digest = snapshot_digest(&bytes);
     let snap = Snapshot::decode_owned(bytes)
         .map_err(|e| IntegrityError::decoding(&blob, 0, e, Some(cp.size)))?;
-    if let (Some(signed), Some(digest)) = (cp.snapshot, digest) {
-        if signed != digest {
-            return Err(IntegrityError::new(
-                &blob,
-                0,
-                Some(cp.size),
-                format!(
-                    "snapshot is not the one checkpoint {cp_blob} signs (its SHA-256 is {}, the checkpoint's snapshot line says {}): it was changed or replaced",
-                    hex(&digest),
-                    hex(&signed)
-                ),
-            )
-            .into());
-        }
-    }
+    check_signed_snapshot(&blob, digest, cp_blob, cp)?;
     let root = Frontier::from_parts(snap.size, snap.frontier.clone())
         .map_err(|e| IntegrityError::new(&blob, 0, Some(cp.size), e.to_string()))?
         .root();

@@ -1214,10 +1214,7 @@ async fn check_snapshot(
         }
         Err(e) => return Err(LedgerError::Store(e)),
     };
-    let digest: Option<Hash> = bytes
-        .len()
-        .checked_sub(32)
-        .map(|at| bytes[at..].try_into().expect("32 bytes"));
+    let digest = recover::snapshot_digest(&bytes);
     let snap = Snapshot::decode_owned(bytes)
         .map_err(|e| IntegrityError::decoding(&blob, 0, e, Some(cp.size)))?;
     // The streams are compared entry by entry, so that the first that
@@ -1273,20 +1270,6 @@ async fn check_snapshot(
     }
     // Equal to the log field by field (which names what differs, above),
     // and so byte for byte; the checkpoint signs those bytes.
-    if let (Some(signed), Some(digest)) = (cp.snapshot, digest) {
-        if signed != digest {
-            return Err(IntegrityError::new(
-                &blob,
-                0,
-                Some(cp.size),
-                format!(
-                    "snapshot is not the one its checkpoint signs (its SHA-256 is {}, the checkpoint's snapshot line says {})",
-                    hex(&digest),
-                    hex(&signed)
-                ),
-            )
-            .into());
-        }
-    }
-    Ok(())
+    let cp_blob = super::layout::checkpoint(reader.name(), cp.size);
+    recover::check_signed_snapshot(&blob, digest, &cp_blob, cp)
 }

@@ -670,6 +670,31 @@ pub async fn rollover_interrupted(s: Arc<dyn BlobStore>, stop: RolloverStop) {
     assert_eq!(versions, [0, 1, 2]);
 }
 
+/// The caches of `size` a cut-short checkpoint left (node cache, snapshot,
+/// stream index) and their bytes, checked to be what `verify` names as
+/// without a checkpoint; and its report.
+async fn caches_left_at(
+    s: &Arc<dyn BlobStore>,
+    size: u64,
+) -> (
+    Vec<String>,
+    Vec<Vec<u8>>,
+    bi_ledger::ledger::verify::VerifyReport,
+) {
+    let orphans: Vec<String> = ["nodes", "snapshot", "streams"]
+        .iter()
+        .map(|k| format!("main/{k}-{size:020}"))
+        .collect();
+    let mut kept = Vec::new();
+    for blob in &orphans {
+        kept.push(s.read_all(blob).await.unwrap());
+    }
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
+    let report = verified(&reader).await.unwrap();
+    assert_eq!(report.caches_without_checkpoint, Some(orphans.clone()));
+    (orphans, kept, report)
+}
+
 /// Life of an event, step 6: a checkpoint cut short after its caches (its
 /// own put failed without landing). The caches are left without a
 /// checkpoint, and `verify` names them; the next checkpoint of that size
@@ -685,17 +710,7 @@ pub async fn checkpoint_interrupted_after_its_caches(s: Arc<dyn BlobStore>) {
     cut.lose_checkpoint
         .store(true, std::sync::atomic::Ordering::SeqCst);
     ledger.checkpoint().await.unwrap_err();
-    let orphans: Vec<String> = ["nodes", "snapshot", "streams"]
-        .iter()
-        .map(|k| format!("main/{k}-{:020}", 1100))
-        .collect();
-    let mut kept = Vec::new();
-    for blob in &orphans {
-        kept.push(s.read_all(blob).await.unwrap());
-    }
-    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
-    let report = verified(&reader).await.unwrap();
-    assert_eq!(report.caches_without_checkpoint, Some(orphans.clone()));
+    let (orphans, kept, _) = caches_left_at(&s, 1100).await;
 
     let info = ledger.close().await.unwrap();
     assert_eq!(info.checkpoint.size, 1100);
@@ -706,6 +721,7 @@ pub async fn checkpoint_interrupted_after_its_caches(s: Arc<dyn BlobStore>) {
             "{blob} kept as it was"
         );
     }
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
     let report = verified(&reader).await.unwrap();
     assert_eq!(
         (
@@ -732,17 +748,7 @@ pub async fn checkpoint_interrupted_then_reopened(s: Arc<dyn BlobStore>) {
     // What the crash leaves: the caches of 1100, not its checkpoint.
     let cp = "main/checkpoint-00000000000000001100";
     s.delete(cp).await.unwrap();
-    let orphans: Vec<String> = ["nodes", "snapshot", "streams"]
-        .iter()
-        .map(|k| format!("main/{k}-{:020}", 1100))
-        .collect();
-    let mut kept = Vec::new();
-    for blob in &orphans {
-        kept.push(s.read_all(blob).await.unwrap());
-    }
-    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
-    let report = verified(&reader).await.unwrap();
-    assert_eq!(report.caches_without_checkpoint, Some(orphans.clone()));
+    let (orphans, kept, report) = caches_left_at(&s, 1100).await;
     assert_eq!(report.unsigned_tail, 1100);
 
     let mut opts = LedgerOptions::new(SigningKey::from_bytes(&[24; 32]));
