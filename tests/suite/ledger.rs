@@ -695,6 +695,33 @@ async fn caches_left_at(
     (orphans, kept, report)
 }
 
+/// The caches [`caches_left_at`] found, with the bytes they had then, and
+/// now beside a checkpoint of their `size`, which is the whole log.
+async fn caches_kept_and_signed(
+    s: &Arc<dyn BlobStore>,
+    orphans: &[String],
+    kept: &[Vec<u8>],
+    size: u64,
+) {
+    for (blob, bytes) in orphans.iter().zip(kept) {
+        assert_eq!(
+            &s.read_all(blob).await.unwrap(),
+            bytes,
+            "{blob} kept as it was"
+        );
+    }
+    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
+    let report = verified(&reader).await.unwrap();
+    assert_eq!(
+        (
+            report.records,
+            report.unsigned_tail,
+            report.caches_without_checkpoint
+        ),
+        (size, 0, Some(vec![]))
+    );
+}
+
 /// Life of an event, step 6: a checkpoint cut short after its caches (its
 /// own put failed without landing). The caches are left without a
 /// checkpoint, and `verify` names them; the next checkpoint of that size
@@ -714,23 +741,7 @@ pub async fn checkpoint_interrupted_after_its_caches(s: Arc<dyn BlobStore>) {
 
     let info = ledger.close().await.unwrap();
     assert_eq!(info.checkpoint.size, 1100);
-    for (blob, bytes) in orphans.iter().zip(&kept) {
-        assert_eq!(
-            &s.read_all(blob).await.unwrap(),
-            bytes,
-            "{blob} kept as it was"
-        );
-    }
-    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
-    let report = verified(&reader).await.unwrap();
-    assert_eq!(
-        (
-            report.records,
-            report.unsigned_tail,
-            report.caches_without_checkpoint
-        ),
-        (1100, 0, Some(vec![]))
-    );
+    caches_kept_and_signed(&s, &orphans, &kept, 1100).await;
 }
 
 /// The same cut, with the writer gone before another checkpoint (a crash
@@ -758,20 +769,8 @@ pub async fn checkpoint_interrupted_then_reopened(s: Arc<dyn BlobStore>) {
         s.info(cp).await.is_ok(),
         "checkpoint 1100 completed on open"
     );
-    for (blob, bytes) in orphans.iter().zip(&kept) {
-        assert_eq!(&s.read_all(blob).await.unwrap(), bytes, "{blob} kept");
-    }
     ledger.close().await.unwrap();
-    let reader = LedgerReader::open(s.clone(), "main").await.unwrap();
-    let report = verified(&reader).await.unwrap();
-    assert_eq!(
-        (
-            report.records,
-            report.unsigned_tail,
-            report.caches_without_checkpoint
-        ),
-        (1100, 0, Some(vec![]))
-    );
+    caches_kept_and_signed(&s, &orphans, &kept, 1100).await;
 }
 
 /// A last frame that runs, incomplete, to the end of the last segment.
