@@ -121,8 +121,23 @@ pub enum LedgerError {
     InvalidName(String),
     #[error("the signing key does not match ledger {ledger:?}'s public key {expected}")]
     KeyMismatch { ledger: String, expected: String },
+    /// The call's events were not written: the writer had stopped (a
+    /// failed write, a lost writer lock) before their block was issued.
+    /// Appending them again through a new handle cannot duplicate them.
     #[error("the writer stopped after a failed write ({0}); nothing after it was acknowledged, and this handle takes nothing more: open the ledger again to go on")]
     Poisoned(String),
+    /// The write of the block holding the call's events failed, and
+    /// whether it landed is not known: an Azure answer lost on the way
+    /// back, an fsync that failed after the bytes reached the file. The
+    /// writer has stopped. Open the ledger again and read from `first_seq`
+    /// before appending any of them again: they are there in full or not
+    /// at all (a block lands whole or is cut off as a torn tail).
+    #[error("the write of sequence numbers {first_seq} to {last_seq} failed ({cause}), and whether it landed is not known: open the ledger again and read from {first_seq} before appending those events again; this handle takes nothing more")]
+    OutcomeUnknown {
+        first_seq: u64,
+        last_seq: u64,
+        cause: String,
+    },
     #[error("the writer of ledger {ledger:?} is closed (through another handle, or its runtime shut down): open the ledger again to go on")]
     Closed { ledger: String },
     #[error("{0}")]
@@ -143,6 +158,11 @@ pub enum LedgerError {
 impl LedgerError {
     pub fn is_integrity(&self) -> bool {
         matches!(self, LedgerError::Integrity(_))
+    }
+
+    /// Whether the failed call's events may be in the ledger all the same.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, LedgerError::OutcomeUnknown { .. })
     }
 }
 

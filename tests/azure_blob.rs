@@ -796,8 +796,9 @@ async fn unavailable_is_retried_without_duplicates() {
 
 /// Life of an event, step 3, when the service stays unavailable: the
 /// append's retries give up, the writer is poisoned (this group's callers
-/// and every later one get `Poisoned`; `close` fails but releases the
-/// lease), and a reopened ledger holds exactly the acknowledged events.
+/// get `OutcomeUnknown`, every later one `Poisoned`; `close` fails but
+/// releases the lease), and a reopened ledger holds exactly the
+/// acknowledged events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_whose_retries_give_up_poisons_the_writer() {
     let account = account_or_skip!();
@@ -818,7 +819,14 @@ async fn an_append_whose_retries_give_up_poisons_the_writer() {
         .append_one(NewEvent::json("s", "E", &json!({ "i": 3 })))
         .await;
     assert!(
-        matches!(failed, Err(LedgerError::Poisoned(_))),
+        matches!(
+            failed,
+            Err(LedgerError::OutcomeUnknown {
+                first_seq: 3,
+                last_seq: 3,
+                ..
+            })
+        ),
         "{failed:?}"
     );
     let tries = faults.injected.load(Ordering::Relaxed);

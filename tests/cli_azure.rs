@@ -11,6 +11,8 @@ use std::io::Write;
 
 #[path = "support/azure.rs"]
 mod azure_env;
+#[path = "support/proxy.rs"]
+mod proxy;
 
 /// The account's connection string (the binary reads it from the
 /// environment), or `None` to skip.
@@ -20,7 +22,21 @@ fn account() -> Option<String> {
 }
 
 fn run(dir: &Path, container: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    run_via(None, dir, container, args, stdin)
+}
+
+/// [`run`], with `connection` as the account's connection string if given.
+fn run_via(
+    connection: Option<&str>,
+    dir: &Path,
+    container: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bi-ledger"));
+    if let Some(cs) = connection {
+        c.env("AZURE_STORAGE_CONNECTION_STRING", cs);
+    }
     c.args(["--backend", "azure", "--container", container, "--data"])
         .arg(dir)
         .args(args)
@@ -314,4 +330,76 @@ fn a_missing_container_is_named_and_not_created() {
     ok(&run(d, &container, &["init"], None));
     let stats = lines(&ok(&run(d, &container, &["stats"], None)));
     assert_eq!(stats[0]["records"], 0);
+}
+
+/// An `append` whose block write fails for good (the service answers 503
+/// to every attempt) exits 2 saying that whether its lines landed is not
+/// known, and names the sequence number to look for; nothing after them
+/// is tried. Here the 503s were never applied: the ledger ends before that
+/// number, verifies, and the same lines then append as that number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_names_the_sequence_number_to_look_for() {
+    let Some(cs) = account() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let container = unique_container("clifail");
+    let cli = |cs: Option<String>, args: &'static [&'static str], input: Option<&'static str>| {
+        let (d, container) = (d.clone(), container.clone());
+        tokio::task::spawn_blocking(move || run_via(cs.as_deref(), &d, &container, args, input))
+    };
+    ok(&cli(None, &["init"], None).await.unwrap());
+    let three = concat!(
+        r#"{"stream":"s","type":"T","payload":0}"#,
+        "\n",
+        r#"{"stream":"s","type":"T","payload":1}"#,
+        "\n",
+        r#"{"stream":"s","type":"T","payload":2}"#,
+        "\n"
+    );
+    ok(&cli(None, &["append"], Some(three)).await.unwrap());
+
+    let info = bi_ledger::backend::azure::ConnectionInfo::parse(&cs).unwrap();
+    let blob = info.blob_endpoint.clone();
+    let upstream = proxy::upstream_of(&blob);
+    let faults = std::sync::Arc::new(proxy::Faults::default());
+    faults.add("comp=appendblock", proxy::Fault::Unavailable, 1000);
+    let port = proxy::start_proxy(upstream.clone(), faults.clone()).await;
+    let via = cs.replace(&upstream, &format!("127.0.0.1:{port}"));
+    assert_ne!(
+        via, cs,
+        "the blob endpoint {upstream} is in the connection string"
+    );
+    let two = concat!(
+        r#"{"stream":"s","type":"T","payload":3}"#,
+        "\n",
+        r#"{"stream":"s","type":"T","payload":4}"#,
+        "\n"
+    );
+    let o = cli(Some(via), &["append"], Some(two)).await.unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("appending lines 1 to 2: whether those were is not known"),
+        "{err}"
+    );
+    assert!(err.contains("`bi-ledger read --from 3`"), "{err}");
+    assert!(!err.contains("closing"), "the close adds nothing: {err}");
+    assert!(o.stdout.is_empty(), "no receipt: {o:?}");
+    assert!(
+        faults.injected.load(std::sync::atomic::Ordering::Relaxed) > 1,
+        "the write was retried before it failed"
+    );
+
+    assert!(lines(&ok(&cli(None, &["read", "--from", "3"], None)
+        .await
+        .unwrap()))
+    .is_empty());
+    let v = lines(&ok(&cli(None, &["verify"], None).await.unwrap()));
+    assert_eq!(
+        (v[0]["valid"].clone(), v[0]["records"].clone()),
+        (true.into(), 3.into())
+    );
+    let again = lines(&ok(&cli(None, &["append"], Some(two)).await.unwrap()));
+    let seqs: Vec<_> = again.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [3, 4]);
 }

@@ -523,7 +523,20 @@ async fn a_durable_batch_whose_answer_was_lost_is_kept_and_not_duplicated() {
     };
     faulty.landed_append_fails.store(true, SeqCst);
     let lost = ledger.append(retry()).await;
-    assert!(matches!(lost, Err(LedgerError::Poisoned(_))), "{lost:?}");
+    assert!(
+        matches!(
+            lost,
+            Err(LedgerError::OutcomeUnknown {
+                first_seq: 5,
+                last_seq: 6,
+                ..
+            })
+        ),
+        "{lost:?}"
+    );
+    // Later calls were never written, and say so.
+    let later = ledger.append(counted("c", 1)).await;
+    assert!(matches!(later, Err(LedgerError::Poisoned(_))), "{later:?}");
     drop(ledger);
 
     let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
@@ -593,9 +606,9 @@ async fn a_writer_that_lost_its_lock_puts_nothing_more() {
 }
 
 /// A block write that fails poisons the writer: the callers of that block
-/// and every later one get `Poisoned` (nobody waits for good), and a
-/// reopened ledger holds exactly the acknowledged events, with a chain
-/// that verifies.
+/// get `OutcomeUnknown` naming their sequence numbers, every later one
+/// `Poisoned` (nobody waits for good), and a reopened ledger holds exactly
+/// the acknowledged events, with a chain that verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_block_write_poisons_the_writer_and_loses_no_receipt() {
     use bi_ledger::{Ledger, LedgerError, LedgerReader};
@@ -619,28 +632,45 @@ async fn a_failed_block_write_poisons_the_writer_and_loses_no_receipt() {
                     let n = if k % 7 == 0 { 300 } else { 1 };
                     match ledger.append(counted(&format!("s-{t}"), n)).await {
                         Ok(r) => acked.extend(r.into_iter().map(|r| r.seq)),
+                        Err(LedgerError::OutcomeUnknown {
+                            first_seq,
+                            last_seq,
+                            cause,
+                        }) => {
+                            assert!(cause.contains("injected: device error"), "{cause}");
+                            assert_eq!(last_seq + 1 - first_seq, n, "the call's own numbers");
+                            return (acked, Some(Some(first_seq)));
+                        }
                         Err(LedgerError::Poisoned(why)) => {
                             assert!(why.contains("injected: device error"), "{why}");
-                            return (acked, true);
+                            return (acked, Some(None));
                         }
                         Err(e) => panic!("task {t}: {e}"),
                     }
                 }
-                (acked, false)
+                (acked, None)
             })
         })
         .collect();
     let mut acked: Vec<u64> = (0..600).collect();
-    let mut poisoned = 0;
+    let mut unknown = Vec::new();
     for t in tasks {
-        let (seqs, p) = tokio::time::timeout(std::time::Duration::from_secs(30), t)
+        let (seqs, failed) = tokio::time::timeout(std::time::Duration::from_secs(30), t)
             .await
             .expect("no caller waits for good")
             .unwrap();
         acked.extend(seqs);
-        poisoned += usize::from(p);
+        unknown.extend(failed.expect("every caller meets the failure"));
     }
-    assert_eq!(poisoned, 16, "every caller meets the failure");
+    // The failed block's callers are told its outcome is unknown, at the
+    // log's end; every later caller, that nothing was written.
+    assert!(!unknown.is_empty(), "the failed block's callers are told");
+    let end = acked.len() as u64;
+    unknown.sort_unstable();
+    assert_eq!(
+        unknown[0], end,
+        "the unknown outcome starts where receipts end"
+    );
     assert!(matches!(
         ledger.append(counted("late", 1)).await,
         Err(LedgerError::Poisoned(_))

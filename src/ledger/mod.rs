@@ -424,6 +424,12 @@ impl Ledger {
     /// copy then fails, or read the stream first to see whether the first
     /// try landed.
     ///
+    /// A failure of the write itself stops the writer, and its error tells
+    /// the caller what became of the events: [`LedgerError::OutcomeUnknown`],
+    /// their block's write failed and may have landed whole (look from its
+    /// `first_seq` after reopening); [`LedgerError::Poisoned`], they were
+    /// not written.
+    ///
     /// Needs a tokio runtime (the stores run blocking file and network
     /// work on it); a current-thread runtime will do.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Receipt>> {

@@ -629,10 +629,17 @@ impl Writer {
             }
             Err(e) => {
                 self.poison(&e);
-                let why = self.poisoned.clone().unwrap_or_default();
-                Self::fail(f.callers, &why);
+                let cause = e.to_string();
+                for (reply, start, end) in f.callers {
+                    let _ = reply.send(Err(LedgerError::OutcomeUnknown {
+                        first_seq: f.receipts[start].seq,
+                        last_seq: f.receipts[end - 1].seq,
+                        cause: cause.clone(),
+                    }));
+                }
                 // The next batch was admitted on the assumption that this one
                 // lands; it cannot be written now.
+                let why = self.poisoned.clone().unwrap_or_default();
                 Self::fail(std::mem::take(&mut next.callers), &why);
                 next.records.clear();
             }

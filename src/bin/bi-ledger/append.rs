@@ -140,10 +140,8 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
         ),
         (Err(e), Ok(_)) => Err(e),
         // A writer stopped by a failed write fails its close with the
-        // same error: say it once.
-        (Err(e), Err(c)) if format!("{e:#}").contains(&c.to_string()) => {
-            bail!("{e:#}; closing the ledger failed too, with the same error")
-        }
+        // same error, which `e` has told already.
+        (Err(e), Err(LedgerError::Poisoned(_))) => Err(e),
         (Err(e), Err(c)) => bail!("{e:#} (closing the ledger also failed: {c})"),
     }
 }
@@ -236,18 +234,26 @@ fn appended_hint(upto: usize) -> String {
     }
 }
 
-/// What an append call of lines `first..=last` that failed, other than by
-/// a refused event, has written. A failed write may still land (its
-/// answer lost on the way back, a store that could not learn whether it
-/// did), so its lines are neither written nor not; nothing after them was
-/// tried.
-fn unknown_outcome(written_upto: usize, first: usize, last: usize) -> String {
+/// What an append call of lines `first..=last` whose block write failed
+/// has written. A failed write may still land (its answer lost on the way
+/// back, a store that could not learn whether it did), so its lines are
+/// neither written nor not; nothing after them was tried. `seq`: the
+/// sequence number the first of them would have, where the library knows.
+fn unknown_outcome(written_upto: usize, first: usize, last: usize, seq: Option<u64>) -> String {
     let before = match written_upto {
         0 => String::new(),
         n => format!("lines up to {n} were appended; "),
     };
+    let look = match seq {
+        Some(s) => format!(
+            "see whether the ledger holds sequence number {s} (`bi-ledger read --from {s}`)"
+        ),
+        None => {
+            "see where the ledger ends (`bi-ledger stats`, then `bi-ledger read --from N`)".into()
+        }
+    };
     format!(
-        "appending lines {first} to {last}: {before}whether those were is not known (a write that fails may still land, as when its answer is lost), and no line after {last} was: see where the ledger ends (`bi-ledger stats`, then `bi-ledger read --from N`) before appending any of them again"
+        "appending lines {first} to {last}: {before}whether those were is not known (a write that fails may still land, as when its answer is lost), and no line after {last} was: {look} before appending any of them again"
     )
 }
 
@@ -297,9 +303,31 @@ async fn append_call(
             field,
             reason,
         }) => bail!("line {}: field `{field}` {reason}; {hint}", lines[index]),
+        Err(LedgerError::OutcomeUnknown {
+            first_seq, cause, ..
+        }) => {
+            let last = *lines.last().expect("a call has lines");
+            bail!(
+                "{}; the write failed: {cause}",
+                unknown_outcome(written_upto, lines[0], last, Some(first_seq))
+            );
+        }
+        // The writer had stopped before this call's block was issued.
+        Err(LedgerError::Poisoned(why)) => {
+            let last = *lines.last().expect("a call has lines");
+            bail!(
+                "appending lines {} to {last}: not appended, the writer had stopped ({why}); {hint}",
+                lines[0]
+            );
+        }
         Err(other) => {
             let last = *lines.last().expect("a call has lines");
-            return Err(anyhow!(other).context(unknown_outcome(written_upto, lines[0], last)));
+            return Err(anyhow!(other).context(unknown_outcome(
+                written_upto,
+                lines[0],
+                last,
+                None,
+            )));
         }
     };
     let written_upto = *lines.last().expect("a call has lines");
@@ -317,14 +345,16 @@ mod tests {
 
     #[test]
     fn a_failed_write_leaves_its_lines_unknown() {
-        let m = unknown_outcome(41608, 41609, 42000);
+        let m = unknown_outcome(41608, 41609, 42000, None);
         assert!(m.starts_with("appending lines 41609 to 42000: lines up to 41608 were appended; whether those were is not known"), "{m}");
         assert!(m.contains("no line after 42000 was"), "{m}");
+        assert!(m.contains("`bi-ledger stats`"), "{m}");
         assert!(!m.contains("none after"), "{m}");
-        let m = unknown_outcome(0, 1, 5);
+        let m = unknown_outcome(0, 1, 5, Some(77));
         assert!(
             m.starts_with("appending lines 1 to 5: whether those were is not known"),
             "{m}"
         );
+        assert!(m.contains("`bi-ledger read --from 77`"), "{m}");
     }
 }
