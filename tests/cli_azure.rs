@@ -403,3 +403,87 @@ async fn a_failed_write_names_the_sequence_number_to_look_for() {
     let seqs: Vec<_> = again.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [3, 4]);
 }
+
+/// Something that is not the Blob service at the account URL (a web
+/// server answering 404 to everything) is said to be that, not taken for
+/// a missing container.
+#[test]
+fn a_404_without_an_azure_error_code_is_no_missing_container() {
+    use bi_ledger::backend::azure::config::DEV_KEY;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut head = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut head);
+            let _ = conn.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/devstoreaccount1");
+    let o = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
+        .args(["--backend", "azure", "--container", "ledgers", "--data"])
+        .arg(dir.path())
+        .args(["--account-url", &url, "stats"])
+        .env_remove("AZURE_STORAGE_CONNECTION_STRING")
+        .env_remove("AZURE_STORAGE_SAS_TOKEN")
+        .env("AZURE_STORAGE_KEY", DEV_KEY)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(!err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("HTTP 404") && err.contains("not an Azure Storage blob endpoint"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+/// A segment replaced by a block blob with the same bytes (only a hand
+/// outside the ledger makes one) still reads and verifies, but a writer
+/// cannot append to it, and says what the blob is instead of relaying a
+/// bare `409 InvalidBlobType`. Nothing is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_replaced_by_a_block_blob_is_named() {
+    use bi_ledger::backend::azure::{AzureBlobStore, AzureOptions, ConnectionInfo};
+    use bi_ledger::backend::BlobStore;
+    let Some(cs) = account() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let container = unique_container("cliblock");
+    let cli = |args: &'static [&'static str], input: Option<&'static str>| {
+        let (d, container) = (d.clone(), container.clone());
+        tokio::task::spawn_blocking(move || run(&d, &container, args, input))
+    };
+    ok(&cli(&["init"], None).await.unwrap());
+    let one = "{\"stream\":\"s\",\"type\":\"T\",\"payload\":0}\n";
+    ok(&cli(&["append"], Some(one)).await.unwrap());
+    let store = AzureBlobStore::new(
+        ConnectionInfo::parse(&cs).unwrap(),
+        &container,
+        AzureOptions::default(),
+    )
+    .unwrap();
+    let seg = "main/0000000000.seg";
+    let bytes = store.read_all(seg).await.unwrap();
+    store.delete(seg).await.unwrap();
+    store.put(seg, &bytes).await.unwrap();
+
+    let v = lines(&ok(&cli(&["verify"], None).await.unwrap()));
+    assert_eq!(v[0]["records"], 1);
+    let o = cli(&["append"], Some(one)).await.unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("409 InvalidBlobType") && err.contains("not an append blob"),
+        "{err}"
+    );
+    assert_eq!(
+        store.read_all(seg).await.unwrap(),
+        bytes,
+        "nothing appended"
+    );
+}

@@ -423,11 +423,23 @@ impl AzureBlobStore {
             .await;
         match probe {
             Ok(_) => Ok(()),
-            Err(e) if code_of(&e) == Some("ContainerNotFound") || status_of(&e) == Some(404) => {
-                Err(StoreError::NotFound {
-                    name: format!("container {name}"),
-                })
-            }
+            Err(e) if code_of(&e) == Some("ContainerNotFound") => Err(StoreError::NotFound {
+                name: format!("container {name}"),
+            }),
+            // The Blob service names what it did not find; a 404 without
+            // that came from something else at that address (a web server,
+            // a path that is not an account), and is not "no container".
+            Err(e) if status_of(&e) == Some(404) && code_of(&e).is_none() => Err(StoreError::Io {
+                op: "list",
+                name: name.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "{}: the answer has no Azure error code, so this is not an Azure Storage blob endpoint (check the account URL or connection string)",
+                        self.inner.redactor.redact(&describe(&e))
+                    ),
+                ),
+            }),
             Err(e) => Err(self.err("list", name, &e)),
         }
     }

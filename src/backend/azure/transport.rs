@@ -265,6 +265,10 @@ pub(crate) fn describe(e: &azure_core::Error) -> String {
                 s.push_str(": ");
                 s.push_str(m.lines().next().unwrap_or(""));
             }
+            if error_code.as_deref() == Some("InvalidBlobType") {
+                // Only a hand outside the ledger makes one: say what it means.
+                s.push_str(" (the blob is not an append blob, as every segment must be: something replaced it)");
+            }
             s
         }
         _ => error_chain(e),
