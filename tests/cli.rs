@@ -1726,3 +1726,116 @@ fn a_small_segment_cap_spreads_the_log_over_segments() {
     );
     assert_eq!(f.run(&["stats"]).ok().json()["records"], 32);
 }
+
+/// Sends SIGINT to `child` (what Ctrl-C on a terminal does).
+fn interrupt(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Ctrl-C during an `append` stops it between calls, not in the middle of
+/// one: the call in flight lands, the ledger closes with a signed
+/// checkpoint (and lets go of the writer lock), and it exits 130 saying
+/// which lines were appended, exactly those it printed receipts for.
+#[test]
+fn ctrl_c_stops_an_append_between_calls_and_closes_the_ledger() {
+    use std::io::{BufRead, Read};
+    let (f, _) = Fixture::init();
+    let total = 500_000;
+    let input = f.dir.path().join("many.jsonl");
+    let mut text = String::with_capacity(total * 60);
+    for i in 0..total {
+        text.push_str(&format!(
+            "{{\"stream\":\"s-{}\",\"type\":\"Tick\",\"payload\":{{\"i\":{i}}}}}\n",
+            i % 97
+        ));
+    }
+    fs::write(&input, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
+        .arg("--data")
+        .arg(f.data())
+        .arg("append")
+        .arg(&input)
+        .env_remove("BI_LEDGER_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("\"seq\":0"), "{first}");
+    interrupt(&child);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let receipts = 1 + rest.lines().count();
+    assert!(receipts < total, "it stopped early: {receipts} receipts");
+    assert!(
+        stderr.contains(&format!(
+            "interrupted (Ctrl-C): lines up to {receipts} were appended, and none after"
+        )),
+        "{receipts} receipts: {stderr}"
+    );
+    let v = f.verify().ok().json();
+    assert_eq!(v["records"], receipts as u64);
+    assert_eq!(
+        v["unsigned_tail"], 0,
+        "the closing checkpoint signs them all"
+    );
+    let more = f.append(&line("s-0", "Tick", json!({}))).ok().json();
+    assert_eq!(more["seq"], receipts as u64);
+}
+
+/// Ctrl-C during `demo`: its writers stop taking stories, the ledger
+/// closes with a signed checkpoint, and it exits 130 saying how many
+/// events were appended.
+#[test]
+fn ctrl_c_stops_the_demo_with_its_ledger_closed() {
+    use std::io::{BufRead, Read};
+    let f = Fixture::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
+        .arg("--data")
+        .arg(f.data())
+        .args(["demo", "--stories", "100000000"])
+        .env_remove("BI_LEDGER_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.starts_with("demo: appending"), "{first}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    interrupt(&child);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest}");
+    let said = rest
+        .split("the demo appended ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{rest}"));
+    let events: u64 = said.split(' ').next().unwrap().parse().unwrap();
+    assert!(events > 0, "{rest}");
+    assert!(
+        said.contains(&format!("checkpoint at size {events};")),
+        "{rest}"
+    );
+    let v = f.verify().ok().json();
+    assert_eq!(
+        (v["records"].as_u64(), v["unsigned_tail"].as_u64()),
+        (Some(events), Some(0))
+    );
+}

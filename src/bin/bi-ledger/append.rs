@@ -129,6 +129,7 @@ pub(crate) async fn append(cli: &Cli, file: Option<&Path>) -> Outcome {
     // only as far as it was checked.
     let checked = events.bytes_read();
     let ledger = open_writer(cli, store, opts).await?;
+    crate::interrupt::watch();
     let result = append_checked(&ledger, &input, checked, max).await;
     let close = ledger.close().await;
     match (result, close) {
@@ -164,6 +165,14 @@ async fn append_checked(
     let mut call: Vec<(usize, bi_ledger::NewEvent)> = Vec::new();
     let mut bytes = bi_ledger::ledger::BATCH_OVERHEAD;
     loop {
+        if crate::interrupt::asked() {
+            settle(&mut in_flight, &mut written_upto).await?;
+            return Err(crate::interrupt::Interrupted(format!(
+                "interrupted (Ctrl-C): {}",
+                appended_hint(written_upto)
+            ))
+            .into());
+        }
         let read = match events.next_chunk(CHUNK_LINES) {
             Ok(None) if events.bytes_read() < checked => Err(anyhow!(
                 "{} is shorter than when it was checked",

@@ -18,6 +18,7 @@ mod create;
 mod demo;
 mod demo_run;
 mod input;
+mod interrupt;
 mod keyfile;
 mod progress;
 mod proofs;
@@ -326,6 +327,10 @@ fn main() -> ExitCode {
         Ok(Err(Integrity(msg))) => {
             say!("{msg}");
             ExitCode::from(1)
+        }
+        Err(e) if e.downcast_ref::<interrupt::Interrupted>().is_some() => {
+            say!("{}", one_line(&e));
+            ExitCode::from(130)
         }
         Err(e) => {
             // An integrity error that surfaced through `?` is still exit 1;
