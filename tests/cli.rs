@@ -1727,10 +1727,10 @@ fn a_small_segment_cap_spreads_the_log_over_segments() {
     assert_eq!(f.run(&["stats"]).ok().json()["records"], 32);
 }
 
-/// Sends SIGINT to `child` (what Ctrl-C on a terminal does).
-fn interrupt(child: &std::process::Child) {
+/// Sends `signal` (`-INT`: what Ctrl-C on a terminal does) to `child`.
+fn interrupt(child: &std::process::Child, signal: &str) {
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -1768,7 +1768,7 @@ fn ctrl_c_stops_an_append_between_calls_and_closes_the_ledger() {
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
     assert!(first.contains("\"seq\":0"), "{first}");
-    interrupt(&child);
+    interrupt(&child, "-INT");
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     let mut stderr = String::new();
@@ -1798,11 +1798,12 @@ fn ctrl_c_stops_an_append_between_calls_and_closes_the_ledger() {
     assert_eq!(more["seq"], receipts as u64);
 }
 
-/// Ctrl-C during `demo`: its writers stop taking stories, the ledger
+/// SIGTERM (a service manager's stop) during `demo`, as Ctrl-C: its
+/// writers stop taking stories, the ledger
 /// closes with a signed checkpoint, and it exits 130 saying how many
 /// events were appended.
 #[test]
-fn ctrl_c_stops_the_demo_with_its_ledger_closed() {
+fn sigterm_stops_the_demo_with_its_ledger_closed() {
     use std::io::{BufRead, Read};
     let f = Fixture::new();
     let mut child = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
@@ -1819,7 +1820,7 @@ fn ctrl_c_stops_the_demo_with_its_ledger_closed() {
     stderr.read_line(&mut first).unwrap();
     assert!(first.starts_with("demo: appending"), "{first}");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    interrupt(&child);
+    interrupt(&child, "-TERM");
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(130), "{rest}");

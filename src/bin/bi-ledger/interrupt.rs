@@ -1,4 +1,4 @@
-//! Ctrl-C while a command holds the writer lock. Killed there, the writer
+//! Ctrl-C (or SIGTERM) while a command holds the writer lock. Killed there, the writer
 //! would leave its last records without a checkpoint and, on Azure, its
 //! lease held until it expires (up to 60 s, refusing every other writer
 //! meanwhile). So the first Ctrl-C only asks the command to stop taking
@@ -15,20 +15,30 @@ static ASKED: AtomicBool = AtomicBool::new(false);
 #[error("{0}")]
 pub(crate) struct Interrupted(pub String);
 
-/// Starts listening for Ctrl-C (SIGINT), from a command that now holds the
-/// writer lock. Before this, Ctrl-C ends the process as usual.
+/// Starts listening for Ctrl-C (SIGINT) and SIGTERM (what a service
+/// manager sends before it kills), from a command that now holds the
+/// writer lock. Before this, either ends the process as usual.
 pub(crate) fn watch() {
-    let Ok(mut sigint) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-    else {
-        // Without a handler Ctrl-C still works, as a kill.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without a handler the signals still work, as a kill.
         return;
     };
     tokio::spawn(async move {
-        sigint.recv().await;
-        ASKED.store(true, Ordering::SeqCst);
-        say!("interrupted: letting the write in flight land and closing the ledger (Ctrl-C again to stop at once)");
-        sigint.recv().await;
-        std::process::exit(130);
+        for n in 0.. {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            if n > 0 {
+                std::process::exit(130);
+            }
+            ASKED.store(true, Ordering::SeqCst);
+            say!("interrupted: letting the write in flight land and closing the ledger (Ctrl-C again to stop at once)");
+        }
     });
 }
 
