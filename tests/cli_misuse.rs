@@ -1388,3 +1388,50 @@ fn a_signing_key_others_can_read_is_warned_of() {
         out.describe()
     );
 }
+
+/// Records after the newest checkpoint stamped an hour ahead of the clock
+/// (forged: a frame's base timestamp changed and its CRC mended; an
+/// earlier writer's clock would do the same). A writer that takes them
+/// over says so, since timestamps never decrease and every event it
+/// appends is stamped that hour ahead too; the log stays valid.
+#[test]
+fn a_writer_warns_of_a_last_timestamp_ahead_of_its_clock() {
+    let (f, _) = Fixture::init();
+    f.append(&line("s", "T", json!(0))).ok();
+    let tail = f.seg_len();
+    f.append(&line("s", "T", json!(1))).ok();
+    // Its checkpoint and caches gone, as a crash before them leaves it.
+    for blob in [
+        bi_ledger::ledger::layout::checkpoint("main", 2),
+        bi_ledger::ledger::layout::snapshot("main", 2),
+        bi_ledger::ledger::layout::stream_index("main", 2),
+        bi_ledger::ledger::layout::nodes("main", 2),
+    ] {
+        let _ = fs::remove_file(f.path(&blob));
+    }
+    let seg = f.path(SEG);
+    let mut bytes = fs::read(&seg).unwrap();
+    let hour = 3_600_000_000i64;
+    let ahead = bi_ledger::time::now_us() + hour;
+    forge::set_base_timestamp(&mut bytes, tail as usize, ahead);
+    writable(&seg);
+    fs::write(&seg, &bytes).unwrap();
+
+    let out = f.append(&line("s", "T", json!(2)));
+    assert_eq!(out.code, 0, "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("stamped later than this clock says it is now"),
+        "{}",
+        out.describe()
+    );
+    let events = f.read(&[]);
+    let stamped = |e: &Value| bi_ledger::time::parse_rfc3339_us(e["timestamp"].as_str().unwrap());
+    assert_eq!(stamped(&events[1]), Some(ahead));
+    assert_eq!(
+        stamped(&events[2]),
+        Some(ahead),
+        "never earlier than the last"
+    );
+    assert_eq!(f.verify().ok().json()["records"], 3);
+}
