@@ -1727,15 +1727,6 @@ fn a_small_segment_cap_spreads_the_log_over_segments() {
     assert_eq!(f.run(&["stats"]).ok().json()["records"], 32);
 }
 
-/// Sends `signal` (`-INT`: what Ctrl-C on a terminal does) to `child`.
-fn interrupt(child: &std::process::Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// Ctrl-C during an `append` stops it between calls, not in the middle of
 /// one: the call in flight lands, the ledger closes with a signed
 /// checkpoint (and lets go of the writer lock), and it exits 130 saying
@@ -1768,7 +1759,7 @@ fn ctrl_c_stops_an_append_between_calls_and_closes_the_ledger() {
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
     assert!(first.contains("\"seq\":0"), "{first}");
-    interrupt(&child, "-INT");
+    signal(&child, "-INT");
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     let mut stderr = String::new();
@@ -1804,26 +1795,13 @@ fn ctrl_c_stops_an_append_between_calls_and_closes_the_ledger() {
 /// events were appended.
 #[test]
 fn sigterm_stops_the_demo_with_its_ledger_closed() {
-    use std::io::{BufRead, Read};
     let f = Fixture::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
-        .arg("--data")
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_bi-ledger"));
+    demo.arg("--data")
         .arg(f.data())
-        .args(["demo", "--stories", "100000000"])
-        .env_remove("BI_LEDGER_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    assert!(first.starts_with("demo: appending"), "{first}");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    interrupt(&child, "-TERM");
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest}");
+        .args(["demo", "--stories", "100000000"]);
+    let (code, rest) = demo_stopped_by(demo, std::time::Duration::from_millis(300), "-TERM");
+    assert_eq!(code, Some(130), "{rest}");
     let said = rest
         .split("the demo appended ")
         .nth(1)

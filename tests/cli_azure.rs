@@ -11,6 +11,8 @@ use std::io::Write;
 
 #[path = "support/azure.rs"]
 mod azure_env;
+#[path = "support/cli.rs"]
+mod cli_support;
 #[path = "support/proxy.rs"]
 mod proxy;
 
@@ -493,36 +495,21 @@ async fn a_segment_replaced_by_a_block_blob_is_named() {
 /// interrupted this way closes first, and the next writer gets in at once.
 #[test]
 fn ctrl_c_releases_the_lease() {
-    use std::io::{BufRead, Read};
     if account().is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let container = unique_container("clictrlc");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bi-ledger"))
-        .args(["--backend", "azure", "--container", &container, "--data"])
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_bi-ledger"));
+    demo.args(["--backend", "azure", "--container", &container, "--data"])
         .arg(d)
         .args(["demo", "--stories", "100000000"])
         .env_remove("BI_LEDGER_LEDGER")
-        .env_remove("BI_LEDGER_SIGNING_KEY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    assert!(first.starts_with("demo: appending"), "{first}");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest}");
+        .env_remove("BI_LEDGER_SIGNING_KEY");
+    let (code, rest) =
+        cli_support::demo_stopped_by(demo, std::time::Duration::from_millis(500), "-INT");
+    assert_eq!(code, Some(130), "{rest}");
     assert!(
         rest.contains("interrupted (Ctrl-C): the demo appended"),
         "{rest}"

@@ -212,3 +212,38 @@ pub fn writable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
 }
+
+/// Sends `signal` (`-INT`: what Ctrl-C on a terminal does) to `child`.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Runs `demo` (`cmd`, its arguments given) until it has appended for
+/// `after`, then sends it `sig`; returns its exit code and what it wrote
+/// to stderr after its first line.
+pub fn demo_stopped_by(
+    mut cmd: Command,
+    after: std::time::Duration,
+    sig: &str,
+) -> (Option<i32>, String) {
+    use std::io::{BufRead, Read};
+    let mut child = cmd
+        .env_remove("BI_LEDGER_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.starts_with("demo: appending"), "{first}");
+    std::thread::sleep(after);
+    signal(&child, sig);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    (child.wait().unwrap().code(), rest)
+}
