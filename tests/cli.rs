@@ -1802,6 +1802,10 @@ fn sigterm_stops_the_demo_with_its_ledger_closed() {
         .args(["demo", "--stories", "100000000"]);
     let (code, rest) = demo_stopped_by(demo, std::time::Duration::from_millis(300), "-TERM");
     assert_eq!(code, Some(130), "{rest}");
+    assert!(
+        rest.contains("interrupted (SIGTERM): the demo appended"),
+        "{rest}"
+    );
     let said = rest
         .split("the demo appended ")
         .nth(1)

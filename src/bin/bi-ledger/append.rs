@@ -168,7 +168,8 @@ async fn append_checked(
         if crate::interrupt::asked() {
             settle(&mut in_flight, &mut written_upto).await?;
             return Err(crate::interrupt::Interrupted(format!(
-                "interrupted (Ctrl-C): {}",
+                "{}: {}",
+                crate::interrupt::interrupted(),
                 appended_hint(written_upto)
             ))
             .into());

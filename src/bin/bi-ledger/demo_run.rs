@@ -61,7 +61,8 @@ pub(crate) async fn run_demo(cli: &Cli, stories: u64, writers: u64) -> Outcome {
     let cp = ledger.close().await?;
     if crate::interrupt::asked() {
         return Err(crate::interrupt::Interrupted(format!(
-            "interrupted (Ctrl-C): the demo appended {events} events, each of them durable, and closed the ledger with a checkpoint at size {}; nothing was verified",
+            "{}: the demo appended {events} events, each of them durable, and closed the ledger with a checkpoint at size {}; nothing was verified",
+            crate::interrupt::interrupted(),
             cp.checkpoint.size
         ))
         .into());

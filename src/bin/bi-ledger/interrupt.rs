@@ -1,14 +1,15 @@
-//! Ctrl-C (or SIGTERM) while a command holds the writer lock. Killed there, the writer
-//! would leave its last records without a checkpoint and, on Azure, its
+//! Ctrl-C (or SIGTERM) while a command holds the writer lock. Killed
+//! there, the writer would leave its last records without a checkpoint and, on Azure, its
 //! lease held until it expires (up to 60 s, refusing every other writer
 //! meanwhile). So the first Ctrl-C only asks the command to stop taking
 //! work: what is in flight lands, the ledger closes (a signed checkpoint,
 //! the lock released) and the command exits 130. A second one exits at
 //! once, as a kill would.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
-static ASKED: AtomicBool = AtomicBool::new(false);
+/// 0 until asked; then what asked: 1 Ctrl-C, 2 SIGTERM.
+static ASKED: AtomicU8 = AtomicU8::new(0);
 
 /// The error a command stopped by Ctrl-C returns: `main` exits 130.
 #[derive(Debug, thiserror::Error)]
@@ -29,20 +30,28 @@ pub(crate) fn watch() {
     };
     tokio::spawn(async move {
         for n in 0.. {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+            let by = tokio::select! {
+                _ = int.recv() => 1,
+                _ = term.recv() => 2,
+            };
             if n > 0 {
                 std::process::exit(130);
             }
-            ASKED.store(true, Ordering::SeqCst);
-            say!("interrupted: letting the write in flight land and closing the ledger (Ctrl-C again to stop at once)");
+            ASKED.store(by, Ordering::SeqCst);
+            say!("{}: letting the write in flight land and closing the ledger (again to stop at once)", interrupted());
         }
     });
 }
 
-/// Whether Ctrl-C was pressed since [`watch`].
+/// Whether Ctrl-C was pressed (or SIGTERM came) since [`watch`].
 pub(crate) fn asked() -> bool {
-    ASKED.load(Ordering::SeqCst)
+    ASKED.load(Ordering::SeqCst) != 0
+}
+
+/// "interrupted (Ctrl-C)", or by what else.
+pub(crate) fn interrupted() -> &'static str {
+    match ASKED.load(Ordering::SeqCst) {
+        2 => "interrupted (SIGTERM)",
+        _ => "interrupted (Ctrl-C)",
+    }
 }
