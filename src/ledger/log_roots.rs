@@ -69,7 +69,7 @@ impl LedgerReader {
             let flow = pipelined(
                 &mut scan,
                 |c| spawn_pieces(c, seg.name.clone(), sorted.clone(), want, from, size),
-                async |frames: Result<Vec<FramePieces>>| {
+                |frames: Result<Vec<FramePieces>>| {
                     for frame in frames? {
                         due.batch(
                             &seg.name,

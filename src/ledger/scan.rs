@@ -54,7 +54,10 @@ impl Chunk {
 pub async fn pipelined<T, E: From<StoreError>>(
     scan: &mut Scanner<'_>,
     mut start: impl FnMut(Chunk) -> oneshot::Receiver<T>,
-    mut finish: impl AsyncFnMut(T) -> Result<ControlFlow<()>, E>,
+    // Not an async closure: one that borrows from its caller makes the
+    // caller's future not `Send` (rustc cannot prove it for every
+    // lifetime), and so not spawnable.
+    mut finish: impl FnMut(T) -> Result<ControlFlow<()>, E>,
 ) -> Result<ControlFlow<()>, E> {
     let mut pending: Option<oneshot::Receiver<T>> = None;
     loop {
@@ -64,7 +67,7 @@ pub async fn pipelined<T, E: From<StoreError>>(
         };
         if let Some(rx) = pending.take() {
             let done = rx.await.expect("the hashing job answers");
-            if finish(done).await?.is_break() {
+            if finish(done)?.is_break() {
                 return Ok(ControlFlow::Break(()));
             }
         }

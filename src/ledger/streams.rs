@@ -271,11 +271,22 @@ impl LedgerReader {
         while let Some(idx) = chain.next().await? {
             // In order, a few at a time: on a remote store each batch is a
             // request, and its latency, not its bytes, is the cost.
-            let mut frames = futures::stream::iter(idx.batches.iter())
-                .filter(|b| std::future::ready(b.may_hold(hashes)))
-                .map(|b| self.batch_at(b))
-                .buffered(READ_AHEAD);
-            while let Some(frame) = frames.next().await {
+            // A loop rather than stream combinators: a closure there that
+            // borrows the batch makes this future not `Send` (rustc cannot
+            // prove it for every lifetime), and so not spawnable.
+            let mut frames = futures::stream::FuturesOrdered::new();
+            let mut next = 0;
+            loop {
+                while frames.len() < READ_AHEAD && next < idx.batches.len() {
+                    let b = &idx.batches[next];
+                    next += 1;
+                    if b.may_hold(hashes) {
+                        frames.push_back(self.batch_at(b));
+                    }
+                }
+                let Some(frame) = frames.next().await else {
+                    break;
+                };
                 let Some((pos, chunk)) = frame? else {
                     return Ok(None); // not where the index says
                 };
