@@ -122,8 +122,10 @@ pub enum LedgerError {
     #[error("the signing key does not match ledger {ledger:?}'s public key {expected}")]
     KeyMismatch { ledger: String, expected: String },
     /// The call's events were not written: the writer had stopped (a
-    /// failed write, a lost writer lock) before their block was issued.
-    /// Appending them again through a new handle cannot duplicate them.
+    /// failed write, a lost writer lock) before their block was issued,
+    /// or the store refused the block (a condition, a limit, a sealed
+    /// segment). Appending them again through a new handle cannot
+    /// duplicate them.
     #[error("the writer stopped after a failed write ({0}); nothing after it was acknowledged, and this handle takes nothing more: open the ledger again to go on")]
     Poisoned(String),
     /// The write of the block holding the call's events failed, and
@@ -138,7 +140,7 @@ pub enum LedgerError {
         last_seq: u64,
         cause: String,
     },
-    #[error("the writer of ledger {ledger:?} is closed (through another handle, or its runtime shut down): open the ledger again to go on")]
+    #[error("the writer of ledger {ledger:?} is closed (through another handle, its runtime shut down, or it panicked: see stderr): open the ledger again to go on")]
     Closed { ledger: String },
     #[error("{0}")]
     InvalidArgument(String),

@@ -344,6 +344,9 @@ struct Faulty {
     /// The next segment append lands, durably, then answers with an error
     /// (a crash, or a lost answer, between the write and the replies).
     landed_append_fails: std::sync::atomic::AtomicBool,
+    /// The next segment append is refused, as a sealed blob refuses it:
+    /// nothing written.
+    refuse_append: std::sync::atomic::AtomicBool,
     /// The writer lock reports itself lost once this is set (a lease that
     /// expired or was broken).
     lock_lost: Arc<std::sync::atomic::AtomicBool>,
@@ -407,6 +410,11 @@ impl Wrap for Faulty {
                 op: "append to",
                 name: name.to_owned(),
                 source: std::io::Error::other("injected: device error"),
+            });
+        }
+        if name.ends_with(".seg") && self.refuse_append.swap(false, SeqCst) {
+            return Err(StoreError::Sealed {
+                name: name.to_owned(),
             });
         }
         let end = self.inner().append(name, at, block).await?;
@@ -565,6 +573,76 @@ async fn a_durable_batch_whose_answer_was_lost_is_kept_and_not_duplicated() {
         7,
         "nothing duplicated"
     );
+}
+
+/// A block the store refused (a condition, a limit; here a seal) was not
+/// written, and its callers are told so: `Poisoned`, not `OutcomeUnknown`.
+/// The reopened log ends before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_block_is_not_written_and_says_so() {
+    use bi_ledger::{Ledger, LedgerError, LedgerReader};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(Wrapped(Faulty::over(store(dir.path()))));
+    let ledger = Ledger::create(faulty.clone(), "main", options(9))
+        .await
+        .unwrap();
+    ledger.append(counted("a", 3)).await.unwrap();
+    faulty.refuse_append.store(true, SeqCst);
+    match ledger.append(counted("a", 2)).await {
+        Err(LedgerError::Poisoned(why)) => assert!(why.contains("is sealed"), "{why}"),
+        other => panic!("a refused block: {other:?}"),
+    }
+    drop(ledger);
+    let reader = LedgerReader::open(store(dir.path()), "main").await.unwrap();
+    assert_eq!(reader.len().await.unwrap(), 3);
+}
+
+/// A store that takes fewer than two blocks per blob (a segment's header
+/// and a batch) is refused by `create` and `open`, naming the limit;
+/// `FsOptions::fill_ahead` past its bound is refused by the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_that_cannot_hold_a_ledger_are_refused() {
+    use bi_ledger::backend::fs::{FsOptions, MAX_FILL_AHEAD};
+    use bi_ledger::{Ledger, LedgerError};
+    let dir = tempfile::tempdir().unwrap();
+    Ledger::create(store(dir.path()), "main", options(3))
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    for max_blocks in [0, 1] {
+        let opts = FsOptions {
+            max_blocks,
+            ..FsOptions::default()
+        };
+        let s: Arc<dyn BlobStore> =
+            Arc::new(FsStore::with_options(dir.path(), opts).unwrap().shared());
+        let want = format!("at most {max_blocks} blocks per blob, but a segment needs 2");
+        match Ledger::create(s.clone(), "other", options(3)).await {
+            Err(LedgerError::InvalidArgument(why)) => assert!(why.contains(&want), "{why}"),
+            other => panic!("create on {max_blocks} blocks: {other:?}"),
+        }
+        match Ledger::open(s.clone(), "main", options(3)).await {
+            Err(LedgerError::InvalidArgument(why)) => assert!(why.contains(&want), "{why}"),
+            other => panic!("open on {max_blocks} blocks: {other:?}"),
+        }
+        assert!(
+            s.list("other/").await.unwrap().is_empty(),
+            "nothing created"
+        );
+    }
+    for fill_ahead in [MAX_FILL_AHEAD + 1, u64::MAX] {
+        let opts = FsOptions {
+            fill_ahead,
+            ..FsOptions::default()
+        };
+        match FsStore::with_options(dir.path(), opts) {
+            Err(e) => assert!(e.to_string().contains("fill_ahead"), "{e}"),
+            Ok(_) => panic!("fill_ahead {fill_ahead} was taken"),
+        }
+    }
 }
 
 /// A writer whose lock is lost writes nothing more: no block, and no

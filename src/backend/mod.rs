@@ -115,6 +115,25 @@ pub enum StoreError {
     Unsupported(String),
 }
 
+impl StoreError {
+    /// Whether this error, from an `append`, says the block was not
+    /// written: the store refused it (a condition, a limit, a name) rather
+    /// than failed on the way, where it may have landed all the same. An
+    /// Azure store resolves a refusal met after an uncertain attempt by
+    /// reading back (see its README), so a refusal it returns is certain.
+    pub fn refused_append(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotFound { .. }
+                | StoreError::OffsetMismatch { .. }
+                | StoreError::Sealed { .. }
+                | StoreError::BlockLimit { .. }
+                | StoreError::BlockTooLarge { .. }
+                | StoreError::InvalidName { .. }
+        )
+    }
+}
+
 #[async_trait]
 pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Human-readable location, for logs and errors (never secrets).

@@ -60,6 +60,18 @@ pub struct LedgerOptions {
     pub merge_index_records: u64,
 }
 
+/// A segment holds its header and at least one batch: a store that takes
+/// fewer blocks per blob cannot hold a ledger.
+fn usable_block_count(store: &dyn BlobStore) -> Result<()> {
+    match store.max_blocks() {
+        0 | 1 => Err(LedgerError::InvalidArgument(format!(
+            "the store takes at most {} blocks per blob, but a segment needs 2 (its header and a batch)",
+            store.max_blocks()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl LedgerOptions {
     /// The most bytes one `append` call may take on `store` with these
     /// options, for the ledger of identity `meta`: what
@@ -202,6 +214,7 @@ impl Ledger {
         getrandom::getrandom(&mut id).map_err(|e| {
             LedgerError::InvalidArgument(format!("no randomness for a ledger id: {e}"))
         })?;
+        usable_block_count(store.as_ref())?;
         let max_block = store.max_block_size();
         if !(layout::MIN_BLOCK..=layout::MAX_BLOCK).contains(&max_block) {
             return Err(LedgerError::InvalidArgument(format!(
@@ -249,6 +262,7 @@ impl Ledger {
     ) -> Result<Ledger> {
         layout::validate_ledger_name(name)?;
         opts.validate()?;
+        usable_block_count(store.as_ref())?;
         let lock = take_lock(store.as_ref(), name).await?;
         let meta = recover::read_meta(store.as_ref(), name).await?;
         if meta.verifier.key != opts.signing_key.verifying_key() {

@@ -627,6 +627,13 @@ impl Writer {
                     let _ = reply.send(Ok(receipts.by_ref().take(end - start).collect()));
                 }
             }
+            Err(e) if e.refused_append() => {
+                self.poison(&e);
+                let why = self.poisoned.clone().unwrap_or_default();
+                Self::fail(f.callers, &why);
+                Self::fail(std::mem::take(&mut next.callers), &why);
+                next.records.clear();
+            }
             Err(e) => {
                 self.poison(&e);
                 let cause = e.to_string();
@@ -675,7 +682,12 @@ impl Writer {
 
     /// Rolls over to a new segment first if this block would not fit.
     async fn make_room(&mut self, block_len: usize, first_seq: u64) -> Result<(), StoreError> {
-        let max_blocks = self.opts.segment_max_blocks.min(self.store.max_blocks());
+        // A segment takes its header and at least one batch.
+        let max_blocks = self
+            .opts
+            .segment_max_blocks
+            .min(self.store.max_blocks())
+            .max(2);
         let full_blocks = self.tip.segment_blocks + 1 > max_blocks;
         let full_bytes = self.tip.segment_len + block_len as u64 > self.opts.segment_max_bytes
             && self.tip.segment_blocks > 1;

@@ -42,6 +42,10 @@ impl Default for FsOptions {
 /// than once per append.
 pub const DEFAULT_FILL_AHEAD: u64 = 1 << 20;
 
+/// The most `FsOptions::fill_ahead` may be: the zeros are written from one
+/// buffer of that size.
+pub const MAX_FILL_AHEAD: u64 = 64 << 20;
+
 #[derive(Debug)]
 pub struct FsStore {
     root: PathBuf,
@@ -154,6 +158,12 @@ impl FsStore {
 
     pub fn with_options(root: impl Into<PathBuf>, opts: FsOptions) -> Result<Self, StoreError> {
         let root = root.into();
+        if opts.fill_ahead > MAX_FILL_AHEAD {
+            return Err(StoreError::Unsupported(format!(
+                "FsOptions::fill_ahead {} is more than the {MAX_FILL_AHEAD} bytes the fs store writes ahead at most",
+                opts.fill_ahead
+            )));
+        }
         // Each directory made is synced into its parent: a ledger's first
         // durable write must not vanish with a directory entry a crash lost.
         create_dirs(&root).map_err(|e| io("create directory", &root.display().to_string(), e))?;
