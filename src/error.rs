@@ -142,6 +142,16 @@ pub enum LedgerError {
     },
     #[error("the writer of ledger {ledger:?} is closed (through another handle, its runtime shut down, or it panicked: see stderr): open the ledger again to go on")]
     Closed { ledger: String },
+    /// One `append` call's events, each small enough on its own, do not
+    /// fit in one batch together (a call is atomic, so one block): split
+    /// the call. Nothing of it is written. [`crate::NewEvent::stored_len_bound`]
+    /// and [`crate::Ledger::max_batch_bytes`] tell beforehand.
+    #[error("{events} events encode to about {bytes} bytes, over the {limit}-byte batch limit: one append must fit in one batch; split it")]
+    BatchTooLarge {
+        events: usize,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("{0}")]
     InvalidArgument(String),
     /// A [`crate::ledger::LedgerOptions`] field no ledger can work with.

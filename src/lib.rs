@@ -18,7 +18,14 @@ pub mod ledger;
 pub mod model;
 pub mod time;
 
+/// The signing keys in [`LedgerOptions`] and [`Verifier`] are this crate's.
+pub use ed25519_dalek;
 pub use error::{IntegrityError, IntegrityKind, LedgerError, Result};
+pub use format::checkpoint::{Checkpoint, Verifier};
+pub use format::record::Record;
+pub use ledger::proof::{ConsistencyProof, InclusionProof};
+pub use ledger::trusted::TrustedMatch;
+pub use ledger::verify::{VerifyOptions, VerifyReport};
 pub use ledger::{CheckpointInfo, Ledger, LedgerOptions, LedgerReader};
 pub use model::{ExpectedVersion, NewEvent, Receipt};
 

@@ -56,6 +56,11 @@ pub struct NewEvent {
     /// batched appends). A `String` is taken too.
     pub event_type: Cow<'static, str>,
     pub schema_version: u32,
+    /// What the payload is, as the caller says: the ledger stores payloads
+    /// as opaque bytes and does not parse them (on the append path that
+    /// would cost more than the rest of it), so a payload set by hand
+    /// under `application/json` is not checked to be JSON. [`Self::json`]
+    /// writes canonical JSON itself.
     pub content_type: Cow<'static, str>,
     pub metadata: BTreeMap<String, String>,
     pub payload: Vec<u8>,
@@ -159,7 +164,12 @@ impl NewEvent {
             ));
         }
         for (k, v) in &self.metadata {
-            text_field("metadata key", k, MAX_NAME)?;
+            text_field("metadata key", k, MAX_NAME).map_err(|(f, reason)| {
+                // Which of the keys: escaped, and cut short if overlong.
+                let shown: String = k.chars().take(64).collect();
+                let more = if shown.len() < k.len() { "…" } else { "" };
+                (f, format!("{shown:?}{more} {reason}"))
+            })?;
             if v.len() > MAX_METADATA_VALUE {
                 return Err((
                     "metadata",
@@ -204,7 +214,7 @@ fn text_field(field: &'static str, s: &str, max: usize) -> Result<(), (&'static 
         return Err((
             field,
             format!(
-                "must not contain invisible or text-direction characters (U+{:04X} at byte {at}): ids that look the same must be the same",
+                "must not contain invisible or text-direction characters (U+{:04X} at byte {at}): an id holding one looks like another that differs",
                 c as u32
             ),
         ));
@@ -348,6 +358,24 @@ pub fn record_json<'a>(r: &'a crate::format::record::RecordRef<'a>) -> RecordJso
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_bad_metadata_key_is_named() {
+        let mut e = NewEvent::json("s", "T", &serde_json::json!({}));
+        for i in 0..50 {
+            e = e.with_metadata(format!("k{i:02}"), "v");
+        }
+        let bell = e.clone().with_metadata("ring\u{7}", "v");
+        let (field, reason) = bell.validate().unwrap_err();
+        assert_eq!(field, "metadata key");
+        assert_eq!(reason, "\"ring\\u{7}\" must not contain control characters");
+        let long = e.with_metadata("x".repeat(300), "v");
+        let (_, reason) = long.validate().unwrap_err();
+        assert!(
+            reason.starts_with(&format!("{:?}… is 300 bytes", "x".repeat(64))),
+            "{reason}"
+        );
+    }
 
     #[test]
     fn a_receipt_shows_its_hash_in_hex() {

@@ -2944,7 +2944,7 @@ async fn an_event_too_large_for_any_batch_is_named() {
         .append(vec![small(), small(), small(), small()])
         .await
     {
-        Err(e @ bi_ledger::LedgerError::InvalidArgument(_)) => {
+        Err(e @ bi_ledger::LedgerError::BatchTooLarge { events: 4, .. }) => {
             assert!(e.to_string().contains("4 events encode to about"), "{e}")
         }
         other => panic!("{other:?}"),

@@ -478,7 +478,7 @@ fn settle(
         (
             Outcome::TooLarge,
             Err(
-                LedgerError::InvalidArgument(_)
+                LedgerError::BatchTooLarge { .. }
                 | LedgerError::InvalidEvent {
                     field: "payload", ..
                 },

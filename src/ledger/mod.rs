@@ -473,11 +473,11 @@ impl Ledger {
                     reason,
                 });
             }
-            return Err(LedgerError::InvalidArgument(format!(
-                "{} events encode to about {bytes} bytes, over the {}-byte batch limit: one append must fit in one batch; split it",
-                events.len(),
-                self.max_batch
-            )));
+            return Err(LedgerError::BatchTooLarge {
+                events: events.len(),
+                bytes,
+                limit: self.max_batch,
+            });
         }
         let (reply, rx) = oneshot::channel();
         self.tx

@@ -97,6 +97,17 @@ pub struct LedgerReader {
     last_end: std::sync::atomic::AtomicU64,
 }
 
+impl std::fmt::Debug for LedgerReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerReader")
+            .field("ledger", &self.meta.name)
+            .field("store", &self.store.location())
+            .field("segments", &self.segments.len())
+            .field("signed", &self.signed)
+            .finish()
+    }
+}
+
 impl LedgerReader {
     /// Opens a ledger for reading, seeing the segments as they are now:
     /// every read of this reader ends where the log ended then, and sees
