@@ -627,26 +627,24 @@ impl Writer {
                     let _ = reply.send(Ok(receipts.by_ref().take(end - start).collect()));
                 }
             }
-            Err(e) if e.refused_append() => {
-                self.poison(&e);
-                let why = self.poisoned.clone().unwrap_or_default();
-                Self::fail(f.callers, &why);
-                Self::fail(std::mem::take(&mut next.callers), &why);
-                next.records.clear();
-            }
             Err(e) => {
                 self.poison(&e);
-                let cause = e.to_string();
-                for (reply, start, end) in f.callers {
-                    let _ = reply.send(Err(LedgerError::OutcomeUnknown {
-                        first_seq: f.receipts[start].seq,
-                        last_seq: f.receipts[end - 1].seq,
-                        cause: cause.clone(),
-                    }));
+                let why = self.poisoned.clone().unwrap_or_default();
+                if e.refused_append() {
+                    Self::fail(f.callers, &why);
+                } else {
+                    // It may have landed all the same.
+                    let cause = e.to_string();
+                    for (reply, start, end) in f.callers {
+                        let _ = reply.send(Err(LedgerError::OutcomeUnknown {
+                            first_seq: f.receipts[start].seq,
+                            last_seq: f.receipts[end - 1].seq,
+                            cause: cause.clone(),
+                        }));
+                    }
                 }
                 // The next batch was admitted on the assumption that this one
                 // lands; it cannot be written now.
-                let why = self.poisoned.clone().unwrap_or_default();
                 Self::fail(std::mem::take(&mut next.callers), &why);
                 next.records.clear();
             }
